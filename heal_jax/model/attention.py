@@ -1,0 +1,81 @@
+"""Attention dispatch: one entry point, implementations chosen by name in the config.
+
+All implementations take grouped-query layouts natively: queries [B, L, H, D] and keys/values
+[B, S, K, D] with K dividing H; the K/V heads are never repeated in memory on the XLA path.
+Masking is by segment ids (packed documents never attend to each other; id 0 marks padding)
+and by causal order of the given indices (`q_index <= kv_index` is masked out when later).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def make_mask(q_segment_ids_BxL: jax.Array, kv_segment_ids_BxS: jax.Array,
+              q_index_BxL: jax.Array, kv_index_BxS: jax.Array) -> jax.Array:
+  """Boolean [B, L, S]: True where query l may attend to key s (same segment, not in its future)."""
+  same_segment = q_segment_ids_BxL[:, :, None] == kv_segment_ids_BxS[:, None, :]
+  causal = q_index_BxL[:, :, None] >= kv_index_BxS[:, None, :]
+  return same_segment & causal
+
+
+def xla_attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
+                  mask_BxLxS: jax.Array) -> jax.Array:
+  """Reference attention in plain XLA ops, softmax in float32. Returns [B, L, H, D] in q's dtype."""
+  b, l, h, d = q_BxLxHxD.shape
+  kv_heads = k_BxSxKxD.shape[2]
+  q_BxLxKxGxD = q_BxLxHxD.reshape(b, l, kv_heads, h // kv_heads, d)
+  scores_BxKxGxLxS = jnp.einsum("blkgd,bskd->bkgls", q_BxLxKxGxD, k_BxSxKxD,
+                                preferred_element_type=jnp.float32) * (d ** -0.5)
+  scores_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], scores_BxKxGxLxS, _NEG_INF)
+  probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(v_BxSxKxD.dtype)
+  out_BxLxKxGxD = jnp.einsum("bkgls,bskd->blkgd", probs, v_BxSxKxD,
+                             preferred_element_type=jnp.float32)
+  return out_BxLxKxGxD.reshape(b, l, h, d).astype(q_BxLxHxD.dtype)
+
+
+def _cudnn_attention(q, k, v, q_seg, kv_seg, q_idx, kv_idx):
+  # cuDNN ignores segment ids when sequences are packed (MaxText found so), so we only send it
+  # batches that the caller declared unpacked; causal order is then the plain index order.
+  del q_seg, kv_seg, q_idx, kv_idx
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+
+
+def resolve_impl(impl: str) -> str:
+  """Maps 'auto' to the best implementation for the default backend."""
+  if impl != "auto":
+    return impl
+  platform = jax.default_backend()
+  if platform == "gpu":
+    return "pallas"
+  if platform == "tpu":
+    return "splash"
+  return "xla"
+
+
+def attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array, *,
+              q_segment_ids_BxL: jax.Array, kv_segment_ids_BxS: jax.Array,
+              q_index_BxL: jax.Array, kv_index_BxS: jax.Array,
+              impl: str = "xla", packed: bool = True) -> jax.Array:
+  """Masked causal attention; see the module docstring for the layout and mask rules.
+
+  `packed=False` promises that every row is a single segment, which 'cudnn' requires.
+  """
+  impl = resolve_impl(impl)
+  if impl == "xla":
+    mask = make_mask(q_segment_ids_BxL, kv_segment_ids_BxS, q_index_BxL, kv_index_BxS)
+    return xla_attention(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, mask)
+  if impl == "cudnn":
+    if packed:
+      raise ValueError("attention_impl='cudnn' cannot honour segment ids of packed rows;"
+                       " use 'pallas' or 'xla' for packed batches")
+    return _cudnn_attention(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, q_segment_ids_BxL,
+                            kv_segment_ids_BxS, q_index_BxL, kv_index_BxS)
+  if impl == "pallas":
+    from heal_jax.kernels import flash_attention  # pylint: disable=import-outside-toplevel
+    return flash_attention.flash_attention(
+        q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, q_segment_ids_BxL, kv_segment_ids_BxS)
+  raise ValueError(f"attention_impl={impl!r} is not available in this build")

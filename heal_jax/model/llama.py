@@ -1,0 +1,187 @@
+"""LLaMA2 decoder in Flax linen.
+
+Parameter layout (unscanned; with `scan_layers` the per-layer trees are stacked under `layers`
+with a leading 'layers' axis):
+
+  embed/embedding            [V, D]        ('vocab', 'embed')
+  layers_i/attention_norm/scale [D]        ('norm',)
+  layers_i/attention/wq/kernel  [D, H, Dh] ('embed', 'q_heads', 'head_dim')
+  layers_i/attention/wk/kernel  [D, K, Dh] ('embed', 'kv_heads', 'head_dim')
+  layers_i/attention/wv/kernel  [D, K, Dh] ('embed', 'kv_heads', 'head_dim')
+  layers_i/attention/wo/kernel  [H, Dh, D] ('q_heads', 'head_dim', 'embed')
+  layers_i/mlp_norm/scale       [D]        ('norm',)
+  layers_i/mlp/w_gate/kernel    [D, F]     ('embed', 'mlp')
+  layers_i/mlp/w_up/kernel      [D, F]     ('embed', 'mlp')
+  layers_i/mlp/w_down/kernel    [F, D]     ('mlp', 'embed')
+  final_norm/scale              [D]        ('norm',)
+  lm_head/kernel                [D, V]     ('embed', 'vocab')   (absent when embeddings are tied)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from heal_jax.model import attention as attention_lib
+from heal_jax.model import rope
+from heal_jax.model.config import ModelConfig
+
+_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def _dtype(name: str) -> Any:
+  return jnp.dtype(name)
+
+
+def _constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  """Activation sharding by logical names; a no-op outside a mesh with axis rules."""
+  return nn.with_logical_constraint(x, names)
+
+
+class RMSNorm(nn.Module):
+  """y = x / sqrt(mean(x^2) + eps) * scale, in float32, cast to the compute dtype."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    scale_D = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                         (x_BxLxD.shape[-1],), _dtype(self.cfg.param_dtype))
+    x = x_BxLxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
+    return (x.astype(_dtype(self.cfg.compute_dtype)) * scale_D.astype(_dtype(self.cfg.compute_dtype)))
+
+
+def _dense(features: Any, axis: Any, names: tuple[str, ...], cfg: ModelConfig, name: str) -> nn.Module:
+  return nn.DenseGeneral(features=features, axis=axis, use_bias=False, name=name,
+                         dtype=_dtype(cfg.compute_dtype), param_dtype=_dtype(cfg.param_dtype),
+                         kernel_init=nn.with_logical_partitioning(_INIT, names))
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention with rotary embeddings."""
+  cfg: ModelConfig
+  packed: bool = True
+
+  @nn.compact
+  def __call__(self, x_BxLxD, cos_BxLxDh, sin_BxLxDh, segment_ids_BxL, index_BxL):
+    cfg = self.cfg
+    q = _dense((cfg.num_heads, cfg.head_dim), -1, ("embed", "q_heads", "head_dim"), cfg, "wq")(x_BxLxD)
+    k = _dense((cfg.num_kv_heads, cfg.head_dim), -1, ("embed", "kv_heads", "head_dim"), cfg, "wk")(x_BxLxD)
+    v = _dense((cfg.num_kv_heads, cfg.head_dim), -1, ("embed", "kv_heads", "head_dim"), cfg, "wv")(x_BxLxD)
+    q_BxLxHxDh = rope.apply_rope(q, cos_BxLxDh, sin_BxLxDh)
+    k_BxLxKxDh = rope.apply_rope(k, cos_BxLxDh, sin_BxLxDh)
+    q_BxLxHxDh = _constrain(q_BxLxHxDh, ("batch", "act_len", "act_heads", None))
+    k_BxLxKxDh = _constrain(k_BxLxKxDh, ("batch", "act_len", "act_kv_heads", None))
+    out_BxLxHxDh = attention_lib.attention(
+        q_BxLxHxDh, k_BxLxKxDh, v, q_segment_ids_BxL=segment_ids_BxL, kv_segment_ids_BxS=segment_ids_BxL,
+        q_index_BxL=index_BxL, kv_index_BxS=index_BxL, impl=cfg.attention_impl, packed=self.packed)
+    out_BxLxHxDh = checkpoint_name(out_BxLxHxDh, "attention_out")
+    return _dense(cfg.hidden_size, (-2, -1), ("q_heads", "head_dim", "embed"), cfg, "wo")(out_BxLxHxDh)
+
+
+class MLP(nn.Module):
+  """SwiGLU: w_down(silu(w_gate x) * w_up x)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    cfg = self.cfg
+    gate = _dense(cfg.intermediate_size, -1, ("embed", "mlp"), cfg, "w_gate")(x_BxLxD)
+    up = _dense(cfg.intermediate_size, -1, ("embed", "mlp"), cfg, "w_up")(x_BxLxD)
+    h_BxLxF = _constrain(nn.silu(gate) * up, ("batch", "act_len", "act_mlp"))
+    return _dense(cfg.hidden_size, -1, ("mlp", "embed"), cfg, "w_down")(h_BxLxF)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm residual block. Signature fits `nn.scan`: (carry, *broadcast) -> (carry, None)."""
+  cfg: ModelConfig
+  packed: bool = True
+
+  @nn.compact
+  def __call__(self, x_BxLxD, cos, sin, segment_ids_BxL, index_BxL):
+    x_BxLxD = _constrain(x_BxLxD, ("batch", "act_len", "act_embed"))
+    h = Attention(self.cfg, self.packed, name="attention")(
+        RMSNorm(self.cfg, name="attention_norm")(x_BxLxD), cos, sin, segment_ids_BxL, index_BxL)
+    x_BxLxD = x_BxLxD + h
+    x_BxLxD = x_BxLxD + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxLxD))
+    return x_BxLxD, None
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "save_attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
+}
+
+
+def _layer_class(cfg: ModelConfig) -> type[nn.Module]:
+  if cfg.remat_policy == "none":
+    return DecoderLayer
+  return nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat_policy],
+                  prevent_cse=not cfg.scan_layers)
+
+
+class Llama(nn.Module):
+  """Token ids -> float32 logits.
+
+  Args of `__call__`:
+    tokens_BxL: int32 token ids.
+    segment_ids_BxL: int32 document ids within each packed row (0 = padding); default all ones.
+    positions_BxL: int32 positions, restarting at 0 for each document; default arange(L).
+    packed: False promises one document per row (lets the 'cudnn' path run).
+  Returns logits_BxLxV in float32.
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array | None = None,
+               positions_BxL: jax.Array | None = None, packed: bool = True) -> jax.Array:
+    cfg = self.cfg
+    b, l = tokens_BxL.shape
+    index_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    if segment_ids_BxL is None:
+      segment_ids_BxL = jnp.ones((b, l), jnp.int32)
+    if positions_BxL is None:
+      positions_BxL = index_BxL
+    embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, name="embed",
+                     dtype=_dtype(cfg.compute_dtype), param_dtype=_dtype(cfg.param_dtype),
+                     embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")))
+    x_BxLxD = embed(tokens_BxL)
+    cos, sin = rope.rope_angles(positions_BxL, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor)
+    layer_cls = _layer_class(cfg)
+    if cfg.scan_layers:
+      stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast,) * 4, length=cfg.num_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x_BxLxD, _ = stack(cfg, packed, name="layers")(x_BxLxD, cos, sin, segment_ids_BxL, index_BxL)
+    else:
+      for i in range(cfg.num_layers):
+        x_BxLxD, _ = layer_cls(cfg, packed, name=f"layers_{i}")(
+            x_BxLxD, cos, sin, segment_ids_BxL, index_BxL)
+    x_BxLxD = RMSNorm(cfg, name="final_norm")(x_BxLxD)
+    if cfg.tie_word_embeddings:
+      logits_BxLxV = embed.attend(x_BxLxD)
+    else:
+      logits_BxLxV = _dense(cfg.vocab_size, -1, ("embed", "vocab"), cfg, "lm_head")(x_BxLxD)
+    return _constrain(logits_BxLxV.astype(jnp.float32), ("batch", "act_len", "act_vocab"))
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array) -> Any:
+  """Randomly initialised parameters (boxed with logical axis names), shapes only traced once."""
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  return Llama(cfg).init(rng, tokens)["params"]
+
+
+def param_shapes(cfg: ModelConfig) -> Any:
+  """Boxed ShapeDtypeStructs of the parameters, without allocating them."""
+  return jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+
+
+def logical_axes(cfg: ModelConfig) -> Any:
+  """Pytree of logical axis-name tuples, one per parameter (PartitionSpecs of logical names)."""
+  return nn.get_partition_spec(param_shapes(cfg))
