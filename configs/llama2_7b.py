@@ -1,0 +1,8 @@
+"""LLaMA2-7B with Meta's published shapes (HF meta-llama/Llama-2-7b-hf)."""
+
+from heal_jax import config as config_lib
+
+
+def get_config(arg=None):
+  del arg
+  return config_lib.llama2_config("7b")

@@ -1,0 +1,241 @@
+"""HF <-> heal-jax checkpoint conversion, streaming one tensor at a time.
+
+Both directions validate everything they can before writing (config fields, tensor names,
+shapes, dtypes, file sizes) and write into a staging directory that is renamed into place only
+on success, so a failure leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+from heal_jax.checkpoint import hf_mapping, params_store, safetensors_io
+from heal_jax.checkpoint.params_store import CheckpointError
+from heal_jax.model.config import ConfigError, ModelConfig, from_hf_config, to_hf_config
+
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+_FLOAT_DTYPES = {"float32", "bfloat16", "float16"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceTensor:
+  name: str
+  dtype: np.dtype
+  shape: tuple[int, ...]
+  where: str  # file it comes from, for messages
+  load: Callable[[], np.ndarray]
+
+
+@dataclasses.dataclass
+class HFCheckpoint:
+  path: pathlib.Path
+  hf_config: dict[str, Any]
+  cfg: ModelConfig
+  tensors: dict[str, SourceTensor]
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+  try:
+    return json.loads(path.read_text())
+  except FileNotFoundError:
+    raise CheckpointError(f"{path} is missing") from None
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def _safetensors_sources(files: list[pathlib.Path]) -> dict[str, SourceTensor]:
+  out: dict[str, SourceTensor] = {}
+  for f in files:
+    infos, _ = safetensors_io.read_header(f)
+    for name, info in infos.items():
+      if name in out:
+        raise CheckpointError(f"tensor {name} appears in both {out[name].where} and {f}")
+      out[name] = SourceTensor(name, info.dtype, info.shape, str(f),
+                               lambda info=info: safetensors_io.read_tensor(info))
+  return out
+
+
+def _pickle_sources(files: list[pathlib.Path]) -> dict[str, SourceTensor]:
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise CheckpointError("loading pickle .bin weights needs torch installed") from None
+  import ml_dtypes  # pylint: disable=import-outside-toplevel
+
+  def to_numpy(t):
+    if t.dtype == torch.bfloat16:
+      return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.contiguous().numpy()
+
+  out: dict[str, SourceTensor] = {}
+  for f in files:
+    state = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+    for name, t in state.items():
+      dtype = np.dtype(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16 else to_numpy(t[:0]).dtype
+      out[name] = SourceTensor(name, dtype, tuple(t.shape), str(f), lambda t=t: to_numpy(t))
+  return out
+
+
+def _weight_files(src: pathlib.Path, allow_pickle: bool) -> tuple[list[pathlib.Path], bool]:
+  """(files, is_pickle). A sharded index must list only files that exist."""
+  for index_name, is_pickle in (("model.safetensors.index.json", False), ("pytorch_model.bin.index.json", True)):
+    index_path = src / index_name
+    if index_path.is_file():
+      weight_map = _read_json(index_path).get("weight_map")
+      if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: no weight_map")
+      files = sorted(set(weight_map.values()))
+      for name in files:
+        if not (src / name).is_file():
+          raise CheckpointError(f"{index_path} lists {name}, which is missing")
+      if is_pickle and not allow_pickle:
+        break
+      return [src / n for n in files], is_pickle
+  single = src / "model.safetensors"
+  if single.is_file():
+    return [single], False
+  pickles = sorted(src.glob("pytorch_model*.bin"))
+  if pickles:
+    if not allow_pickle:
+      raise CheckpointError(
+          f"{src} holds only pickle weights ({pickles[0].name}); loading them executes code."
+          " Convert them to safetensors, or pass --allow-pickle if you trust their source")
+    return pickles, True
+  raise CheckpointError(f"{src}: no model.safetensors, sharded index or weights found")
+
+
+def open_hf(src: pathlib.Path, allow_pickle: bool = False) -> HFCheckpoint:
+  """Reads config.json and every weight header of an HF LLaMA directory; loads no tensor data."""
+  src = pathlib.Path(src)
+  if not src.is_dir():
+    raise CheckpointError(f"{src} is not a directory")
+  hf_config = _read_json(src / "config.json")
+  try:
+    cfg = from_hf_config(hf_config)
+  except ConfigError as e:
+    raise CheckpointError(f"{src / 'config.json'}: {e}") from None
+  files, is_pickle = _weight_files(src, allow_pickle)
+  tensors = _pickle_sources(files) if is_pickle else _safetensors_sources(files)
+  index = src / "model.safetensors.index.json"
+  if index.is_file():
+    for name, fname in _read_json(index)["weight_map"].items():
+      if name not in tensors:
+        raise CheckpointError(f"{index} maps tensor {name} to {fname}, which does not contain it")
+  return HFCheckpoint(src, hf_config, cfg, tensors)
+
+
+def validate(ckpt: HFCheckpoint) -> str:
+  """Checks names, shapes and dtypes against the config; returns the common dtype name."""
+  cfg = ckpt.cfg
+  specs = hf_mapping.tensor_specs(cfg)
+  expected = {s.hf_name: s for s in specs}
+  for spec in specs:
+    if spec.hf_name not in ckpt.tensors:
+      raise CheckpointError(f"{ckpt.path}: missing tensor {spec.hf_name}")
+  for name, t in ckpt.tensors.items():
+    if name in expected:
+      continue
+    if name.endswith(hf_mapping.IGNORED_HF_SUFFIXES):
+      continue
+    hint = " (config.json has tie_word_embeddings=true)" if name == "lm_head.weight" else ""
+    raise CheckpointError(f"{ckpt.path}: unexpected tensor {name} in {t.where}{hint}")
+  dtypes = set()
+  for spec in specs:
+    t = ckpt.tensors[spec.hf_name]
+    if t.shape != spec.hf_shape:
+      raise CheckpointError(
+          f"{ckpt.path}: tensor {spec.hf_name} has shape {list(t.shape)} but config.json implies"
+          f" {list(spec.hf_shape)} (hidden_size={cfg.hidden_size}, intermediate_size={cfg.intermediate_size},"
+          f" num_attention_heads={cfg.num_heads}, num_key_value_heads={cfg.num_kv_heads},"
+          f" head_dim={cfg.head_dim}, vocab_size={cfg.vocab_size})")
+    if t.dtype.name not in _FLOAT_DTYPES:
+      raise CheckpointError(f"{ckpt.path}: tensor {spec.hf_name} has dtype {t.dtype.name}, expected a float type")
+    dtypes.add(t.dtype.name)
+  if len(dtypes) > 1:
+    first = {d: next(s.hf_name for s in specs if ckpt.tensors[s.hf_name].dtype.name == d) for d in dtypes}
+    raise CheckpointError(f"{ckpt.path}: mixed dtypes: " + ", ".join(f"{n} is {d}" for d, n in sorted(first.items())))
+  (dtype,) = dtypes
+  declared = ckpt.hf_config.get("dtype", ckpt.hf_config.get("torch_dtype"))
+  if declared is not None and declared != dtype:
+    raise CheckpointError(f"{ckpt.path}/config.json: field dtype={declared!r} but the weights are {dtype}"
+                          f" (e.g. tensor {specs[0].hf_name})")
+  return dtype
+
+
+def hf_to_orbax(src: pathlib.Path, dst: pathlib.Path, allow_pickle: bool = False,
+                overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+  """Converts an HF LLaMA directory into a heal-jax checkpoint; returns a summary dict."""
+  log = log or (lambda msg: print(msg, file=sys.stderr))
+  ckpt = open_hf(src, allow_pickle=allow_pickle)
+  dtype = validate(ckpt)
+  specs = hf_mapping.tensor_specs(ckpt.cfg)
+  has_tokenizer = any((ckpt.path / n).is_file() for n in params_store.TOKENIZER_FILES)
+  if not has_tokenizer:
+    log(f"warning: {ckpt.path} has no tokenizer files; the checkpoint will have none")
+  params: dict[str, Any] = {}
+  nbytes = 0
+  with params_store.atomic_output_dir(dst, overwrite) as out:
+    for spec in specs:
+      array = spec.to_ours(ckpt.tensors[spec.hf_name].load())
+      nbytes += array.nbytes
+      hf_mapping.set_path(params, spec.path, array)
+    extra = {"source": str(ckpt.path)}
+    gen = ckpt.path / "generation_config.json"
+    if gen.is_file():
+      extra["generation_config"] = _read_json(gen)
+    params_store.write_checkpoint(out, params, ckpt.cfg, ckpt.hf_config, dtype,
+                                  ckpt.path if has_tokenizer else None, extra)
+  return {"tensors": len(specs), "bytes": nbytes, "dtype": dtype, "params": ckpt.cfg.num_params()}
+
+
+def _generation_config(manifest: dict[str, Any]) -> dict[str, Any]:
+  if manifest.get("generation_config"):
+    return manifest["generation_config"]
+  hf = manifest.get("hf_config", {})
+  gen = {"_from_model_config": True}
+  for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    if hf.get(key) is not None:
+      gen[key] = hf[key]
+  return gen
+
+
+def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                overwrite: bool = False) -> dict[str, Any]:
+  """Exports a heal-jax checkpoint as an HF directory (sharded safetensors, configs, tokenizer)."""
+  src = pathlib.Path(src)
+  manifest = params_store.read_manifest(src)
+  cfg = ModelConfig.from_dict(manifest["model"]).replace(scan_layers=False)
+  params_store.check_params(src, cfg)
+  stored = params_store.tensor_metadata(src)
+  specs = hf_mapping.tensor_specs(cfg)
+  plan = [safetensors_io.PlannedTensor(s.hf_name, stored[s.path][1], s.hf_shape) for s in specs]
+  shards = safetensors_io.shard_plan(plan, max_shard_bytes)
+  by_name = {s.hf_name: s for s in specs}
+  weight_map: dict[str, str] = {}
+  total = 0
+  with params_store.atomic_output_dir(dst, overwrite) as out:
+    for i, shard in enumerate(shards):
+      fname = (f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1
+               else "model.safetensors")
+      writer = safetensors_io.StreamingWriter(out / fname, shard)
+      for t in shard:
+        spec = by_name[t.name]
+        writer.write(t.name, spec.to_hf(params_store.read_tensor(src, spec.path)))
+        weight_map[t.name] = fname
+        total += t.nbytes
+      writer.close()
+    if len(shards) > 1:
+      index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+      (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    hf_config = to_hf_config(cfg, base=manifest.get("hf_config"), dtype=manifest["dtype"])
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    (out / "generation_config.json").write_text(
+        json.dumps(_generation_config(manifest), indent=2, sort_keys=True) + "\n")
+    params_store.copy_tokenizer(src / "tokenizer", out)
+  return {"tensors": len(specs), "bytes": total, "shards": len(shards), "dtype": manifest["dtype"]}

@@ -1,0 +1,165 @@
+"""The converted-checkpoint directory: the one place that writes and reads model parameters.
+
+Layout of a converted checkpoint (what `heal-jax convert hf-to-orbax` writes and what training,
+evaluation, generation and export restore from):
+
+  DIR/heal_checkpoint.json   manifest: format, model config, the source HF config, dtype
+  DIR/params/                orbax checkpoint of the unscanned parameter tree (see hf_mapping)
+  DIR/tokenizer/             tokenizer files (tokenizer.model, tokenizer_config.json, ...)
+
+Parameters keep the dtype they were converted from (bf16 stays bf16), so a round trip is
+bitwise exact and the checkpoint is no larger than its source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+from typing import Any, Iterator
+
+import numpy as np
+
+from heal_jax.checkpoint import hf_mapping
+from heal_jax.model.config import ModelConfig
+
+MANIFEST = "heal_checkpoint.json"
+FORMAT = "heal-jax/params/v1"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json")
+
+
+class CheckpointError(ValueError):
+  """A missing, truncated or inconsistent checkpoint; the message names the file or tensor."""
+
+
+@contextlib.contextmanager
+def atomic_output_dir(dst: pathlib.Path, overwrite: bool = False) -> Iterator[pathlib.Path]:
+  """Yields a fresh staging directory that becomes `dst` only if the block succeeds.
+
+  On any exception the staging directory is removed, so no partial output is left behind.
+  """
+  dst = pathlib.Path(dst)
+  if dst.exists() and not overwrite:
+    raise CheckpointError(f"output directory {dst} already exists (pass --overwrite to replace it)")
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  staging = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+  shutil.rmtree(staging, ignore_errors=True)
+  staging.mkdir()
+  try:
+    yield staging
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  if dst.exists():
+    shutil.rmtree(dst)
+  os.replace(staging, dst)
+
+
+def _orbax():
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  return ocp
+
+
+def write_checkpoint(out_dir: pathlib.Path, params: dict[str, Any], cfg: ModelConfig,
+                     hf_config: dict[str, Any] | None, dtype: str,
+                     tokenizer_dir: pathlib.Path | None, extra: dict[str, Any] | None = None) -> None:
+  """Writes params (nested dict of numpy arrays, unscanned layout), manifest and tokenizer."""
+  out_dir = pathlib.Path(out_dir)
+  ckpt = _orbax().StandardCheckpointer()
+  ckpt.save(out_dir / "params", params)
+  ckpt.wait_until_finished()
+  ckpt.close()
+  copied = copy_tokenizer(tokenizer_dir, out_dir / "tokenizer") if tokenizer_dir else []
+  manifest = {"format": FORMAT, "model": cfg.to_dict(), "hf_config": hf_config or {},
+              "dtype": dtype, "tokenizer_files": copied, **(extra or {})}
+  (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def copy_tokenizer(src_dir: pathlib.Path, dst_dir: pathlib.Path) -> list[str]:
+  """Copies the known tokenizer files present in `src_dir`; returns their names."""
+  names = [n for n in TOKENIZER_FILES if (pathlib.Path(src_dir) / n).is_file()]
+  if names:
+    dst_dir.mkdir(parents=True, exist_ok=True)
+  for n in names:
+    shutil.copyfile(pathlib.Path(src_dir) / n, dst_dir / n)
+  return names
+
+
+def read_manifest(ckpt_dir: pathlib.Path) -> dict[str, Any]:
+  path = pathlib.Path(ckpt_dir) / MANIFEST
+  if not path.is_file():
+    raise CheckpointError(f"{ckpt_dir} is not a heal-jax checkpoint: {MANIFEST} is missing")
+  try:
+    manifest = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+  if manifest.get("format") != FORMAT:
+    raise CheckpointError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+  if not (pathlib.Path(ckpt_dir) / "params" / "_CHECKPOINT_METADATA").exists():
+    raise CheckpointError(f"{ckpt_dir}/params: no completed orbax checkpoint")
+  return manifest
+
+
+def model_config(ckpt_dir: pathlib.Path) -> ModelConfig:
+  return ModelConfig.from_dict(read_manifest(ckpt_dir)["model"])
+
+
+def tensor_metadata(ckpt_dir: pathlib.Path) -> dict[hf_mapping.ParamPath, tuple[tuple[int, ...], np.dtype]]:
+  """(shape, dtype) of every stored parameter, read from orbax metadata without loading data."""
+  meta = _orbax().PyTreeCheckpointer().metadata(pathlib.Path(ckpt_dir) / "params")
+  tree = meta.item_metadata.tree
+  return {path: (tuple(m.shape), np.dtype(m.dtype)) for path, m in hf_mapping.iter_paths(tree)}
+
+
+def read_tensor(ckpt_dir: pathlib.Path, path: hf_mapping.ParamPath) -> np.ndarray:
+  """Restores a single parameter as a numpy array (partial restore: nothing else is read)."""
+  ocp = _orbax()
+  item: dict[str, Any] = {}
+  args: dict[str, Any] = {}
+  hf_mapping.set_path(item, path, 0)
+  hf_mapping.set_path(args, path, ocp.RestoreArgs(restore_type=np.ndarray))
+  with ocp.PyTreeCheckpointer() as ckpt:
+    restored = ckpt.restore(pathlib.Path(ckpt_dir).absolute() / "params",
+                            args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True))
+  return hf_mapping.get_path(restored, path)
+
+
+def check_params(ckpt_dir: pathlib.Path, cfg: ModelConfig) -> None:
+  """Every expected tensor is stored with the expected shape, and nothing else is."""
+  stored = tensor_metadata(ckpt_dir)
+  expected = {s.path: s.shape for s in hf_mapping.tensor_specs(cfg)}
+  for path, shape in expected.items():
+    if path not in stored:
+      raise CheckpointError(f"{ckpt_dir}: missing parameter {'/'.join(path)}")
+    if stored[path][0] != shape:
+      raise CheckpointError(f"{ckpt_dir}: parameter {'/'.join(path)} has shape {list(stored[path][0])},"
+                            f" the model config implies {list(shape)}")
+  extra = sorted(set(stored) - set(expected))
+  if extra:
+    raise CheckpointError(f"{ckpt_dir}: unexpected parameter {'/'.join(extra[0])}")
+
+
+def load_params(ckpt_dir: pathlib.Path, cfg: ModelConfig, dtype: Any = None) -> dict[str, Any]:
+  """The whole parameter tree as numpy arrays, in the layout `cfg` asks for (scanned or not).
+
+  `dtype` casts every tensor (e.g. float32 master weights for training).
+  """
+  stored_cfg = model_config(ckpt_dir)
+  check_params(ckpt_dir, stored_cfg.replace(scan_layers=False))
+  ckpt = _orbax().StandardCheckpointer()
+  params = ckpt.restore(pathlib.Path(ckpt_dir).absolute() / "params")
+  ckpt.close()
+  if dtype is not None:
+    params = _map_leaves(params, lambda x: np.asarray(x).astype(dtype))
+  if cfg.scan_layers:
+    params = hf_mapping.stack_layers(params, cfg.num_layers)
+  return params
+
+
+def _map_leaves(tree: Any, fn) -> Any:
+  if isinstance(tree, dict):
+    return {k: _map_leaves(v, fn) for k, v in tree.items()}
+  return fn(tree)

@@ -1,0 +1,85 @@
+"""The `heal-jax` command line: one entry point, each subcommand a thin call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Callable, Sequence
+
+Handler = Callable[[argparse.Namespace, list[str]], int]
+
+
+def _convert_hf_to_orbax(args: argparse.Namespace, overrides: list[str]) -> int:
+  del overrides
+  from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
+  summary = hf_convert.hf_to_orbax(args.src, args.dst, allow_pickle=args.allow_pickle, overwrite=args.overwrite)
+  print(json.dumps(summary))
+  return 0
+
+
+def _convert_orbax_to_hf(args: argparse.Namespace, overrides: list[str]) -> int:
+  del overrides
+  from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
+  summary = hf_convert.orbax_to_hf(args.src, args.dst, max_shard_bytes=int(args.max_shard_gb * 1024**3),
+                                   overwrite=args.overwrite)
+  print(json.dumps(summary))
+  return 0
+
+
+def _init(args: argparse.Namespace, overrides: list[str]) -> int:
+  from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax.checkpoint import random_init  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_config(args.config, overrides)
+  summary = random_init.write_random_checkpoint(
+      config_lib.model_config(config), args.out, seed=config.seed, tokenizer_dir=args.tokenizer,
+      overwrite=args.overwrite)
+  print(json.dumps(summary))
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="heal-jax", description=__doc__)
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  convert = sub.add_parser("convert", help="convert checkpoints between HF and heal-jax (orbax)")
+  csub = convert.add_subparsers(dest="direction", required=True)
+  h2o = csub.add_parser("hf-to-orbax", help="HF directory -> heal-jax checkpoint")
+  h2o.add_argument("src", type=pathlib.Path)
+  h2o.add_argument("dst", type=pathlib.Path)
+  h2o.add_argument("--allow-pickle", action="store_true",
+                   help="also read pytorch_model*.bin (unpickling executes code: trusted sources only)")
+  h2o.add_argument("--overwrite", action="store_true")
+  h2o.set_defaults(handler=_convert_hf_to_orbax)
+  o2h = csub.add_parser("orbax-to-hf", help="heal-jax checkpoint -> HF directory (sharded safetensors)")
+  o2h.add_argument("src", type=pathlib.Path)
+  o2h.add_argument("dst", type=pathlib.Path)
+  o2h.add_argument("--max-shard-gb", type=float, default=5.0)
+  o2h.add_argument("--overwrite", action="store_true")
+  o2h.set_defaults(handler=_convert_orbax_to_hf)
+
+  init = sub.add_parser("init", help="write a randomly initialised checkpoint for a config")
+  init.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
+  init.add_argument("--out", required=True, type=pathlib.Path)
+  init.add_argument("--tokenizer", type=pathlib.Path, help="directory with tokenizer.model to bundle")
+  init.add_argument("--overwrite", action="store_true")
+  init.set_defaults(handler=_init)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax.checkpoint.params_store import CheckpointError  # pylint: disable=import-outside-toplevel
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    overrides, rest = config_lib.split_overrides(argv)
+    args = build_parser().parse_args(rest)
+    return args.handler(args, overrides)
+  except (CheckpointError, config_lib.ConfigError) as e:
+    print(f"heal-jax: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,148 @@
+"""ml-collections run configs: the base config, loading a `get_config()` file, command-line overrides.
+
+A config file is a Python file with `get_config(arg: str | None = None) -> ConfigDict`, usually
+starting from `base_config()` here (every field, with its default and meaning) and changing a few.
+`configs/tiny.py:preset` passes "preset" as `arg` (big_vision style). Overrides are
+`--config.a.b=value`; the value is parsed to the type of the field it replaces, and an unknown key
+is an error that names it. The loaded config is locked: no code path can add a field later.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pathlib
+from typing import Any, Sequence
+
+import ml_collections
+
+from heal_jax.model.config import ModelConfig
+
+
+class ConfigError(ValueError):
+  """An unknown key or a value of the wrong type; the message names the key."""
+
+
+def base_model_config() -> ml_collections.ConfigDict:
+  """Model fields (mirrors `ModelConfig`; read in exactly one place, `model_config`)."""
+  return ml_collections.ConfigDict(dict(
+      vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
+      num_kv_heads=32, head_dim=ml_collections.FieldReference(None, field_type=int),
+      max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0, rope_scaling_factor=1.0,
+      tie_word_embeddings=False, param_dtype="float32", compute_dtype="bfloat16",
+      remat_policy="none", scan_layers=False, attention_impl="auto"))
+
+
+# Meta's published LLaMA2 shapes (the HF meta-llama/Llama-2-*-hf config.json files).
+LLAMA2_SHAPES = {
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, num_kv_heads=32),
+    "13b": dict(hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40, num_kv_heads=40),
+    "70b": dict(hidden_size=8192, intermediate_size=28672, num_layers=80, num_heads=64, num_kv_heads=8),
+}
+
+
+def llama2_config(size: str) -> ml_collections.ConfigDict:
+  """Base config with a LLaMA2 preset's shape, bf16 compute, full remat, scanned layers."""
+  config = base_config()
+  config.model.update(dict(
+      vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+      param_dtype="float32", compute_dtype="bfloat16", remat_policy="full", scan_layers=True,
+      **LLAMA2_SHAPES[size]))
+  return config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field of a run config with its default."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = base_model_config()
+  return config
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """The single reader of `config.model`."""
+  return ModelConfig.from_dict(config.model.to_dict())
+
+
+def _load_module(path: pathlib.Path):
+  if not path.is_file():
+    raise ConfigError(f"config file {path} not found")
+  spec = importlib.util.spec_from_file_location(f"heal_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path} has no get_config()")
+  return module
+
+
+def _parse_value(key: str, raw: str, current: Any, field_type: type | None) -> Any:
+  target = field_type if field_type is not None else (type(current) if current is not None else None)
+  try:
+    if target is bool:
+      if raw.lower() in ("true", "1", "yes"):
+        return True
+      if raw.lower() in ("false", "0", "no"):
+        return False
+      raise ValueError(raw)
+    if target is int:
+      return None if raw == "None" else int(raw)
+    if target is float:
+      return float(raw)
+    if target is str:
+      return raw
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    raise ConfigError(f"--config.{key}={raw}: not a valid {getattr(target, '__name__', 'value')}") from None
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
+  """Sets `config.<key>` from its command-line string; unknown keys raise ConfigError."""
+  parts = key.split(".")
+  node = config
+  for i, part in enumerate(parts[:-1]):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise ConfigError(f"unknown config key: {'.'.join(parts[:i + 1])}")
+    node = node[part]
+  leaf = parts[-1]
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+    raise ConfigError(f"unknown config key: {key}" + (f" (known here: {known})" if known else ""))
+  if isinstance(node[leaf], ml_collections.ConfigDict):
+    raise ConfigError(f"config key {key} is a group; set one of its fields")
+  ref = node.get_ref(leaf)
+  field_type = ref.get_type() if isinstance(ref, ml_collections.FieldReference) else None
+  node[leaf] = _parse_value(key, raw, node[leaf], field_type)
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `path.py[:arg]` and applies `--config.k=v` (or `k=v`) overrides, then locks it."""
+  path, _, arg = spec.partition(":")
+  module = _load_module(pathlib.Path(path))
+  config = module.get_config(arg) if arg else module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+  config.lock()
+  for item in overrides:
+    item = item.removeprefix("--config.").removeprefix("config.")
+    key, eq, raw = item.partition("=")
+    if not eq:
+      raise ConfigError(f"override {item!r} must look like --config.key=value")
+    apply_override(config, key, raw)
+  return config
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--config.k=v` (or `--config.k v`) items from the rest of argv."""
+  overrides, rest = [], []
+  it = iter(argv)
+  for item in it:
+    if item.startswith("--config."):
+      if "=" not in item:
+        value = next(it, None)
+        if value is None:
+          raise ConfigError(f"{item} needs a value")
+        item = f"{item}={value}"
+      overrides.append(item)
+    else:
+      rest.append(item)
+  return overrides, rest
