@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-  from heal_jax.checkpoint.params_store import CheckpointError  # pylint: disable=import-outside-toplevel
+  from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     overrides, rest = config_lib.split_overrides(argv)

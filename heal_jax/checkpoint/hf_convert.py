@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from heal_jax.checkpoint import hf_mapping, params_store, safetensors_io
-from heal_jax.checkpoint.params_store import CheckpointError
+from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.model.config import ConfigError, ModelConfig, from_hf_config, to_hf_config
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3

@@ -23,16 +23,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from heal_jax.checkpoint import hf_mapping
+from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.model.config import ModelConfig
 
 MANIFEST = "heal_checkpoint.json"
 FORMAT = "heal-jax/params/v1"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json")
-
-
-class CheckpointError(ValueError):
-  """A missing, truncated or inconsistent checkpoint; the message names the file or tensor."""
 
 
 @contextlib.contextmanager

@@ -19,6 +19,8 @@ from typing import Any, BinaryIO, Iterable
 import ml_dtypes
 import numpy as np
 
+from heal_jax.checkpoint.errors import CheckpointError
+
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -29,7 +31,7 @@ _NAMES = {v: k for k, v in DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(CheckpointError):
   """A malformed or truncated safetensors file; the message names the file (and tensor)."""
 
 

@@ -1,0 +1,75 @@
+"""Config files, command-line overrides, and the HF config mapping."""
+
+import pathlib
+
+import pytest
+
+from heal_jax import config as config_lib
+from heal_jax.model.config import ConfigError as ModelConfigError
+from heal_jax.model.config import ModelConfig, from_hf_config, to_hf_config
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name,params_b", [("llama2_7b", 6.74), ("llama2_13b", 13.02), ("llama2_70b", 68.98)])
+def test_llama2_presets_have_meta_shapes(name, params_b):
+  cfg = config_lib.model_config(config_lib.load_config(str(CONFIGS / f"{name}.py")))
+  # Meta's published totals: 6,738,415,616 / 13,015,864,320 / 68,976,648,192 parameters.
+  assert round(cfg.num_params() / 1e9, 2) == params_b
+  assert cfg.head_dim == 128 and cfg.vocab_size == 32000
+
+
+def test_70b_is_gqa_8():
+  cfg = config_lib.model_config(config_lib.load_config(str(CONFIGS / "llama2_70b.py")))
+  assert (cfg.num_heads, cfg.num_kv_heads, cfg.num_groups) == (64, 8, 8)
+
+
+def test_overrides_are_typed():
+  config = config_lib.load_config(str(CONFIGS / "tiny.py"), [
+      "--config.model.num_layers=3", "--config.model.scan_layers=true", "--config.model.rope_theta=5e5",
+      "--config.model.head_dim=16", "--config.model.compute_dtype=bfloat16"])
+  cfg = config_lib.model_config(config)
+  assert (cfg.num_layers, cfg.scan_layers, cfg.rope_theta, cfg.head_dim, cfg.compute_dtype) == (
+      3, True, 500000.0, 16, "bfloat16")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model.num_layer=3", "unknown config key: model.num_layer"),
+    ("--config.modle.num_layers=3", "unknown config key: modle"),
+    ("--config.model.num_layers=three", "--config.model.num_layers=three: not a valid int"),
+    ("--config.model.scan_layers=maybe", "not a valid bool"),
+    ("--config.model=3", "config key model is a group"),
+])
+def test_bad_overrides_name_the_key(override, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.load_config(str(CONFIGS / "tiny.py"), [override])
+
+
+def test_loaded_config_is_locked():
+  config = config_lib.load_config(str(CONFIGS / "tiny.py"))
+  with pytest.raises(AttributeError):
+    config.model.new_field = 1
+
+
+def test_split_overrides():
+  overrides, rest = config_lib.split_overrides(
+      ["train", "--config", "c.py", "--config.seed=3", "--config.model.num_layers", "2", "--workdir", "w"])
+  assert overrides == ["--config.seed=3", "--config.model.num_layers=2"]
+  assert rest == ["train", "--config", "c.py", "--workdir", "w"]
+
+
+def test_model_config_validation_names_fields():
+  with pytest.raises(ModelConfigError, match="model.num_kv_heads=3 must divide model.num_heads=4"):
+    ModelConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=4, num_kv_heads=3)
+  with pytest.raises(ModelConfigError, match="unknown model config key.*model.bogus"):
+    ModelConfig.from_dict({"bogus": 1})
+
+
+def test_hf_config_both_rope_styles():
+  base = dict(vocab_size=10, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2)
+  old = from_hf_config({**base, "rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 4.0}})
+  new = from_hf_config({**base, "rope_parameters": {"rope_theta": 5e5, "rope_type": "linear", "factor": 4.0}})
+  assert old == new and (old.rope_theta, old.rope_scaling_factor) == (5e5, 4.0)
+  assert from_hf_config(to_hf_config(new)) == new
+  with pytest.raises(ModelConfigError, match="rope_scaling.rope_type='dynamic' is not supported"):
+    from_hf_config({**base, "rope_scaling": {"type": "dynamic", "factor": 2.0}})

@@ -1,0 +1,218 @@
+"""HF <-> heal-jax checkpoint conversion: bitwise round trips, loadability, and every bad input."""
+
+import json
+import pathlib
+import struct
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from heal_jax import cli
+from heal_jax.checkpoint import hf_convert, params_store, safetensors_io
+from heal_jax.checkpoint.errors import CheckpointError
+from tests import hf_reference
+
+TEXT = ("The patient reports chest pain for 3 days. Denies fever. Takes lisinopril 20 mg daily.\n"
+        "Blood pressure is 142/90. Plan: start aspirin 81 mg and follow up in 2 weeks.\n") * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> pathlib.Path:
+  d = tmp_path_factory.mktemp("tok")
+  (d / "corpus.txt").write_text(TEXT)
+  spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"),
+                                 vocab_size=90, model_type="bpe", byte_fallback=False,
+                                 bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+  (d / "corpus.txt").unlink()
+  (d / "tokenizer.vocab").unlink()
+  (d / "tokenizer_config.json").write_text(json.dumps(
+      {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False}))
+  return d
+
+
+def _save_hf(model, path: pathlib.Path, tokenizer_dir=None, dtype=torch.float32, shard="40KB"):
+  model.to(dtype).save_pretrained(path, max_shard_size=shard)
+  if tokenizer_dir is not None:
+    params_store.copy_tokenizer(tokenizer_dir, path)
+  return path
+
+
+def _tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+  ckpt = hf_convert.open_hf(path)
+  return {name: t.load() for name, t in ckpt.tensors.items()}
+
+
+def _assert_no_output(dst: pathlib.Path):
+  assert not dst.exists()
+  assert not [p for p in dst.parent.iterdir() if p.name.startswith(f".{dst.name}.partial")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_round_trip_is_bitwise_and_loads_in_transformers(tmp_path, tokenizer_dir, dtype, tied):
+  model = hf_reference.hf_llama(vocab_size=90, tie_word_embeddings=tied,
+                                rope_scaling={"rope_type": "linear", "factor": 2.0})
+  src = _save_hf(model, tmp_path / "hf", tokenizer_dir, dtype)
+  assert len(list(src.glob("*.safetensors"))) >= 2
+  assert cli.main(["convert", "hf-to-orbax", str(src), str(tmp_path / "ck")]) == 0
+  assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "ck"), str(tmp_path / "out"),
+                   "--max-shard-gb", str(30_000 / 1024**3)]) == 0
+  out = tmp_path / "out"
+  assert (out / "model.safetensors.index.json").is_file()
+  before, after = _tensors(src), _tensors(out)
+  assert sorted(before) == sorted(after)
+  for name, x in before.items():
+    assert x.dtype == after[name].dtype and x.shape == after[name].shape, name
+    assert x.tobytes() == after[name].tobytes(), name
+  skip = {"transformers_version"}
+  config_in = {k: v for k, v in json.loads((src / "config.json").read_text()).items() if k not in skip}
+  config_out = {k: v for k, v in json.loads((out / "config.json").read_text()).items() if k not in skip}
+  assert config_out == config_in
+  tokens = np.random.RandomState(0).randint(0, 90, (2, 21))
+  logits = [hf_reference.hf_logits(AutoModelForCausalLM.from_pretrained(d).float().eval(), tokens)
+            for d in (src, out)]
+  np.testing.assert_array_equal(logits[1], logits[0])
+  tok_in, tok_out = AutoTokenizer.from_pretrained(src), AutoTokenizer.from_pretrained(out)
+  sample = "Takes lisinopril 20 mg daily."
+  assert tok_out(sample)["input_ids"] == tok_in(sample)["input_ids"]
+  assert tok_out(sample)["input_ids"][0] == 1  # BOS carried through
+
+
+def test_converted_checkpoint_gives_hf_logits(tmp_path):
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from heal_jax.model import llama  # pylint: disable=import-outside-toplevel
+  model = hf_reference.hf_llama(num_key_value_heads=1)
+  src = _save_hf(model, tmp_path / "hf")
+  hf_convert.hf_to_orbax(src, tmp_path / "ck")
+  for scan in (False, True):
+    cfg = params_store.model_config(tmp_path / "ck").replace(scan_layers=scan)
+    params = params_store.load_params(tmp_path / "ck", cfg)
+    tokens = np.random.RandomState(1).randint(0, 97, (1, 17))
+    ours = llama.Llama(cfg).apply({"params": params}, jnp.asarray(tokens))
+    np.testing.assert_allclose(np.asarray(ours), hf_reference.hf_logits(model, tokens), atol=1e-4, rtol=0)
+
+
+# --- bad input: each fails before writing, names the tensor or field, leaves nothing ----------
+
+def _rewrite_single_file(path: pathlib.Path, edit) -> None:
+  """Loads all tensors of an HF dir, applies edit(dict), writes one model.safetensors."""
+  tensors = _tensors(path)
+  for f in list(path.glob("*.safetensors")) + list(path.glob("*.index.json")):
+    f.unlink()
+  edit(tensors)
+  plan = [safetensors_io.PlannedTensor(n, a.dtype, a.shape) for n, a in tensors.items()]
+  writer = safetensors_io.StreamingWriter(path / "model.safetensors", plan)
+  for n, a in tensors.items():
+    writer.write(n, a)
+  writer.close()
+
+
+def _edit_config(path: pathlib.Path, **changes):
+  config = json.loads((path / "config.json").read_text())
+  config.update(changes)
+  (path / "config.json").write_text(json.dumps(config))
+
+
+def _truncate(path: pathlib.Path):
+  f = sorted(path.glob("*.safetensors"))[-1]
+  data = f.read_bytes()
+  f.write_bytes(data[:-100])
+  return f.name
+
+
+BAD_INPUTS = {
+    "missing_tensor": (lambda p: _rewrite_single_file(p, lambda t: t.pop("model.layers.1.mlp.up_proj.weight")),
+                       "missing tensor model.layers.1.mlp.up_proj.weight"),
+    "unexpected_tensor": (lambda p: _rewrite_single_file(
+        p, lambda t: t.__setitem__("model.layers.9.extra.weight", np.zeros(3, np.float32))),
+                          "unexpected tensor model.layers.9.extra.weight"),
+    "shape_mismatch": (lambda p: _rewrite_single_file(
+        p, lambda t: t.__setitem__("model.norm.weight", np.zeros(65, np.float32))),
+                       "tensor model.norm.weight has shape [65]"),
+    "config_disagrees": (lambda p: _edit_config(p, num_key_value_heads=4),
+                         "tensor model.layers.0.self_attn.k_proj.weight has shape [32, 64]"),
+    "dtype_mismatch": (lambda p: _edit_config(p, dtype="bfloat16"),
+                       "field dtype='bfloat16' but the weights are float32"),
+    "mixed_dtypes": (lambda p: _rewrite_single_file(
+        p, lambda t: t.__setitem__("model.norm.weight", t["model.norm.weight"].astype(np.float16))),
+                     "mixed dtypes"),
+    "unsupported_rope": (lambda p: _edit_config(p, rope_parameters={"rope_type": "yarn", "factor": 4.0,
+                                                                     "rope_theta": 10000.0}),
+                         "rope_parameters.rope_type='yarn' is not supported"),
+    "truncated_file": (_truncate, "truncated"),
+    "tied_but_head_present": (lambda p: _edit_config(p, tie_word_embeddings=True),
+                              "unexpected tensor lm_head.weight"),
+    "no_config": (lambda p: (p / "config.json").unlink(), "config.json is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_fails_cleanly(tmp_path, case, capsys):
+  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  corrupt, message = BAD_INPUTS[case]
+  corrupt(src)
+  dst = tmp_path / "ck"
+  with pytest.raises(CheckpointError, match=None) as err:
+    hf_convert.hf_to_orbax(src, dst)
+  assert message in str(err.value)
+  _assert_no_output(dst)
+  assert cli.main(["convert", "hf-to-orbax", str(src), str(dst)]) == 2
+  assert message in capsys.readouterr().err
+  _assert_no_output(dst)
+
+
+def test_truncated_shard_names_file(tmp_path):
+  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  name = _truncate(src)
+  with pytest.raises(CheckpointError, match=f"{name}: truncated"):
+    hf_convert.hf_to_orbax(src, tmp_path / "ck")
+
+
+def test_pickle_weights_refused_unless_allowed(tmp_path):
+  model = hf_reference.hf_llama()
+  src = tmp_path / "hf"
+  src.mkdir()
+  model.config.save_pretrained(src)
+  torch.save(model.state_dict(), src / "pytorch_model.bin")
+  with pytest.raises(CheckpointError, match="pickle weights.*--allow-pickle"):
+    hf_convert.hf_to_orbax(src, tmp_path / "ck")
+  _assert_no_output(tmp_path / "ck")
+  hf_convert.hf_to_orbax(src, tmp_path / "ck", allow_pickle=True)
+  hf_convert.orbax_to_hf(tmp_path / "ck", tmp_path / "out")
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
+  for name, x in _tensors(tmp_path / "out").items():
+    assert x.tobytes() == state[name].tobytes(), name
+
+
+def test_export_of_damaged_checkpoint_leaves_nothing(tmp_path):
+  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  hf_convert.hf_to_orbax(src, tmp_path / "ck")
+  manifest = json.loads((tmp_path / "ck" / params_store.MANIFEST).read_text())
+  manifest["model"]["num_layers"] = 3
+  (tmp_path / "ck" / params_store.MANIFEST).write_text(json.dumps(manifest))
+  with pytest.raises(CheckpointError, match="missing parameter layers_2/attention_norm/scale"):
+    hf_convert.orbax_to_hf(tmp_path / "ck", tmp_path / "out")
+  _assert_no_output(tmp_path / "out")
+
+
+def test_existing_output_is_not_overwritten(tmp_path):
+  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  (tmp_path / "ck").mkdir()
+  (tmp_path / "ck" / "keep.txt").write_text("mine")
+  with pytest.raises(CheckpointError, match="already exists"):
+    hf_convert.hf_to_orbax(src, tmp_path / "ck")
+  assert (tmp_path / "ck" / "keep.txt").read_text() == "mine"
+
+
+def test_safetensors_header_checks(tmp_path):
+  f = tmp_path / "x.safetensors"
+  f.write_bytes(struct.pack("<Q", 10_000) + b"{}")
+  with pytest.raises(safetensors_io.SafetensorsError, match="x.safetensors: truncated or corrupt"):
+    safetensors_io.read_header(f)
+  header = json.dumps({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}).encode()
+  f.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 12)
+  with pytest.raises(safetensors_io.SafetensorsError, match="tensor w: 12 bytes for shape"):
+    safetensors_io.read_header(f)
