@@ -4,7 +4,10 @@ LLaMA's `tokenizer.model` is a BPE sentencepiece model with byte fallback, digit
 unk=0, bos=1, eos=2 and no pad piece (pad id -1), an identity normalizer that keeps whitespace as it is,
 and a dummy "▁" prefix. `train_tokenizer` mirrors that trainer spec, and writes the HF files next to the
 model so that `transformers.AutoTokenizer.from_pretrained(out_dir)` loads it as a `LlamaTokenizer` that
-adds BOS and gives the same ids as this wrapper.
+adds BOS and gives the same ids as this wrapper, with two exceptions that transformers 5 has for LLaMA's
+own tokenizer too: a text that starts with a space gets no dummy prefix from HF's Metaspace (one "▁"
+fewer), and HF reads a literal "<s>" or "</s>" in the text as the control token, where sentencepiece
+spells it out. Training and data preparation use this wrapper only.
 """
 
 from __future__ import annotations
@@ -165,8 +168,8 @@ def train_tokenizer(texts_or_files: Iterable[str | os.PathLike], out_dir: str | 
   lines = _training_lines(texts_or_files, max_sentence_length)
   if not lines:
     raise ValueError("no training text: every input was empty or blank")
-  options = dict(_LLAMA_TRAINER_SPEC, max_sentence_length=max_sentence_length,
-                 num_threads=num_threads or os.cpu_count() or 1, minloglevel=2, **overrides)
+  options = {**_LLAMA_TRAINER_SPEC, "max_sentence_length": max_sentence_length,
+             "num_threads": num_threads or os.cpu_count() or 1, "minloglevel": 2, **overrides}
 
   def run(size: int) -> bytes:
     model = io.BytesIO()

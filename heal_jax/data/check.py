@@ -1,0 +1,237 @@
+"""`heal-jax data check`: read a raw file the way preparation does, write nothing, report what is wrong.
+
+Formats (from the suffix unless given; `.gz` and `.zst` compression for all three, `.zst` needs the
+`zstandard` package):
+  jsonl  one JSON object a line (`.jsonl`, `.json`, `.ndjson`); blank lines are skipped.
+  text   one document a line (`.txt`); blank lines are skipped; documents only.
+  csv    a header row, then one record a row (`.csv`); quoted fields may span lines, and a record's
+         line number is the physical line it starts on (the header is line 1).
+Record kinds and their fields: document {text}; conversation {conversation, note}; instruction
+{prompt, response, explanation (optional)}. A field map {"conversation": "dialogue"} reads our field
+`conversation` from the file's field or column `dialogue`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator, Mapping, Sequence
+import csv
+import gzip
+import io
+import json
+import os
+import pathlib
+import re
+import sys
+from typing import Any, BinaryIO
+
+KIND_FIELDS = {  # kind: (required fields, optional fields)
+    "document": (("text",), ()),
+    "conversation": (("conversation", "note"), ()),
+    "instruction": (("prompt", "response"), ("explanation",)),
+}
+FORMATS = ("jsonl", "text", "csv")
+MAX_PROBLEMS = 100
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "text", ".text": "text",
+                   ".csv": "csv"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+Record = dict[str, str | None]
+
+
+def detect_format(path: str | os.PathLike) -> str:
+  """"jsonl", "text" or "csv" from the file name, looking through a .gz/.zst suffix."""
+  suffixes = [s.lower() for s in pathlib.Path(path).suffixes]
+  if suffixes and suffixes[-1] in (".gz", ".zst"):
+    suffixes = suffixes[:-1]
+  if not suffixes or suffixes[-1] not in _SUFFIX_FORMATS:
+    raise ValueError(f"{path}: cannot tell the format from the name; give one of {', '.join(FORMATS)}")
+  return _SUFFIX_FORMATS[suffixes[-1]]
+
+
+def open_binary(path: str | os.PathLike) -> BinaryIO:
+  """The file's bytes, decompressed for `.gz` and `.zst` names."""
+  path = pathlib.Path(path)
+  if path.suffix.lower() == ".gz":
+    return gzip.open(path, "rb")
+  if path.suffix.lower() == ".zst":
+    try:
+      import zstandard  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(f"{path}: reading .zst files needs the zstandard package "
+                        "(pip install zstandard)") from e
+    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+  return open(path, "rb")
+
+
+def parse_fields(spec: str) -> dict[str, str]:
+  """"conversation=dialogue,note=note" -> {"conversation": "dialogue", "note": "note"}."""
+  fields = {}
+  for item in filter(None, (s.strip() for s in spec.split(","))):
+    ours, sep, theirs = item.partition("=")
+    if not sep or not ours.strip() or not theirs.strip():
+      raise ValueError(f"bad field mapping {item!r}: expected OURS=THEIRS")
+    fields[ours.strip()] = theirs.strip()
+  return fields
+
+
+def _columns(kind: str, fields: Mapping[str, str] | None) -> dict[str, str]:
+  """{our field: the file's field} for every field of `kind`."""
+  if kind not in KIND_FIELDS:
+    raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KIND_FIELDS)}")
+  ours = KIND_FIELDS[kind][0] + KIND_FIELDS[kind][1]
+  unknown = set(fields or {}) - set(ours)
+  if unknown:
+    raise ValueError(f"fields {sorted(unknown)} are not fields of kind {kind!r} ({', '.join(ours)})")
+  return {f: (fields or {}).get(f, f) for f in ours}
+
+
+def _label(ours: str, theirs: str) -> str:
+  return ours if ours == theirs else f"{theirs} (for {ours})"
+
+
+def _record(obj: Mapping[str, Any], kind: str,
+            columns: Mapping[str, str]) -> tuple[Record | None, str | None]:
+  """Our record from one parsed row or object, or the first reason it is invalid."""
+  required, optional = KIND_FIELDS[kind]
+  record = {}
+  for ours in required + optional:
+    theirs = columns[ours]
+    value = obj.get(theirs)
+    if value is None or (ours in optional and isinstance(value, str) and not value.strip()):
+      if ours in optional:
+        record[ours] = None
+        continue
+      return None, f"missing field {_label(ours, theirs)}"
+    if not isinstance(value, str):
+      return None, f"field {_label(ours, theirs)} is not a string (got {type(value).__name__})"
+    if _SURROGATE.search(value):
+      return None, f"invalid UTF-8 or a lone surrogate in field {_label(ours, theirs)}"
+    if not value.strip():
+      return None, f"empty text in field {_label(ours, theirs)}"
+    record[ours] = value.replace("\r\n", "\n")
+  return record, None
+
+
+def _lines(path: pathlib.Path) -> Iterator[tuple[int, str | None, str | None]]:
+  """(line number, decoded line without its newline, or None and the UTF-8 problem); skips blank lines."""
+  with open_binary(path) as f:
+    for n, raw in enumerate(f, 1):
+      if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield n, None, f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+        continue
+      line = line.rstrip("\r\n")
+      if line.strip():
+        yield n, line, None
+
+
+def _iter_jsonl(path, kind, columns):
+  for n, line, problem in _lines(path):
+    if problem:
+      yield n, None, problem
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      yield n, None, f"malformed JSON: {e.msg} at column {e.colno}"
+      continue
+    if not isinstance(obj, dict):
+      yield n, None, f"expected a JSON object, got {type(obj).__name__}"
+      continue
+    yield (n, *_record(obj, kind, columns))
+
+
+def _iter_text(path, kind, columns):
+  for n, line, problem in _lines(path):
+    yield (n, None, problem) if problem else (n, *_record({columns["text"]: line}, kind, columns))
+
+
+def _iter_csv(path, kind, columns):
+  required = [columns[f] for f in KIND_FIELDS[kind][0]]
+  with open_binary(path) as fb:
+    reader = csv.reader(io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline=""))
+    start = 1
+    try:
+      header = next(reader, None)
+      if header is None:
+        return
+      missing = [c for c in required if c not in header]
+      if missing:
+        yield 1, None, f"CSV missing columns: {', '.join(missing)} (header: {', '.join(header)})"
+        return
+      start = reader.line_num + 1
+      for row in reader:
+        n, start = start, reader.line_num + 1
+        if not any(cell.strip() for cell in row):
+          continue
+        if len(row) != len(header):
+          yield n, None, f"row has {len(row)} columns, header has {len(header)}"
+          continue
+        yield (n, *_record(dict(zip(header, row)), kind, columns))
+    except csv.Error as e:
+      yield start, None, f"malformed CSV: {e}"
+
+
+def iter_records(
+    path: str | os.PathLike, kind: str, fmt: str | None = None,
+    fields: Mapping[str, str] | None = None) -> Iterator[tuple[int, Record | None, str | None]]:
+  """Reads `path` record by record: (line number, record or None, reason or None), exactly one None.
+
+  Records hold our field names (see the module docstring) with string values, "\\r\\n" turned into "\\n";
+  an instruction's missing or blank explanation is None. Reasons are specific ("malformed JSON: ...",
+  "missing field dialogue (for conversation)", "empty text in field note", "invalid UTF-8 ...",
+  "CSV missing columns: ..."). A CSV header without the needed columns gives that one problem at line 1
+  and nothing else. Raises ValueError for an unknown kind, format or field, or text with a non-document
+  kind; ImportError for .zst without zstandard; OSError if the file cannot be read.
+  """
+  path = pathlib.Path(path)
+  fmt = fmt or detect_format(path)
+  columns = _columns(kind, fields)
+  if fmt not in FORMATS:
+    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+  if fmt == "text" and kind != "document":
+    raise ValueError(f"text files hold one document a line; kind {kind!r} needs jsonl or csv")
+  yield from {"jsonl": _iter_jsonl, "text": _iter_text, "csv": _iter_csv}[fmt](path, kind, columns)
+
+
+def check_file(path: str | os.PathLike, kind: str, fmt: str | None = None,
+               fields: Mapping[str, str] | None = None) -> dict[str, Any]:
+  """{"read", "valid", "invalid", "problems": [{"line", "reason"}]}; read = valid + invalid.
+
+  Problems keep the first `MAX_PROBLEMS`; the counts are never capped. Writes nothing.
+  """
+  read = valid = 0
+  problems = []
+  for line, _, reason in iter_records(path, kind, fmt, fields):
+    read += 1
+    if reason is None:
+      valid += 1
+    elif len(problems) < MAX_PROBLEMS:
+      problems.append({"line": line, "reason": reason})
+  return {"read": read, "valid": valid, "invalid": read - valid, "problems": problems}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """`heal-jax data check PATH --kind K [--format F] [--fields a=b,...]`: prints the JSON report.
+
+  Returns 0 when every record is valid and there is at least one, 1 otherwise, 2 when the file
+  cannot be read at all (missing file, bad options, .zst without zstandard).
+  """
+  parser = argparse.ArgumentParser(prog="heal-jax data check", description=__doc__.splitlines()[0])
+  parser.add_argument("path", type=pathlib.Path)
+  parser.add_argument("--kind", required=True, choices=tuple(KIND_FIELDS))
+  parser.add_argument("--format", dest="fmt", choices=FORMATS, default=None)
+  parser.add_argument("--fields", type=parse_fields, default=None,
+                      help="OURS=THEIRS, comma separated: conversation=dialogue,note=note")
+  args = parser.parse_args(argv)
+  try:
+    result = check_file(args.path, args.kind, args.fmt, args.fields)
+  except (OSError, ValueError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(result, indent=2))
+  return 0 if result["read"] > 0 and result["invalid"] == 0 else 1

@@ -1,0 +1,181 @@
+"""data check: exact line numbers and reasons on hand-made bad files; counts that reconcile."""
+
+import gzip
+import json
+import sys
+
+import pytest
+
+from heal_jax.data import check
+
+BAD_JSONL = b"\n".join([
+    b'{"text": "a good document"}',   # 1 valid
+    b'{"text": "unterminated"',       # 2 malformed JSON
+    b"",                              # 3 blank, skipped
+    b'{"txt": "wrong key"}',          # 4 missing field
+    b'{"text": "   "}',               # 5 empty text
+    b'{"text": "caf\xe9"}',           # 6 invalid UTF-8 (Latin-1 e-acute)
+    b"[1, 2]",                        # 7 not an object
+    b'{"text": 7}',                   # 8 not a string
+    b'{"text": "\\ud800 lone"}',      # 9 lone surrogate escape
+    b'{"text": "second good one"}',   # 10 valid
+]) + b"\n"
+BAD_JSONL_PROBLEMS = [
+    {"line": 2, "reason": "malformed JSON: Expecting ',' delimiter at column 24"},
+    {"line": 4, "reason": "missing field text"},
+    {"line": 5, "reason": "empty text in field text"},
+    {"line": 6, "reason": "invalid UTF-8 (byte 0xe9 at column 14)"},
+    {"line": 7, "reason": "expected a JSON object, got list"},
+    {"line": 8, "reason": "field text is not a string (got int)"},
+    {"line": 9, "reason": "invalid UTF-8 or a lone surrogate in field text"},
+]
+
+
+def test_jsonl_documents(tmp_path):
+  path = tmp_path / "docs.jsonl"
+  path.write_bytes(BAD_JSONL)
+  assert check.check_file(path, "document") == {
+      "read": 9, "valid": 2, "invalid": 7, "problems": BAD_JSONL_PROBLEMS}
+  records = [(n, r) for n, r, reason in check.iter_records(path, "document") if reason is None]
+  assert records == [(1, {"text": "a good document"}), (10, {"text": "second good one"})]
+
+
+def test_gzip_and_zstd_read_the_same(tmp_path):
+  gz = tmp_path / "docs.jsonl.gz"
+  gz.write_bytes(gzip.compress(BAD_JSONL))
+  assert check.check_file(gz, "document")["problems"] == BAD_JSONL_PROBLEMS
+  zstandard = pytest.importorskip("zstandard", reason="zstandard not installed")
+  zst = tmp_path / "docs.jsonl.zst"
+  zst.write_bytes(zstandard.ZstdCompressor().compress(BAD_JSONL))
+  assert check.check_file(zst, "document")["problems"] == BAD_JSONL_PROBLEMS
+
+
+def test_zstd_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+  zst = tmp_path / "docs.jsonl.zst"
+  zst.write_bytes(b"\x28\xb5\x2f\xfd")
+  monkeypatch.setitem(sys.modules, "zstandard", None)  # makes `import zstandard` raise ImportError
+  with pytest.raises(ImportError, match="needs the zstandard package"):
+    check.check_file(zst, "document")
+
+
+def test_conversation_field_map_and_instruction_explanations(tmp_path):
+  path = tmp_path / "conv.jsonl"
+  path.write_text("\n".join(json.dumps(r) for r in [
+      {"dialogue": "[doctor] hi\r\n[patient] hello", "note": "CC: none."},
+      {"dialogue": "[doctor] hi"},
+      {"note": "orphan"},
+      {"dialogue": "", "note": "x"},
+  ]) + "\n", encoding="utf-8")
+  result = check.check_file(path, "conversation", fields={"conversation": "dialogue"})
+  assert result == {"read": 4, "valid": 1, "invalid": 3, "problems": [
+      {"line": 2, "reason": "missing field note"},
+      {"line": 3, "reason": "missing field dialogue (for conversation)"},
+      {"line": 4, "reason": "empty text in field dialogue (for conversation)"}]}
+  first = next(check.iter_records(path, "conversation", "jsonl", {"conversation": "dialogue"}))
+  assert first == (1, {"conversation": "[doctor] hi\n[patient] hello", "note": "CC: none."}, None)
+
+  path = tmp_path / "inst.jsonl"
+  path.write_text("\n".join(json.dumps(r) for r in [
+      {"prompt": "p", "response": "r"},
+      {"prompt": "p", "response": "r", "explanation": "because"},
+      {"prompt": "p", "response": "r", "explanation": " "},
+      {"prompt": "p", "response": "r", "explanation": 3},
+      {"prompt": "p"},
+  ]), encoding="utf-8")
+  got = list(check.iter_records(path, "instruction"))
+  assert got == [
+      (1, {"prompt": "p", "response": "r", "explanation": None}, None),
+      (2, {"prompt": "p", "response": "r", "explanation": "because"}, None),
+      (3, {"prompt": "p", "response": "r", "explanation": None}, None),
+      (4, None, "field explanation is not a string (got int)"),
+      (5, None, "missing field response")]
+
+
+def test_csv_rows_spanning_lines(tmp_path):
+  path = tmp_path / "notes.csv"
+  path.write_bytes(b"".join([
+      b"id,dialogue,note\n",                          # 1 header
+      b'1,"[doctor] hi\n[patient] hello",fine\n',     # 2-3 valid
+      b"2,[doctor] hi,\n",                            # 4 empty note
+      b"3,only two\n",                                # 5 wrong column count
+      b'4,"[doctor] caf\xe9",x\n',                    # 6 invalid UTF-8
+      b"\n",                                          # 7 blank, skipped
+      b'5,"multi\nline\ndialogue","note"\n',          # 8-10 valid
+  ]))
+  fields = {"conversation": "dialogue"}
+  assert check.check_file(path, "conversation", fields=fields) == {
+      "read": 5, "valid": 2, "invalid": 3, "problems": [
+          {"line": 4, "reason": "empty text in field note"},
+          {"line": 5, "reason": "row has 2 columns, header has 3"},
+          {"line": 6, "reason": "invalid UTF-8 or a lone surrogate in field dialogue (for conversation)"}]}
+  valid = [(n, r) for n, r, _ in check.iter_records(path, "conversation", "csv", fields) if r]
+  assert valid == [(2, {"conversation": "[doctor] hi\n[patient] hello", "note": "fine"}),
+                   (8, {"conversation": "multi\nline\ndialogue", "note": "note"})]
+
+
+def test_csv_with_wrong_columns_is_one_problem(tmp_path):
+  path = tmp_path / "wrong.csv"
+  path.write_text("id,transcript,summary\n1,a,b\n2,c,d\n", encoding="utf-8")
+  assert check.check_file(path, "conversation", fields={"conversation": "dialogue"}) == {
+      "read": 1, "valid": 0, "invalid": 1, "problems": [
+          {"line": 1, "reason": "CSV missing columns: dialogue, note (header: id, transcript, summary)"}]}
+
+
+def test_text_is_one_document_per_line(tmp_path):
+  path = tmp_path / "docs.txt"
+  path.write_bytes(b"first document\r\n\nsecond \xff\xfe\n   \nthird\n")
+  assert list(check.iter_records(path, "document")) == [
+      (1, {"text": "first document"}, None),
+      (3, None, "invalid UTF-8 (byte 0xff at column 8)"),
+      (5, {"text": "third"}, None)]
+  with pytest.raises(ValueError, match="one document a line"):
+    check.check_file(path, "conversation")
+
+
+def test_problems_are_capped_but_counts_are_not(tmp_path):
+  path = tmp_path / "many.jsonl"
+  path.write_text('{"text": ""}\n' * 150 + '{"text": "ok"}\n', encoding="utf-8")
+  result = check.check_file(path, "document")
+  assert (result["read"], result["valid"], result["invalid"]) == (151, 1, 150)
+  assert len(result["problems"]) == check.MAX_PROBLEMS
+  assert result["problems"][-1] == {"line": 100, "reason": "empty text in field text"}
+
+
+def test_format_detection_and_bad_options(tmp_path):
+  assert [check.detect_format(n) for n in ("a.jsonl", "a.JSON.gz", "b.txt.zst", "c.csv")] == [
+      "jsonl", "jsonl", "text", "csv"]
+  with pytest.raises(ValueError, match="cannot tell the format"):
+    check.detect_format("data.parquet")
+  assert check.parse_fields("conversation=dialogue, note=note") == {
+      "conversation": "dialogue", "note": "note"}
+  with pytest.raises(ValueError, match="OURS=THEIRS"):
+    check.parse_fields("conversation")
+  path = tmp_path / "a.jsonl"
+  path.write_text('{"text": "x"}\n', encoding="utf-8")
+  with pytest.raises(ValueError, match="not fields of kind"):
+    check.check_file(path, "document", fields={"dialogue": "text"})
+
+
+def test_main_prints_json_and_returns_exit_codes(tmp_path, capsys):
+  good, bad, empty = tmp_path / "good.jsonl", tmp_path / "bad.jsonl", tmp_path / "empty.jsonl"
+  good.write_text('{"prompt": "p", "response": "r"}\n', encoding="utf-8")
+  bad.write_text('{"prompt": "p"}\n', encoding="utf-8")
+  empty.write_text("", encoding="utf-8")
+  assert check.main([str(good), "--kind", "instruction"]) == 0
+  assert json.loads(capsys.readouterr().out) == {"read": 1, "valid": 1, "invalid": 0, "problems": []}
+  assert check.main([str(bad), "--kind", "instruction", "--format", "jsonl"]) == 1
+  assert json.loads(capsys.readouterr().out)["problems"] == [
+      {"line": 1, "reason": "missing field response"}]
+  assert check.main([str(empty), "--kind", "document"]) == 1
+  assert check.main([str(tmp_path / "missing.jsonl"), "--kind", "document"]) == 2
+  assert "error:" in capsys.readouterr().err
+
+
+def test_aci_bench_train_csv(shared_data, capsys):
+  path = shared_data / "aci-bench" / "challenge_data" / "train.csv"
+  if not path.is_file():
+    pytest.skip(f"ACI-Bench train split not found at {path}")
+  argv = [str(path), "--kind", "conversation", "--format", "csv",
+          "--fields", "conversation=dialogue,note=note"]
+  assert check.main(argv) == 0
+  assert json.loads(capsys.readouterr().out) == {"read": 67, "valid": 67, "invalid": 0, "problems": []}
