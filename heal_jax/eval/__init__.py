@@ -1,0 +1,1 @@
+"""Evaluation: log-likelihood benchmarks and note quality (ROUGE, rule-based HEAL rubric)."""

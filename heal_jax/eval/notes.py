@@ -1,0 +1,258 @@
+"""Note quality: ROUGE plus an automatic, rule-based form of HEAL's clinician rubric.
+
+HEAL's clinicians counted missed, incorrect and irrelevant information in generated notes. Here each note is
+broken into facts by `heal_jax.eval.facts` (one fact per clause, with atomic attributes: polarity, quantities,
+laterality, drug names, gender) and the facts are matched as follows. "Source" is the reference note plus,
+when given, the conversation.
+
+Coverage: a fact with content terms T is covered by a text when some matching unit U of that text (a sentence
+of a note; a turn together with the two turns before it in a conversation) holds at least half of T:
+|T & U| / |T| >= 0.5.
+
+- Missed: a reference fact not covered by the generated note.
+    missed_rate = missed reference facts / reference facts (0 when the reference has no facts).
+- Incorrect: a generated fact that contradicts the source in one of these ways (checked in this order):
+    quantity: a number whose value the source never states with a compatible unit, while the source states
+      a different value with the same unit for the same anchor word (or any different age);
+    laterality: a side (left/right/bilateral) the source never gives for an overlapping anchor while it gives
+      the other side;
+    negation: the source facts on the same topic (term Jaccard >= 0.5, or one term set of at least two terms
+      inside the other) that are most similar to it (highest Jaccard) all have the opposite polarity ("denies
+      chest pain" vs "reports chest pain"; "Any chest pain?" answered "No");
+    drug: a drug name the source never mentions, in a fact whose other terms a source fact naming another
+      drug covers (a substitution: "losartan 20 mg daily" for "lisinopril 20 mg daily");
+    gender: the clause's gender differs from the source's (reference first, else conversation descriptors).
+    incorrect_rate = incorrect generated facts / generated facts.
+- Irrelevant: a generated fact that is not incorrect and is not supported: not covered by the source, or
+  stating a number the source never states, or naming a drug the source never mentions.
+    irrelevant_rate = irrelevant generated facts / generated facts.
+Both generated-fact rates are 0 for a note with no facts. Facts supported by the conversation but absent from
+the reference are neither missed nor irrelevant; without a conversation the reference alone is the source.
+
+CLI: `heal-jax eval notes --predictions P --references R [--conversations C] [--output FILE.jsonl]`; each
+input is JSONL of {"id": ..., "text": ...} matched by id. It prints the means as one JSON object and writes
+one row per note to FILE: id, the three rates, the fact counts (reference_facts, generated_facts, missed,
+incorrect, irrelevant) and ROUGE-1/2/L/Lsum F-measures of the full note (rouge1, ...) and of each ACI-Bench
+division (subjective_rouge1, ..., assessment_and_plan_rougeLsum).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+from typing import Any, Mapping, Sequence
+
+from heal_jax.eval import facts as facts_lib
+from heal_jax.eval import rouge as rouge_lib
+
+COVER_THRESHOLD = 0.5
+Fact = facts_lib.Fact
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+  """Per-fact verdicts for one note."""
+  reference_facts: tuple[Fact, ...]
+  generated_facts: tuple[Fact, ...]
+  missed: tuple[Fact, ...]
+  incorrect: tuple[tuple[Fact, str], ...]  # (fact, reason)
+  irrelevant: tuple[Fact, ...]
+
+
+def coverage(terms: frozenset[str], units: Sequence[frozenset[str]]) -> float:
+  """Largest fraction of `terms` found in one unit."""
+  if not terms:
+    return 1.0
+  return max((len(terms & u) / len(terms) for u in units), default=0.0)
+
+
+def _same_value(a: str, b: str) -> bool:
+  """Equal numbers; a decade ("80s") equals every whole number in it."""
+  for x, y in ((a, b), (b, a)):
+    if x.endswith("0s"):
+      return y == x or (y.isdigit() and int(x[:-1]) <= int(y) < int(x[:-1]) + 10)
+  try:
+    return float(a) == float(b)
+  except ValueError:
+    return a == b
+
+
+def _quantity_verdict(fact: Fact, source: Sequence[Fact]) -> str | None:
+  """'contradicted', 'unsupported' or None (all quantities supported)."""
+  verdict = None
+  pool = [q for f in source for q in f.quantities]
+  for value, unit, anchor in fact.quantities:
+    if any(_same_value(value, v) and (unit == u or unit is None or u is None) for v, u, _ in pool):
+      continue
+    if any(u == unit and not _same_value(value, v) and (unit == "yo" or (anchor is not None and a == anchor))
+           for v, u, a in pool):
+      return "contradicted"
+    verdict = "unsupported"
+  return verdict
+
+
+def _laterality_contradicted(fact: Fact, source: Sequence[Fact]) -> bool:
+  for sides, anchor in fact.sides:
+    known = set().union(*[s for f in source for s, a in f.sides if a & anchor] or [set()])
+    if known and not sides <= known:
+      return True
+  return False
+
+
+def _negation_contradicted(fact: Fact, source: Sequence[Fact]) -> bool:
+  if fact.negated is None:
+    return False
+  best, polarities = 0.0, set()
+  for f in source:
+    if f.negated is None:
+      continue
+    common = fact.terms & f.terms
+    jaccard = len(common) / len(fact.terms | f.terms)
+    if jaccard < 0.5 and not (len(common) >= 2 and common in (fact.terms, f.terms)):
+      continue
+    if jaccard > best:
+      best, polarities = jaccard, {f.negated}
+    elif jaccard == best:
+      polarities.add(f.negated)
+  return polarities == {not fact.negated}
+
+
+def _substituted(fact: Fact, source: Sequence[Fact]) -> bool:
+  """Whether a source fact says the same apart from naming a different drug."""
+  rest = fact.terms - {facts_lib.stem(d) for d in fact.drugs}
+  return bool(rest) and any(f.drugs - fact.drugs and coverage(rest, [f.terms]) >= COVER_THRESHOLD
+                            for f in source)
+
+
+def judge_note(prediction: str, reference: str, conversation: str | None = None) -> Judgement:
+  """Labels every reference fact (missed or not) and generated fact (incorrect, irrelevant or fine)."""
+  pred = facts_lib.note_facts(prediction)
+  ref = facts_lib.note_facts(reference)
+  conv = facts_lib.conversation_facts(conversation) if conversation else None
+  source = ref.facts + (conv.facts if conv else ())
+  source_units = ref.units + (conv.units if conv else ())
+  source_gender = ref.gender or (conv.gender if conv else None)
+  source_drugs = frozenset().union(*[f.drugs for f in source])
+
+  missed = tuple(f for f in ref.facts if coverage(f.terms, pred.units) < COVER_THRESHOLD)
+  incorrect, irrelevant = [], []
+  for f in pred.facts:
+    quantity = _quantity_verdict(f, source)
+    unknown_drugs = f.drugs - source_drugs
+    if quantity == "contradicted":
+      incorrect.append((f, "quantity"))
+    elif _laterality_contradicted(f, source):
+      incorrect.append((f, "laterality"))
+    elif _negation_contradicted(f, source):
+      incorrect.append((f, "negation"))
+    elif unknown_drugs and _substituted(f, source):
+      incorrect.append((f, "drug"))
+    elif f.gender and source_gender and f.gender != source_gender:
+      incorrect.append((f, "gender"))
+    elif (coverage(f.terms, source_units) < COVER_THRESHOLD or quantity == "unsupported" or unknown_drugs):
+      irrelevant.append(f)
+  return Judgement(ref.facts, pred.facts, missed, tuple(incorrect), tuple(irrelevant))
+
+
+def score_note(prediction: str, reference: str, conversation: str | None = None) -> dict[str, float]:
+  """Rubric rates, fact counts and ROUGE (full note and divisions) of one generated note."""
+  j = judge_note(prediction, reference, conversation)
+  n_ref, n_gen = len(j.reference_facts), len(j.generated_facts)
+  out = {
+      "missed_rate": len(j.missed) / n_ref if n_ref else 0.0,
+      "incorrect_rate": len(j.incorrect) / n_gen if n_gen else 0.0,
+      "irrelevant_rate": len(j.irrelevant) / n_gen if n_gen else 0.0,
+      "reference_facts": float(n_ref),
+      "generated_facts": float(n_gen),
+      "missed": float(len(j.missed)),
+      "incorrect": float(len(j.incorrect)),
+      "irrelevant": float(len(j.irrelevant)),
+  }
+  out.update(rouge_lib.note_rouge(prediction, reference))
+  return out
+
+
+def evaluate_notes(predictions: Mapping[Any, str], references: Mapping[Any, str],
+                   conversations: Mapping[Any, str] | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+  """Scores every predicted note; returns (means over notes, one row per note with its `id`)."""
+  rows = []
+  for key, prediction in predictions.items():
+    if key not in references:
+      raise KeyError(f"id {key!r} is in predictions but not in references")
+    if conversations is not None and key not in conversations:
+      raise KeyError(f"id {key!r} is in predictions but not in conversations")
+    conversation = conversations[key] if conversations is not None else None
+    rows.append({"id": key, **score_note(prediction, references[key], conversation)})
+  means = rouge_lib.mean_scores([{k: v for k, v in r.items() if k != "id"} for r in rows])
+  means["notes"] = float(len(rows))
+  return means, rows
+
+
+class InputError(ValueError):
+  """A malformed or inconsistent input file."""
+
+
+def read_jsonl(path: pathlib.Path) -> dict[str, str]:
+  """{"id": ..., "text": ...} lines -> {str(id): text}; errors name the file and line."""
+  out: dict[str, str] = {}
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{n}: malformed JSON: {e}") from e
+      if not isinstance(record, dict) or "id" not in record or not isinstance(record.get("text"), str):
+        raise InputError(f'{path}:{n}: expected an object with "id" and a string "text"')
+      key = str(record["id"])
+      if key in out:
+        raise InputError(f"{path}:{n}: duplicate id {key!r}")
+      out[key] = record["text"]
+  return out
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="heal-jax eval notes", description="ROUGE and rule-based HEAL rubric "
+                                   "(missed / incorrect / irrelevant information) of generated notes.")
+  parser.add_argument("--predictions", required=True, type=pathlib.Path, help="JSONL of {id, text}")
+  parser.add_argument("--references", required=True, type=pathlib.Path, help="JSONL of {id, text}")
+  parser.add_argument("--conversations", type=pathlib.Path, help="JSONL of {id, text}")
+  parser.add_argument("--output", type=pathlib.Path, help="per-note rows (JSONL)")
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """CLI entry point; returns the exit status."""
+  args = _parser().parse_args(argv)
+  try:
+    predictions = read_jsonl(args.predictions)
+    references = read_jsonl(args.references)
+    conversations = read_jsonl(args.conversations) if args.conversations else None
+    for key in predictions:
+      if key not in references:
+        raise InputError(f"id {key!r} from {args.predictions} is missing from {args.references}")
+      if conversations is not None and key not in conversations:
+        raise InputError(f"id {key!r} from {args.predictions} is missing from {args.conversations}")
+  except (OSError, InputError) as e:
+    print(f"heal-jax eval notes: error: {e}", file=sys.stderr)
+    return 1
+  unmatched = len(set(references) - set(predictions))
+  if unmatched:
+    print(f"heal-jax eval notes: {unmatched} reference(s) have no prediction; scoring the {len(predictions)} "
+          "predicted notes", file=sys.stderr)
+  means, rows = evaluate_notes(predictions, references, conversations)
+  if args.output:
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as f:
+      for row in rows:
+        f.write(json.dumps(row) + "\n")
+  print(json.dumps(means))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

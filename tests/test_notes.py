@@ -1,0 +1,214 @@
+"""Rule-based HEAL rubric (missed / incorrect / irrelevant information) and the `eval notes` CLI."""
+
+import json
+
+import pytest
+
+from heal_jax.eval import facts
+from heal_jax.eval import notes
+
+REFERENCE = """CHIEF COMPLAINT
+
+Knee pain.
+
+HISTORY OF PRESENT ILLNESS
+
+Mr. Jones is a 58-year-old male with hypertension who presents with right knee pain for 3 weeks. He denies fever or chills. He takes lisinopril 20 mg daily.
+
+PHYSICAL EXAM
+
+Swelling of the right knee. No erythema.
+
+ASSESSMENT AND PLAN
+
+Right knee osteoarthritis. Start ibuprofen 400 mg three times a day. Continue lisinopril 20 mg daily. Follow up in 2 weeks.
+"""
+# One fact per clause; header lines and the bare "Mr." are not facts.
+REFERENCE_FACTS = [
+    "Knee pain.", "Jones is a 58-year-old male with hypertension who presents with right knee pain for 3 weeks.",
+    "He denies fever or chills.", "He takes lisinopril 20 mg daily.", "Swelling of the right knee.", "No erythema.",
+    "Right knee osteoarthritis.", "Start ibuprofen 400 mg three times a day.", "Continue lisinopril 20 mg daily.",
+    "Follow up in 2 weeks."]
+CONVERSATION = """[doctor] hi mr. jones , how old are you ?
+[patient] i'm fifty eight .
+[doctor] what brings you in ?
+[patient] my right knee has been hurting for about three weeks .
+[doctor] any fever or chills ?
+[patient] no .
+[doctor] do you have any chest pain ?
+[patient] no .
+[doctor] what medications do you take ?
+[patient] lisinopril twenty milligrams a day for my blood pressure .
+[doctor] what do you do for fun ?
+[patient] i play tennis on weekends .
+"""
+
+
+def _verdicts(prediction, reference=REFERENCE, conversation=CONVERSATION):
+  j = notes.judge_note(prediction, reference, conversation)
+  return ([f.text for f in j.missed], [(f.text, why) for f, why in j.incorrect], [f.text for f in j.irrelevant])
+
+
+def test_normalize_numbers_dates_and_synonyms():
+  assert facts.normalize("I'm twenty six, two thousand nine, nineteen eighty four") == ["i", "26", "2009", "1984"]
+  assert facts.normalize("01/10/09") == facts.normalize("January tenth two thousand nine") == ["jan", "10", "2009"]
+  assert facts.normalize("26-year-old, age 26") == ["26", "yo", "26", "yo"]
+  assert facts.normalize("HTN, SOB, b.i.d.") == ["hypertension", "dyspnea", "bid"]
+  assert facts.normalize("high blood pressure, twice a day") == ["hypertension", "bid"]
+  assert facts.normalize("Lasix 40 mg a day, 4 M G") == ["furosemide", "40", "mg", "daily", "4", "mg"]
+  assert facts.normalize("doesn't smoke, non-smoker") == ["does", "not", "smoke", "not", "smoke"]
+
+
+def test_fact_attributes():
+  [fact] = facts.note_facts("Continue lisinopril 20 mg daily in the left eye.").facts
+  assert fact.terms == {"continu", "lisinopril", "20", "mg", "daili", "left", "eye"}
+  assert fact.quantities == (("20", "mg", "lisinopril"),)
+  assert fact.sides == ((frozenset({"left"}), frozenset({"eye"})),)
+  assert fact.drugs == {"lisinopril"}
+  assert fact.negated is False
+  # A leading negation covers the whole list; a mid-clause one starts a new fact.
+  listed = facts.note_facts("She denies fevers, chills, or weight loss, but reports cough.").facts
+  assert [(f.text, f.negated) for f in listed] == [
+      ("She denies fevers", True), ("chills", True), ("or weight loss", True), ("but reports cough.", False)]
+  split = facts.note_facts("Shoulder pain without radiation.").facts
+  assert [(sorted(f.terms), f.negated) for f in split] == [(["pain", "shoulder"], False), (["radiat"], True)]
+  assert facts.note_facts("He lives with his wife; her mother is ill.").gender == "male"
+
+
+def test_conversation_answers_set_polarity():
+  doc = facts.conversation_facts("Doctor: Any chest pain?\nPatient: No.\nDoctor: Any cough?\nPatient: Yeah, a bit."
+                                 "\nDoctor: Was it a cesarean?\nPatient: No cesarean, it was normal.")
+  by_text = {f.text: f.negated for f in doc.facts}
+  assert by_text["Any chest pain?"] is True
+  assert by_text["Any cough?"] is False
+  assert by_text["Was it a cesarean?"] is None  # "No cesarean, ..." is not a bare yes/no answer
+  assert by_text["No cesarean"] is True
+  # A unit is a turn with the two turns before it.
+  assert doc.units[1] == {"chest", "pain"}
+  assert doc.units[2] == {"chest", "pain", "cough"} and doc.units[3] == {"cough"}
+
+
+def test_identical_note_scores_clean():
+  j = notes.judge_note(REFERENCE, REFERENCE, CONVERSATION)
+  assert [f.text for f in j.reference_facts] == REFERENCE_FACTS
+  assert _verdicts(REFERENCE) == ([], [], [])
+  scores = notes.score_note(REFERENCE, REFERENCE, CONVERSATION)
+  assert scores["missed_rate"] == scores["incorrect_rate"] == scores["irrelevant_rate"] == 0.0
+  assert scores["rouge1"] == pytest.approx(1.0) and scores["objective_results_rouge1"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("removed", [
+    ["He denies fever or chills."],
+    ["He denies fever or chills.", "No erythema."],
+    ["No erythema.", "Start ibuprofen 400 mg three times a day.", "Follow up in 2 weeks."],
+])
+def test_planted_omissions_are_missed_exactly(removed):
+  prediction = REFERENCE
+  for sentence in removed:
+    prediction = prediction.replace(" " + sentence, "").replace(sentence, "")
+  missed, incorrect, irrelevant = _verdicts(prediction)
+  assert missed == removed
+  assert incorrect == irrelevant == []
+  scores = notes.score_note(prediction, REFERENCE, CONVERSATION)
+  assert scores["missed_rate"] == pytest.approx(len(removed) / len(REFERENCE_FACTS))
+  assert scores["missed"] == len(removed) and scores["reference_facts"] == len(REFERENCE_FACTS)
+
+
+def test_omission_restated_elsewhere_is_not_missed():
+  # A known limit of term coverage: "right knee" is still said elsewhere, so dropping the exam finding
+  # leaves 2 of its 3 terms (swell, right, knee) in one sentence and it counts as covered.
+  assert _verdicts(REFERENCE.replace("Swelling of the right knee. ", ""))[0] == []
+
+
+@pytest.mark.parametrize("old, new, reason", [
+    ("Continue lisinopril 20 mg daily.", "Continue lisinopril 40 mg daily.", "quantity"),
+    ("Swelling of the right knee.", "Swelling of the left knee.", "laterality"),
+    ("He denies fever or chills.", "He reports fever and chills.", "negation"),
+    ("Continue lisinopril 20 mg daily.", "Continue losartan 20 mg daily.", "drug"),
+    ("58-year-old male", "68-year-old male", "quantity"),
+    ("Mr. Jones is a 58-year-old male", "Ms. Jones is a 58-year-old female", "gender"),
+])
+def test_contradictions_are_incorrect(old, new, reason):
+  prediction = REFERENCE.replace(old, new)
+  assert prediction != REFERENCE
+  missed, incorrect, irrelevant = _verdicts(prediction)
+  assert len(incorrect) == 1 and incorrect[0][1] == reason and new.split()[-1] in incorrect[0][0]
+  assert missed == irrelevant == []
+  scores = notes.score_note(prediction, REFERENCE, CONVERSATION)
+  assert scores["incorrect_rate"] == pytest.approx(1 / scores["generated_facts"])
+  assert scores["irrelevant_rate"] == 0.0
+
+
+def test_contradicting_the_conversation_is_incorrect():
+  # The reference says nothing about chest pain; the conversation's "No" to the question does.
+  missed, incorrect, irrelevant = _verdicts(REFERENCE + "He reports chest pain.\n")
+  assert incorrect == [("He reports chest pain.", "negation")]
+  assert missed == irrelevant == []
+  assert _verdicts(REFERENCE + "He denies chest pain.\n") == ([], [], [])
+
+
+def test_unsupported_additions_are_irrelevant_and_conversation_supported_are_not():
+  prediction = REFERENCE + "He has a history of gout. He plays tennis on weekends.\n"
+  missed, incorrect, irrelevant = _verdicts(prediction)
+  assert irrelevant == ["He has a history of gout."]
+  assert missed == incorrect == []
+  scores = notes.score_note(prediction, REFERENCE, CONVERSATION)
+  assert scores["generated_facts"] == len(REFERENCE_FACTS) + 2
+  assert scores["irrelevant_rate"] == pytest.approx(1 / (len(REFERENCE_FACTS) + 2))
+  # Without the conversation, the tennis sentence is supported by nothing either.
+  assert _verdicts(prediction, conversation=None)[2] == ["He has a history of gout.", "He plays tennis on weekends."]
+  # An invented number is unsupported even when the words around it are known.
+  assert _verdicts(REFERENCE + "Follow up in 6 months.\n")[2] == ["Follow up in 6 months."]
+
+
+def test_empty_texts():
+  scores = notes.score_note("", REFERENCE)
+  assert scores["missed_rate"] == 1.0 and scores["incorrect_rate"] == scores["irrelevant_rate"] == 0.0
+  scores = notes.score_note(REFERENCE, "")
+  assert scores["missed_rate"] == 0.0 and scores["irrelevant_rate"] == 1.0
+
+
+def test_evaluate_notes_means_and_missing_id():
+  predictions = {"a": REFERENCE, "b": REFERENCE.replace(" No erythema.", "")}
+  references = {"a": REFERENCE, "b": REFERENCE, "c": "unused"}
+  means, rows = notes.evaluate_notes(predictions, references, None)
+  assert [r["id"] for r in rows] == ["a", "b"]
+  assert means["missed_rate"] == pytest.approx(0.5 / len(REFERENCE_FACTS))
+  assert means["notes"] == 2
+  with pytest.raises(KeyError, match="'x'"):
+    notes.evaluate_notes({"x": "text"}, references)
+
+
+def _write_jsonl(path, records):
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  return str(path)
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+  pred = _write_jsonl(tmp_path / "pred.jsonl", [{"id": 1, "text": REFERENCE.replace(" No erythema.", "")},
+                                                {"id": 2, "text": REFERENCE}])
+  ref = _write_jsonl(tmp_path / "ref.jsonl", [{"id": 2, "text": REFERENCE}, {"id": 1, "text": REFERENCE}])
+  conv = _write_jsonl(tmp_path / "conv.jsonl", [{"id": i, "text": CONVERSATION} for i in (1, 2)])
+  out = tmp_path / "rows.jsonl"
+  assert notes.main(["--predictions", pred, "--references", ref, "--conversations", conv, "--output", str(out)]) == 0
+  means = json.loads(capsys.readouterr().out)
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["id"] for r in rows] == ["1", "2"]
+  assert rows[0]["missed_rate"] == pytest.approx(1 / len(REFERENCE_FACTS)) and rows[1]["missed_rate"] == 0.0
+  for key in ("id", "missed_rate", "incorrect_rate", "irrelevant_rate", "rouge1", "rouge2", "rougeL", "rougeLsum",
+              "assessment_and_plan_rougeLsum"):
+    assert key in rows[0]
+  assert means["missed_rate"] == pytest.approx((rows[0]["missed_rate"] + rows[1]["missed_rate"]) / 2)
+  assert means["rouge1"] == pytest.approx((rows[0]["rouge1"] + rows[1]["rouge1"]) / 2)
+
+
+def test_cli_errors_name_the_id_file_and_line(tmp_path, capsys):
+  pred = _write_jsonl(tmp_path / "pred.jsonl", [{"id": "a", "text": "x"}, {"id": "zz9", "text": "y"}])
+  ref = _write_jsonl(tmp_path / "ref.jsonl", [{"id": "a", "text": "x"}])
+  assert notes.main(["--predictions", pred, "--references", ref]) == 1
+  err = capsys.readouterr().err
+  assert "'zz9'" in err and "pred.jsonl" in err and "ref.jsonl" in err
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"id": "a", "text": "x"}\n\n{"id": "b", "text": \n')
+  assert notes.main(["--predictions", str(bad), "--references", ref]) == 1
+  assert f"{bad}:3: malformed JSON" in capsys.readouterr().err
