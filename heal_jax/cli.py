@@ -39,8 +39,40 @@ def _init(args: argparse.Namespace, overrides: list[str]) -> int:
   return 0
 
 
+def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
+  from heal_jax import demo  # pylint: disable=import-outside-toplevel
+  print(json.dumps(demo.run_demo(args.config, args.workdir, overrides)))
+  return 0
+
+
+def _data_synth(args: argparse.Namespace, overrides: list[str]) -> int:
+  del overrides
+  from heal_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  files = synthetic.generate_corpus(args.out, seed=args.seed)
+  print(json.dumps({k: str(v) for k, v in files.items()}))
+  return 0
+
+
+def _data_train_tokenizer(args: argparse.Namespace, overrides: list[str]) -> int:
+  del overrides
+  from heal_jax.data import tokenizer  # pylint: disable=import-outside-toplevel
+  tok = tokenizer.train_tokenizer(args.inputs, args.out, vocab_size=args.vocab_size)
+  print(json.dumps({"out": str(args.out), "vocab_size": tok.vocab_size}))
+  return 0
+
+
+# Subcommands whose module parses its own arguments: argv after the two words goes to `main`.
+_PASSTHROUGH = {
+    ("data", "check"): "heal_jax.data.check",
+    ("eval", "notes"): "heal_jax.eval.notes",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="heal-jax", description=__doc__)
+  parser = argparse.ArgumentParser(
+      prog="heal-jax", description=__doc__,
+      epilog="also: 'heal-jax data check PATH --kind ...' and 'heal-jax eval notes --predictions ...'"
+             " (see their --help)")
   sub = parser.add_subparsers(dest="command", required=True)
 
   convert = sub.add_parser("convert", help="convert checkpoints between HF and heal-jax (orbax)")
@@ -65,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
   init.add_argument("--tokenizer", type=pathlib.Path, help="directory with tokenizer.model to bundle")
   init.add_argument("--overwrite", action="store_true")
   init.set_defaults(handler=_init)
+
+  demo = sub.add_parser("demo", help="the embedded default end to end: corpus, tokenizer, tiny model, HF round trip")
+  demo.add_argument("--config", default="configs/tiny.py")
+  demo.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/demo"))
+  demo.set_defaults(handler=_demo)
+
+  data = sub.add_parser("data", help="data tools (also: data check)")
+  dsub = data.add_subparsers(dest="data_command", required=True)
+  synth = dsub.add_parser("synth", help="write the bundled synthetic three-tier medical corpus")
+  synth.add_argument("--out", required=True, type=pathlib.Path)
+  synth.add_argument("--seed", type=int, default=0)
+  synth.set_defaults(handler=_data_synth)
+  tok = dsub.add_parser("train-tokenizer", help="train a LLaMA-compatible sentencepiece model")
+  tok.add_argument("inputs", nargs="+", type=pathlib.Path, help="text or JSONL files, one sentence a line")
+  tok.add_argument("--out", required=True, type=pathlib.Path)
+  tok.add_argument("--vocab-size", type=int, default=32000)
+  tok.set_defaults(handler=_data_train_tokenizer)
   return parser
 
 
@@ -72,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
   argv = list(sys.argv[1:] if argv is None else argv)
+  if tuple(argv[:2]) in _PASSTHROUGH:
+    import importlib  # pylint: disable=import-outside-toplevel
+    return importlib.import_module(_PASSTHROUGH[tuple(argv[:2])]).main(argv[2:])
   try:
     overrides, rest = config_lib.split_overrides(argv)
     args = build_parser().parse_args(rest)

@@ -13,6 +13,7 @@ import pathlib
 import sys
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from heal_jax.checkpoint import hf_mapping, params_store, safetensors_io
@@ -180,9 +181,11 @@ def hf_to_orbax(src: pathlib.Path, dst: pathlib.Path, allow_pickle: bool = False
     log(f"warning: {ckpt.path} has no tokenizer files; the checkpoint will have none")
   params: dict[str, Any] = {}
   nbytes = 0
+  cpu = jax.local_devices(backend="cpu")[0]
   with params_store.atomic_output_dir(dst, overwrite) as out:
     for spec in specs:
-      array = spec.to_ours(ckpt.tensors[spec.hf_name].load())
+      # One tensor at a time: read, relayout, move into a jax array; the numpy copies die here.
+      array = jax.device_put(spec.to_ours(ckpt.tensors[spec.hf_name].load()), cpu)
       nbytes += array.nbytes
       hf_mapping.set_path(params, spec.path, array)
     extra = {"source": str(ckpt.path)}

@@ -63,12 +63,17 @@ def _orbax():
 def write_checkpoint(out_dir: pathlib.Path, params: dict[str, Any], cfg: ModelConfig,
                      hf_config: dict[str, Any] | None, dtype: str,
                      tokenizer_dir: pathlib.Path | None, extra: dict[str, Any] | None = None) -> None:
-  """Writes params (nested dict of numpy arrays, unscanned layout), manifest and tokenizer."""
+  """Writes params (nested dict of arrays, unscanned layout), manifest and tokenizer.
+
+  Pass jax arrays to keep peak memory near one copy of the model: orbax copies numpy leaves
+  before writing them. Tensors are stored uncompressed (weights barely compress, and
+  compression buffers cost another copy).
+  """
   out_dir = pathlib.Path(out_dir)
-  ckpt = _orbax().StandardCheckpointer()
-  ckpt.save(out_dir / "params", params)
-  ckpt.wait_until_finished()
-  ckpt.close()
+  ocp = _orbax()
+  handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, use_compression=False)
+  with ocp.Checkpointer(handler) as ckpt:
+    ckpt.save(out_dir / "params", args=ocp.args.PyTreeSave(params))
   copied = copy_tokenizer(tokenizer_dir, out_dir / "tokenizer") if tokenizer_dir else []
   manifest = {"format": FORMAT, "model": cfg.to_dict(), "hf_config": hf_config or {},
               "dtype": dtype, "tokenizer_files": copied, **(extra or {})}

@@ -1,0 +1,32 @@
+"""The `heal-jax` command line: the Quickstart demo end to end, and error reporting."""
+
+import json
+import pathlib
+
+from heal_jax import cli
+
+TINY = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py")
+
+
+def test_demo_round_trip(tmp_path, capsys):
+  assert cli.main(["demo", "--config", TINY, "--workdir", str(tmp_path),
+                   "--config.model.num_layers=2"]) == 0
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result["round_trip_bitwise"] is True
+  assert result["max_abs_logit_diff_vs_transformers"] < 1e-4
+  assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "tokenizer.model").is_file()
+
+
+def test_unknown_config_key_is_reported(tmp_path, capsys):
+  assert cli.main(["init", "--config", TINY, "--out", str(tmp_path / "x"),
+                   "--config.model.num_layerz=2"]) == 2
+  assert "unknown config key: model.num_layerz" in capsys.readouterr().err
+  assert not (tmp_path / "x").exists()
+
+
+def test_passthrough_data_check(tmp_path, capsys):
+  f = tmp_path / "d.jsonl"
+  f.write_text('{"text": "fine"}\n{"text": ""}\n')
+  assert cli.main(["data", "check", str(f), "--kind", "document"]) == 1
+  report = json.loads(capsys.readouterr().out)
+  assert (report["read"], report["valid"], report["invalid"]) == (2, 1, 1)
