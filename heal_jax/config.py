@@ -51,11 +51,48 @@ def llama2_config(size: str) -> ml_collections.ConfigDict:
   return config
 
 
+def source_config(paths: str, kind: str, weight: float, format: str = "",  # pylint: disable=redefined-builtin
+                  fields: str = "") -> ml_collections.ConfigDict:
+  """One data source (read by `heal_jax.data.sources.from_config`).
+
+  paths: comma-separated globs; `{workdir}` is replaced by the run's work directory.
+  kind: document | conversation | instruction (see heal_jax.data.check.KIND_FIELDS).
+  weight: sampling weight in the mixture (phases may override it); must be > 0.
+  format: jsonl | text | csv | arrayrecord | tfds ("" = from the file suffix). For tfds, paths is
+    "NAME[:SPLIT]@DATA_DIR" of a dataset prepared on disk.
+  fields: "ours=theirs,..." to read our field names from other columns (e.g. "conversation=dialogue").
+  """
+  return ml_collections.ConfigDict(dict(paths=paths, kind=kind, weight=float(weight), format=format,
+                                        fields=fields))
+
+
+def base_data_config() -> ml_collections.ConfigDict:
+  """Data fields; `sources` is filled by presets with `source_config` entries."""
+  return ml_collections.ConfigDict(dict(
+      bootstrap="",        # "synthetic": write the bundled corpus and train a tokenizer in the workdir if absent
+      tokenizer="",        # directory holding tokenizer.model (LLaMA's works unchanged); {workdir} allowed
+      sources=ml_collections.ConfigDict(),
+      prepared_dir="",     # "": tokenize raw files online; else read `heal-jax data prepare` output here
+      on_error="raise",    # bad records: "raise" (error naming file and line) or "skip" (counted)
+      dedup=ml_collections.ConfigDict(dict(
+          exact=True,        # drop records whose normalised text was seen before
+          near=True,         # MinHash/LSH near-duplicate removal
+          threshold=0.8,     # estimated Jaccard similarity of shingles at or above which a record is a duplicate
+          num_perm=128,      # MinHash permutations (= bands * rows)
+          bands=16,          # LSH bands
+          shingle=5,         # words per shingle
+      )),
+      num_shards=0,        # shards of every global batch, each read by one process (0: one per process)
+      worker_count=0,      # grain worker processes per host (0: read in the training process)
+  ))
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field of a run config with its default."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = base_model_config()
+  config.data = base_data_config()
   return config
 
 

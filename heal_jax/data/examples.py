@@ -1,0 +1,42 @@
+"""Records -> (prompt, target) texts -> token ids with a loss mask: the one place this is decided.
+
+Every training example is a pair of texts. Documents have an empty prompt (the loss covers all of
+their tokens); conversation+note pairs become the note-writing instruction; instructions are
+formatted with `templates.format_instruction` (the loss covers the response and explanation only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from heal_jax.data import templates
+
+
+def texts(record: Mapping[str, str | None], kind: str) -> tuple[str, str]:
+  """(prompt_text, target_text) of a validated record of `kind` (see data.check.KIND_FIELDS)."""
+  if kind == "document":
+    return "", record["text"]
+  if kind == "conversation":
+    return templates.format_instruction(templates.note_prompt(record["conversation"]), record["note"])
+  if kind == "instruction":
+    return templates.format_instruction(record["prompt"], record["response"], record.get("explanation"))
+  raise ValueError(f"unknown record kind {kind!r}")
+
+
+def encode(tokenizer, prompt_text: str, target_text: str) -> tuple[np.ndarray, np.ndarray]:
+  """tokens_N int32 = [BOS] prompt target [EOS], loss_mask_N int32 (1 where the token is a target).
+
+  The pair is encoded as one string and split where the encoded prompt ends, so the target's first
+  token is the one the model sees after the prompt at generation time (no spurious word-start piece).
+  BOS is never a target; EOS is, so the model learns to stop.
+  """
+  ids = tokenizer.encode(prompt_text + target_text, add_bos=True, add_eos=True)
+  if prompt_text:
+    boundary = min(len(tokenizer.encode(prompt_text, add_bos=True)), len(ids) - 1)
+  else:
+    boundary = 1
+  mask = np.zeros(len(ids), np.int32)
+  mask[boundary:] = 1
+  return np.asarray(ids, np.int32), mask
