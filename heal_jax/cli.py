@@ -61,6 +61,19 @@ def _data_train_tokenizer(args: argparse.Namespace, overrides: list[str]) -> int
   return 0
 
 
+def _train(args: argparse.Namespace, overrides: list[str]) -> int:
+  from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax.train import loop  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_config(args.config, overrides)
+  try:
+    summary = loop.train(config, args.workdir)
+  except loop.TrainingHalted as e:
+    print(f"heal-jax: training halted: {e}", file=sys.stderr)
+    return 3
+  print(json.dumps(summary))
+  return 0
+
+
 # Subcommands whose module parses its own arguments: argv after the two words goes to `main`.
 _PASSTHROUGH = {
     ("data", "check"): "heal_jax.data.check",
@@ -103,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
   demo.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/demo"))
   demo.set_defaults(handler=_demo)
 
+  train = sub.add_parser("train", help="train (or resume) every phase of a config in a work directory")
+  train.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py; then --config.x=y overrides")
+  train.add_argument("--workdir", required=True, type=pathlib.Path)
+  train.set_defaults(handler=_train)
+
   data = sub.add_parser("data", help="data tools (also: data check)")
   dsub = data.add_subparsers(dest="data_command", required=True)
   synth = dsub.add_parser("synth", help="write the bundled synthetic three-tier medical corpus")
@@ -128,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides, rest = config_lib.split_overrides(argv)
     args = build_parser().parse_args(rest)
     return args.handler(args, overrides)
-  except (CheckpointError, config_lib.ConfigError) as e:
+  except (CheckpointError, config_lib.ConfigError, ValueError) as e:
     print(f"heal-jax: error: {e}", file=sys.stderr)
     return 2
 

@@ -87,12 +87,62 @@ def base_data_config() -> ml_collections.ConfigDict:
   ))
 
 
+def phase_config(steps: int, seq_len: int, weights: str = "", rope_scaling_factor: float = 1.0,
+                 instruction_tuning: bool = False, peak_lr: float = 3e-4, warmup_steps: int = 0,
+                 schedule: str = "cosine", end_lr_ratio: float = 0.1) -> ml_collections.ConfigDict:
+  """One training phase (read by `heal_jax.train.phases.from_config`).
+
+  steps: global batches in this phase. seq_len: packed row length.
+  weights: "source=weight,..." mixture for this phase ("" = every source at its own weight);
+    sources not named are not read in this phase.
+  rope_scaling_factor: linear position interpolation (2.0 doubles the usable context).
+  instruction_tuning: loss on responses only (else on every token).
+  peak_lr, warmup_steps, schedule (cosine | linear | constant), end_lr_ratio: the phase's AdamW
+    schedule; the optimizer state starts fresh at every phase.
+  """
+  return ml_collections.ConfigDict(dict(
+      steps=steps, seq_len=seq_len, weights=weights, rope_scaling_factor=float(rope_scaling_factor),
+      instruction_tuning=instruction_tuning, peak_lr=float(peak_lr), warmup_steps=warmup_steps,
+      schedule=schedule, end_lr_ratio=float(end_lr_ratio)))
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field of a run config with its default."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = base_model_config()
   config.data = base_data_config()
+  # Where the weights come from: "" = from scratch; an HF directory (config.json + safetensors); a
+  # converted heal-jax checkpoint; or another run's work directory (its newest checkpoint).
+  config.init_from = ""
+  config.mesh = ml_collections.ConfigDict(dict(
+      data=1, fsdp=-1, tensor=1,              # device mesh; one axis may be -1 (the rest)
+      max_replicated_elements=1 << 20,        # refuse to start if a larger parameter is unsplit
+  ))
+  config.train = ml_collections.ConfigDict(dict(
+      global_batch=8,          # rows of seq_len per optimizer step, over all processes
+      micro_steps=1,           # gradient accumulation: the global batch is split into this many
+      z_loss=0.0,              # weight of the PaLM z-loss (0 = off)
+      max_bad_steps=5,         # halt after this many consecutive non-finite steps
+      weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0,
+  ))
+  config.phase_order = ""      # comma-separated names of config.phases, run in this order
+  config.phases = ml_collections.ConfigDict()
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=100,         # save every this many steps (and at every phase end and on SIGTERM)
+      keep=3,                  # keep the newest k checkpoints...
+      keep_period=0,           # ...and every m-th step forever (0 = none)
+      async_save=True,
+  ))
+  config.metrics = ml_collections.ConfigDict(dict(
+      every_steps=10,          # log training metrics every this many steps
+      peak_tflops=0.0,         # per-device dense bf16 peak for MFU (0 = from the device kind; none on CPU)
+  ))
+  config.eval = ml_collections.ConfigDict(dict(
+      every_steps=0,           # held-out loss per source every this many steps (0 = only at phase ends)
+      holdout_examples=0,      # examples per source held out of training for it (0 = no eval)
+      batches=2,               # held-out batches per evaluation
+  ))
   return config
 
 

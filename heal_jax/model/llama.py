@@ -55,10 +55,34 @@ class RMSNorm(nn.Module):
     return (x.astype(_dtype(self.cfg.compute_dtype)) * scale_D.astype(_dtype(self.cfg.compute_dtype)))
 
 
+class _Dense(nn.Module):
+  """Bias-free linear map contracting the last `len(in_shape)` input axes; kernel [*in, *out].
+
+  (flax's DenseGeneral initialises a flattened kernel, which breaks its logical-axis boxing when
+  sharding rules are active; this creates the kernel in its real shape.)
+  """
+  in_features: tuple[int, ...]
+  out_features: tuple[int, ...]
+  names: tuple[str, ...]
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.with_logical_partitioning(_INIT, self.names),
+                        self.in_features + self.out_features, _dtype(self.cfg.param_dtype))
+    dtype = _dtype(self.cfg.compute_dtype)
+    n_in = len(self.in_features)
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    return jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+
+
 def _dense(features: Any, axis: Any, names: tuple[str, ...], cfg: ModelConfig, name: str) -> nn.Module:
-  return nn.DenseGeneral(features=features, axis=axis, use_bias=False, name=name,
-                         dtype=_dtype(cfg.compute_dtype), param_dtype=_dtype(cfg.param_dtype),
-                         kernel_init=nn.with_logical_partitioning(_INIT, names))
+  """A `_Dense` from DenseGeneral-style arguments; `axis` -1 or (-2, -1) picks the input axes."""
+  out = tuple(features) if isinstance(features, tuple) else (features,)
+  n_in = 1 if axis == -1 else len(axis)
+  in_sizes = {"embed": cfg.hidden_size, "q_heads": cfg.num_heads, "head_dim": cfg.head_dim,
+              "mlp": cfg.intermediate_size}
+  return _Dense(tuple(in_sizes[n] for n in names[:n_in]), out, names, cfg, name=name)
 
 
 class Attention(nn.Module):

@@ -1,0 +1,43 @@
+"""Parameters of a training work directory's newest checkpoint, for eval, generation and export."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from heal_jax.checkpoint import hf_mapping
+from heal_jax.checkpoint.errors import CheckpointError
+from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
+from heal_jax.model.config import ModelConfig
+
+
+def newest_params(workdir: pathlib.Path, dtype: Any = None, **cfg_overrides: Any) -> tuple[ModelConfig, dict, int]:
+  """(model config of the checkpoint's phase, numpy params, step) of the newest completed step."""
+  mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS,
+                               options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+                               item_names=("state", "data", "meta"))
+  step = mngr.latest_step()
+  if step is None:
+    raise CheckpointError(f"{workdir}: no completed checkpoint in {WORKDIR_CHECKPOINTS}/")
+  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  cfg = ModelConfig.from_dict(meta["model"])
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=None, restore_args=None, partial_restore=False)))["state"]
+  mngr.close()
+  params = restored["params"]
+  params = _to_numpy(params, dtype)
+  if cfg.scan_layers and not cfg_overrides.get("scan_layers", True):
+    params = hf_mapping.unstack_layers(params, cfg.num_layers)
+  elif not cfg.scan_layers and cfg_overrides.get("scan_layers", False):
+    params = hf_mapping.stack_layers(params, cfg.num_layers)
+  return cfg.replace(**cfg_overrides), params, int(step)
+
+
+def _to_numpy(tree: Any, dtype: Any) -> Any:
+  if isinstance(tree, dict):
+    return {k: _to_numpy(v, dtype) for k, v in tree.items()}
+  x = np.asarray(tree)
+  return x.astype(dtype) if dtype is not None else x

@@ -1,0 +1,83 @@
+"""A run's data: the bundled corpus bootstrap, the tokenizer, and one Grain source per config source.
+
+Sources are read either online (raw files tokenized as the pipeline reads them) or from
+`heal-jax data prepare` output (`config.data.prepared_dir`). The last `eval.holdout_examples` of
+every source (before shuffling) are held out of training for the periodic held-out loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from typing import Any, Callable
+
+import grain
+
+from heal_jax.checkpoint import params_store
+from heal_jax.checkpoint.restore import WORKDIR_TOKENIZER
+from heal_jax.data import pipeline, sources as sources_lib, synthetic, tokenizer as tokenizer_lib
+
+
+@dataclasses.dataclass
+class RunData:
+  """train/heldout: source name -> MapDataset of {"tokens", "loss_mask"}; counts: per-source reading counts."""
+  train: dict[str, grain.MapDataset]
+  heldout: dict[str, grain.MapDataset]
+  tokenizer: tokenizer_lib.Tokenizer
+  counts: dict[str, dict[str, int]]
+
+
+def resolve(path: str, workdir: pathlib.Path) -> pathlib.Path:
+  return pathlib.Path(path.replace("{workdir}", str(workdir)))
+
+
+def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) -> None:
+  """For data.bootstrap == "synthetic": writes the bundled corpus and trains a tokenizer if absent."""
+  if not config.data.bootstrap:
+    return
+  if config.data.bootstrap != "synthetic":
+    raise ValueError(f"config.data.bootstrap={config.data.bootstrap!r}: expected '' or 'synthetic'")
+  corpus = workdir / "corpus"
+  if not (corpus / "instructions.jsonl").is_file():
+    files = synthetic.generate_corpus(corpus, seed=config.seed)
+    log(f"wrote the bundled synthetic corpus: {', '.join(str(p.name) for p in files.values())}")
+  tok_dir = resolve(config.data.tokenizer, workdir)
+  if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
+    tok = tokenizer_lib.train_tokenizer([corpus / f"{t}.jsonl" for t in ("general", "medical", "clinical")],
+                                        tok_dir, vocab_size=config.model.vocab_size)
+    log(f"trained a {tok.vocab_size}-piece sentencepiece tokenizer in {tok_dir}")
+
+
+def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
+  """Reads config.data (the single reader of its source, tokenizer and prepared_dir fields)."""
+  tok_dir = resolve(config.data.tokenizer, workdir)
+  if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
+    raise ValueError(f"config.data.tokenizer: no {tokenizer_lib.MODEL_FILE} in {tok_dir}")
+  tok = tokenizer_lib.Tokenizer(tok_dir)
+  if tok.vocab_size > config.model.vocab_size:
+    raise ValueError(f"tokenizer {tok_dir} has {tok.vocab_size} pieces, more than config.model.vocab_size="
+                     f"{config.model.vocab_size}")
+  work_tok = workdir / WORKDIR_TOKENIZER
+  if work_tok.resolve() != tok_dir.resolve():
+    work_tok.mkdir(parents=True, exist_ok=True)
+    params_store.copy_tokenizer(tok_dir, work_tok)
+  train, heldout, counts = {}, {}, {}
+  for src in sources_lib.from_config(config.data.sources, workdir=str(workdir)):
+    if config.data.prepared_dir:
+      from heal_jax.data import prepare  # pylint: disable=import-outside-toplevel
+      ds = grain.MapDataset.source(prepare.open_prepared(resolve(config.data.prepared_dir, workdir), src.name))
+      counts[src.name] = {"examples": len(ds)}
+    else:
+      pairs, read_counts = sources_lib.load_texts(src, config.data.on_error)
+      ds = grain.MapDataset.source(pipeline.EncodedTexts(pairs, str(tok_dir)))
+      counts[src.name] = {**read_counts, "examples": len(pairs)}
+    if holdout and len(ds) <= 2 * holdout:
+      raise ValueError(f"source {src.name!r} has {len(ds)} examples: too few to hold out eval.holdout_examples="
+                       f"{holdout} of them")
+    train[src.name] = ds[:len(ds) - holdout] if holdout else ds
+    if holdout:
+      heldout[src.name] = ds[len(ds) - holdout:]
+  return RunData(train, heldout, tok, counts)
+
+

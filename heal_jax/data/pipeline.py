@@ -1,0 +1,215 @@
+"""The Grain training pipeline: per-source shuffle -> weighted mix -> split -> pack -> batch -> shard.
+
+Each source is a random-access `grain.MapDataset` of encoded examples `{"tokens": int32[n],
+"loss_mask": int32[n]}` (tokenized online from raw files, or read from `heal-jax data prepare`
+output). For one data shard:
+
+  source_i[shard::num_shards] -> shuffle(seed, reshuffled every epoch) -> repeat forever
+    -> split examples longer than seq_len into windows of seq_len that overlap by one token
+       (that token is context of the next window, a target of the previous one: every token is a
+       target exactly once, nothing is dropped)
+  -> mix the sources by weight (weights count examples after splitting)
+  -> first-fit pack into rows of seq_len with segment ids (0 = padding) and positions restarting
+     at 0 for each document -> batch rows_per_shard rows.
+
+A global batch is the concatenation of `num_shards` shard batches in shard order; process p of P
+builds only shards [p*S/P, (p+1)*S/P), so it reads exactly its rows of every global batch. With
+`num_shards` fixed in the config, a run on any number of processes (dividing it) sees the same
+global batches. The iterator state (one Grain state per shard) is a JSON-able dict saved with
+every checkpoint; restoring it continues with exactly the batch an uninterrupted run would produce.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Iterator, Mapping
+
+import grain
+import numpy as np
+
+BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask", "source")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSpec:
+  """What a phase asks of the pipeline.
+
+  seq_len: row length L. global_batch: rows B of every global batch (divisible by num_shards).
+  weights: source name -> mixing weight (> 0; sources not named are not read in this phase).
+  instruction_tuning: True keeps each example's loss mask (loss on responses only); False makes
+    every token after BOS a target (continued pretraining on instruction text as documents).
+  seed: shuffle and packing seed. num_shards: shards S of every global batch.
+  worker_count: Grain worker processes per host (0: in process).
+  """
+  seq_len: int
+  global_batch: int
+  weights: Mapping[str, float]
+  instruction_tuning: bool = True
+  seed: int = 0
+  num_shards: int = 1
+  worker_count: int = 0
+  packing_bins: int = 8
+
+  def __post_init__(self):
+    if self.global_batch % self.num_shards:
+      raise ValueError(f"global batch {self.global_batch} is not divisible by data.num_shards={self.num_shards}")
+    if not self.weights or any(w <= 0 for w in self.weights.values()):
+      raise ValueError(f"mixture weights must be positive, got {dict(self.weights)}")
+
+
+def split_example(example: Mapping[str, np.ndarray], seq_len: int) -> list[dict[str, np.ndarray]]:
+  """Windows of at most `seq_len` tokens with stride seq_len - 1 (see the module docstring).
+
+  The first token of every window after the first is context only (its loss mask is 0).
+  """
+  n = len(example["tokens"])
+  if n <= seq_len:
+    return [dict(example)]
+  windows = []
+  for start in range(0, n - 1, seq_len - 1):
+    window = {k: np.array(v[start:start + seq_len]) for k, v in example.items()}
+    if start:
+      window["loss_mask"][0] = 0
+    windows.append(window)
+  return windows
+
+
+class _Split(grain.experimental.FlatMapTransform):
+  """Grain flat-map wrapper of `split_example` (picklable for worker processes)."""
+
+  def __init__(self, seq_len: int):
+    self.seq_len = seq_len
+
+  def flat_map(self, element):
+    return split_example(element, self.seq_len)
+
+
+class _Tag:
+  """Adds the per-token source index; optionally makes every token after BOS a target."""
+
+  def __init__(self, source_index: int, keep_mask: bool):
+    self.source_index = source_index
+    self.keep_mask = keep_mask
+
+  def __call__(self, element):
+    tokens = np.asarray(element["tokens"], np.int32)
+    mask = np.asarray(element["loss_mask"], np.int32)
+    if not self.keep_mask:
+      mask = np.ones_like(mask)
+      mask[0] = 0
+    return {"tokens": tokens, "loss_mask": mask, "source": np.full(len(tokens), self.source_index, np.int32)}
+
+
+def _to_batch(packed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  seg = packed["tokens_segment_ids"].astype(np.int32)
+  return {"tokens": packed["tokens"].astype(np.int32), "segment_ids": seg,
+          "positions": packed["tokens_positions"].astype(np.int32),
+          "loss_mask": packed["loss_mask"].astype(np.int32) * (seg > 0),
+          "source": np.where(seg > 0, packed["source"], -1).astype(np.int32)}
+
+
+def shard_dataset(sources: Mapping[str, grain.MapDataset], source_names: list[str], spec: PipelineSpec,
+                  shard: int) -> grain.IterDataset:
+  """One shard's stream of batches [rows_per_shard, seq_len] (keys `BATCH_KEYS`)."""
+  parts = []
+  weights = []
+  for name, weight in spec.weights.items():
+    if name not in sources:
+      raise ValueError(f"mixture weight for unknown source {name!r}; sources: {sorted(sources)}")
+    ds = sources[name][shard::spec.num_shards]
+    if len(ds) == 0:
+      raise ValueError(f"source {name!r} has fewer examples ({len(sources[name])}) than data shards "
+                       f"({spec.num_shards})")
+    ds = ds.shuffle(seed=spec.seed + 7919 * source_names.index(name)).repeat()
+    ds = ds.map(_Tag(source_names.index(name), spec.instruction_tuning))
+    parts.append(grain.experimental.FlatMapIterDataset(ds.to_iter_dataset(), _Split(spec.seq_len)))
+    weights.append(float(weight))
+  mixed = grain.IterDataset.mix(parts, weights)
+  lengths = {"tokens": spec.seq_len, "loss_mask": spec.seq_len, "source": spec.seq_len}
+  packed = grain.experimental.FirstFitPackIterDataset(
+      mixed, length_struct=lengths, num_packing_bins=spec.packing_bins, seed=spec.seed + shard,
+      shuffle_bins=True)
+  batched = packed.map(_to_batch).batch(spec.global_batch // spec.num_shards, drop_remainder=True)
+  if spec.worker_count > 0:
+    batched = batched.mp_prefetch(grain.MultiprocessingOptions(num_workers=spec.worker_count))
+  return batched
+
+
+class BatchIterator:
+  """This process's rows of every global batch: dict of int32 numpy arrays [B / P, L].
+
+  Keys: tokens, segment_ids (0 = padding), positions, loss_mask (1 = the token is a target,
+  predicted from the token before it in the same segment), source (index into `source_names`, -1
+  for padding).
+  """
+
+  def __init__(self, sources: Mapping[str, grain.MapDataset], spec: PipelineSpec,
+               process_index: int = 0, process_count: int = 1):
+    if spec.num_shards % process_count:
+      raise ValueError(f"data.num_shards={spec.num_shards} is not divisible by the process count {process_count}")
+    self.spec = spec
+    self.source_names = sorted(sources)
+    per = spec.num_shards // process_count
+    self.shards = list(range(process_index * per, (process_index + 1) * per))
+    self._iters = [iter(shard_dataset(sources, self.source_names, spec, s)) for s in self.shards]
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    parts = [next(it) for it in self._iters]
+    return {k: np.concatenate([p[k] for p in parts]) for k in BATCH_KEYS}
+
+  def get_state(self) -> dict[str, Any]:
+    """JSON-able state: the spec it belongs to and one Grain state per shard."""
+    return {"spec": _spec_key(self.spec), "shards": {str(s): it.get_state() for s, it in zip(self.shards, self._iters)}}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    if state["spec"] != _spec_key(self.spec):
+      raise ValueError("data iterator state belongs to a different pipeline spec: "
+                       f"saved {state['spec']}, now {_spec_key(self.spec)}")
+    for s, it in zip(self.shards, self._iters):
+      if str(s) not in state["shards"]:
+        raise ValueError(f"data iterator state has no shard {s}")
+      it.set_state(state["shards"][str(s)])
+
+
+def _spec_key(spec: PipelineSpec) -> str:
+  d = dataclasses.asdict(spec)
+  d.pop("worker_count")
+  d["weights"] = sorted(d["weights"].items())
+  return json.dumps(d, sort_keys=True)
+
+
+class EncodedTexts:
+  """Random-access source of encoded (prompt, target) pairs, tokenized when read.
+
+  Picklable (it holds the tokenizer's path, not the processor), so Grain workers can use it.
+  """
+
+  def __init__(self, pairs: list[tuple[str, str]], tokenizer_path: str):
+    self._pairs = pairs
+    self._tokenizer_path = str(tokenizer_path)
+    self._tok = None
+
+  def __len__(self) -> int:
+    return len(self._pairs)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    if self._tok is None:
+      from heal_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+      self._tok = tokenizer_lib.Tokenizer(self._tokenizer_path)
+    from heal_jax.data import examples  # pylint: disable=import-outside-toplevel
+    tokens, mask = examples.encode(self._tok, *self._pairs[index])
+    return {"tokens": tokens, "loss_mask": mask}
+
+  def __getstate__(self):
+    return {"_pairs": self._pairs, "_tokenizer_path": self._tokenizer_path, "_tok": None}
+
+
+def realised_token_shares(source_BxL: np.ndarray, loss_mask_BxL: np.ndarray,
+                          num_sources: int) -> np.ndarray:
+  """Fraction of target tokens from each source in a batch, float64 [num_sources] (sums to 1)."""
+  counts = np.bincount(source_BxL[loss_mask_BxL > 0], minlength=num_sources).astype(np.float64)
+  return counts / max(counts.sum(), 1.0)

@@ -1,0 +1,1 @@
+"""Mesh, partition rules and multi-process initialisation."""

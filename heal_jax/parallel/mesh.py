@@ -1,0 +1,120 @@
+"""The device mesh (data, fsdp, tensor) and the rules that map logical axis names onto it.
+
+Parameters carry logical axis names (heal_jax/model/llama.py); these rules say where each lands:
+
+  parameter axis   mesh axes      activation axis   mesh axes
+  vocab            tensor         batch             (data, fsdp)
+  embed            fsdp           act_len           -
+  q_heads          tensor         act_embed         -
+  kv_heads         tensor         act_heads         tensor
+  mlp              tensor         act_kv_heads      tensor
+  head_dim, norm, layers  -       act_mlp, act_vocab tensor
+
+So weights are split over fsdp (ZeRO-3 style: gathered per layer in the forward pass) and over
+tensor (Megatron-style heads/MLP split); the batch is split over data x fsdp. A dimension that the
+mesh axis does not divide is left unsplit on that axis, and `check_no_large_replicated` refuses a
+start-up where a large parameter would end up fully replicated by mistake.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("layers", None),
+    ("batch", ("data", "fsdp")),
+    ("act_len", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("cache_len", None),
+)
+
+
+class ShardingError(ValueError):
+  """A mesh that does not fit the devices, or parameters that would be replicated by mistake."""
+
+
+def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) sizes; exactly one may be -1 and takes the devices left over."""
+  sizes = [int(spec[a]) for a in AXES]
+  if sizes.count(-1) > 1:
+    raise ShardingError(f"mesh {dict(zip(AXES, sizes))}: at most one axis may be -1")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
+    raise ShardingError(f"mesh {dict(zip(AXES, sizes))} does not fit {num_devices} devices")
+  sizes = [num_devices // known if s == -1 else s for s in sizes]
+  if int(np.prod(sizes)) != num_devices:
+    raise ShardingError(f"mesh {dict(zip(AXES, sizes))} uses {int(np.prod(sizes))} devices, "
+                        f"{num_devices} are present")
+  return tuple(sizes)
+
+
+def make_mesh(spec: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+  """A mesh over `devices` (default: all) with axes data, fsdp, tensor in Auto mode."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(spec, len(devices))
+  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def _divisible_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+  """Drops the mesh axes of a dimension they do not divide (e.g. 8 KV heads on tensor=16)."""
+  out = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+    out.append(axes if size > 1 and dim % size == 0 else None)
+  return P(*out)
+
+
+def logical_shardings(boxed_shapes: Any, mesh: Mesh) -> Any:
+  """NamedShardings for a tree of boxed (nn.Partitioned) arrays or ShapeDtypeStructs."""
+  specs = nn.get_partition_spec(boxed_shapes)
+  mesh_specs = nn.logical_to_mesh(specs, LOGICAL_RULES)
+  shapes = nn.unbox(boxed_shapes)
+  return jax.tree.map(lambda s, x: NamedSharding(mesh, _divisible_spec(s, x.shape, mesh)),
+                      mesh_specs, shapes, is_leaf=lambda s: isinstance(s, P))
+
+
+def check_no_large_replicated(shapes: Any, shardings: Any, max_replicated_elements: int) -> None:
+  """Raises ShardingError naming the first parameter above the limit that no mesh axis splits.
+
+  Only meaningful when the mesh has more than one device along fsdp or tensor.
+  """
+  flat_shapes = jax.tree_util.tree_flatten_with_path(shapes)[0]
+  flat_shardings = jax.tree.leaves(shardings, is_leaf=lambda s: isinstance(s, NamedSharding))
+  for (path, shape), sharding in zip(flat_shapes, flat_shardings):
+    splits = int(np.prod([sharding.mesh.shape[a] for axes in sharding.spec if axes
+                          for a in ((axes,) if isinstance(axes, str) else axes)]))
+    size = int(np.prod(shape.shape))
+    if splits == 1 and size > max_replicated_elements:
+      name = "/".join(str(getattr(k, "key", k)) for k in path)
+      raise ShardingError(
+          f"parameter {name} {list(shape.shape)} ({size:,} elements) would be replicated on every device of "
+          f"mesh {dict(sharding.mesh.shape)}: no mesh axis divides its dimensions. Change the mesh or raise "
+          "mesh.max_replicated_elements")
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Rows of a [B, L] batch split over data x fsdp."""
+  return NamedSharding(mesh, P(("data", "fsdp"), None))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

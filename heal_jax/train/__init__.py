@@ -1,0 +1,1 @@
+"""Trainer: state, optimizer, loss, step, checkpoints, metrics, phases, the loop."""

@@ -1,0 +1,100 @@
+"""Training checkpoints in the work directory: orbax CheckpointManager, async, atomic.
+
+WORKDIR/checkpoints/<step>/ holds three items, written together:
+  state/  the TrainState (params, optimizer state, step, RNG, skip counters), sharded arrays
+  data/   the data iterator's state: one JSON file per data shard (shard_<s>.json), each written by
+          the process that reads that shard, so a run restores on any process count
+  meta/   JSON: the phase, the resolved config, the model config
+orbax writes a step into a temporary directory and renames it when every item is complete, so a
+checkpoint that was being written when the process died is never listed, hence never restored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+  """Saves/restores a `pipeline.BatchIterator`'s state as one JSON file per data shard."""
+
+  def save(self, directory, args: "DataStateSave"):
+    state = args.iterator.get_state()
+    for shard, shard_state in state["shards"].items():
+      (pathlib.Path(directory) / f"shard_{shard}.json").write_text(
+          json.dumps({"spec": state["spec"], "state": shard_state}))
+
+  def restore(self, directory, args: "DataStateRestore"):
+    it = args.iterator
+    shards = {}
+    for shard in it.shards:
+      path = pathlib.Path(directory) / f"shard_{shard}.json"
+      if not path.is_file():
+        raise FileNotFoundError(f"{path}: the checkpoint has no data state for shard {shard}")
+      saved = json.loads(path.read_text())
+      shards[str(shard)] = saved["state"]
+    it.set_state({"spec": saved["spec"], "shards": shards})
+    return it
+
+  def metadata(self, directory):
+    del directory
+    return None
+
+  def finalize(self, directory):
+    pass
+
+  def close(self):
+    pass
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+  iterator: Any
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+  iterator: Any
+
+
+def manager(workdir: pathlib.Path, keep: int, keep_period: int, async_save: bool,
+            read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, keep_period=keep_period or None, enable_async_checkpointing=async_save,
+      create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
+  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS, options=options,
+                               item_names=("state", "data", "meta"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, iterator: Any, meta: dict[str, Any]) -> None:
+  """Starts an (async) save of step `step`; the state must not be donated before it is copied."""
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          data=DataStateSave(iterator), meta=ocp.args.JsonSave(meta)),
+            force=True)
+
+
+def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+  """The TrainState of `step`, laid out by the shardings in `abstract_state` (any mesh)."""
+  return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+
+
+def restore_data(mngr: ocp.CheckpointManager, step: int, iterator: Any) -> None:
+  mngr.restore(step, args=ocp.args.Composite(data=DataStateRestore(iterator)))
+
+
+def abstract(tree: Any) -> Any:
+  """ShapeDtypeStructs carrying each array's sharding (the restore target)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

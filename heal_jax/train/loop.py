@@ -1,0 +1,270 @@
+"""The training loop: phases in order, automatic resume, checkpoints, metrics, held-out eval, SIGTERM.
+
+`train(config, workdir)` is all of `heal-jax train`. Re-running it on the same work directory
+resumes from the newest completed checkpoint, inside the right phase, with the data iterator where
+it was: the result is bitwise the same as an uninterrupted run (CPU, fp32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from heal_jax import config as config_lib
+from heal_jax.data import mixture, pipeline
+from heal_jax.model import llama
+from heal_jax.model.config import ModelConfig
+from heal_jax.parallel import mesh as mesh_lib
+from heal_jax.train import checkpointing, init as init_lib, loss as loss_lib, metrics as metrics_lib
+from heal_jax.train import optimizer as optimizer_lib, phases as phases_lib, state as state_lib, step as step_lib
+
+
+class TrainingHalted(RuntimeError):
+  """Too many consecutive non-finite steps; the newest checkpoint is the last good state."""
+
+
+def phase_model_config(base: ModelConfig, phase: phases_lib.Phase) -> ModelConfig:
+  """The model of a phase: its rope scaling, and a context at least the phase's seq_len."""
+  return base.replace(rope_scaling_factor=phase.rope_scaling_factor,
+                      max_position_embeddings=max(base.max_position_embeddings, phase.seq_len))
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after every step."""
+
+  def __init__(self):
+    self.requested = False
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _global_batch(local: dict[str, np.ndarray], sharding, global_rows: int) -> dict[str, jax.Array]:
+  return {k: jax.make_array_from_process_local_data(sharding, v, (global_rows,) + v.shape[1:])
+          for k, v in local.items()}
+
+
+@dataclasses.dataclass
+class _Run:
+  """What the phases share: config, mesh, data, checkpoint manager, writer."""
+  config: Any
+  workdir: pathlib.Path
+  mesh: Any
+  data: mixture.RunData
+  source_names: list[str]
+  mngr: Any
+  writer: metrics_lib.MetricWriter
+  preempt: _Preemption
+  base_cfg: ModelConfig
+
+
+def _spec(run: _Run, phase: phases_lib.Phase) -> pipeline.PipelineSpec:
+  num_shards = run.config.data.num_shards or jax.process_count()
+  return pipeline.PipelineSpec(
+      seq_len=phase.seq_len, global_batch=run.config.train.global_batch, weights=phase.weights,
+      instruction_tuning=phase.instruction_tuning, seed=run.config.seed + 1000 * phase.index,
+      num_shards=num_shards, worker_count=run.config.data.worker_count)
+
+
+def _eval_fn(cfg: ModelConfig, num_sources: int):
+  model = llama.Llama(cfg)
+
+  def fn(params, batch):
+    logits = model.apply({"params": params}, batch["tokens"], batch["segment_ids"], batch["positions"])
+    targets, weights = loss_lib.targets_and_weights(batch["tokens"], batch["segment_ids"], batch["loss_mask"])
+    _, _, nll_BxL = loss_lib.cross_entropy_sums(logits, targets, weights)
+    src = jnp.where(weights > 0, batch["source"], num_sources)
+    return (jnp.zeros(num_sources + 1).at[src].add(nll_BxL)[:num_sources],
+            jnp.zeros(num_sources + 1).at[src].add(weights)[:num_sources])
+  return jax.jit(fn)
+
+
+def evaluate(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) -> dict[str, float]:
+  """Held-out loss per source (mean NLL per target token) on fixed packed batches."""
+  if not run.data.heldout:
+    return {}
+  fn = _eval_fn(cfg, len(run.source_names))
+  sharding = mesh_lib.batch_sharding(run.mesh)
+  nll = np.zeros(len(run.source_names))
+  count = np.zeros(len(run.source_names))
+  for name in run.data.heldout:
+    spec = dataclasses.replace(_spec(run, phase), weights={name: 1.0}, seed=12345, worker_count=0)
+    it = pipeline.BatchIterator(run.data.heldout, spec, jax.process_index(), jax.process_count())
+    for _ in range(run.config.eval.batches):
+      a, b = fn(params, _global_batch(next(it), sharding, spec.global_batch))
+      nll += np.asarray(a)
+      count += np.asarray(b)
+  return {f"loss/{n}": float(nll[i] / count[i]) for i, n in enumerate(run.source_names) if count[i] > 0}
+
+
+def _meta(run: _Run, phase: phases_lib.Phase, cfg: ModelConfig) -> dict[str, Any]:
+  return {"phase": phase.name, "phase_index": phase.index, "model": cfg.to_dict(),
+          "config": json.loads(run.config.to_json())}
+
+
+def _save(run: _Run, step: int, state, it, phase, cfg) -> None:
+  checkpointing.save(run.mngr, step, state, it, _meta(run, phase, cfg))
+
+
+def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int | None) -> tuple[Any, str]:
+  """Trains `phase` from state.step to phase.end. Returns (state, "done" | "preempted")."""
+  cfg = phase_model_config(run.base_cfg, phase)
+  config = run.config
+  tx = optimizer_lib.make_optimizer(phase.optimizer)
+  lr_fn = optimizer_lib.learning_rate(phase.optimizer)
+  p_shard = state_lib.param_shardings(cfg, run.mesh)
+  st_shard = state_lib.state_shardings(jax.eval_shape(lambda: state), p_shard, run.mesh)
+  step0 = int(state.step)
+  if step0 == phase.start:  # a new phase: fresh optimizer state for its schedule
+    state = jax.jit(lambda s: s.replace(opt_state=tx.init(s.params)), out_shardings=st_shard)(state)
+  spec = _spec(run, phase)
+  it = pipeline.BatchIterator(run.data.train, spec, jax.process_index(), jax.process_count())
+  if restored_step is not None and restored_step > phase.start:
+    checkpointing.restore_data(run.mngr, restored_step, it)
+  batch_sharding = mesh_lib.batch_sharding(run.mesh)
+  step_fn = step_lib.jit_train_step(cfg, tx, lr_fn, config.train.micro_steps, config.train.z_loss,
+                                    len(run.source_names), st_shard, batch_sharding)
+  run.writer.log(f"phase {phase.name} ({phase.index + 1}): steps {phase.start}..{phase.end}, seq_len "
+                 f"{phase.seq_len}, rope x{phase.rope_scaling_factor}, weights {phase.weights}, "
+                 f"instruction tuning {'on' if phase.instruction_tuning else 'off'}, from step {step0}")
+  peak = metrics_lib.device_peak_flops(config.metrics.peak_tflops)
+  flops_token = metrics_lib.flops_per_token(cfg, phase.seq_len)
+  rows_tokens = spec.global_batch * phase.seq_len
+  t_start, t_last, last_logged = time.time(), time.time(), step0
+  pending = None
+  status = "done"
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
+    for step in range(step0, phase.end):
+      batch = _global_batch(next(it), batch_sharding, spec.global_batch)
+      state, metrics = step_fn(state, batch)
+      done = step + 1
+      if pending is not None:
+        _check_streak(pending, config.train.max_bad_steps)
+      pending = metrics
+      host = None
+      if done % config.metrics.every_steps == 0 or done == phase.end:
+        host = jax.device_get(metrics)
+        _check_streak(host, config.train.max_bad_steps)
+        now = time.time()
+        dt = (now - t_last) / max(done - last_logged, 1)
+        scalars = {"loss": host["loss"], "grad_norm": host["grad_norm"], "learning_rate": host["learning_rate"],
+                   "skipped_steps": host["skipped"], "step_time_s": dt, "tokens_per_s": rows_tokens / dt,
+                   "target_tokens": host["tokens"]}
+        if host["z_loss"]:
+          scalars["z_loss"] = host["z_loss"]
+        if peak:
+          scalars["mfu"] = flops_token * rows_tokens / dt / (peak * jax.device_count())
+        shares = host["source_tokens_S"] / max(host["source_tokens_S"].sum(), 1.0)
+        for i, name in enumerate(run.source_names):
+          if host["source_tokens_S"][i] > 0:
+            scalars[f"loss/{name}"] = host["source_nll_S"][i] / host["source_tokens_S"][i]
+            scalars[f"share/{name}"] = shares[i]
+        run.writer.write(done, scalars)
+        eta = (phase.end - done) * dt
+        run.writer.log(f"{phase.name} step {done}/{phase.end} loss {host['loss']:.4f} lr "
+                       f"{host['learning_rate']:.2e} gnorm {host['grad_norm']:.3f} "
+                       f"{rows_tokens / dt:,.0f} tok/s" + (f" mfu {scalars['mfu']:.1%}" if peak else "") +
+                       f" eta {metrics_lib.format_eta(eta)}")
+        t_last, last_logged = time.time(), done
+      if config.eval.every_steps and done % config.eval.every_steps == 0 and done != phase.end:
+        run.writer.write(done, evaluate(run, state.params, cfg, phase), kind="eval")
+      preempted = run.preempt.requested
+      if done % config.checkpoint.every_steps == 0 or done == phase.end or preempted:
+        if host is None:
+          _check_streak(jax.device_get(metrics), config.train.max_bad_steps)
+        _save(run, done, state, it, phase, cfg)
+      if preempted:
+        run.writer.log(f"SIGTERM: saved step {done}, exiting")
+        status = "preempted"
+        break
+    if status == "done":
+      heldout = evaluate(run, state.params, cfg, phase)
+      if heldout:
+        run.writer.write(int(phase.end), heldout, kind="eval")
+        run.writer.log(f"{phase.name} held-out " + ", ".join(f"{k} {v:.4f}" for k, v in heldout.items()))
+  run.mngr.wait_until_finished()
+  run.writer.log(f"phase {phase.name}: {time.time() - t_start:.1f} s")
+  return state, status
+
+
+def _check_streak(metrics: dict[str, Any], limit: int) -> None:
+  streak = int(jax.device_get(metrics["bad_streak"]))
+  if streak >= limit:
+    raise TrainingHalted(f"{streak} consecutive steps with a non-finite loss or gradient (train.max_bad_steps="
+                         f"{limit}); halting. The newest checkpoint holds the last good state.")
+
+
+def train(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
+  """Runs (or resumes) every phase of `config` in `workdir`; returns a summary dict."""
+  workdir = pathlib.Path(workdir).absolute()
+  primary = jax.process_index() == 0
+  writer = metrics_lib.MetricWriter(workdir, primary)
+  if primary:
+    mixture.bootstrap(config, workdir, writer.log)
+    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+  multihost_utils.sync_global_devices("heal-jax bootstrap")
+  phases = phases_lib.from_config(config)
+  base_cfg = config_lib.model_config(config)
+  mesh = mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES})
+  data = mixture.load(config, workdir, config.eval.holdout_examples)
+  for name, counts in data.counts.items():
+    writer.log(f"source {name}: {counts}")
+  mngr = checkpointing.manager(workdir, config.checkpoint.keep, config.checkpoint.keep_period,
+                               config.checkpoint.async_save)
+  run = _Run(config, workdir, mesh, data, sorted(data.train), mngr, writer, _Preemption(), base_cfg)
+  try:
+    latest = mngr.latest_step()
+    start = latest or 0
+    phase = phases_lib.phase_at(phases, start)
+    if phase is None:
+      writer.log(f"all {len(phases)} phases are done (step {start}); nothing to do")
+      return {"status": "done", "step": start}
+    cfg = phase_model_config(base_cfg, phase)
+    p_shard = state_lib.param_shardings(cfg, mesh)
+    mesh_lib.check_no_large_replicated(jax.eval_shape(lambda: state_lib.unboxed_init(cfg, jax.random.PRNGKey(0))),
+                                       p_shard, config.mesh.max_replicated_elements)
+    tx = optimizer_lib.make_optimizer(phase.optimizer)
+    with jax.set_mesh(mesh):
+      if latest is not None:
+        abstract = jax.eval_shape(lambda: state_lib.new_state(
+            state_lib.unboxed_init(cfg, jax.random.PRNGKey(0)), tx, jax.random.PRNGKey(0)))
+        st_shard = state_lib.state_shardings(abstract, p_shard, mesh)
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, st_shard)
+        state = checkpointing.restore_state(mngr, latest, target)
+        writer.log(f"resumed from step {latest} (phase {phase.name})")
+      else:
+        params, how = init_lib.initial_params(config.init_from, cfg, p_shard, config.seed)
+        state = state_lib.new_state(params, tx, jax.random.PRNGKey(config.seed))
+        writer.log(f"initialised {cfg.num_params():,} parameters {how}; mesh {dict(mesh.shape)}")
+        writer.parameter_overview(params)
+    restored = latest
+    for phase in phases[phase.index:]:
+      state, status = run_phase(run, phase, state, restored)
+      restored = None
+      if status == "preempted":
+        return {"status": "preempted", "step": int(state.step)}
+    return {"status": "done", "step": int(state.step), "skipped": int(state.skipped)}
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+    run.preempt.restore()
+    writer.close()

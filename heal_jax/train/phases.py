@@ -1,0 +1,83 @@
+"""A run as an ordered list of phases, and which phase a global step belongs to."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from heal_jax.train.optimizer import OptimizerSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One phase; `start` is the global step it begins at (the sum of the steps before it)."""
+  name: str
+  index: int
+  start: int
+  steps: int
+  seq_len: int
+  weights: dict[str, float]
+  rope_scaling_factor: float
+  instruction_tuning: bool
+  optimizer: OptimizerSpec
+
+  @property
+  def end(self) -> int:
+    return self.start + self.steps
+
+
+def parse_weights(spec: str, key: str) -> dict[str, float]:
+  """"a=1,b=2.5" -> {"a": 1.0, "b": 2.5}; errors name the config key."""
+  weights = {}
+  for item in filter(None, (s.strip() for s in spec.split(","))):
+    name, sep, value = item.partition("=")
+    try:
+      weights[name.strip()] = float(value)
+    except ValueError:
+      sep = ""
+    if not sep or not name.strip():
+      raise ValueError(f"{key}: bad weight {item!r}, expected source=number")
+  return weights
+
+
+def from_config(config: Any) -> list[Phase]:
+  """The single reader of config.phase_order, config.phases and the optimizer fields of config.train."""
+  names = [n.strip() for n in config.phase_order.split(",") if n.strip()]
+  if not names:
+    raise ValueError("config.phase_order is empty: name at least one phase of config.phases")
+  unknown = [n for n in names if n not in config.phases]
+  if unknown:
+    raise ValueError(f"config.phase_order names unknown phase(s) {unknown}; config.phases has "
+                     f"{sorted(config.phases.keys())}")
+  unused = sorted(set(config.phases.keys()) - set(names))
+  if unused:
+    raise ValueError(f"config.phases.{unused[0]} is not in config.phase_order")
+  sources = {name: float(src.weight) for name, src in config.data.sources.items()}
+  train = config.train
+  phases, start = [], 0
+  for i, name in enumerate(names):
+    p = config.phases[name]
+    key = f"config.phases.{name}"
+    weights = parse_weights(p.weights, f"{key}.weights") if p.weights else dict(sources)
+    for src, w in weights.items():
+      if src not in sources:
+        raise ValueError(f"{key}.weights: unknown source {src!r}; config.data.sources has {sorted(sources)}")
+      if w <= 0:
+        raise ValueError(f"{key}.weights: source {src!r} has weight {w}; leave it out instead of a zero weight")
+    if p.steps <= 0 or p.seq_len < 2:
+      raise ValueError(f"{key}: steps must be > 0 and seq_len >= 2")
+    opt = OptimizerSpec(peak_lr=p.peak_lr, steps=p.steps, warmup_steps=p.warmup_steps, schedule=p.schedule,
+                        end_lr_ratio=p.end_lr_ratio, weight_decay=train.weight_decay, b1=train.b1,
+                        b2=train.b2, eps=train.eps, clip_norm=train.clip_norm)
+    phases.append(Phase(name, i, start, p.steps, p.seq_len, weights, p.rope_scaling_factor,
+                        p.instruction_tuning, opt))
+    start += p.steps
+  return phases
+
+
+def phase_at(phases: list[Phase], step: int) -> Phase | None:
+  """The phase that global step `step` (0-based, the next step to run) belongs to; None when done."""
+  for phase in phases:
+    if phase.start <= step < phase.end:
+      return phase
+  return None

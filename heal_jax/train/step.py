@@ -1,0 +1,111 @@
+"""The jitted train step: micro-batch gradient accumulation, masked token-weighted loss, guard."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from heal_jax.model import llama
+from heal_jax.model.config import ModelConfig
+from heal_jax.train import loss as loss_lib
+from heal_jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def _micro_batches(batch: Batch, micro_steps: int) -> Batch:
+  """[B, L] -> [M, B/M, L] with micro-batch m = rows m, m+M, ... (keeps each device's rows local)."""
+  def split(x):
+    b = x.shape[0]
+    return jnp.swapaxes(x.reshape(b // micro_steps, micro_steps, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def loss_and_grads(params: Any, batch: Batch, cfg: ModelConfig, micro_steps: int, z_loss: float,
+                   num_sources: int) -> tuple[dict[str, jax.Array], Any]:
+  """Summed (not averaged) loss statistics and gradients of the summed objective over the batch.
+
+  Returns ({"nll_sum", "z_sum", "tokens", "source_nll_S", "source_tokens_S"}, grads).
+  """
+  model = llama.Llama(cfg)
+
+  def objective(p, mb):
+    logits = model.apply({"params": p}, mb["tokens"], mb["segment_ids"], mb["positions"])
+    targets, weights = loss_lib.targets_and_weights(mb["tokens"], mb["segment_ids"], mb["loss_mask"])
+    nll_sum, z_sum, nll_BxL = loss_lib.cross_entropy_sums(logits, targets, weights, z_loss)
+    src = jnp.where(weights > 0, mb["source"], num_sources)  # padding and non-targets to an extra bin
+    source_nll = jnp.zeros(num_sources + 1, jnp.float32).at[src].add(nll_BxL)[:num_sources]
+    source_tokens = jnp.zeros(num_sources + 1, jnp.float32).at[src].add(weights)[:num_sources]
+    stats = {"nll_sum": nll_sum, "z_sum": z_sum, "tokens": weights.sum(),
+             "source_nll_S": source_nll, "source_tokens_S": source_tokens}
+    return nll_sum + z_sum, stats
+
+  grad_fn = jax.grad(objective, has_aux=True)
+  if micro_steps == 1:
+    grads, stats = grad_fn(params, batch)
+    return stats, grads
+
+  def body(carry, mb):
+    acc_stats, acc_grads = carry
+    grads, stats = grad_fn(params, mb)
+    return (jax.tree.map(jnp.add, acc_stats, stats), jax.tree.map(jnp.add, acc_grads, grads)), None
+
+  zeros_stats = {"nll_sum": jnp.zeros(()), "z_sum": jnp.zeros(()), "tokens": jnp.zeros(()),
+                 "source_nll_S": jnp.zeros(num_sources), "source_tokens_S": jnp.zeros(num_sources)}
+  zeros_grads = jax.tree.map(jnp.zeros_like, params)
+  (stats, grads), _ = jax.lax.scan(body, (zeros_stats, zeros_grads), _micro_batches(batch, micro_steps))
+  return stats, grads
+
+
+def train_step(state: TrainState, batch: Batch, *, cfg: ModelConfig, tx: optax.GradientTransformation,
+               lr_fn: Callable[[jax.Array], jax.Array], micro_steps: int, z_loss: float,
+               num_sources: int) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a global batch (int32 [B, L] arrays: tokens, segment_ids, positions,
+  loss_mask, source). The loss is the mean NLL over every target token of the global batch.
+
+  A step whose loss or gradient norm is not finite changes nothing but the counters (skipped,
+  bad_streak); the caller halts after too long a streak.
+  """
+  stats, grad_sums = loss_and_grads(state.params, batch, cfg, micro_steps, z_loss, num_sources)
+  denom = jnp.maximum(stats["tokens"], 1.0)
+  grads = jax.tree.map(lambda g: g / denom, grad_sums)
+  grad_norm = optax.global_norm(grads)
+  loss = (stats["nll_sum"] + stats["z_sum"]) / denom
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep(new_params, state.params), opt_state=keep(new_opt_state, state.opt_state),
+      rng=jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0]),
+      skipped=state.skipped + (~finite).astype(jnp.int32),
+      bad_streak=jnp.where(finite, 0, state.bad_streak + 1))
+  metrics = {"loss": stats["nll_sum"] / denom, "z_loss": stats["z_sum"] / denom, "grad_norm": grad_norm,
+             "tokens": stats["tokens"], "finite": finite, "skipped": new_state.skipped,
+             "bad_streak": new_state.bad_streak, "source_nll_S": stats["source_nll_S"],
+             "source_tokens_S": stats["source_tokens_S"],
+             "learning_rate": lr_fn(_opt_count(state.opt_state))}
+  return new_state, metrics
+
+
+def _opt_count(opt_state: Any) -> jax.Array:
+  """The optimizer's own step counter (the phase-local step the schedule reads)."""
+  has_count = lambda x: "count" in getattr(x, "_fields", ())
+  for leaf_state in jax.tree.leaves(opt_state, is_leaf=has_count):
+    if has_count(leaf_state):
+      return leaf_state.count
+  return jnp.zeros((), jnp.int32)
+
+
+def jit_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, lr_fn, micro_steps: int,
+                   z_loss: float, num_sources: int, state_shardings: Any, batch_sharding: Any):
+  """jax.jit of `train_step` with explicit in/out shardings and the state donated."""
+  fn = functools.partial(train_step, cfg=cfg, tx=tx, lr_fn=lr_fn, micro_steps=micro_steps, z_loss=z_loss,
+                         num_sources=num_sources)
+  return jax.jit(fn, in_shardings=(state_shardings, batch_sharding),
+                 out_shardings=(state_shardings, None), donate_argnums=(0,))
