@@ -78,14 +78,15 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 _PASSTHROUGH = {
     ("data", "check"): "heal_jax.data.check",
     ("eval", "notes"): "heal_jax.eval.notes",
+    ("plan",): "heal_jax.train.plan",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="heal-jax", description=__doc__,
-      epilog="also: 'heal-jax data check PATH --kind ...' and 'heal-jax eval notes --predictions ...'"
-             " (see their --help)")
+      epilog="also: 'heal-jax data check PATH --kind ...', 'heal-jax eval notes --predictions ...', "
+             "'heal-jax plan --config ...' (see their --help)")
   sub = parser.add_subparsers(dest="command", required=True)
 
   convert = sub.add_parser("convert", help="convert checkpoints between HF and heal-jax (orbax)")
@@ -139,9 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
   argv = list(sys.argv[1:] if argv is None else argv)
-  if tuple(argv[:2]) in _PASSTHROUGH:
-    import importlib  # pylint: disable=import-outside-toplevel
-    return importlib.import_module(_PASSTHROUGH[tuple(argv[:2])]).main(argv[2:])
+  for n in (2, 1):
+    if tuple(argv[:n]) in _PASSTHROUGH:
+      import importlib  # pylint: disable=import-outside-toplevel
+      return importlib.import_module(_PASSTHROUGH[tuple(argv[:n])]).main(argv[n:])
   try:
     overrides, rest = config_lib.split_overrides(argv)
     args = build_parser().parse_args(rest)

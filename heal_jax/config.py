@@ -47,7 +47,11 @@ def llama2_config(size: str) -> ml_collections.ConfigDict:
   config.model.update(dict(
       vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
       param_dtype="float32", compute_dtype="bfloat16", remat_policy="full", scan_layers=True,
-      **LLAMA2_SHAPES[size]))
+      attention_impl="auto", **LLAMA2_SHAPES[size]))
+  config.train.global_batch = 64
+  config.train.micro_steps = 4
+  config.phase_order = "pretrain"
+  config.phases.pretrain = phase_config(steps=10000, seq_len=4096, peak_lr=3e-5, warmup_steps=200)
   return config
 
 
@@ -89,7 +93,8 @@ def base_data_config() -> ml_collections.ConfigDict:
 
 def phase_config(steps: int, seq_len: int, weights: str = "", rope_scaling_factor: float = 1.0,
                  instruction_tuning: bool = False, peak_lr: float = 3e-4, warmup_steps: int = 0,
-                 schedule: str = "cosine", end_lr_ratio: float = 0.1) -> ml_collections.ConfigDict:
+                 schedule: str = "cosine", end_lr_ratio: float = 0.1,
+                 global_batch: int = 0) -> ml_collections.ConfigDict:
   """One training phase (read by `heal_jax.train.phases.from_config`).
 
   steps: global batches in this phase. seq_len: packed row length.
@@ -99,11 +104,12 @@ def phase_config(steps: int, seq_len: int, weights: str = "", rope_scaling_facto
   instruction_tuning: loss on responses only (else on every token).
   peak_lr, warmup_steps, schedule (cosine | linear | constant), end_lr_ratio: the phase's AdamW
     schedule; the optimizer state starts fresh at every phase.
+  global_batch: rows per step in this phase (0 = config.train.global_batch).
   """
   return ml_collections.ConfigDict(dict(
       steps=steps, seq_len=seq_len, weights=weights, rope_scaling_factor=float(rope_scaling_factor),
       instruction_tuning=instruction_tuning, peak_lr=float(peak_lr), warmup_steps=warmup_steps,
-      schedule=schedule, end_lr_ratio=float(end_lr_ratio)))
+      schedule=schedule, end_lr_ratio=float(end_lr_ratio), global_batch=global_batch))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -137,6 +143,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.metrics = ml_collections.ConfigDict(dict(
       every_steps=10,          # log training metrics every this many steps
       peak_tflops=0.0,         # per-device dense bf16 peak for MFU (0 = from the device kind; none on CPU)
+  ))
+  config.plan = ml_collections.ConfigDict(dict(   # `heal-jax plan`: the cluster to plan for
+      devices=8,               # accelerators in the run (the fake CPU mesh gets this many devices)
+      device_memory_gb=80.0,   # memory per accelerator
+      peak_tflops=989.0,       # dense bf16 peak per accelerator (H100 989, A100 312)
+      mfu=0.4,                 # assumed model FLOPs utilisation for the implied step time
   ))
   config.eval = ml_collections.ConfigDict(dict(
       every_steps=0,           # held-out loss per source every this many steps (0 = only at phase ends)

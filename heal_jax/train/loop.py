@@ -33,12 +33,6 @@ class TrainingHalted(RuntimeError):
   """Too many consecutive non-finite steps; the newest checkpoint is the last good state."""
 
 
-def phase_model_config(base: ModelConfig, phase: phases_lib.Phase) -> ModelConfig:
-  """The model of a phase: its rope scaling, and a context at least the phase's seq_len."""
-  return base.replace(rope_scaling_factor=phase.rope_scaling_factor,
-                      max_position_embeddings=max(base.max_position_embeddings, phase.seq_len))
-
-
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks after every step."""
 
@@ -80,7 +74,7 @@ class _Run:
 def _spec(run: _Run, phase: phases_lib.Phase) -> pipeline.PipelineSpec:
   num_shards = run.config.data.num_shards or jax.process_count()
   return pipeline.PipelineSpec(
-      seq_len=phase.seq_len, global_batch=run.config.train.global_batch, weights=phase.weights,
+      seq_len=phase.seq_len, global_batch=phase.global_batch, weights=phase.weights,
       instruction_tuning=phase.instruction_tuning, seed=run.config.seed + 1000 * phase.index,
       num_shards=num_shards, worker_count=run.config.data.worker_count)
 
@@ -127,7 +121,7 @@ def _save(run: _Run, step: int, state, it, phase, cfg) -> None:
 
 def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int | None) -> tuple[Any, str]:
   """Trains `phase` from state.step to phase.end. Returns (state, "done" | "preempted")."""
-  cfg = phase_model_config(run.base_cfg, phase)
+  cfg = phases_lib.model_config(run.base_cfg, phase)
   config = run.config
   tx = optimizer_lib.make_optimizer(phase.optimizer)
   lr_fn = optimizer_lib.learning_rate(phase.optimizer)
@@ -136,6 +130,7 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   step0 = int(state.step)
   if step0 == phase.start:  # a new phase: fresh optimizer state for its schedule
     state = jax.jit(lambda s: s.replace(opt_state=tx.init(s.params)), out_shardings=st_shard)(state)
+  phases_lib.check_batch(phase, config.train.micro_steps, run.mesh.shape["data"] * run.mesh.shape["fsdp"])
   spec = _spec(run, phase)
   it = pipeline.BatchIterator(run.data.train, spec, jax.process_index(), jax.process_count())
   if restored_step is not None and restored_step > phase.start:
@@ -213,8 +208,11 @@ def _check_streak(metrics: dict[str, Any], limit: int) -> None:
                          f"{limit}); halting. The newest checkpoint holds the last good state.")
 
 
-def train(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
-  """Runs (or resumes) every phase of `config` in `workdir`; returns a summary dict."""
+def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) -> dict[str, Any]:
+  """Runs (or resumes) every phase of `config` in `workdir`; returns a summary dict.
+
+  devices: the devices of the mesh (default: all of them, over every process).
+  """
   workdir = pathlib.Path(workdir).absolute()
   primary = jax.process_index() == 0
   writer = metrics_lib.MetricWriter(workdir, primary)
@@ -224,7 +222,7 @@ def train(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   multihost_utils.sync_global_devices("heal-jax bootstrap")
   phases = phases_lib.from_config(config)
   base_cfg = config_lib.model_config(config)
-  mesh = mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES})
+  mesh = mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES}, devices)
   data = mixture.load(config, workdir, config.eval.holdout_examples)
   for name, counts in data.counts.items():
     writer.log(f"source {name}: {counts}")
@@ -238,7 +236,7 @@ def train(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
     if phase is None:
       writer.log(f"all {len(phases)} phases are done (step {start}); nothing to do")
       return {"status": "done", "step": start}
-    cfg = phase_model_config(base_cfg, phase)
+    cfg = phases_lib.model_config(base_cfg, phase)
     p_shard = state_lib.param_shardings(cfg, mesh)
     mesh_lib.check_no_large_replicated(jax.eval_shape(lambda: state_lib.unboxed_init(cfg, jax.random.PRNGKey(0))),
                                        p_shard, config.mesh.max_replicated_elements)

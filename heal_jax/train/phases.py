@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from heal_jax.model.config import ModelConfig
 from heal_jax.train.optimizer import OptimizerSpec
 
 
@@ -20,6 +21,7 @@ class Phase:
   rope_scaling_factor: float
   instruction_tuning: bool
   optimizer: OptimizerSpec
+  global_batch: int
 
   @property
   def end(self) -> int:
@@ -41,7 +43,11 @@ def parse_weights(spec: str, key: str) -> dict[str, float]:
 
 
 def from_config(config: Any) -> list[Phase]:
-  """The single reader of config.phase_order, config.phases and the optimizer fields of config.train."""
+  """The single reader of config.phase_order, config.phases and the optimizer fields of config.train.
+
+  phase_order says which phases run and in which order (a preset may define more, e.g. to run only
+  the pretraining phase with --config.phase_order=pretrain).
+  """
   names = [n.strip() for n in config.phase_order.split(",") if n.strip()]
   if not names:
     raise ValueError("config.phase_order is empty: name at least one phase of config.phases")
@@ -49,9 +55,6 @@ def from_config(config: Any) -> list[Phase]:
   if unknown:
     raise ValueError(f"config.phase_order names unknown phase(s) {unknown}; config.phases has "
                      f"{sorted(config.phases.keys())}")
-  unused = sorted(set(config.phases.keys()) - set(names))
-  if unused:
-    raise ValueError(f"config.phases.{unused[0]} is not in config.phase_order")
   sources = {name: float(src.weight) for name, src in config.data.sources.items()}
   train = config.train
   phases, start = [], 0
@@ -70,7 +73,7 @@ def from_config(config: Any) -> list[Phase]:
                         end_lr_ratio=p.end_lr_ratio, weight_decay=train.weight_decay, b1=train.b1,
                         b2=train.b2, eps=train.eps, clip_norm=train.clip_norm)
     phases.append(Phase(name, i, start, p.steps, p.seq_len, weights, p.rope_scaling_factor,
-                        p.instruction_tuning, opt))
+                        p.instruction_tuning, opt, p.global_batch or train.global_batch))
     start += p.steps
   return phases
 
@@ -81,3 +84,16 @@ def phase_at(phases: list[Phase], step: int) -> Phase | None:
     if phase.start <= step < phase.end:
       return phase
   return None
+
+
+def model_config(base: ModelConfig, phase: Phase) -> ModelConfig:
+  """The model of a phase: its rope scaling, and a context at least the phase's seq_len."""
+  return base.replace(rope_scaling_factor=phase.rope_scaling_factor,
+                      max_position_embeddings=max(base.max_position_embeddings, phase.seq_len))
+
+
+def check_batch(phase: Phase, micro_steps: int, batch_devices: int) -> None:
+  """Every micro-batch must split evenly over the data x fsdp devices."""
+  if phase.global_batch % micro_steps or (phase.global_batch // micro_steps) % batch_devices:
+    raise ValueError(f"phase {phase.name}: global batch {phase.global_batch} / train.micro_steps={micro_steps} "
+                     f"must be a multiple of the data x fsdp devices ({batch_devices})")

@@ -73,7 +73,7 @@ def train_step(state: TrainState, batch: Batch, *, cfg: ModelConfig, tx: optax.G
   stats, grad_sums = loss_and_grads(state.params, batch, cfg, micro_steps, z_loss, num_sources)
   denom = jnp.maximum(stats["tokens"], 1.0)
   grads = jax.tree.map(lambda g: g / denom, grad_sums)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)))
   loss = (stats["nll_sum"] + stats["z_sum"]) / denom
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)

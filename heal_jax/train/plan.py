@@ -1,0 +1,147 @@
+"""`heal-jax plan`: will a run fit, and how long will a step take, before renting the cluster.
+
+For every phase of the config, the train step is compiled ahead of time (nothing is allocated:
+abstract inputs) against a mesh of `plan.devices` fake CPU devices, with the run's shardings, remat
+and micro-batching. Reported per device: parameters and optimizer state (exact, from the
+shardings), activations and temporaries (XLA's memory analysis of the compiled step: the CPU
+backend's buffer assignment, an estimate of the GPU one), the total against plan.device_memory_gb;
+model FLOPs per step (PaLM's count, see heal_jax.train.metrics) and XLA's FLOP count of the
+compiled per-device program; and the step time implied by plan.mfu of plan.peak_tflops.
+The last line printed is one JSON object: per_device_bytes, flops_per_step, fits, phases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Sequence
+
+
+def _ensure_devices(n: int, argv: Sequence[str]) -> int | None:
+  """Re-runs this command in a fresh process with n fake CPU devices if jax has fewer; else None."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.device_count() >= n and jax.default_backend() == "cpu":
+    return None
+  if os.environ.get("HEAL_JAX_PLAN_CHILD"):
+    raise RuntimeError(f"could not get {n} fake CPU devices (have {jax.device_count()})")
+  env = dict(os.environ, HEAL_JAX_PLAN_CHILD="1", JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip())
+  return subprocess.call([sys.executable, "-m", "heal_jax.train.plan", *argv], env=env)
+
+
+def _sharded_bytes(tree: Any) -> int:
+  """Bytes one device holds of a tree of ShapeDtypeStructs with shardings (largest shard)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shard = leaf.sharding.shard_shape(leaf.shape)
+    total += int(np.prod(shard)) * leaf.dtype.itemsize
+  return total
+
+
+def plan_phase(config: Any, phase: Any, mesh: Any) -> dict[str, Any]:
+  """Compiles one phase's train step for `mesh` and measures it (see the module docstring)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax.train import metrics, optimizer as opt_lib, phases as phases_lib, state as state_lib, step as step_lib  # pylint: disable=import-outside-toplevel
+
+  cfg = phases_lib.model_config(config_lib.model_config(config), phase)
+  tx = opt_lib.make_optimizer(phase.optimizer)
+  p_shard = state_lib.param_shardings(cfg, mesh)
+  abstract = jax.eval_shape(lambda: state_lib.new_state(state_lib.unboxed_init(cfg, jax.random.PRNGKey(0)), tx,
+                                                        jax.random.PRNGKey(0)))
+  st_shard = state_lib.state_shardings(abstract, p_shard, mesh)
+  mesh_lib.check_no_large_replicated(abstract.params, p_shard, config.mesh.max_replicated_elements)
+  phases_lib.check_batch(phase, config.train.micro_steps, mesh.shape["data"] * mesh.shape["fsdp"])
+  state_in = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, st_shard)
+  b_shard = mesh_lib.batch_sharding(mesh)
+  batch = {k: jax.ShapeDtypeStruct((phase.global_batch, phase.seq_len), jnp.int32, sharding=b_shard)
+           for k in ("tokens", "segment_ids", "positions", "loss_mask", "source")}
+  num_sources = max(len(config.data.sources), 1)
+  step_fn = step_lib.jit_train_step(cfg, tx, opt_lib.learning_rate(phase.optimizer), config.train.micro_steps,
+                                    config.train.z_loss, num_sources, st_shard, b_shard)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
+    compiled = step_fn.lower(state_in, batch).compile()
+  mem = compiled.memory_analysis()
+  params_b = _sharded_bytes(state_in.params)
+  opt_b = _sharded_bytes(state_in.opt_state)
+  temp_b = int(mem.temp_size_in_bytes)
+  batch_b = _sharded_bytes(batch)
+  per_device = params_b + opt_b + temp_b + batch_b
+  tokens = phase.global_batch * phase.seq_len
+  model_flops = metrics.flops_per_token(cfg, phase.seq_len) * tokens
+  peak = config.plan.peak_tflops * 1e12
+  return {"phase": phase.name, "seq_len": phase.seq_len, "global_batch": phase.global_batch,
+          "params_bytes": params_b, "optimizer_bytes": opt_b, "activation_temp_bytes": temp_b,
+          "batch_bytes": batch_b, "per_device_bytes": per_device, "tokens_per_step": tokens,
+          "model_flops_per_step": model_flops,
+          "step_time_s": model_flops / (config.plan.devices * peak * config.plan.mfu)}
+
+
+def run_plan(config: Any) -> dict[str, Any]:
+  import jax  # pylint: disable=import-outside-toplevel
+  from heal_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax.train import phases as phases_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  devices = jax.devices()[:config.plan.devices]
+  mesh = mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES}, devices)
+  rows = [plan_phase(config, p, mesh) for p in phases_lib.from_config(config)]
+  limit = config.plan.device_memory_gb * 1024**3
+  worst = max(rows, key=lambda r: r["per_device_bytes"])
+  cfg = config_lib.model_config(config)
+  total_tokens = sum(p.steps * r["tokens_per_step"] for p, r in zip(phases_lib.from_config(config), rows))
+  total_time = sum(p.steps * r["step_time_s"] for p, r in zip(phases_lib.from_config(config), rows))
+  return {"params": cfg.num_params(), "devices": config.plan.devices, "mesh": dict(mesh.shape),
+          "per_device_bytes": worst["per_device_bytes"], "flops_per_step": worst["model_flops_per_step"],
+          "fits": bool(worst["per_device_bytes"] <= limit), "device_memory_bytes": int(limit),
+          "total_tokens": total_tokens, "total_hours_at_mfu": total_time / 3600, "phases": rows}
+
+
+def _table(result: dict[str, Any], config: Any) -> str:
+  gib = lambda b: f"{b / 1024**3:8.2f}"
+  lines = [f"plan: {result['params'] / 1e9:.2f}B parameters on {result['devices']} devices, mesh {result['mesh']}, "
+           f"{config.plan.device_memory_gb:g} GiB each, peak {config.plan.peak_tflops:g} TFLOP/s, "
+           f"assumed MFU {config.plan.mfu:.0%}",
+           "phase        seq  batch  params GiB  optim GiB  activ GiB   total GiB  TFLOP/step  step s",
+           "-" * 92]
+  for r in result["phases"]:
+    lines.append(f"{r['phase']:<10} {r['seq_len']:>5} {r['global_batch']:>6} {gib(r['params_bytes'])}   "
+                 f"{gib(r['optimizer_bytes'])}  {gib(r['activation_temp_bytes'])}   {gib(r['per_device_bytes'])}"
+                 f"  {r['model_flops_per_step'] / 1e12:10.1f}  {r['step_time_s']:6.2f}")
+  lines.append(f"fits: {'yes' if result['fits'] else 'NO'}; {result['total_tokens'] / 1e9:.2f}B tokens in "
+               f"{result['total_hours_at_mfu']:.1f} h at the assumed MFU")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """`heal-jax plan --config CONFIG [--config.x=y ...]`."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  overrides, rest = config_lib.split_overrides(argv)
+  parser = argparse.ArgumentParser(prog="heal-jax plan", description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True)
+  args = parser.parse_args(rest)
+  try:
+    config = config_lib.load_config(args.config, overrides)
+    child = _ensure_devices(config.plan.devices, argv)
+    if child is not None:
+      return child
+    result = run_plan(config)
+  except (ValueError, RuntimeError) as e:
+    print(f"heal-jax plan: error: {e}", file=sys.stderr)
+    return 2
+  print(_table(result, config))
+  print(json.dumps({k: result[k] for k in ("per_device_bytes", "flops_per_step", "fits", "params", "devices",
+                                           "total_tokens")} | {"phases": result["phases"]}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
