@@ -26,7 +26,7 @@ def _micro_batches(batch: Batch, micro_steps: int) -> Batch:
 
 
 def loss_and_grads(params: Any, batch: Batch, cfg: ModelConfig, micro_steps: int, z_loss: float,
-                   num_sources: int) -> tuple[dict[str, jax.Array], Any]:
+                   num_sources: int, packed: bool = True) -> tuple[dict[str, jax.Array], Any]:
   """Summed (not averaged) loss statistics and gradients of the summed objective over the batch.
 
   Returns ({"nll_sum", "z_sum", "tokens", "source_nll_S", "source_tokens_S"}, grads).
@@ -34,7 +34,7 @@ def loss_and_grads(params: Any, batch: Batch, cfg: ModelConfig, micro_steps: int
   model = llama.Llama(cfg)
 
   def objective(p, mb):
-    logits = model.apply({"params": p}, mb["tokens"], mb["segment_ids"], mb["positions"])
+    logits = model.apply({"params": p}, mb["tokens"], mb["segment_ids"], mb["positions"], packed=packed)
     targets, weights = loss_lib.targets_and_weights(mb["tokens"], mb["segment_ids"], mb["loss_mask"])
     nll_sum, z_sum, nll_BxL = loss_lib.cross_entropy_sums(logits, targets, weights, z_loss)
     src = jnp.where(weights > 0, mb["source"], num_sources)  # padding and non-targets to an extra bin
@@ -63,14 +63,15 @@ def loss_and_grads(params: Any, batch: Batch, cfg: ModelConfig, micro_steps: int
 
 def train_step(state: TrainState, batch: Batch, *, cfg: ModelConfig, tx: optax.GradientTransformation,
                lr_fn: Callable[[jax.Array], jax.Array], micro_steps: int, z_loss: float,
-               num_sources: int) -> tuple[TrainState, dict[str, jax.Array]]:
+               num_sources: int, packed: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch (int32 [B, L] arrays: tokens, segment_ids, positions,
   loss_mask, source). The loss is the mean NLL over every target token of the global batch.
 
   A step whose loss or gradient norm is not finite changes nothing but the counters (skipped,
-  bad_streak); the caller halts after too long a streak.
+  bad_streak); the caller halts after too long a streak. `packed=False` promises one document per
+  row (benchmarks of the 'cudnn' attention path).
   """
-  stats, grad_sums = loss_and_grads(state.params, batch, cfg, micro_steps, z_loss, num_sources)
+  stats, grad_sums = loss_and_grads(state.params, batch, cfg, micro_steps, z_loss, num_sources, packed)
   denom = jnp.maximum(stats["tokens"], 1.0)
   grads = jax.tree.map(lambda g: g / denom, grad_sums)
   grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)))
@@ -103,9 +104,10 @@ def _opt_count(opt_state: Any) -> jax.Array:
 
 
 def jit_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, lr_fn, micro_steps: int,
-                   z_loss: float, num_sources: int, state_shardings: Any, batch_sharding: Any):
+                   z_loss: float, num_sources: int, state_shardings: Any, batch_sharding: Any,
+                   packed: bool = True):
   """jax.jit of `train_step` with explicit in/out shardings and the state donated."""
   fn = functools.partial(train_step, cfg=cfg, tx=tx, lr_fn=lr_fn, micro_steps=micro_steps, z_loss=z_loss,
-                         num_sources=num_sources)
+                         num_sources=num_sources, packed=packed)
   return jax.jit(fn, in_shardings=(state_shardings, batch_sharding),
                  out_shardings=(state_shardings, None), donate_argnums=(0,))

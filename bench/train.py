@@ -1,0 +1,143 @@
+"""Train-step throughput, measured side by side in one run.
+
+CPU (default): tokens/s of our jitted train step (forward, backward, clipped AdamW; fp32) against
+transformers' torch LlamaForCausalLM with the same shapes, batch and optimizer, and their ratio.
+
+GPU (--gpu): MFU of a LLaMA2-7B-width model (hidden 4096, 32 heads, MLP 11008, vocab 32000; as
+many layers as --layers) at seq 4096 and 8192 for each attention implementation (xla, cudnn,
+pallas), bf16 compute, fp32 master weights and AdamW state, full remat. MFU uses PaLM's FLOPs
+per token (heal_jax.train.metrics) over the device's dense bf16 peak (H100 989 TFLOP/s).
+
+  python bench/train.py                   # CPU comparison (about 2 minutes here)
+  python bench/train.py --gpu --layers 8  # on one H100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from heal_jax.model.config import ModelConfig
+from heal_jax.parallel import mesh as mesh_lib
+from heal_jax.train import metrics, optimizer as opt_lib, state as state_lib, step as step_lib
+
+
+def _our_step(cfg: ModelConfig, batch_rows: int, seq: int, packed: bool = True):
+  mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  spec = opt_lib.OptimizerSpec(peak_lr=1e-4, steps=1000, warmup_steps=0, schedule="constant")
+  tx, lr = opt_lib.make_optimizer(spec), opt_lib.learning_rate(spec)
+  p_shard = state_lib.param_shardings(cfg, mesh)
+  params = jax.jit(lambda k: state_lib.unboxed_init(cfg, k), out_shardings=p_shard)(jax.random.PRNGKey(0))
+  state = state_lib.new_state(params, tx, jax.random.PRNGKey(0))
+  st_shard = state_lib.state_shardings(jax.eval_shape(lambda: state), p_shard, mesh)
+  fn = step_lib.jit_train_step(cfg, tx, lr, 1, 0.0, 1, st_shard, mesh_lib.batch_sharding(mesh), packed=packed)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, cfg.vocab_size, (batch_rows, seq), dtype=np.int32)
+  ones = np.ones_like(tokens)
+  batch = {"tokens": tokens, "segment_ids": ones, "positions": np.broadcast_to(np.arange(seq, dtype=np.int32),
+                                                                                 tokens.shape).copy(),
+           "loss_mask": ones, "source": np.zeros_like(tokens)}
+  batch = jax.device_put(batch, mesh_lib.batch_sharding(mesh))
+  return fn, state, batch
+
+
+def time_ours(cfg: ModelConfig, batch_rows: int, seq: int, steps: int, packed: bool = True) -> float:
+  """Seconds per step, after one warm-up (compile) step."""
+  fn, state, batch = _our_step(cfg, batch_rows, seq, packed)
+  state, m = fn(state, batch)
+  jax.block_until_ready(m["loss"])
+  t = time.perf_counter()
+  for _ in range(steps):
+    state, m = fn(state, batch)
+  jax.block_until_ready(m["loss"])
+  return (time.perf_counter() - t) / steps
+
+
+def time_torch(cfg: ModelConfig, batch_rows: int, seq: int, steps: int) -> float:
+  import torch  # pylint: disable=import-outside-toplevel
+  from transformers import LlamaConfig, LlamaForCausalLM  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  hf = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                   num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                   num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=seq, rms_norm_eps=cfg.rms_norm_eps,
+                   tie_word_embeddings=cfg.tie_word_embeddings)
+  model = LlamaForCausalLM(hf).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+  tokens = torch.randint(0, cfg.vocab_size, (batch_rows, seq))
+
+  def one():
+    loss = model(input_ids=tokens, labels=tokens).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+  one()
+  t = time.perf_counter()
+  for _ in range(steps):
+    one()
+  return (time.perf_counter() - t) / steps
+
+
+def cpu(args) -> dict:
+  cfg = ModelConfig(vocab_size=8192, hidden_size=256, intermediate_size=688, num_layers=6, num_heads=4,
+                    num_kv_heads=4, max_position_embeddings=args.seq, param_dtype="float32",
+                    compute_dtype="float32", attention_impl="xla")
+  tokens = args.batch * args.seq
+  ours = time_ours(cfg, args.batch, args.seq, args.steps)
+  ref = time_torch(cfg, args.batch, args.seq, args.steps)
+  result = {"device": "cpu", "params": cfg.num_params(), "batch": args.batch, "seq": args.seq,
+            "ours_tokens_per_s": tokens / ours, "torch_tokens_per_s": tokens / ref, "ratio": ref / ours}
+  print(f"{cfg.num_params() / 1e6:.1f}M-parameter LLaMA, batch {args.batch} x {args.seq}, fp32, "
+        f"fwd+bwd+AdamW, {jax.device_count()} CPU device(s) visible, 1 used")
+  print(f"ours  (jax {jax.__version__}): {tokens / ours:9,.0f} tokens/s")
+  print(f"torch (transformers):       {tokens / ref:9,.0f} tokens/s")
+  print(f"ratio ours/torch: {ref / ours:.2f}x  (target >= 1.2x)")
+  return result
+
+
+def gpu(args) -> dict:
+  peak = metrics.device_peak_flops(args.peak_tflops)
+  rows = []
+  for seq in (4096, 8192):
+    for impl in ("xla", "cudnn", "pallas"):
+      cfg = ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=args.layers,
+                        num_heads=32, num_kv_heads=32, max_position_embeddings=seq, param_dtype="float32",
+                        compute_dtype="bfloat16", remat_policy=args.remat, scan_layers=True, attention_impl=impl)
+      batch_rows = max(args.tokens // seq, 1)
+      try:
+        dt = time_ours(cfg, batch_rows, seq, args.steps, packed=impl != "cudnn")
+      except Exception as e:  # pylint: disable=broad-except
+        rows.append({"seq": seq, "impl": impl, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+        print(f"seq {seq:5d} {impl:7s} failed: {rows[-1]['error']}", flush=True)
+        continue
+      tok_s = batch_rows * seq / dt
+      mfu = metrics.flops_per_token(cfg, seq) * tok_s / peak if peak else float("nan")
+      rows.append({"seq": seq, "impl": impl, "layers": args.layers, "batch": batch_rows, "step_s": dt,
+                   "tokens_per_s": tok_s, "mfu": mfu})
+      print(f"seq {seq:5d} {impl:7s} batch {batch_rows} step {dt * 1e3:8.1f} ms {tok_s:10,.0f} tok/s "
+            f"MFU {mfu:6.1%}", flush=True)
+  return {"device": jax.devices()[0].device_kind, "rows": rows}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--gpu", action="store_true")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--seq", type=int, default=256)
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--layers", type=int, default=8)
+  parser.add_argument("--tokens", type=int, default=16384, help="tokens per step on GPU")
+  parser.add_argument("--remat", default="full")
+  parser.add_argument("--peak-tflops", type=float, default=0.0)
+  args = parser.parse_args()
+  result = gpu(args) if args.gpu else cpu(args)
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()
