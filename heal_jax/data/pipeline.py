@@ -132,6 +132,9 @@ def shard_dataset(sources: Mapping[str, grain.MapDataset], source_names: list[st
       shuffle_bins=True)
   batched = packed.map(_to_batch).batch(spec.global_batch // spec.num_shards, drop_remainder=True)
   if spec.worker_count > 0:
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we are not an absl app
+      flags.FLAGS.mark_as_parsed()
     batched = batched.mp_prefetch(grain.MultiprocessingOptions(num_workers=spec.worker_count))
   return batched
 

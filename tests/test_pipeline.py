@@ -1,0 +1,154 @@
+"""Grain pipeline: mixture proportions, packing, loss masks, exact resume, per-process partition."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import grain
+import numpy as np
+import pytest
+
+from heal_jax.data import examples, pipeline, synthetic, tokenizer
+
+
+def _source(n: int, base: int, seed: int, min_len: int = 3, max_len: int = 40) -> grain.MapDataset:
+  rng = np.random.default_rng(seed)
+  items = []
+  for i, length in enumerate(rng.integers(min_len, max_len, n)):
+    tokens = (base + 1000 * i + np.arange(length)).astype(np.int32)  # unique id per example and token
+    mask = (np.arange(length) >= length // 3).astype(np.int32)
+    items.append({"tokens": tokens, "loss_mask": mask})
+  return grain.MapDataset.source(items)
+
+
+def _sources():
+  return {"a": _source(300, 10**6, 0), "b": _source(200, 2 * 10**6, 1), "c": _source(100, 3 * 10**6, 2)}
+
+
+def test_realised_proportions_match_weights():
+  """Over 10k examples (packed rows, counted by segment), each source's share is within 2% of its weight."""
+  spec = pipeline.PipelineSpec(seq_len=64, global_batch=16, weights={"a": 0.5, "b": 0.3, "c": 0.2}, seed=3)
+  it = pipeline.BatchIterator(_sources(), spec)
+  counts = np.zeros(3)
+  total = 0
+  while total < 10_000:
+    b = next(it)
+    for row_seg, row_src in zip(b["segment_ids"], b["source"]):
+      for s in np.unique(row_seg[row_seg > 0]):
+        counts[row_src[row_seg == s][0]] += 1
+        total += 1
+  shares = counts / counts.sum()
+  np.testing.assert_allclose(shares, [0.5, 0.3, 0.2], atol=0.02)
+
+
+def test_packing_segments_positions_and_masks():
+  srcs = _sources()
+  spec = pipeline.PipelineSpec(seq_len=32, global_batch=4, weights={"a": 1, "b": 1, "c": 1}, seed=0)
+  originals = {}
+  for ds in srcs.values():
+    for i in range(len(ds)):
+      ex = ds[i]
+      originals[int(ex["tokens"][0])] = ex
+  it = pipeline.BatchIterator(srcs, spec)
+  windows = 0
+  for _ in range(20):
+    b = next(it)
+    for r in range(4):
+      seg, pos, tok, mask = b["segment_ids"][r], b["positions"][r], b["tokens"][r], b["loss_mask"][r]
+      assert np.all(mask[seg == 0] == 0) and np.all(b["source"][r][seg == 0] == -1)
+      for s in np.unique(seg[seg > 0]):
+        idx = np.flatnonzero(seg == s)
+        assert np.array_equal(idx, np.arange(idx[0], idx[-1] + 1)), "a document is contiguous"
+        np.testing.assert_array_equal(pos[idx], np.arange(len(idx)))  # positions restart per document
+        first = int(tok[idx[0]])
+        ex_id = first - (first % 1000)
+        ex = originals.get(ex_id)
+        if ex is not None and int(ex["tokens"][0]) == first:  # the example's first window
+          n = min(len(ex["tokens"]), 32)
+          np.testing.assert_array_equal(tok[idx], ex["tokens"][:n])
+          np.testing.assert_array_equal(mask[idx], ex["loss_mask"][:n])  # exactly the example's targets
+        else:  # a later window of a split document: its first token is context only
+          assert mask[idx[0]] == 0
+        windows += 1
+  assert windows > 40
+
+
+def test_long_documents_are_split_not_dropped():
+  """Every token of a 100-token example is a target exactly once across its windows of 32."""
+  ex = {"tokens": np.arange(100, dtype=np.int32), "loss_mask": np.ones(100, np.int32)}
+  ex["loss_mask"][0] = 0
+  windows = pipeline.split_example(ex, 32)
+  assert all(len(w["tokens"]) <= 32 for w in windows)
+  targets = np.concatenate([w["tokens"][1:][w["loss_mask"][1:] > 0] for w in windows])
+  np.testing.assert_array_equal(np.sort(targets), np.arange(1, 100))
+  # each window's first token was predicted (or is BOS) elsewhere: masks of later windows start at 0
+  assert all(w["loss_mask"][0] == 0 for w in windows)
+
+
+def test_instruction_loss_mask_covers_exactly_the_response(tmp_path):
+  corpus = synthetic.generate_corpus(tmp_path / "c", seed=0, sizes={"general": 40, "medical": 20, "clinical": 20,
+                                                                    "instructions": 8})
+  tok = tokenizer.train_tokenizer([corpus["general"], corpus["clinical"]], tmp_path / "tok", vocab_size=400)
+  record = json.loads(corpus["instructions"].read_text().splitlines()[0])
+  prompt, target = examples.texts(record, "instruction")
+  tokens, mask = examples.encode(tok, prompt, target)
+  assert tok.decode(tokens[mask > 0][:-1]) == target  # the masked tokens decode to the response...
+  assert tokens[mask > 0][-1] == tok.eos_id          # ...followed by EOS
+  assert tok.decode(tokens[mask == 0]) == prompt.rstrip("\n") or tok.decode(tokens[mask == 0]).strip() == prompt.strip()
+  doc_tokens, doc_mask = examples.encode(tok, "", "A plain document.")
+  assert doc_mask[0] == 0 and doc_mask[1:].all()
+
+
+_RESUME_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from tests.test_pipeline import _sources
+from heal_jax.data import pipeline
+spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights={"a": 2, "b": 1, "c": 1}, seed=5, num_shards=2,
+                             worker_count=int(sys.argv[3]))
+it = pipeline.BatchIterator(_sources(), spec)
+it.set_state(json.loads(open(sys.argv[2]).read()))
+print(json.dumps([{k: v.tolist() for k, v in next(it).items()} for _ in range(5)]))
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_state_restored_in_a_new_process_gives_the_same_next_batches(tmp_path, workers):
+  spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights={"a": 2, "b": 1, "c": 1}, seed=5, num_shards=2,
+                               worker_count=workers)
+  it = pipeline.BatchIterator(_sources(), spec)
+  for _ in range(7):
+    next(it)
+  (tmp_path / "state.json").write_text(json.dumps(it.get_state()))
+  expected = [{k: v.tolist() for k, v in next(it).items()} for _ in range(5)]
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  out = subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, str(repo), str(tmp_path / "state.json"), str(workers)],
+                       capture_output=True, text=True, check=True, cwd=repo)
+  assert json.loads(out.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_two_processes_partition_each_global_batch_exactly():
+  spec = pipeline.PipelineSpec(seq_len=32, global_batch=8, weights={"a": 1, "b": 1, "c": 1}, seed=1, num_shards=2)
+  whole = pipeline.BatchIterator(_sources(), spec)
+  p0 = pipeline.BatchIterator(_sources(), spec, process_index=0, process_count=2)
+  p1 = pipeline.BatchIterator(_sources(), spec, process_index=1, process_count=2)
+  for _ in range(10):
+    g, a, b = next(whole), next(p0), next(p1)
+    assert a["tokens"].shape == b["tokens"].shape == (4, 32)
+    for k in pipeline.BATCH_KEYS:
+      np.testing.assert_array_equal(g[k], np.concatenate([a[k], b[k]]))  # nothing missing, no overlap
+    ids_a = set(a["tokens"][a["segment_ids"] > 0].tolist())
+    ids_b = set(b["tokens"][b["segment_ids"] > 0].tolist())
+    assert not ids_a & ids_b
+
+
+def test_state_of_another_spec_is_refused():
+  spec = pipeline.PipelineSpec(seq_len=32, global_batch=4, weights={"a": 1, "b": 1}, seed=1)
+  state = pipeline.BatchIterator(_sources(), spec).get_state()
+  other = pipeline.BatchIterator(_sources(), pipeline.PipelineSpec(seq_len=64, global_batch=4,
+                                                                   weights={"a": 1, "b": 1}, seed=1))
+  with pytest.raises(ValueError, match="different pipeline spec"):
+    other.set_state(state)
