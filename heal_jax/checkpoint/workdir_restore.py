@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -24,8 +25,14 @@ def newest_params(workdir: pathlib.Path, dtype: Any = None, **cfg_overrides: Any
     raise CheckpointError(f"{workdir}: no completed checkpoint in {WORKDIR_CHECKPOINTS}/")
   meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   cfg = ModelConfig.from_dict(meta["model"])
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=None, restore_args=None, partial_restore=False)))["state"]
+  state_dir = pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS / str(step) / "state"
+  with ocp.PyTreeCheckpointer() as ckpt:
+    tree = ckpt.metadata(state_dir).item_metadata.tree
+    params_meta = tree["params"]
+    item = {"params": jax.tree.map(lambda _: 0, params_meta)}
+    restore_args = {"params": jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_meta)}
+    restored = ckpt.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                                                   partial_restore=True))
   mngr.close()
   params = restored["params"]
   params = _to_numpy(params, dtype)

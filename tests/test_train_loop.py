@@ -1,0 +1,123 @@
+"""Trainer: sharded == single device, exact resume after SIGKILL, SIGTERM, learning, determinism."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from heal_jax.checkpoint import restore
+from heal_jax.train import loop
+
+from tests import train_helpers
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  return train_helpers.make_corpus(tmp_path_factory.mktemp("train_data"))
+
+
+def test_fsdp_mesh_matches_one_device(data_root, tmp_path):
+  """20 fp32 steps on a (data 2, fsdp 4) mesh of 8 devices and on one device: losses within 1e-5."""
+  sharded = train_helpers.load(data_root, 20, ("--config.mesh.data=2", "--config.mesh.fsdp=4"))
+  single = train_helpers.load(data_root, 20, ("--config.mesh.data=1", "--config.mesh.fsdp=1"))
+  loop.train(sharded, tmp_path / "mesh", devices=jax.devices())
+  loop.train(single, tmp_path / "one", devices=jax.devices()[:1])
+  a, b = train_helpers.losses(tmp_path / "mesh"), train_helpers.losses(tmp_path / "one")
+  assert sorted(a) == list(range(1, 21)) and sorted(b) == sorted(a)
+  np.testing.assert_allclose([a[s] for s in sorted(a)], [b[s] for s in sorted(b)], atol=1e-5, rtol=0)
+  assert a[20] < a[1] - 0.5  # it learns
+
+
+def test_unknown_phase_source_is_an_error(data_root, tmp_path):
+  config = train_helpers.load(data_root, 2, ("--config.phases.pretrain.weights=general=1,pubmed=1",))
+  with pytest.raises(ValueError, match="unknown source 'pubmed'"):
+    loop.train(config, tmp_path / "w")
+
+
+def _cli(workdir: pathlib.Path, data_root: pathlib.Path, steps: int, extra: tuple[str, ...] = ()) -> list[str]:
+  args = train_helpers.overrides(data_root, steps, ("--config.checkpoint.every_steps=4",
+                                                     "--config.mesh.fsdp=2", "--config.mesh.data=-1") + extra)
+  return [sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY),
+          "--workdir", str(workdir), *args]
+
+
+def _env() -> dict[str, str]:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def _flat(tree, prefix=()):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, prefix + (k,)))
+    else:
+      out["/".join(prefix + (k,))] = np.asarray(v)
+  return out
+
+
+def _checkpoint_tmp_exists(workdir: pathlib.Path) -> bool:
+  ckpts = workdir / "checkpoints"
+  return ckpts.is_dir() and any("tmp" in p.name for p in ckpts.iterdir())
+
+
+def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(data_root, tmp_path):
+  steps = 24
+  reference = tmp_path / "reference"
+  subprocess.run(_cli(reference, data_root, steps), env=_env(), check=True, capture_output=True, cwd=REPO)
+  workdir = tmp_path / "killed"
+  rng = np.random.default_rng(0)
+  kills = 0
+  during_save = False
+  for attempt in range(8):
+    proc = subprocess.Popen(_cli(workdir, data_root, steps), env=_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if attempt == 0:  # first kill: the moment an async save is in flight
+      deadline = time.time() + 120
+      while proc.poll() is None and time.time() < deadline and not _checkpoint_tmp_exists(workdir):
+        time.sleep(0.002)
+      during_save = proc.poll() is None and _checkpoint_tmp_exists(workdir)
+    elif attempt < 3:
+      time.sleep(float(rng.uniform(4.0, 9.0)))
+    if attempt < 3 and proc.poll() is None:
+      proc.send_signal(signal.SIGKILL)
+      kills += 1
+    assert proc.wait(timeout=300) in (0, -signal.SIGKILL)
+    if proc.returncode == 0:
+      break
+  assert kills >= 2, "the run finished before it could be killed: make it longer"
+  assert during_save, "never caught an async save in flight"
+  ours, ref = _flat(restore.load_model(workdir).params), _flat(restore.load_model(reference).params)
+  assert ours.keys() == ref.keys()
+  for name in ref:
+    assert ours[name].tobytes() == ref[name].tobytes(), name
+
+
+def test_sigterm_saves_current_step_and_exits_0(data_root, tmp_path):
+  workdir = tmp_path / "term"
+  proc = subprocess.Popen(_cli(workdir, data_root, 400, ("--config.checkpoint.every_steps=1000",)),
+                          env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 180
+  while time.time() < deadline and not (workdir / "metrics.jsonl").is_file():
+    time.sleep(0.2)
+  time.sleep(3.0)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  assert '"status": "preempted"' in out
+  logged = max(train_helpers.losses(workdir))
+  step = int(out.strip().splitlines()[-1].split('"step": ')[1].rstrip("}"))
+  assert 0 < step < 400 and step >= logged
+  assert f"step {step}" in restore.load_model(workdir).source

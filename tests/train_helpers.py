@@ -1,0 +1,47 @@
+"""Shared setup for trainer tests: a small corpus + tokenizer made once, configs pointing at it."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from heal_jax import config as config_lib
+from heal_jax.data import synthetic, tokenizer
+
+SIZES = {"general": 300, "medical": 200, "clinical": 120, "instructions": 160}
+
+
+def make_corpus(root: pathlib.Path) -> pathlib.Path:
+  """root/corpus/*.jsonl and root/tokenizer/ (512 pieces); returns root."""
+  if not (root / "tokenizer" / "tokenizer.model").is_file():
+    synthetic.generate_corpus(root / "corpus", seed=0, sizes=SIZES)
+    tokenizer.train_tokenizer([root / "corpus" / f"{t}.jsonl" for t in ("general", "medical", "clinical")],
+                              root / "tokenizer", vocab_size=512)
+  return root
+
+
+def overrides(data_root: pathlib.Path, steps: int = 20, extra: tuple[str, ...] = ()) -> list[str]:
+  """configs/tiny.py shrunk to one pretraining phase of `steps` steps on the shared corpus."""
+  items = [
+      "--config.data.bootstrap=", f"--config.data.tokenizer={data_root}/tokenizer",
+      "--config.model.vocab_size=512", "--config.model.num_layers=2",
+      "--config.phase_order=pretrain", "--config.phases.pretrain.steps=" + str(steps),
+      "--config.phases.pretrain.seq_len=64", "--config.phases.pretrain.warmup_steps=2",
+      "--config.train.global_batch=8", "--config.metrics.every_steps=1", "--config.eval.holdout_examples=0",
+      "--config.data.num_shards=2",
+  ]
+  for tier in SIZES:
+    items.append(f"--config.data.sources.{tier}.paths={data_root}/corpus/{tier}.jsonl")
+  return items + list(extra)
+
+
+TINY = pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
+
+
+def load(data_root: pathlib.Path, steps: int = 20, extra: tuple[str, ...] = ()):
+  return config_lib.load_config(str(TINY), overrides(data_root, steps, extra))
+
+
+def losses(workdir: pathlib.Path) -> dict[int, float]:
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
