@@ -74,19 +74,24 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
   return 0
 
 
-# Subcommands whose module parses its own arguments: argv after the two words goes to `main`.
+# Subcommands whose module parses its own arguments: {leading words: (module, words dropped)}; the
+# module's `main` gets argv after the dropped words (eval's tasks keep their task word).
 _PASSTHROUGH = {
-    ("data", "check"): "heal_jax.data.check",
-    ("eval", "notes"): "heal_jax.eval.notes",
-    ("plan",): "heal_jax.train.plan",
+    ("data", "check"): ("heal_jax.data.check", 2),
+    ("data", "prepare"): ("heal_jax.data.prepare", 2),
+    ("eval", "notes"): ("heal_jax.eval.notes", 2),
+    ("eval", "pubmedqa"): ("heal_jax.eval.run", 1),
+    ("eval", "medqa"): ("heal_jax.eval.run", 1),
+    ("eval", "perplexity"): ("heal_jax.eval.run", 1),
+    ("plan",): ("heal_jax.train.plan", 1),
+    ("generate",): ("heal_jax.infer.generate", 1),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="heal-jax", description=__doc__,
-      epilog="also: 'heal-jax data check PATH --kind ...', 'heal-jax eval notes --predictions ...', "
-             "'heal-jax plan --config ...' (see their --help)")
+      epilog="also (see their --help): " + ", ".join("heal-jax " + " ".join(k) for k in _PASSTHROUGH))
   sub = parser.add_subparsers(dest="command", required=True)
 
   convert = sub.add_parser("convert", help="convert checkpoints between HF and heal-jax (orbax)")
@@ -143,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   for n in (2, 1):
     if tuple(argv[:n]) in _PASSTHROUGH:
       import importlib  # pylint: disable=import-outside-toplevel
-      return importlib.import_module(_PASSTHROUGH[tuple(argv[:n])]).main(argv[n:])
+      module, drop = _PASSTHROUGH[tuple(argv[:n])]
+      return importlib.import_module(module).main(argv[drop:])
   try:
     overrides, rest = config_lib.split_overrides(argv)
     args = build_parser().parse_args(rest)

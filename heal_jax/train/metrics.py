@@ -3,8 +3,9 @@
 Only process 0 writes. No training text or token ids are ever logged: only numbers.
 
 MFU (model FLOPs utilisation) = model FLOPs per second / (devices x per-device peak). Model FLOPs
-per token follow PaLM (appendix B): 6 x non-embedding parameters + 12 x layers x hidden x seq_len
-(attention scores and values, forward+backward, no causal halving, no remat recomputation).
+per token follow PaLM (appendix B): 6 x matmul parameters (every weight but the input embedding
+lookup; the output projection counts, tied or not) + 12 x layers x hidden x seq_len (attention
+scores and values, forward+backward, no causal halving, no remat recomputation).
 Peaks are dense bf16: H100/H200 SXM 989 TFLOP/s, A100 312 TFLOP/s; on CPU MFU is not reported
 unless metrics.peak_tflops is set.
 """
@@ -26,7 +27,8 @@ _PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0}
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   """Training FLOPs per token (see the module docstring)."""
-  return 6.0 * cfg.num_params(include_embedding=False) + 12.0 * cfg.num_layers * cfg.hidden_size * seq_len
+  matmul_params = cfg.num_params(include_embedding=False) + cfg.vocab_size * cfg.hidden_size
+  return 6.0 * matmul_params + 12.0 * cfg.num_layers * cfg.hidden_size * seq_len
 
 
 def device_peak_flops(override_tflops: float = 0.0) -> float | None:

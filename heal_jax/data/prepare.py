@@ -1,0 +1,257 @@
+"""`heal-jax data prepare`: raw sources -> normalised, deduplicated, tokenized ArrayRecord, once, offline.
+
+For every source of `config.data.sources` (in name order), every record is read (bad records raise or
+are skipped and counted, per `config.data.on_error`), its text fields are put in Unicode NFC, it is
+checked for exact and near duplicates (`dedup.Deduplicator` with `config.data.dedup`) against every
+record kept before it, in this source and in the sources before it (dedup is across sources: a
+record of `pubmed` that repeats one of `meddialog` is dropped from `pubmed`), and each kept record
+becomes one example `examples.encode(tokenizer, *examples.texts(record, kind))` written through the
+TFDS builder of `tfds_builder` (ArrayRecord, random access, no TensorFlow).
+
+Output (default `config.data.prepared_dir`):
+  OUT/report.json                                per source and in total: read, invalid,
+                                                 duplicates_exact, duplicates_near, written,
+                                                 tokens_written, target_tokens; read = written +
+                                                 invalid + duplicates_exact + duplicates_near.
+  OUT/<source>/heal_prepared/1.0.0/...           the TFDS dataset of that source (split "train").
+The output appears all at once: everything is written to a hidden sibling directory that is renamed
+to OUT at the end and removed if anything fails, so a failed prepare leaves no half-written OUT.
+Training reads it with `open_prepared(OUT, name)` (set `config.data.prepared_dir` to OUT).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator, Sequence
+import json
+import os
+import pathlib
+import shutil
+import sys
+import uuid
+from typing import Any
+
+import numpy as np
+
+from heal_jax.data import check, dedup, examples, sources, tfds_builder
+from heal_jax.data import tokenizer as tokenizer_lib
+
+REPORT = "report.json"
+COUNT_KEYS = ("read", "invalid", "duplicates_exact", "duplicates_near", "written", "tokens_written",
+              "target_tokens")
+DataError = sources.DataError
+
+
+def _resolve(path: str | os.PathLike, workdir: str | os.PathLike | None, key: str) -> pathlib.Path:
+  path = str(path)
+  if not path:
+    raise DataError(f"{key} is empty: give a directory")
+  if "{workdir}" in path:
+    if workdir is None:
+      raise DataError(f"{key}={path!r} uses {{workdir}} but no work directory was given (--workdir)")
+    path = path.replace("{workdir}", str(workdir))
+  return pathlib.Path(path)
+
+
+def _dedup_text(record: sources.Record, kind: str) -> str:
+  """The record's own text (its fields in KIND_FIELDS order), without any template around it."""
+  required, optional = check.KIND_FIELDS[kind]
+  return "\n\n".join(record[f] for f in required + optional if record.get(f))
+
+
+def _examples(source: sources.Source, on_error: str, deduplicator: dedup.Deduplicator,
+              tokenizer: tokenizer_lib.Tokenizer, counts: dict[str, int]) -> Iterator[dict[str, np.ndarray]]:
+  """Encoded kept records of `source`; fills `counts` (COUNT_KEYS) as it goes."""
+  for record in sources.valid_records(source, on_error, counts):
+    record = {k: None if v is None else dedup.normalize_text(v) for k, v in record.items()}
+    decision = deduplicator.add(_dedup_text(record, source.kind))
+    if not decision.keep:
+      counts[f"duplicates_{decision.reason}"] += 1
+      continue
+    tokens_N, loss_mask_N = examples.encode(tokenizer, *examples.texts(record, source.kind))
+    counts["written"] += 1
+    counts["tokens_written"] += len(tokens_N)
+    counts["target_tokens"] += int(loss_mask_N.sum())
+    yield {"tokens": tokens_N, "loss_mask": loss_mask_N}
+
+
+def _prepare_source(source: sources.Source, data_dir: pathlib.Path, on_error: str,
+                    deduplicator: dedup.Deduplicator, tokenizer: tokenizer_lib.Tokenizer) -> dict[str, Any]:
+  counts = dict.fromkeys(COUNT_KEYS, 0)
+  stream = _examples(source, on_error, deduplicator, tokenizer, counts)
+  first = next(stream, None)
+  if first is None:
+    raise DataError(f"data.sources.{source.name}: no records left to write ({json.dumps(counts)})")
+
+  def all_examples():
+    yield first
+    yield from stream
+
+  data_dir.mkdir(parents=True)
+  tfds_builder.write(all_examples(), data_dir, description=f"heal-jax prepared source {source.name} "
+                     f"({source.kind})")
+  duplicates = counts["duplicates_exact"] + counts["duplicates_near"]
+  assert counts["read"] == counts["written"] + counts["invalid"] + duplicates, counts
+  return {**counts, "kind": source.kind, "weight": source.weight,
+          "files": [str(p) for p in sources.files(source)]}
+
+
+def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None,
+            *, overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+  """Prepares every source of `config` into `out_dir` (default config.data.prepared_dir); the report.
+
+  Reads config.data.{sources, tokenizer, on_error, dedup}; `{workdir}` in paths is replaced by
+  `workdir`. An existing non-empty `out_dir` is an error unless `overwrite`, when it is replaced
+  (only once the new output is complete). Raises DataError (a ValueError) for bad config or data.
+  """
+  log = log or (lambda message: None)
+  data = config.data
+  out = _resolve(out_dir or data.prepared_dir, workdir, "--out / data.prepared_dir")
+  if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    raise DataError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+  source_list = sources.from_config(data.sources, None if workdir is None else str(workdir))
+  if data.on_error not in sources.ON_ERROR:
+    raise DataError(f"data.on_error: {data.on_error!r}; expected one of {', '.join(sources.ON_ERROR)}")
+  tok_dir = _resolve(data.tokenizer, workdir, "data.tokenizer")
+  if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
+    raise DataError(f"data.tokenizer: no {tokenizer_lib.MODEL_FILE} in {tok_dir}")
+  tokenizer = tokenizer_lib.Tokenizer(tok_dir)
+  try:
+    deduplicator = dedup.Deduplicator.from_config(data.dedup)
+  except ValueError as e:
+    raise DataError(str(e)) from None
+
+  out.parent.mkdir(parents=True, exist_ok=True)
+  partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+  partial.mkdir()
+  try:
+    per_source = {}
+    for source in source_list:
+      per_source[source.name] = _prepare_source(source, partial / source.name, data.on_error, deduplicator,
+                                                tokenizer)
+      log(f"prepared {source.name}: " + ", ".join(f"{k} {per_source[source.name][k]}" for k in COUNT_KEYS))
+    totals = {k: sum(r[k] for r in per_source.values()) for k in COUNT_KEYS}
+    assert totals["read"] == (totals["written"] + totals["invalid"] + totals["duplicates_exact"] +
+                              totals["duplicates_near"]), totals
+    report = {
+        "out_dir": str(out), "tokenizer": str(tok_dir), "vocab_size": tokenizer.vocab_size,
+        "on_error": data.on_error, "normalization": "NFC",
+        "dedup": {**data.dedup.to_dict(), "scope": "across sources, in source-name order; first kept"},
+        "sources": per_source, "totals": totals,
+    }
+    (partial / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _publish(partial, out)
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
+  return report
+
+
+def _publish(partial: pathlib.Path, out: pathlib.Path) -> None:
+  """Renames `partial` to `out`, replacing an existing `out` only after the rename target is free."""
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    out.rename(old)
+    partial.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    if out.is_dir():
+      out.rmdir()
+    partial.rename(out)
+
+
+class PreparedSource:
+  """Random-access prepared examples of one source: `len`, `[i]` -> {"tokens": int32[n],
+  "loss_mask": int32[n]}. Opened lazily and picklable (the reader is reopened in each process), so it
+  can be given to `grain.MapDataset.source` with worker processes."""
+
+  def __init__(self, directory: str | os.PathLike):
+    self.directory = str(directory)
+    self._data = None
+    self._len = len(self._source())
+
+  def _source(self):
+    if self._data is None:
+      self._data = tfds_builder.open_split(self.directory)
+    return self._data
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    example = self._source()[index]
+    return {"tokens": np.asarray(example["tokens"], np.int32),
+            "loss_mask": np.asarray(example["loss_mask"], np.int32)}
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    return [self[i] for i in indices]
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {"directory": self.directory, "_data": None, "_len": self._len}
+
+  def __repr__(self) -> str:
+    return f"PreparedSource({self.directory!r}, len={self._len})"
+
+
+def open_prepared(out_dir: str | os.PathLike, source_name: str) -> PreparedSource:
+  """The prepared examples of `source_name` in `out_dir` (a `prepare` output). DataError if absent."""
+  out_dir = pathlib.Path(out_dir)
+  directory = tfds_builder.version_dir(out_dir / source_name)
+  if not (directory / "dataset_info.json").is_file():
+    report = out_dir / REPORT
+    names = sorted(json.loads(report.read_text(encoding="utf-8"))["sources"]) if report.is_file() else []
+    raise DataError(f"data.prepared_dir={out_dir}: no prepared source {source_name!r} "
+                    f"(prepared: {', '.join(names) or 'none'}); run `heal-jax data prepare`")
+  return PreparedSource(directory)
+
+
+def _apply_fields(config: Any, spec: str) -> list[str]:
+  """Sets data.sources.NAME.fields = spec on every source with empty fields whose kind has all the
+  named fields; returns their names. ConfigError if there is none."""
+  from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  try:
+    mapping = check.parse_fields(spec)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"--fields: {e}") from None
+  names = []
+  for name in sorted(config.data.sources.keys()):
+    src = config.data.sources[name]
+    required, optional = check.KIND_FIELDS.get(src.kind, ((), ()))
+    if not src.fields and set(mapping) <= set(required + optional):
+      config_lib.apply_override(config, f"data.sources.{name}.fields", spec)
+      names.append(name)
+  if not names:
+    raise config_lib.ConfigError(f"--fields {spec}: no source has empty fields and a kind with fields "
+                                 f"{', '.join(mapping)}")
+  return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """`heal-jax data prepare --config CONFIG [--config.k=v ...] [--out DIR] [--workdir DIR]
+  [--fields ours=theirs,...] [--overwrite]`: prints the JSON report.
+
+  --fields sets the field map of every source that has none and whose kind has all the named fields
+  (e.g. conversation=dialogue,note=note reaches the conversation sources only). Returns 0 on success,
+  2 on a config or data error (printed to stderr; no output directory is left behind).
+  """
+  from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(prog="heal-jax data prepare", description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
+  parser.add_argument("--out", type=pathlib.Path, default=None, help="default: config.data.prepared_dir")
+  parser.add_argument("--workdir", type=pathlib.Path, default=None, help="replaces {workdir} in config paths")
+  parser.add_argument("--fields", default="", help="OURS=THEIRS,... for sources without a field map")
+  parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    overrides, rest = config_lib.split_overrides(argv)
+    args = parser.parse_args(rest)
+    config = config_lib.load_config(args.config, overrides)
+    if args.fields:
+      _apply_fields(config, args.fields)
+    report = prepare(config, args.out, args.workdir, overwrite=args.overwrite,
+                     log=lambda m: print(m, file=sys.stderr))
+  except (ValueError, OSError) as e:
+    print(f"heal-jax data prepare: error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(report, indent=2))
+  return 0

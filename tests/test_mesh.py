@@ -1,0 +1,61 @@
+"""Mesh construction, logical partition rules, and the refusal to replicate large parameters."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from heal_jax.model.config import ModelConfig
+from heal_jax.parallel import mesh as mesh_lib
+from heal_jax.train import state as state_lib
+
+
+def test_minus_one_fills_the_remaining_devices():
+  assert mesh_lib.mesh_shape({"data": 2, "fsdp": -1, "tensor": 1}, 8) == (2, 4, 1)
+  assert mesh_lib.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
+  with pytest.raises(mesh_lib.ShardingError, match="does not fit 8 devices"):
+    mesh_lib.mesh_shape({"data": 3, "fsdp": -1, "tensor": 1}, 8)
+  with pytest.raises(mesh_lib.ShardingError, match="at most one axis"):
+    mesh_lib.mesh_shape({"data": -1, "fsdp": -1, "tensor": 1}, 8)
+
+
+def _cfg(**kw):
+  base = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+              max_position_embeddings=64, param_dtype="float32", compute_dtype="float32")
+  return ModelConfig(**{**base, **kw})
+
+
+def test_rules_split_weights_over_fsdp_and_tensor():
+  mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
+  shardings = state_lib.param_shardings(_cfg(), mesh)
+  assert shardings["embed"]["embedding"].spec == P("tensor", "fsdp")
+  assert shardings["layers_0"]["attention"]["wq"]["kernel"].spec == P("fsdp", "tensor", None)
+  assert shardings["layers_0"]["attention"]["wk"]["kernel"].spec == P("fsdp", "tensor", None)
+  assert shardings["layers_0"]["mlp"]["w_down"]["kernel"].spec == P("tensor", "fsdp")
+  assert shardings["final_norm"]["scale"].spec == P(None)
+
+
+def test_undividable_dimension_is_left_unsplit_and_large_replicas_are_refused():
+  mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+  cfg = _cfg(hidden_size=60, num_heads=6, num_kv_heads=3, vocab_size=250)  # 60 and 250 not divisible by 8
+  shapes = jax.eval_shape(lambda: state_lib.unboxed_init(cfg, jax.random.PRNGKey(0)))
+  shardings = state_lib.param_shardings(cfg, mesh)
+  assert shardings["embed"]["embedding"].spec == P(None, None)
+  with pytest.raises(mesh_lib.ShardingError, match=r"embed/embedding \[250, 60\].*replicated"):
+    mesh_lib.check_no_large_replicated(shapes, shardings, max_replicated_elements=10_000)
+  mesh_lib.check_no_large_replicated(shapes, shardings, max_replicated_elements=1 << 20)
+
+
+def test_optimizer_moments_follow_their_parameters():
+  import optax  # pylint: disable=import-outside-toplevel
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+  cfg = _cfg()
+  p_shard = state_lib.param_shardings(cfg, mesh)
+  tx = optax.adamw(1e-3)
+  abstract = jax.eval_shape(lambda: state_lib.new_state(state_lib.unboxed_init(cfg, jax.random.PRNGKey(0)), tx,
+                                                        jax.random.PRNGKey(0)))
+  st = state_lib.state_shardings(abstract, p_shard, mesh)
+  mu = st.opt_state[0].mu
+  assert mu["layers_1"]["mlp"]["w_up"]["kernel"].spec == p_shard["layers_1"]["mlp"]["w_up"]["kernel"].spec
+  assert st.step.spec == P() and st.opt_state[0].count.spec == P()

@@ -1,0 +1,28 @@
+"""`heal-jax plan` on the paper's recipe: compiles for 32 fake devices and reports the fit."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_plan_heal_13b_prints_table_then_json():
+  out = subprocess.run([sys.executable, "-m", "heal_jax.cli", "plan", "--config", "configs/heal_13b.py"],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.strip().splitlines()
+  assert any(line.startswith("extend") for line in lines)
+  result = json.loads(lines[-1])
+  assert set(result) >= {"per_device_bytes", "flops_per_step", "fits"}
+  assert result["devices"] == 32 and result["total_tokens"] == 14_889_779_200
+  # fp32 master weights over fsdp=32: exactly 4 bytes x 13.016B / 32 per device (plus padding of odd dims)
+  params_b = result["phases"][0]["params_bytes"]
+  assert abs(params_b - 13_015_864_320 * 4 / 32) / params_b < 0.01
+  assert result["phases"][0]["optimizer_bytes"] >= 2 * params_b
+  # 6N + attention FLOPs per token x 524,288 tokens per step at 8K
+  assert abs(result["flops_per_step"] - (6 * 12_852_024_320 + 12 * 40 * 5120 * 8192) * 524_288) < 1e9
+  assert result["fits"] is True and result["per_device_bytes"] < 80 * 1024**3

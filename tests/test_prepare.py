@@ -1,0 +1,168 @@
+"""data prepare: round trip through ArrayRecord, dedup and counts that reconcile, atomic output, CLI, ACI-Bench."""
+
+import json
+import pickle
+
+import grain
+import numpy as np
+import pytest
+
+from heal_jax import config as config_lib
+from heal_jax.data import check, examples, prepare, synthetic, templates
+from heal_jax.data import tokenizer as tokenizer_lib
+
+SIZES = {"general": 120, "medical": 40, "clinical": 20, "instructions": 40}
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+  """(corpus dir, tokenizer dir): a small synthetic corpus and a tokenizer trained on it."""
+  root = tmp_path_factory.mktemp("prepare_corpus")
+  files = synthetic.generate_corpus(root / "corpus", seed=0, sizes=SIZES)
+  tokenizer_lib.train_tokenizer(list(files.values()), root / "tokenizer", vocab_size=800)
+  return root / "corpus", root / "tokenizer"
+
+
+def _config(tok_dir, **entries):
+  config = config_lib.base_config()
+  config.data.tokenizer = str(tok_dir)
+  for name, args in entries.items():
+    config.data.sources[name] = config_lib.source_config(*args)
+  return config
+
+
+def _records(path, kind):
+  return [r for _, r, reason in check.iter_records(path, kind) if reason is None]
+
+
+def _lines(path):
+  return path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+
+def test_round_trip_dedup_and_counts(corpus, tmp_path):
+  corpus_dir, tok_dir = corpus
+  general, inst = _lines(corpus_dir / "general.jsonl"), _lines(corpus_dir / "instructions.jsonl")
+  words = json.loads(general[3])["text"].split()
+  near = " ".join(words[:-1] + ["differently."])  # the last word changed
+  (tmp_path / "docs.jsonl").write_text(
+      "".join(general[:30]) + general[5] + json.dumps({"text": near}) + "\n" + "{broken\n", encoding="utf-8")
+  # Instructions, plus one whose prompt repeats a document of the other source.
+  (tmp_path / "inst.jsonl").write_text("".join(inst[:10]) + general[7].replace('"text"', '"prompt"').replace(
+      "}", ', "response": "x"}'), encoding="utf-8")
+  config = _config(tok_dir, docs=(str(tmp_path / "docs.jsonl"), "document", 1.0),
+                   inst=(str(tmp_path / "inst.jsonl"), "instruction", 2.0))
+  config.data.on_error = "skip"
+  report = prepare.prepare(config, tmp_path / "out")
+  docs, ins = report["sources"]["docs"], report["sources"]["inst"]
+  assert {k: docs[k] for k in prepare.COUNT_KEYS[:5]} == {
+      "read": 33, "invalid": 1, "duplicates_exact": 1, "duplicates_near": 1, "written": 30}
+  # The instruction whose prompt is a kept document of `docs` is a near duplicate across sources.
+  assert (ins["read"], ins["duplicates_near"], ins["written"]) == (11, 1, 10)
+  assert report["totals"]["read"] == 44
+  assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
+  tok = tokenizer_lib.Tokenizer(tok_dir)
+  for name, path, kind in (("docs", corpus_dir / "general.jsonl", "document"),
+                           ("inst", tmp_path / "inst.jsonl", "instruction")):
+    want = _records(path, kind)[:report["sources"][name]["written"]]
+    got = prepare.open_prepared(tmp_path / "out", name)
+    assert len(got) == len(want)
+    total = 0
+    for i, record in enumerate(want):
+      tokens, mask = examples.encode(tok, *examples.texts(record, kind))
+      assert got[i]["tokens"].dtype == np.int32 and got[i]["loss_mask"].dtype == np.int32
+      np.testing.assert_array_equal(got[i]["tokens"], tokens)
+      np.testing.assert_array_equal(got[i]["loss_mask"], mask)
+      total += len(tokens)
+      if kind == "instruction":  # loss on the response (and EOS) only
+        prompt_len = len(tok.encode(examples.texts(record, kind)[0]))
+        assert not mask[:prompt_len].any() and mask[prompt_len:].all()
+    assert report["sources"][name]["tokens_written"] == total
+  # Picklable (grain workers) and usable as a Grain source.
+  src = pickle.loads(pickle.dumps(prepare.open_prepared(tmp_path / "out", "inst")))
+  ds = grain.MapDataset.source(src).shuffle(seed=1)
+  assert sorted(len(ds[i]["tokens"]) for i in range(len(ds))) == sorted(
+      len(src[i]["tokens"]) for i in range(len(src)))
+  with pytest.raises(prepare.DataError, match=r"no prepared source 'nope' \(prepared: docs, inst\)"):
+    prepare.open_prepared(tmp_path / "out", "nope")
+
+
+def test_cross_source_exact_duplicate(corpus, tmp_path):
+  corpus_dir, tok_dir = corpus
+  general = _lines(corpus_dir / "general.jsonl")
+  (tmp_path / "a.jsonl").write_text("".join(general[:5]), encoding="utf-8")
+  shouted = {"text": "  " + json.loads(general[2])["text"].upper().replace(" ", " \n ")}
+  (tmp_path / "b.jsonl").write_text(json.dumps(shouted) + "\n" + general[6], encoding="utf-8")
+  config = _config(tok_dir, a=(str(tmp_path / "a.jsonl"), "document", 1.0),
+                   b=(str(tmp_path / "b.jsonl"), "document", 1.0))
+  report = prepare.prepare(config, tmp_path / "out")
+  b = report["sources"]["b"]
+  assert (b["read"], b["duplicates_exact"], b["written"]) == (2, 1, 1)
+  (tmp_path / "b.jsonl").write_text(general[0] + general[1], encoding="utf-8")  # nothing left to write
+  with pytest.raises(prepare.DataError, match=r"^data.sources.b: no records left to write"):
+    prepare.prepare(config, tmp_path / "out2")
+  assert not (tmp_path / "out2").exists()
+
+
+def test_failure_leaves_nothing_and_overwrite(corpus, tmp_path):
+  corpus_dir, tok_dir = corpus
+  (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": ""}\n', encoding="utf-8")
+  config = _config(tok_dir, a=(str(corpus_dir / "general.jsonl"), "document", 1.0),
+                   z=(str(tmp_path / "bad.jsonl"), "document", 1.0))
+  out = tmp_path / "prepared" / "out"
+  with pytest.raises(prepare.DataError, match=f"^{tmp_path}/bad.jsonl:2: empty text"):
+    prepare.prepare(config, out)
+  assert not out.exists() and list((tmp_path / "prepared").iterdir()) == []
+  config.data.on_error = "skip"
+  first = prepare.prepare(config, out)
+  assert first["sources"]["z"]["invalid"] == 1
+  with pytest.raises(prepare.DataError, match="--overwrite"):
+    prepare.prepare(config, out)
+  config.data.sources.z.paths = str(corpus_dir / "medical.jsonl")
+  second = prepare.prepare(config, out, overwrite=True)
+  assert second["sources"]["z"]["written"] == SIZES["medical"]
+  assert sorted(p.name for p in (tmp_path / "prepared").iterdir()) == ["out"]
+  assert len(prepare.open_prepared(out, "z")) == SIZES["medical"]
+
+
+def test_cli_with_workdir_and_overrides(corpus, tmp_path, capsys):
+  corpus_dir, tok_dir = corpus
+  rc = prepare.main(["--config", "configs/tiny.py", "--workdir", str(corpus_dir.parent),
+                     f"--config.data.tokenizer={tok_dir}", "--config.data.dedup.near=false",
+                     "--out", str(tmp_path / "out")])
+  assert rc == 0
+  report = json.loads(capsys.readouterr().out)
+  assert {k: v["written"] for k, v in report["sources"].items()} == SIZES
+  assert report["dedup"]["near"] is False
+  assert prepare.main(["--config", "configs/tiny.py", "--out", str(tmp_path / "out2")]) == 2
+  assert "{workdir}" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+
+
+def test_aci_bench_conversations(corpus, shared_data, tmp_path, capsys):
+  """ACI-Bench dialogue/note CSV -> note-writing instructions, loss on the note only."""
+  _, tok_dir = corpus
+  csv_path = shared_data / "aci-bench" / "challenge_data" / "valid.csv"
+  if not csv_path.is_file():
+    pytest.skip(f"{csv_path} not found")
+  config_path = tmp_path / "aci.py"
+  config_path.write_text(
+      "from heal_jax import config as config_lib\n"
+      "def get_config(arg=None):\n"
+      "  config = config_lib.base_config()\n"
+      f"  config.data.tokenizer = {str(tok_dir)!r}\n"
+      f"  config.data.sources.aci = config_lib.source_config({str(csv_path)!r}, 'conversation', 1.0)\n"
+      "  return config\n", encoding="utf-8")
+  assert prepare.main(["--config", str(config_path), "--out", str(tmp_path / "out"),
+                       "--fields", "conversation=dialogue,note=note"]) == 0
+  aci = json.loads(capsys.readouterr().out)["sources"]["aci"]
+  records = [r for _, r, why in check.iter_records(csv_path, "conversation", fields={"conversation": "dialogue"})
+             if why is None]
+  assert aci["invalid"] == 0 and aci["read"] == len(records) >= 10
+  assert aci["written"] + aci["duplicates_exact"] + aci["duplicates_near"] == aci["read"]
+  got = prepare.open_prepared(tmp_path / "out", "aci")
+  tok = tokenizer_lib.Tokenizer(tok_dir)
+  prompt, note = examples.texts(records[0], "conversation")
+  assert prompt.startswith("### Instruction:\nWrite the clinical note") and templates.NOTE_SECTIONS[0] in prompt
+  tokens, mask = examples.encode(tok, prompt, note)
+  np.testing.assert_array_equal(got[0]["tokens"], tokens)
+  np.testing.assert_array_equal(got[0]["loss_mask"], mask)
+  assert tok.decode(got[0]["tokens"][got[0]["loss_mask"] == 1]).strip() == note.strip()
