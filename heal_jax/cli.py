@@ -63,14 +63,18 @@ def _data_train_tokenizer(args: argparse.Namespace, overrides: list[str]) -> int
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
   from heal_jax.train import loop  # pylint: disable=import-outside-toplevel
   config = config_lib.load_config(args.config, overrides)
+  distributed.initialize(config.distributed)
   try:
     summary = loop.train(config, args.workdir)
   except loop.TrainingHalted as e:
     print(f"heal-jax: training halted: {e}", file=sys.stderr)
     return 3
-  print(json.dumps(summary))
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_index() == 0:
+    print(json.dumps(summary))
   return 0
 
 

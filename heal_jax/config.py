@@ -121,6 +121,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Where the weights come from: "" = from scratch; an HF directory (config.json + safetensors); a
   # converted heal-jax checkpoint; or another run's work directory (its newest checkpoint).
   config.init_from = ""
+  config.distributed = ml_collections.ConfigDict(dict(  # see heal_jax/parallel/distributed.py
+      coordinator_address="",      # "host:port" of process 0; "" = from SLURM or the environment
+      num_processes=0, process_id=-1,
+      initialization_timeout_s=300,
+      heartbeat_timeout_s=60,      # a dead peer is noticed within this (the others then exit)
+  ))
   config.mesh = ml_collections.ConfigDict(dict(
       data=1, fsdp=-1, tensor=1,              # device mesh; one axis may be -1 (the rest)
       max_replicated_elements=1 << 20,        # refuse to start if a larger parameter is unsplit

@@ -1,0 +1,81 @@
+"""Held-out perplexity: every text of a JSONL file scored on its own, BOS prepended.
+
+Each text is encoded without special tokens and scored as lm-evaluation-harness's `loglikelihood_rolling`
+does: the model predicts every token of the text, the first from BOS alone. A text longer than the
+context (`max_length`, default the model's max_position_embeddings) is cut into consecutive windows of
+`max_length` predicted tokens: the first window reads BOS + tokens[:max_length-1]; each later window
+predicts the next (up to) max_length tokens reading the max_length tokens just before each of them (the
+last, shorter window still reads a full max_length context). Every token is predicted exactly once, so
+`tokens` is the total number of text tokens (BOS excluded).
+
+Texts are encoded with our sentencepiece `Tokenizer`; for a text that starts with whitespace it yields one
+"▁" more than the HF tokenizer the harness uses (see heal_jax.data.tokenizer), so such texts score slightly
+differently from `lm_eval`.
+
+Result: {"nll_per_token": -sum(log p) / tokens (token-weighted over all texts, in nats),
+         "tokens": total tokens, "texts": number of texts}. Empty texts count as texts with 0 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+from heal_jax.eval import loglik
+from heal_jax.eval.tasks import DataError
+from heal_jax.model.config import ModelConfig
+
+
+def read_texts(path: str | pathlib.Path) -> list[str]:
+  """The "text" field of each non-blank line of a JSONL file; errors name file:line."""
+  path = pathlib.Path(path)
+  try:
+    lines = path.read_text(encoding="utf-8").splitlines()
+  except FileNotFoundError:
+    raise DataError(f"{path}: file not found") from None
+  except (IsADirectoryError, UnicodeDecodeError) as e:
+    raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
+  texts = []
+  for lineno, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path}:{lineno}: not valid JSON ({e})") from None
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+      raise DataError(f"{path}:{lineno}: expected an object with a string field 'text'")
+    texts.append(row["text"])
+  return texts
+
+
+def rolling_windows(token_ids: Sequence[int], prefix_id: int, max_length: int) -> list[loglik.Window]:
+  """Disjoint prediction windows covering every token once (see the module docstring)."""
+  ids = list(token_ids)
+  if not ids:
+    return []
+  first = min(max_length, len(ids))
+  windows = [loglik.Window(tuple([prefix_id] + ids[:first - 1]), tuple(ids[:first]), first)]
+  predicted = first
+  while predicted < len(ids):
+    n = min(len(ids) - predicted, max_length)
+    end = predicted + n
+    windows.append(loglik.Window(tuple(ids[end - max_length - 1:end - 1]), tuple(ids[end - max_length:end]), n))
+    predicted = end
+  return windows
+
+
+def perplexity(cfg: ModelConfig, params: Any, tokenizer: loglik.TokenizerLike, texts: Sequence[str],
+               batch_size: int = 8, *, max_length: int | None = None,
+               buckets: Sequence[int] | None = None) -> dict[str, Any]:
+  """Token-weighted negative log-likelihood of `texts` (see the module docstring)."""
+  max_length = max_length or cfg.max_position_embeddings
+  windows = []
+  for text in texts:
+    windows.extend(rolling_windows(tokenizer.encode(text, add_bos=False), tokenizer.bos_id, max_length))
+  tokens = sum(w.n_scored for w in windows)
+  results = loglik.score_windows(cfg, params, windows, batch_size, buckets or loglik.default_buckets(max_length))
+  total = sum(r[0] for r in results)
+  return {"nll_per_token": -total / tokens if tokens else float("nan"), "tokens": tokens, "texts": len(texts)}

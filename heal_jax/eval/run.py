@@ -1,0 +1,100 @@
+"""`heal-jax eval pubmedqa|medqa|perplexity`: score a checkpoint, print one JSON object.
+
+  heal-jax eval pubmedqa --checkpoint DIR --data ../shared/data/pubmedqa [--limit N] [--output F.jsonl]
+  heal-jax eval medqa --checkpoint DIR --data .../US_4_options_phrases_no_exclude_test.jsonl [...]
+  heal-jax eval perplexity --checkpoint DIR --data texts.jsonl
+
+For pubmedqa, --data is the directory holding ori_pqal.json and test_ground_truth.json. Multiple-choice
+tasks print {"task", "n", "acc", "acc_norm"} and write one row per question to --output in data order:
+{"id", "choices", "loglikelihoods", "pred", "gold"} plus "pred_norm" and "is_greedy". --limit N scores
+the first N questions (or texts). Errors print a message on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+
+_TASKS = ("pubmedqa", "medqa", "perplexity")
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="heal-jax eval", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("task", choices=_TASKS)
+  p.add_argument("--checkpoint", required=True, type=pathlib.Path,
+                 help="converted checkpoint or training work directory (newest step)")
+  p.add_argument("--data", required=True, type=pathlib.Path)
+  p.add_argument("--limit", type=int, help="score only the first N questions or texts")
+  p.add_argument("--output", type=pathlib.Path, help="JSONL file of per-question rows")
+  p.add_argument("--num-fewshot", type=int, default=0)
+  p.add_argument("--fewshot-data", type=pathlib.Path,
+                 help="medqa only: jsonl of questions to draw shots from (default: the test file, minus the question)")
+  p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed")
+  p.add_argument("--batch-size", type=int, default=8)
+  p.add_argument("--max-length", type=int, help="context length; default the model's max_position_embeddings")
+  p.add_argument("--bos", choices=("auto", "on", "off"), default="auto",
+                 help="BOS before the context: auto follows the tokenizer config (add_bos_token)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                 help="cast parameters and compute to this dtype; default: as stored")
+  return p
+
+
+def _run(args: argparse.Namespace) -> dict:
+  # Imported here so that `--help` and argument errors stay fast.
+  from heal_jax.checkpoint.restore import load_model  # pylint: disable=import-outside-toplevel
+  from heal_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
+  from heal_jax.eval import loglik, perplexity, tasks  # pylint: disable=import-outside-toplevel
+
+  if args.limit is not None and args.limit < 1:
+    raise ValueError(f"--limit must be >= 1, got {args.limit}")
+  if args.batch_size < 1:
+    raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+  if args.task == "perplexity":
+    texts = perplexity.read_texts(args.data)[:args.limit]
+  else:
+    examples, pool = tasks.load_task(args.task, args.data, args.fewshot_data)
+    examples = examples[:args.limit]
+    contexts = tasks.fewshot_contexts(examples, pool, args.num_fewshot, args.seed)
+  overrides = {"remat_policy": "none"}
+  if args.dtype:
+    overrides["compute_dtype"] = args.dtype
+  model = load_model(args.checkpoint, args.dtype, **overrides)
+  if model.tokenizer_dir is None:
+    raise ValueError(f"{args.checkpoint}: no tokenizer/ directory with tokenizer.model")
+  tokenizer = Tokenizer(model.tokenizer_dir)
+  if args.task == "perplexity":
+    return perplexity.perplexity(model.cfg, model.params, tokenizer, texts, args.batch_size,
+                                 max_length=args.max_length)
+  add_bos = model.add_bos if args.bos == "auto" else args.bos == "on"
+  result = loglik.evaluate(args.task, model.cfg, model.params, tokenizer, examples, args.batch_size,
+                           contexts=contexts, add_bos=add_bos, max_length=args.max_length)
+  if args.output:
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as f:
+      for row in result["rows"]:
+        f.write(json.dumps(row) + "\n")
+  return {k: result[k] for k in ("task", "n", "acc", "acc_norm")}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Entry point; argv starts with the task word. Returns the exit status."""
+  from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
+  try:
+    args = _parser().parse_args(argv)
+  except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
+    return int(e.code or 0)
+  try:
+    summary = _run(args)
+  except (CheckpointError, ValueError, OSError) as e:
+    print(f"heal-jax eval {args.task}: error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(summary))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,105 @@
+"""PubMedQA / MedQA loaders: harness prompts byte for byte, split sizes, few-shot contexts, bad data."""
+
+import json
+import pathlib
+import re
+
+import pytest
+
+from heal_jax.eval import tasks
+
+PROMPTS_FILE = "pubmedqa-medqa-harness-prompts.txt"
+
+
+def _golden(shared_data: pathlib.Path) -> dict[str, dict]:
+  """Sections of the golden file: '## TASK  key=value ...  choices=[...]' then the prompt, then a blank line."""
+  text = (shared_data / PROMPTS_FILE).read_text(encoding="utf-8")
+  out = {}
+  for block in re.split(r"^## ", text, flags=re.M)[1:]:
+    header, body = block.split("\n", 1)
+    prompt = body[:-1] if body.endswith("\n") else body  # the prompt's own last line ends with "\n"
+    prompt = prompt[:-1] if prompt.endswith("\n") else prompt  # the blank separator line
+    fields = dict(re.findall(r"(\w+)=(\S+)", header))
+    choices = re.search(r"choices=\[(.*)\]", header).group(1)
+    out[header.split()[0]] = {"prompt": prompt, "gold": fields["gold"], "pmid": fields.get("pmid"),
+                              "choices": [c.strip("'") for c in choices.split(",")]}
+  return out
+
+
+def test_prompts_equal_harness_rendering(shared_data):
+  golden = _golden(shared_data)
+  pub = tasks.load_pubmedqa(shared_data / "pubmedqa")[0]
+  assert pub.id == golden["pubmedqa"]["pmid"]
+  assert pub.query == golden["pubmedqa"]["prompt"]
+  assert pub.continuations == golden["pubmedqa"]["choices"]
+  assert pub.choices[pub.gold] == golden["pubmedqa"]["gold"]
+  med = tasks.load_medqa(shared_data / "medqa" / "US_4_options_phrases_no_exclude_test.jsonl")[0]
+  assert med.query == golden["medqa_4options"]["prompt"]
+  assert med.continuations == golden["medqa_4options"]["choices"]
+  assert med.choices[med.gold] == golden["medqa_4options"]["gold"]
+
+
+def test_split_sizes_and_gold_counts(shared_data):
+  pub = tasks.load_pubmedqa(shared_data / "pubmedqa")
+  assert len(pub) == 500
+  assert [sum(ex.gold == i for ex in pub) for i in range(3)] == [276, 169, 55]
+  order = list(json.loads((shared_data / "pubmedqa" / "test_ground_truth.json").read_text()))
+  assert [ex.id for ex in pub] == order
+  med = tasks.load_medqa(shared_data / "medqa" / "US_4_options_phrases_no_exclude_test.jsonl")
+  assert len(med) == 1273
+  assert [sum(ex.gold == i for ex in med) for i in range(4)] == [353, 309, 346, 265]
+  pool = tasks.load_pubmedqa_fewshot_pool(shared_data / "pubmedqa")
+  assert len(pool) == 500 and not {ex.id for ex in pool} & {ex.id for ex in pub}
+
+
+def test_fewshot_contexts_are_deterministic_and_harness_shaped(shared_data):
+  examples, pool = tasks.load_task("medqa", shared_data / "medqa" / "US_4_options_phrases_no_exclude_test.jsonl")
+  first = tasks.fewshot_contexts(examples[:3], pool, 2, seed=7)
+  assert first == tasks.fewshot_contexts(examples[:3], pool, 2, seed=7)
+  assert first[1] == tasks.fewshot_contexts(examples[1:2], pool, 2, seed=7)[0]  # independent of --limit
+  assert first != tasks.fewshot_contexts(examples[:3], pool, 2, seed=8)
+  assert tasks.fewshot_contexts(examples[:3], pool, 0) == [ex.query for ex in examples[:3]]
+  for ex, ctx in zip(examples[:3], first):
+    shots = ctx.split("\n\n")
+    assert len(shots) == 3 and shots[-1] == ex.query
+    for shot in shots[:2]:
+      assert re.fullmatch(r"Question: .*\nAnswer: [ABCD]", shot, flags=re.S), shot
+      assert not shot.startswith(ex.query)  # the question itself is never a shot
+  pub, pub_pool = tasks.load_task("pubmedqa", shared_data / "pubmedqa")
+  ctx = tasks.fewshot_contexts(pub[:1], pub_pool, 1)[0]
+  assert re.fullmatch(r"Abstract: .*\nAnswer: (yes|no|maybe)\n\n" + re.escape(pub[0].query), ctx, flags=re.S)
+  with pytest.raises(ValueError, match="few-shot pool has"):
+    tasks.fewshot_contexts(pub[:1], pub_pool[:1], 2)
+
+
+def test_bad_data_names_the_file(tmp_path, shared_data):
+  with pytest.raises(tasks.DataError, match=f"{tmp_path / 'none.jsonl'}: file not found"):
+    tasks.load_medqa(tmp_path / "none.jsonl")
+  rows = (shared_data / "medqa" / "US_4_options_phrases_no_exclude_test.jsonl").read_text().splitlines()[:3]
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text("\n".join(rows[:2] + ["{not json"]) + "\n")
+  with pytest.raises(tasks.DataError, match=f"{bad}:3: not valid JSON"):
+    tasks.load_medqa(bad)
+  row = json.loads(rows[0])
+  row["answer_idx"] = "E"
+  bad.write_text(json.dumps(row) + "\n")
+  with pytest.raises(tasks.DataError, match=f"{bad}:1: 'answer_idx' must be one of"):
+    tasks.load_medqa(bad)
+  del row["options"]["D"]
+  bad.write_text(json.dumps(row) + "\n")
+  with pytest.raises(tasks.DataError, match=f"{bad}:1: 'options' must map exactly A, B, C, D"):
+    tasks.load_medqa(bad)
+  pub = tmp_path / "pub"
+  pub.mkdir()
+  with pytest.raises(tasks.DataError, match=f"{pub / 'ori_pqal.json'}: file not found"):
+    tasks.load_pubmedqa(pub)
+  (pub / "ori_pqal.json").write_text(json.dumps({"1": {"QUESTION": "q?", "CONTEXTS": ["c"]}}))
+  (pub / "test_ground_truth.json").write_text(json.dumps({"2": "yes"}))
+  with pytest.raises(tasks.DataError, match="test_ground_truth.json: PMID 2 is not in .*ori_pqal.json"):
+    tasks.load_pubmedqa(pub)
+  (pub / "test_ground_truth.json").write_text(json.dumps({"1": "perhaps"}))
+  with pytest.raises(tasks.DataError, match="ori_pqal.json: entry 1 has label 'perhaps'"):
+    tasks.load_pubmedqa(pub)
+  (pub / "test_ground_truth.json").write_text("[1, 2]")
+  with pytest.raises(tasks.DataError, match="test_ground_truth.json: expected a JSON object"):
+    tasks.load_pubmedqa(pub)

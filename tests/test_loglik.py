@@ -1,0 +1,198 @@
+"""Log-likelihood scoring against a plain transformers + torch implementation of the harness rules.
+
+A tiny random model (tokenizer trained on PubMedQA/MedQA text, hidden 64, 2 layers) is written as a heal-jax
+checkpoint and exported to HF; the reference reads the HF export with AutoTokenizer and LlamaForCausalLM.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from heal_jax.checkpoint import hf_convert, random_init
+from heal_jax.checkpoint.restore import load_model
+from heal_jax.data.tokenizer import Tokenizer, train_tokenizer
+from heal_jax.eval import loglik, perplexity, run, tasks
+from heal_jax.model.config import ModelConfig
+
+MEDQA_FILE = "medqa/US_4_options_phrases_no_exclude_test.jsonl"
+N_QUESTIONS = 50
+
+
+@pytest.fixture(scope="module")
+def setup(shared_data, tmp_path_factory):
+  """(loaded heal-jax model, our Tokenizer, HF tokenizer, torch model, checkpoint dir)."""
+  tmp = tmp_path_factory.mktemp("loglik")
+  questions = json.loads((shared_data / "pubmedqa" / "ori_pqal.json").read_text())
+  texts = [" ".join(q["CONTEXTS"]) + " " + q["QUESTION"] for q in list(questions.values())[:300]]
+  for line in (shared_data / MEDQA_FILE).read_text().splitlines()[:300]:
+    row = json.loads(line)
+    texts.append(row["question"] + " " + " ".join(row["options"].values()))
+  tok = train_tokenizer(texts, tmp / "tok", vocab_size=2000, num_threads=2)
+  cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_layers=2,
+                    num_heads=4, num_kv_heads=2, max_position_embeddings=1024)
+  random_init.write_random_checkpoint(cfg, tmp / "ck", seed=3, tokenizer_dir=tmp / "tok")
+  hf_convert.orbax_to_hf(tmp / "ck", tmp / "hf")
+  model = load_model(tmp / "ck", "float32")
+  hf_tok = AutoTokenizer.from_pretrained(tmp / "hf")
+  torch_model = LlamaForCausalLM.from_pretrained(tmp / "hf", dtype=torch.float32).eval()
+  return model, Tokenizer(model.tokenizer_dir), hf_tok, torch_model, tmp / "ck"
+
+
+# --- the reference: lm-evaluation-harness's HFLM rules, written out plainly ---------------------
+
+def _ref_encode_pair(hf_tok, context, continuation, add_bos):
+  n_spaces = len(context) - len(context.rstrip())
+  if n_spaces > 0:
+    continuation = context[-n_spaces:] + continuation
+    context = context[:-n_spaces]
+  whole = hf_tok(context + continuation, add_special_tokens=add_bos)["input_ids"]
+  context_enc = hf_tok(context, add_special_tokens=add_bos)["input_ids"]
+  return context_enc, whole[len(context_enc):]
+
+
+def _ref_loglikelihood(torch_model, context_enc, continuation_enc, max_length):
+  inp = torch.tensor((context_enc + continuation_enc)[-(max_length + 1):][:-1])[None]
+  with torch.no_grad():
+    logprobs = torch.log_softmax(torch_model(inp).logits.double(), dim=-1)[0]
+  contlen = len(continuation_enc)
+  logprobs = logprobs[inp.shape[1] - contlen:]
+  cont = torch.tensor(continuation_enc)
+  greedy = bool((logprobs.argmax(-1) == cont).all())
+  return float(logprobs.gather(1, cont[:, None]).sum()), greedy
+
+
+def _ref_rows(torch_model, hf_tok, examples, add_bos=True, max_length=1024):
+  rows = []
+  for ex in examples:
+    res = [_ref_loglikelihood(torch_model, *_ref_encode_pair(hf_tok, ex.query, cont, add_bos), max_length)
+           for cont in ex.continuations]
+    lls = np.array([r[0] for r in res])
+    rows.append({"loglikelihoods": lls, "is_greedy": [r[1] for r in res], "pred": int(np.argmax(lls)),
+                 "pred_norm": int(np.argmax(lls / np.array([len(c) for c in ex.choices])))})
+  return rows
+
+
+def _check_rows(ours, ref):
+  assert len(ours) == len(ref)
+  for a, b in zip(ours, ref):
+    np.testing.assert_allclose(a["loglikelihoods"], b["loglikelihoods"], atol=1e-4, rtol=0, err_msg=str(a["id"]))
+    assert (a["pred"], a["pred_norm"], a["is_greedy"]) == (b["pred"], b["pred_norm"], b["is_greedy"]), a["id"]
+
+
+def test_harness_tokenization_rules():
+  class Chars:  # one token per character, BOS = 1
+    bos_id = 1
+
+    def encode(self, text, add_bos=True, add_eos=False):
+      del add_eos
+      return ([1] if add_bos else []) + [ord(c) for c in text]
+
+  assert loglik.split_trailing_space("Answer: \n", "yes") == ("Answer:", " \nyes")
+  assert loglik.encode_pair(Chars(), "ab ", "c") == ([1, 97, 98], [32, 99])
+  assert loglik.encode_pair(Chars(), "ab", " c", add_bos=False) == ([97, 98], [32, 99])
+  assert loglik.encode_pair(Chars(), "", "c") == ([1], [99])
+  w = loglik.harness_window([1, 2, 3, 4, 5], [6, 7], max_length=4)
+  assert (w.inputs, w.targets, w.n_scored) == ((3, 4, 5, 6), (4, 5, 6, 7), 2)
+  assert loglik.default_buckets(4096) == (128, 256, 512, 1024, 2048, 4096)
+  assert loglik.default_buckets(100) == (100,)
+
+
+@pytest.mark.parametrize("task", ["pubmedqa", "medqa"])
+def test_choices_match_transformers(setup, shared_data, task):
+  model, tok, hf_tok, torch_model, _ = setup
+  data = shared_data / ("pubmedqa" if task == "pubmedqa" else MEDQA_FILE)
+  examples = tasks.load_task(task, data)[0][:N_QUESTIONS]
+  ours = loglik.evaluate(task, model.cfg, model.params, tok, examples, batch_size=8, add_bos=model.add_bos)
+  assert model.add_bos
+  _check_rows(ours["rows"], _ref_rows(torch_model, hf_tok, examples))
+  assert ours["n"] == N_QUESTIONS
+  assert ours["acc"] == np.mean([r["pred"] == r["gold"] for r in ours["rows"]])
+
+
+def test_truncation_and_no_bos_match_transformers(setup, shared_data):
+  model, tok, hf_tok, torch_model, _ = setup
+  examples = tasks.load_pubmedqa(shared_data / "pubmedqa")[:4]
+  ours = loglik.evaluate("pubmedqa", model.cfg, model.params, tok, examples, batch_size=4, add_bos=False,
+                         max_length=100)
+  _check_rows(ours["rows"], _ref_rows(torch_model, hf_tok, examples, add_bos=False, max_length=100))
+
+
+def test_perplexity_matches_transformers(setup, shared_data, tmp_path):
+  model, tok, hf_tok, torch_model, ckpt = setup
+  rows = [json.loads(line) for line in (shared_data / MEDQA_FILE).read_text().splitlines()[:6]]
+  texts = [r["question"] for r in rows] + ["Short.", ""]
+  data = tmp_path / "texts.jsonl"
+  data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+  total, count = 0.0, 0
+  for t in texts:
+    ids = hf_tok(t)["input_ids"]  # BOS + text
+    if len(ids) < 2:
+      continue
+    with torch.no_grad():
+      logprobs = torch.log_softmax(torch_model(torch.tensor(ids[:-1])[None]).logits.double(), -1)[0]
+    total += float(logprobs.gather(1, torch.tensor(ids[1:])[:, None]).sum())
+    count += len(ids) - 1
+  ours = perplexity.perplexity(model.cfg, model.params, tok, perplexity.read_texts(data), batch_size=4)
+  assert ours["tokens"] == count and ours["texts"] == len(texts)
+  np.testing.assert_allclose(ours["nll_per_token"], -total / count, atol=1e-4, rtol=0)
+  # Windows shorter than the texts predict every token once, each from a full-length context.
+  short = perplexity.perplexity(model.cfg, model.params, tok, texts, batch_size=4, max_length=32)
+  assert short["tokens"] == count and short["nll_per_token"] != ours["nll_per_token"]
+  assert run.main(["perplexity", "--checkpoint", str(ckpt), "--data", str(data)]) == 0
+
+
+def test_rolling_windows_cover_each_token_once():
+  ids = list(range(10, 33))
+  for max_length in (1, 4, 7, 23, 50):
+    windows = perplexity.rolling_windows(ids, 1, max_length)
+    predicted = [t for w in windows for t in w.targets[len(w.targets) - w.n_scored:]]
+    assert predicted == ids
+    stream = [1] + ids
+    for w in windows:
+      assert len(w.inputs) <= max_length and len(w.inputs) == len(w.targets)
+      start = stream.index(w.inputs[0]) if w.inputs[0] != 1 else 0
+      assert list(w.inputs) == stream[start:start + len(w.inputs)]
+      assert list(w.targets) == stream[start + 1:start + 1 + len(w.targets)]
+  assert not perplexity.rolling_windows([], 1, 8)
+
+
+def test_run_main_writes_rows(setup, shared_data, tmp_path, capsys):
+  _, _, _, _, ckpt = setup
+  out = tmp_path / "rows.jsonl"
+  argv = ["medqa", "--checkpoint", str(ckpt), "--data", str(shared_data / MEDQA_FILE), "--limit", "5",
+          "--output", str(out), "--batch-size", "4"]
+  assert run.main(argv) == 0
+  summary = json.loads(capsys.readouterr().out)
+  assert set(summary) == {"task", "n", "acc", "acc_norm"} and summary["task"] == "medqa" and summary["n"] == 5
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["id"] for r in rows] == [0, 1, 2, 3, 4]
+  assert all(r["choices"] == ["A", "B", "C", "D"] and len(r["loglikelihoods"]) == 4 for r in rows)
+  assert rows[0]["gold"] == 1 and rows[0]["pred"] == int(np.argmax(rows[0]["loglikelihoods"]))
+  assert summary["acc"] == np.mean([r["pred"] == r["gold"] for r in rows])
+  assert run.main(["pubmedqa", "--checkpoint", str(ckpt), "--data", str(shared_data / "pubmedqa"),
+                   "--limit", "2", "--num-fewshot", "1", "--output", str(out)]) == 0
+  assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["12377809", "26163474"]
+  capsys.readouterr()
+  assert run.main(["pubmedqa", "--checkpoint", str(ckpt), "--data", str(tmp_path)]) == 2
+  assert f"{tmp_path / 'ori_pqal.json'}: file not found" in capsys.readouterr().err
+  assert run.main(["medqa", "--checkpoint", str(tmp_path), "--data", str(shared_data / MEDQA_FILE)]) == 2
+  assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_greedy_flag_and_padding_do_not_leak(setup):
+  model, tok, _, torch_model, _ = setup
+  ids = tok.encode("Question: Which drug lowers blood pressure?\nAnswer:")
+  with torch.no_grad():
+    logits = torch_model(torch.tensor(ids)[None]).logits[0, -1]
+  best, other = int(logits.argmax()), int(logits.argmin())
+  windows = [loglik.Window(tuple(ids), tuple(ids[1:]) + (t,), 1) for t in (best, other)]
+  windows.append(loglik.Window(tuple(ids[:3]), tuple(ids[1:4]), 2))  # a short row padded next to long ones
+  alone = loglik.score_windows(model.cfg, model.params, windows[2:], batch_size=1, buckets=(8,))
+  together = loglik.score_windows(model.cfg, model.params, windows, batch_size=3, buckets=(16, 32))
+  assert [g for _, g in together[:2]] == [True, False]
+  np.testing.assert_allclose(together[0][0], float(torch.log_softmax(logits.double(), -1)[best]), atol=1e-4)
+  np.testing.assert_allclose(together[2][0], alone[0][0], atol=1e-5)
