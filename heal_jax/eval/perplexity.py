@@ -24,29 +24,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from heal_jax.eval import loglik
-from heal_jax.eval.tasks import DataError
+from heal_jax.eval.tasks import DataError, iter_jsonl
 from heal_jax.model.config import ModelConfig
 
 
 def read_texts(path: str | pathlib.Path) -> list[str]:
   """The "text" field of each non-blank line of a JSONL file; errors name file:line."""
-  path = pathlib.Path(path)
-  try:
-    lines = path.read_text(encoding="utf-8").splitlines()
-  except FileNotFoundError:
-    raise DataError(f"{path}: file not found") from None
-  except (IsADirectoryError, UnicodeDecodeError) as e:
-    raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
   texts = []
-  for lineno, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(f"{path}:{lineno}: not valid JSON ({e})") from None
+  for where, row in iter_jsonl(path):
     if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-      raise DataError(f"{path}:{lineno}: expected an object with a string field 'text'")
+      raise DataError(f"{where}: expected an object with a string field 'text'")
     texts.append(row["text"])
   return texts
 

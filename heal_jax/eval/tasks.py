@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any, Iterator
 import pathlib
 import random
 from collections.abc import Mapping, Sequence
@@ -129,8 +130,8 @@ def load_pubmedqa_fewshot_pool(data_dir: str | pathlib.Path) -> list[Example]:
           for pmid in sorted(questions) if pmid not in test]
 
 
-def load_medqa(path: str | pathlib.Path) -> list[Example]:
-  """MedQA 4-option questions of a jsonl file in file order (1273 in the US test file)."""
+def iter_jsonl(path: str | pathlib.Path) -> Iterator[tuple[str, Any]]:
+  """("FILE:LINE", parsed JSON value) of each non-blank line; DataError naming file:line otherwise."""
   path = pathlib.Path(path)
   try:
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -138,15 +139,18 @@ def load_medqa(path: str | pathlib.Path) -> list[Example]:
     raise DataError(f"{path}: file not found") from None
   except (IsADirectoryError, UnicodeDecodeError) as e:
     raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
-  out = []
   for lineno, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    where = f"{path}:{lineno}"
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(f"{where}: not valid JSON ({e})") from None
+    if line.strip():
+      try:
+        yield f"{path}:{lineno}", json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not valid JSON ({e})") from None
+
+
+def load_medqa(path: str | pathlib.Path) -> list[Example]:
+  """MedQA 4-option questions of a jsonl file in file order (1273 in the US test file)."""
+  out = []
+  for where, row in iter_jsonl(path):
     if not isinstance(row, dict) or not isinstance(row.get("question"), str):
       raise DataError(f"{where}: expected an object with a string 'question'")
     options = row.get("options")
@@ -158,7 +162,7 @@ def load_medqa(path: str | pathlib.Path) -> list[Example]:
     out.append(Example(len(out), medqa_prompt(row["question"], options), MEDQA_CHOICES,
                        MEDQA_CHOICES.index(row["answer_idx"])))
   if not out:
-    raise DataError(f"{path}: no questions")
+    raise DataError(f"{pathlib.Path(path)}: no questions")
   return out
 
 
