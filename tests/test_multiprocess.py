@@ -1,0 +1,103 @@
+"""Multi-controller training on localhost: 2 processes x 4 CPU devices == 1 process x 8 devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from heal_jax.train import loop
+
+from tests import train_helpers
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MESH = ("--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.checkpoint.every_steps=10")
+
+
+def _port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(pid: int, port: int) -> dict[str, str]:
+  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+              HEAL_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", HEAL_NUM_PROCESSES="2", HEAL_PROCESS_ID=str(pid))
+
+
+def _start(workdir: pathlib.Path, args: list[str]) -> list[subprocess.Popen]:
+  port = _port()
+  cmd = [sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY), "--workdir", str(workdir)]
+  return [subprocess.Popen(cmd + args, env=_env(pid, port), cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True) for pid in range(2)]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  return train_helpers.make_corpus(tmp_path_factory.mktemp("mp_data"))
+
+
+@pytest.fixture(scope="module")
+def two_process_run(data_root, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("mp") / "run"
+  procs = _start(workdir, train_helpers.overrides(data_root, 20, MESH))
+  logs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, logs):
+    assert p.returncode == 0, err[-3000:]
+  return workdir, [err for _, err in logs]
+
+
+def test_two_processes_match_one_process(two_process_run, data_root, tmp_path):
+  workdir, errs = two_process_run
+  for pid, err in enumerate(errs):  # each process read only its half of every global batch
+    assert f"process {pid}/2 reads data shards [{pid}] of 2 (4 of 8 rows per step)" in err
+  single = tmp_path / "single"
+  loop.train(train_helpers.load(data_root, 20, MESH), single, devices=jax.devices())
+  a, b = train_helpers.losses(workdir), train_helpers.losses(single)
+  assert sorted(a) == sorted(b) == list(range(1, 21))
+  np.testing.assert_allclose([a[s] for s in range(1, 21)], [b[s] for s in range(1, 21)], atol=1e-5, rtol=0)
+
+
+def test_two_process_checkpoint_resumes_on_another_layout(two_process_run, data_root, tmp_path):
+  """Step 10 of the 2-process run, resumed by 1 process on a (data 1, fsdp 8) mesh: the same losses."""
+  workdir, _ = two_process_run
+  resumed = tmp_path / "resumed"
+  (resumed / "checkpoints").mkdir(parents=True)
+  shutil.copytree(workdir / "checkpoints" / "10", resumed / "checkpoints" / "10")
+  config = train_helpers.load(data_root, 20, ("--config.mesh.data=1", "--config.mesh.fsdp=8",
+                                               "--config.checkpoint.every_steps=10"))
+  loop.train(config, resumed, devices=jax.devices())
+  a, b = train_helpers.losses(workdir), train_helpers.losses(resumed)
+  assert sorted(b) == list(range(11, 21))
+  np.testing.assert_allclose([b[s] for s in range(11, 21)], [a[s] for s in range(11, 21)], atol=1e-5, rtol=0)
+
+
+def test_killing_one_process_stops_the_other_with_a_clear_error(data_root, tmp_path):
+  workdir = tmp_path / "kill"
+  procs = _start(workdir, train_helpers.overrides(data_root, 5000, MESH + ("--config.distributed.heartbeat_timeout_s=10",
+                                                                           "--config.checkpoint.every_steps=5000")))
+  deadline = time.time() + 300
+  while time.time() < deadline and not (workdir / "metrics.jsonl").is_file():
+    time.sleep(0.2)
+  time.sleep(2.0)
+  procs[1].send_signal(signal.SIGKILL)
+  killed_at = time.time()
+  try:
+    _, err = procs[0].communicate(timeout=60)
+  except subprocess.TimeoutExpired:
+    procs[0].kill()
+    pytest.fail("the surviving process hung for 60 s after its peer was killed")
+  assert time.time() - killed_at < 60
+  assert procs[0].returncode != 0
+  assert "stopped sending heartbeats" in err or "another task died" in err, err[-2000:]
+  procs[1].wait()
