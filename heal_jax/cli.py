@@ -23,7 +23,7 @@ def _convert_orbax_to_hf(args: argparse.Namespace, overrides: list[str]) -> int:
   del overrides
   from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
   summary = hf_convert.orbax_to_hf(args.src, args.dst, max_shard_bytes=int(args.max_shard_gb * 1024**3),
-                                   overwrite=args.overwrite)
+                                   overwrite=args.overwrite, dtype=args.dtype)
   print(json.dumps(summary))
   return 0
 
@@ -89,6 +89,7 @@ _PASSTHROUGH = {
     ("eval", "perplexity"): ("heal_jax.eval.run", 1),
     ("plan",): ("heal_jax.train.plan", 1),
     ("generate",): ("heal_jax.infer.generate", 1),
+    ("report",): ("heal_jax.report", 1),
 }
 
 
@@ -107,10 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also read pytorch_model*.bin (unpickling executes code: trusted sources only)")
   h2o.add_argument("--overwrite", action="store_true")
   h2o.set_defaults(handler=_convert_hf_to_orbax)
-  o2h = csub.add_parser("orbax-to-hf", help="heal-jax checkpoint -> HF directory (sharded safetensors)")
+  o2h = csub.add_parser("orbax-to-hf", help="heal-jax checkpoint or training work directory -> HF directory")
   o2h.add_argument("src", type=pathlib.Path)
   o2h.add_argument("dst", type=pathlib.Path)
   o2h.add_argument("--max-shard-gb", type=float, default=5.0)
+  o2h.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                   help="dtype of an export from a work directory (default bfloat16)")
   o2h.add_argument("--overwrite", action="store_true")
   o2h.set_defaults(handler=_convert_orbax_to_hf)
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 import sys
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from heal_jax.checkpoint import hf_mapping, params_store, safetensors_io
@@ -209,9 +211,20 @@ def _generation_config(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                overwrite: bool = False) -> dict[str, Any]:
-  """Exports a heal-jax checkpoint as an HF directory (sharded safetensors, configs, tokenizer)."""
+                overwrite: bool = False, dtype: str | None = None) -> dict[str, Any]:
+  """Exports a heal-jax checkpoint as an HF directory (sharded safetensors, configs, tokenizer).
+
+  `src` may also be a training work directory: its newest checkpoint's parameters are first written
+  as a converted checkpoint in `dtype` (default bfloat16, half the size of the fp32 master weights)
+  next to `dst`, then exported; that intermediate holds the whole model on the host once.
+  """
   src = pathlib.Path(src)
+  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
+  if not (src / params_store.MANIFEST).is_file() and restore.is_workdir(src):
+    return _workdir_to_hf(src, pathlib.Path(dst), max_shard_bytes, overwrite, dtype or "bfloat16")
+  if dtype is not None:
+    raise CheckpointError("--dtype applies to exports from a training work directory; a converted checkpoint "
+                          "is exported in its stored dtype")
   manifest = params_store.read_manifest(src)
   cfg = ModelConfig.from_dict(manifest["model"]).replace(scan_layers=False)
   params_store.check_params(src, cfg)
@@ -242,3 +255,19 @@ def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int = DEF
         json.dumps(_generation_config(manifest), indent=2, sort_keys=True) + "\n")
     params_store.copy_tokenizer(src / "tokenizer", out)
   return {"tensors": len(specs), "bytes": total, "shards": len(shards), "dtype": manifest["dtype"]}
+
+
+def _workdir_to_hf(workdir: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int, overwrite: bool,
+                   dtype: str) -> dict[str, Any]:
+  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
+  loaded = restore.load_model(workdir, dtype=dtype, scan_layers=False)
+  staging = dst.parent / f".{dst.name}.from-workdir"
+  with params_store.atomic_output_dir(staging, overwrite=True) as out:
+    params_store.write_checkpoint(out, jax.tree.map(jnp.asarray, loaded.params), loaded.cfg.replace(param_dtype=dtype),
+                                  to_hf_config(loaded.cfg, dtype=dtype), dtype, loaded.tokenizer_dir,
+                                  {"source": loaded.source})
+  try:
+    summary = orbax_to_hf(staging, dst, max_shard_bytes, overwrite)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return {**summary, "source": loaded.source}

@@ -1,0 +1,125 @@
+"""`heal-jax report`: a Markdown + PNG report from a real (short) training run, phases, ablations, no text."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+
+import jax
+import pytest
+
+from heal_jax import report
+from heal_jax.train import loop
+
+from tests import train_helpers
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+  """(corpus root, work directory of a 12-step run with held-out evaluation at steps 6 and 12)."""
+  root = train_helpers.make_corpus(tmp_path_factory.mktemp("report_data"))
+  config = train_helpers.load(root, steps=12, extra=(
+      "--config.eval.holdout_examples=4", "--config.eval.every_steps=6", "--config.eval.batches=1",
+      "--config.mesh.fsdp=1", "--config.checkpoint.every_steps=100"))
+  workdir = tmp_path_factory.mktemp("report_run") / "run"
+  loop.train(config, workdir, devices=jax.devices()[:1])  # one device: the fastest to compile
+  return root, workdir
+
+
+def _rows(workdir: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _corpus_sentences(root: pathlib.Path) -> list[str]:
+  out = []
+  for path in sorted((root / "corpus").glob("*.jsonl")):
+    for line in path.read_text().splitlines()[:5]:
+      for value in json.loads(line).values():
+        if isinstance(value, str):
+          out += [s.strip() for s in re.split(r"[.\n?]", value) if len(s.strip()) > 25]
+  return out
+
+
+def _check_pngs(text: str, out: pathlib.Path) -> list[str]:
+  names = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+  for name in names:
+    assert (out / name).read_bytes()[:8] == PNG_SIGNATURE, name
+  return names
+
+
+def test_report_of_a_training_run(run_dir, tmp_path):
+  root, workdir = run_dir
+  out = tmp_path / "report"
+  path = report.build_report(workdir, out)
+  text = path.read_text()
+  assert path == out / "report.md"
+  names = _check_pngs(text, out)
+  assert {"loss.png", "loss_per_source.png", "mixture.png", "throughput.png", "eval_loss.png"} <= set(names)
+
+  rows = _rows(workdir)
+  train = [r for r in rows if r["kind"] == "train"]
+  evals = [r for r in rows if r["kind"] == "eval"]
+  assert [r["step"] for r in evals] == [6, 12]
+  assert "| pretrain | 0..12 | 64 | 8 | 6,144 |" in text  # phase span, seq_len, batch, tokens seen
+  assert "| steps run | 12 of 12 |" in text and "| tokens seen | 6,144 |" in text
+  assert f"| final train loss | {train[-1]['loss']:.4f} |" in text
+  seconds = sum(r["step_time_s"] for r in train)  # metrics.every_steps=1: one row per step
+  assert f"| training time (s) | {seconds:.1f} |" in text
+  for source in ("clinical", "general", "medical"):  # train loss and held-out loss at the phase end
+    assert f"| {source} | {train[-1][f'loss/{source}']:.4f} | {evals[-1][f'loss/{source}']:.4f} |" in text
+  assert f"| instructions |  | {evals[-1]['loss/instructions']:.4f} |" in text  # held out, not trained on
+
+  sentences = _corpus_sentences(root)
+  assert len(sentences) > 20
+  for sentence in sentences:
+    assert sentence not in text and sentence.lower() not in text.lower()
+
+
+def test_cli_ablation_with_eval_results(run_dir, tmp_path, capsys):
+  _, workdir = run_dir
+  other = tmp_path / "other"
+  other.mkdir()
+  for name in ("metrics.jsonl", "config.json"):
+    (other / name).write_text((workdir / name).read_text())
+  (other / "eval_results.json").write_text(json.dumps({"pubmedqa/acc": 0.5521, "medqa/acc": 0.25, "note": "x"}))
+  out = tmp_path / "ablation"
+  assert report.main(["--workdir", str(workdir), "--out", str(out), "--ablation", f"{workdir},{other}",
+                      "--names", "base,mixed"]) == 0
+  summary = json.loads(capsys.readouterr().out)
+  text = (out / "report.md").read_text()
+  assert "ablation.png" in _check_pngs(text, out) and "ablation.png" in summary["plots"]
+  assert "| metric | base | mixed |" in text
+  assert "| pubmedqa/acc |  | 0.5521 |" in text and "| medqa/acc |  | 0.2500 |" in text
+  assert "note" not in re.findall(r"^\| (\S+) \|", text, re.M)  # non-numbers are skipped
+  final = [r for r in _rows(workdir) if r["kind"] == "eval"][-1]["loss/general"]
+  assert f"| held-out loss/general | {final:.4f} | {final:.4f} |" in text
+
+
+def test_phases_resume_and_mfu(tmp_path):
+  """Two phases from config.json, a resumed run's repeated steps (the later row wins), MFU when present."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  config = {"phase_order": "pretrain,extend", "train": {"global_batch": 4},
+            "phases": {"pretrain": {"steps": 4, "seq_len": 16, "global_batch": 0},
+                       "extend": {"steps": 2, "seq_len": 32, "global_batch": 2}}}
+  (workdir / "config.json").write_text(json.dumps(config))
+  rows = [{"step": s, "kind": "train", "time": float(s), "loss": 5.0 - 0.1 * s, "step_time_s": 1.0,
+           "tokens_per_s": 64.0, "mfu": 0.25, "loss/a": 4.0 - 0.1 * s, "share/a": 1.0} for s in (1, 2, 3, 3, 4)]
+  rows[3]["loss"] = 4.6543  # the resumed run's row for step 3
+  rows += [{"step": 4, "kind": "eval", "time": 9.0, "loss/a": 3.1234}]
+  rows += [{"step": s, "kind": "train", "time": 9.0 + s, "loss": 4.0, "step_time_s": 2.0, "tokens_per_s": 32.0,
+            "mfu": 0.5, "loss/a": 3.5, "share/a": 1.0} for s in (5, 6)]
+  (workdir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 7, "ki')
+  text = report.build_report(workdir, tmp_path / "out").read_text()
+  assert "| pretrain | 0..4 | 16 | 4 | 256 | 4.0 | 64 | 25.0% | 4.6000 |" in text
+  assert "| extend | 4..6 | 32 | 2 | 128 | 4.0 | 32 | 50.0% | 4.0000 |" in text
+  assert "| a | 3.6000 | 3.1234 | 3.5000 |  |" in text
+  assert "Throughput and MFU" in text
+  _check_pngs(text, tmp_path / "out")
+  (workdir / "metrics.jsonl").write_text('{"step": 1, "kind": "train"}\nnot json\n{"step": 2, "kind": "train"}\n')
+  with pytest.raises(report.ReportError, match=r"metrics.jsonl:2: malformed"):
+    report.build_report(workdir, tmp_path / "out2")
+  assert report.main(["--workdir", str(tmp_path / "missing")]) == 1
