@@ -8,6 +8,7 @@ it was: the result is bitwise the same as an uninterrupted run (CPU, fp32).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import signal
@@ -80,6 +81,7 @@ def _spec(run: _Run, phase: phases_lib.Phase) -> pipeline.PipelineSpec:
       num_shards=num_shards, worker_count=run.config.data.worker_count)
 
 
+@functools.lru_cache(maxsize=4)
 def _eval_fn(cfg: ModelConfig, num_sources: int):
   model = llama.Llama(cfg)
 
@@ -185,7 +187,9 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
                        f" eta {metrics_lib.format_eta(eta)}")
         t_last, last_logged = time.time(), done
       if config.eval.every_steps and done % config.eval.every_steps == 0 and done != phase.end:
+        t_eval = time.time()
         run.writer.write(done, evaluate(run, state.params, cfg, phase), kind="eval")
+        t_last += time.time() - t_eval  # keep evaluation out of the step time
       preempted = run.preempt.requested
       if done % config.checkpoint.every_steps == 0 or done == phase.end or preempted:
         if host is None:
