@@ -24,15 +24,16 @@ def get_config(arg=None):
   config.train.global_batch = 16
   config.phase_order = "pretrain,extend,instruct"
   config.phases.pretrain = config_lib.phase_config(
-      steps=300, seq_len=128, weights="general=1,medical=1,clinical=1", peak_lr=3e-3, warmup_steps=30)
+      steps=200, seq_len=128, weights="general=1,medical=1,clinical=1", peak_lr=3e-3, warmup_steps=30)
   config.phases.extend = config_lib.phase_config(
-      steps=60, seq_len=256, weights="general=1,medical=1,clinical=1", rope_scaling_factor=2.0,
+      steps=40, seq_len=256, weights="general=1,medical=1,clinical=1", rope_scaling_factor=2.0,
       peak_lr=1e-3, warmup_steps=10)
   config.phases.instruct = config_lib.phase_config(
-      steps=120, seq_len=256, weights="instructions=3,clinical=1", rope_scaling_factor=2.0,
+      steps=100, seq_len=256, weights="instructions=3,clinical=1", rope_scaling_factor=2.0,
       instruction_tuning=True, peak_lr=1e-3, warmup_steps=10)
   config.checkpoint.every_steps = 50
   config.metrics.every_steps = 20
   config.eval.holdout_examples = 16
   config.eval.batches = 2
+  config.eval.sample_note_tokens = 200
   return config

@@ -216,6 +216,31 @@ def _check_streak(metrics: dict[str, Any], limit: int) -> None:
                          f"{limit}); halting. The newest checkpoint holds the last good state.")
 
 
+def sample_note(config: Any, workdir: pathlib.Path, max_new_tokens: int, log) -> dict[str, Any] | None:
+  """A note written greedily by the trained model from a held-out conversation (None if there is none).
+
+  The conversation is the last example of the first conversation source (held out of training when
+  eval.holdout_examples > 0); its prompt is the instruction-tuning template. Only the generated note is
+  logged, never the conversation or its reference note (the data may be patient data).
+  """
+  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
+  from heal_jax.data import sources as sources_lib, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax.infer import decode  # pylint: disable=import-outside-toplevel
+  conv = [s for s in sources_lib.from_config(config.data.sources, workdir=str(workdir)) if s.kind == "conversation"]
+  if not conv:
+    return None
+  prompt, reference = sources_lib.load_texts(conv[0], config.data.on_error)[0][-1]
+  loaded = restore.load_model(workdir, dtype="float32", scan_layers=False)
+  tok = tokenizer_lib.Tokenizer(loaded.tokenizer_dir)
+  ids = tok.encode(prompt, add_bos=True)
+  new = decode.generate(loaded.cfg, loaded.params, [ids], max_new_tokens=max_new_tokens, eos_id=tok.eos_id)[0]
+  note = tok.decode(new).strip()
+  del reference  # data never goes to the log; only the model's own output does
+  log(f"sample note from held-out conversation of {conv[0].name!r} ({len(ids)} prompt tokens; the model was "
+      f"trained at {loaded.cfg.max_position_embeddings} positions), greedy:\n{note}")
+  return {"source": conv[0].name, "prompt_tokens": len(ids), "note": note}
+
+
 def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) -> dict[str, Any]:
   """Runs (or resumes) every phase of `config` in `workdir`; returns a summary dict.
 
@@ -268,7 +293,11 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
       restored = None
       if status == "preempted":
         return {"status": "preempted", "step": int(state.step)}
-    return {"status": "done", "step": int(state.step), "skipped": int(state.skipped)}
+    summary = {"status": "done", "step": int(state.step), "skipped": int(state.skipped)}
+    mngr.wait_until_finished()
+    if config.eval.sample_note_tokens > 0 and primary:
+      summary["sample_note"] = sample_note(config, workdir, config.eval.sample_note_tokens, writer.log)
+    return summary
   finally:
     mngr.wait_until_finished()
     mngr.close()
