@@ -15,6 +15,17 @@ with a leading 'layers' axis):
   layers_i/mlp/w_down/kernel    [F, D]     ('mlp', 'embed')
   final_norm/scale              [D]        ('norm',)
   lm_head/kernel                [D, V]     ('embed', 'vocab')   (absent when embeddings are tied)
+
+KV cache (inference only; see `init_cache`): an explicit pytree passed in and returned, never a
+flax collection. It mirrors the layer layout of the parameters:
+
+  layers_i/k, layers_i/v        [B, K, S, Dh] ('batch', 'kv_heads', 'cache_len', 'head_dim')
+  layers/k, layers/v            [N, B, K, S, Dh] with a leading 'layers' axis when scan_layers
+
+(heads-major, so that decoding reads the cache without transposing it).
+
+Slot s of a row holds the key/value of the token written at cache index s; `cache_segment_ids_BxS`
+says which slots are real (1) or padding (0), and causality is by slot index.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from heal_jax.model import rope
 from heal_jax.model.config import ModelConfig
 
 _INIT = nn.initializers.normal(stddev=0.02)
+CACHE_AXES = ("batch", "kv_heads", "cache_len", "head_dim")
 
 
 def _dtype(name: str) -> Any:
@@ -86,12 +98,18 @@ def _dense(features: Any, axis: Any, names: tuple[str, ...], cfg: ModelConfig, n
 
 
 class Attention(nn.Module):
-  """Grouped-query self-attention with rotary embeddings."""
+  """Grouped-query self-attention with rotary embeddings.
+
+  With `cache` ({"k", "v"}: [B, K, S, Dh]) the new keys/values are written at slots
+  `cache_index + arange(L)`, the queries attend over all S slots (masked by `cache_segment_ids_BxS`
+  and slot order, always on the 'xla' path) and (out, new_cache) is returned.
+  """
   cfg: ModelConfig
   packed: bool = True
 
   @nn.compact
-  def __call__(self, x_BxLxD, cos_BxLxDh, sin_BxLxDh, segment_ids_BxL, index_BxL):
+  def __call__(self, x_BxLxD, cos_BxLxDh, sin_BxLxDh, segment_ids_BxL, index_BxL, cache=None,
+               cache_index=None, cache_segment_ids_BxS=None):
     cfg = self.cfg
     q = _dense((cfg.num_heads, cfg.head_dim), -1, ("embed", "q_heads", "head_dim"), cfg, "wq")(x_BxLxD)
     k = _dense((cfg.num_kv_heads, cfg.head_dim), -1, ("embed", "kv_heads", "head_dim"), cfg, "wk")(x_BxLxD)
@@ -100,11 +118,25 @@ class Attention(nn.Module):
     k_BxLxKxDh = rope.apply_rope(k, cos_BxLxDh, sin_BxLxDh)
     q_BxLxHxDh = _constrain(q_BxLxHxDh, ("batch", "act_len", "act_heads", None))
     k_BxLxKxDh = _constrain(k_BxLxKxDh, ("batch", "act_len", "act_kv_heads", None))
-    out_BxLxHxDh = attention_lib.attention(
-        q_BxLxHxDh, k_BxLxKxDh, v, q_segment_ids_BxL=segment_ids_BxL, kv_segment_ids_BxS=segment_ids_BxL,
-        q_index_BxL=index_BxL, kv_index_BxS=index_BxL, impl=cfg.attention_impl, packed=self.packed)
-    out_BxLxHxDh = checkpoint_name(out_BxLxHxDh, "attention_out")
-    return _dense(cfg.hidden_size, (-2, -1), ("q_heads", "head_dim", "embed"), cfg, "wo")(out_BxLxHxDh)
+    wo = _dense(cfg.hidden_size, (-2, -1), ("q_heads", "head_dim", "embed"), cfg, "wo")
+    if cache is None:
+      out_BxLxHxDh = attention_lib.attention(
+          q_BxLxHxDh, k_BxLxKxDh, v, q_segment_ids_BxL=segment_ids_BxL, kv_segment_ids_BxS=segment_ids_BxL,
+          q_index_BxL=index_BxL, kv_index_BxS=index_BxL, impl=cfg.attention_impl, packed=self.packed)
+      out_BxLxHxDh = checkpoint_name(out_BxLxHxDh, "attention_out")
+      return wo(out_BxLxHxDh)
+    new_cache = {}
+    for name, new_BxLxKxDh in (("k", k_BxLxKxDh), ("v", v)):
+      cache_BxKxSxDh = jax.lax.dynamic_update_slice(
+          cache[name], new_BxLxKxDh.transpose(0, 2, 1, 3).astype(cache[name].dtype), (0, 0, cache_index, 0))
+      new_cache[name] = _constrain(cache_BxKxSxDh, CACHE_AXES)
+    b, s = cache_segment_ids_BxS.shape
+    mask_BxLxS = attention_lib.make_mask(
+        segment_ids_BxL, cache_segment_ids_BxS, index_BxL,
+        jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s)))
+    out_BxLxHxDh = attention_lib.cached_attention(
+        q_BxLxHxDh, new_cache["k"].astype(q_BxLxHxDh.dtype), new_cache["v"].astype(v.dtype), mask_BxLxS)
+    return wo(out_BxLxHxDh), new_cache
 
 
 class MLP(nn.Module):
@@ -121,18 +153,28 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-  """Pre-norm residual block. Signature fits `nn.scan`: (carry, *broadcast) -> (carry, None)."""
+  """Pre-norm residual block. Signature fits `nn.scan`: (carry, *broadcast) -> (carry, new_cache).
+
+  Without a cache the second output is None; with one it is the layer's updated {"k", "v"}.
+  """
   cfg: ModelConfig
   packed: bool = True
 
   @nn.compact
-  def __call__(self, x_BxLxD, cos, sin, segment_ids_BxL, index_BxL):
+  def __call__(self, x_BxLxD, cos, sin, segment_ids_BxL, index_BxL, cache=None, cache_index=None,
+               cache_segment_ids_BxS=None):
     x_BxLxD = _constrain(x_BxLxD, ("batch", "act_len", "act_embed"))
-    h = Attention(self.cfg, self.packed, name="attention")(
-        RMSNorm(self.cfg, name="attention_norm")(x_BxLxD), cos, sin, segment_ids_BxL, index_BxL)
+    attention = Attention(self.cfg, self.packed, name="attention")
+    normed_BxLxD = RMSNorm(self.cfg, name="attention_norm")(x_BxLxD)
+    new_cache = None
+    if cache is None:
+      h = attention(normed_BxLxD, cos, sin, segment_ids_BxL, index_BxL)
+    else:
+      h, new_cache = attention(normed_BxLxD, cos, sin, segment_ids_BxL, index_BxL, cache, cache_index,
+                               cache_segment_ids_BxS)
     x_BxLxD = x_BxLxD + h
     x_BxLxD = x_BxLxD + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxLxD))
-    return x_BxLxD, None
+    return x_BxLxD, new_cache
 
 
 _REMAT_POLICIES = {
@@ -158,16 +200,26 @@ class Llama(nn.Module):
     segment_ids_BxL: int32 document ids within each packed row (0 = padding); default all ones.
     positions_BxL: int32 positions, restarting at 0 for each document; default arange(L).
     packed: False promises one document per row (lets the 'cudnn' path run).
-  Returns logits_BxLxV in float32.
+    cache: a KV cache from `init_cache` (inference). The L tokens are written at slots
+      `cache_index + arange(L)` and attend to every earlier real slot of their row.
+    cache_index: int32 scalar, the slot of the first of the L tokens (cache mode only).
+    cache_segment_ids_BxS: int32, 1 for slots holding (or going to hold) real tokens, 0 for
+      padding slots (cache mode only; queries with segment id 1 see only slots with id 1).
+    last_only: return logits of the last position only (L -> 1), e.g. after a left-padded prefill.
+  Returns logits_BxLxV in float32; in cache mode (logits_BxLxV, new_cache).
   """
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array | None = None,
-               positions_BxL: jax.Array | None = None, packed: bool = True) -> jax.Array:
+               positions_BxL: jax.Array | None = None, packed: bool = True, *,
+               cache: Any = None, cache_index: jax.Array | None = None,
+               cache_segment_ids_BxS: jax.Array | None = None, last_only: bool = False) -> Any:
     cfg = self.cfg
     b, l = tokens_BxL.shape
     index_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    if cache is not None:
+      index_BxL = index_BxL + jnp.asarray(cache_index, jnp.int32)
     if segment_ids_BxL is None:
       segment_ids_BxL = jnp.ones((b, l), jnp.int32)
     if positions_BxL is None:
@@ -177,22 +229,67 @@ class Llama(nn.Module):
                      embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")))
     x_BxLxD = embed(tokens_BxL)
     cos, sin = rope.rope_angles(positions_BxL, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor)
-    layer_cls = _layer_class(cfg)
-    if cfg.scan_layers:
-      stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(nn.broadcast,) * 4, length=cfg.num_layers,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BxLxD, _ = stack(cfg, packed, name="layers")(x_BxLxD, cos, sin, segment_ids_BxL, index_BxL)
-    else:
-      for i in range(cfg.num_layers):
-        x_BxLxD, _ = layer_cls(cfg, packed, name=f"layers_{i}")(
-            x_BxLxD, cos, sin, segment_ids_BxL, index_BxL)
+    args = (cos, sin, segment_ids_BxL, index_BxL)
+    new_cache = None
+    if cache is None:
+      layer_cls = _layer_class(cfg)
+      if cfg.scan_layers:
+        stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast,) * 4, length=cfg.num_layers,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+        x_BxLxD, _ = stack(cfg, packed, name="layers")(x_BxLxD, *args)
+      else:
+        for i in range(cfg.num_layers):
+          x_BxLxD, _ = layer_cls(cfg, packed, name=f"layers_{i}")(x_BxLxD, *args)
+    else:  # inference: no remat; the cache is scanned with the layers or indexed per layer
+      cache_args = (cache_index, cache_segment_ids_BxS)
+      if cfg.scan_layers:
+        stack = nn.scan(DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast,) * 4 + (0, nn.broadcast, nn.broadcast),
+                        length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+        x_BxLxD, layers_cache = stack(cfg, packed, name="layers")(
+            x_BxLxD, *args, cache["layers"], *cache_args)
+        new_cache = {"layers": layers_cache}
+      else:
+        new_cache = {}
+        for i in range(cfg.num_layers):
+          name = f"layers_{i}"
+          x_BxLxD, new_cache[name] = DecoderLayer(cfg, packed, name=name)(
+              x_BxLxD, *args, cache[name], *cache_args)
+    if last_only:
+      x_BxLxD = x_BxLxD[:, -1:]
     x_BxLxD = RMSNorm(cfg, name="final_norm")(x_BxLxD)
     if cfg.tie_word_embeddings:
       logits_BxLxV = embed.attend(x_BxLxD)
     else:
       logits_BxLxV = _dense(cfg.vocab_size, -1, ("embed", "vocab"), cfg, "lm_head")(x_BxLxD)
-    return _constrain(logits_BxLxV.astype(jnp.float32), ("batch", "act_len", "act_vocab"))
+    logits_BxLxV = _constrain(logits_BxLxV.astype(jnp.float32), ("batch", "act_len", "act_vocab"))
+    return logits_BxLxV if cache is None else (logits_BxLxV, new_cache)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> dict[str, Any]:
+  """An all-zero KV cache of `length` slots per row (layout in the module docstring).
+
+  dtype defaults to `cfg.compute_dtype`. Under a mesh with logical axis rules, pass the result
+  through `nn.with_logical_constraint` with `cache_logical_axes(cfg)` (or jit with matching
+  shardings) to place it like the model.
+  """
+  dtype = _dtype(dtype or cfg.compute_dtype)
+  shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+  if cfg.scan_layers:
+    shape = (cfg.num_layers,) + shape
+    return {"layers": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}}
+  return {f"layers_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+          for i in range(cfg.num_layers)}
+
+
+def cache_logical_axes(cfg: ModelConfig) -> dict[str, Any]:
+  """PartitionSpecs of logical names for the tree `init_cache(cfg, ...)` returns."""
+  if cfg.scan_layers:
+    spec = jax.sharding.PartitionSpec("layers", *CACHE_AXES)
+    return {"layers": {"k": spec, "v": spec}}
+  spec = jax.sharding.PartitionSpec(*CACHE_AXES)
+  return {f"layers_{i}": {"k": spec, "v": spec} for i in range(cfg.num_layers)}
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array) -> Any:

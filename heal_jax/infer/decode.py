@@ -1,0 +1,140 @@
+"""KV-cache generation: one jitted call runs the prefill and a `lax.while_loop` over new tokens.
+
+Padding: prompts are LEFT-padded to a common length P (the longest prompt rounded up to a multiple of
+`pad_multiple`, so nearby lengths share one compiled program). Row b's prompt fills slots
+[pad_b, P) of the cache, its t-th new token goes to slot P + t, and so every row writes the same slot
+at each step (one `dynamic_update_slice`) and the prefill's last position is every row's last prompt
+token. Padding slots carry segment id 0, which the real tokens (segment id 1) never attend to, and
+positions count from each row's first real token (position = slot - pad_b), so a row's tokens see
+exactly what they would in an unpadded forward pass of that row alone.
+
+Stopping: a row is finished at its first EOS (when `stop_on_eos`); the loop ends when every row is
+finished or `max_new_tokens` are made. Stop strings are applied afterwards on the decoded text
+(`truncate_at_stop`), which gives the same text as stopping early would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from heal_jax.infer import sampling as sampling_lib
+from heal_jax.model import llama
+from heal_jax.model.config import ModelConfig
+
+Sampling = sampling_lib.Sampling
+# (params, tokens_BxP int32, pad_B int32, rng) -> (new_tokens_BxN int32, steps: int32 scalar)
+GenerateFn = Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_multiple: int = 64,
+             pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens_BxP int32, pad_B int32): prompts right-aligned in rows of length P.
+
+  P is the longest prompt rounded up to `pad_multiple`; pad_B[b] = P - len(prompts[b]). `pad_id`
+  fills the padding (any valid id: padding is masked by segment id, never by token value).
+  """
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ValueError("every prompt needs at least one token (encode with BOS)")
+  longest = max(len(p) for p in prompts)
+  length = -(-longest // pad_multiple) * pad_multiple
+  tokens_BxP = np.full((len(prompts), length), pad_id, np.int32)
+  pad_B = np.zeros(len(prompts), np.int32)
+  for b, prompt in enumerate(prompts):
+    pad_B[b] = length - len(prompt)
+    tokens_BxP[b, pad_B[b]:] = prompt
+  return tokens_BxP, pad_B
+
+
+def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling = Sampling(),
+                     eos_id: int | None = None, stop_on_eos: bool = True) -> GenerateFn:
+  """A jitted `(params, tokens_BxP, pad_B, rng) -> (new_tokens_BxN, steps)`, N = max_new_tokens.
+
+  params: the `Llama(cfg)` parameter tree (stacked when cfg.scan_layers).
+  tokens_BxP, pad_B: from `left_pad`.
+  rng: a PRNG key; token t of every row is drawn with `fold_in(rng, t)` (unused when greedy).
+  Returns the new tokens (columns from `steps` on are 0: the loop stopped because every row had
+  finished; tokens after a row's EOS are whatever the model produced) and the number of steps run.
+  One program is compiled per (B, P) shape.
+  """
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  model = llama.Llama(cfg)
+  check_eos = stop_on_eos and eos_id is not None
+
+  def generate(params, tokens_BxP, pad_B, rng):
+    b, p = tokens_BxP.shape
+    slots_S = jnp.arange(p + max_new_tokens, dtype=jnp.int32)
+    cache_segment_ids_BxS = (slots_S[None, :] >= pad_B[:, None]).astype(jnp.int32)
+    positions_BxP = jnp.maximum(slots_S[None, :p] - pad_B[:, None], 0)
+    cache = llama.init_cache(cfg, b, p + max_new_tokens)
+    logits_Bx1xV, cache = model.apply(
+        {"params": params}, tokens_BxP, cache_segment_ids_BxS[:, :p], positions_BxP, cache=cache,
+        cache_index=0, cache_segment_ids_BxS=cache_segment_ids_BxS, last_only=True)
+    token_B = sampling_lib.sample(logits_Bx1xV[:, 0], jax.random.fold_in(rng, 0), sampling)
+    out_BxN = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(token_B)
+    done_B = (token_B == eos_id) if check_eos else jnp.zeros((b,), bool)
+
+    def cond(state):
+      t, _, _, _, done_B = state
+      return (t < max_new_tokens) & ~jnp.all(done_B)
+
+    def body(state):
+      t, token_B, cache, out_BxN, done_B = state  # token_B: new token t-1, not yet in the cache
+      slot = p + t - 1
+      logits_Bx1xV, cache = model.apply(
+          {"params": params}, token_B[:, None], jnp.ones((b, 1), jnp.int32),
+          (slot - pad_B)[:, None], cache=cache, cache_index=slot,
+          cache_segment_ids_BxS=cache_segment_ids_BxS)
+      token_B = sampling_lib.sample(logits_Bx1xV[:, 0], jax.random.fold_in(rng, t), sampling)
+      out_BxN = jax.lax.dynamic_update_slice(out_BxN, token_B[:, None], (0, t))
+      if check_eos:
+        done_B = done_B | (token_B == eos_id)
+      return t + 1, token_B, cache, out_BxN, done_B
+
+    steps, _, _, out_BxN, _ = jax.lax.while_loop(
+        cond, body, (jnp.asarray(1, jnp.int32), token_B, cache, out_BxN, done_B))
+    return out_BxN, steps
+
+  return jax.jit(generate)
+
+
+def cut_at_eos(tokens: Sequence[int], eos_id: int | None) -> list[int]:
+  """The tokens before the first EOS (all of them when there is none or eos_id is None)."""
+  tokens = [int(t) for t in tokens]
+  if eos_id is not None and eos_id in tokens:
+    return tokens[:tokens.index(eos_id)]
+  return tokens
+
+
+def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+  """`text` up to the earliest occurrence of any non-empty stop string."""
+  cut = min((i for i in (text.find(s) for s in stop_strings if s) if i >= 0), default=len(text))
+  return text[:cut]
+
+
+def run(generate_fn: GenerateFn, params: Any, prompts: Sequence[Sequence[int]], *, seed: int = 0,
+        eos_id: int | None = None, pad_multiple: int = 64) -> list[list[int]]:
+  """New tokens of each prompt (cut before EOS), from a function of `make_generate_fn`."""
+  tokens_BxP, pad_B = left_pad(prompts, pad_multiple)
+  out_BxN, steps = generate_fn(params, jnp.asarray(tokens_BxP), jnp.asarray(pad_B),
+                               jax.random.PRNGKey(seed))
+  out_BxN = np.asarray(out_BxN)[:, :int(steps)]
+  return [cut_at_eos(row, eos_id) for row in out_BxN]
+
+
+def generate(cfg: ModelConfig, params: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             sampling: Sampling = Sampling(), seed: int = 0, eos_id: int | None = None,
+             stop_on_eos: bool = True, pad_multiple: int = 64) -> list[list[int]]:
+  """Generates for a batch of token-id prompts in one call; returns new tokens without the EOS.
+
+  Compiles a fresh program each call: to generate many batches, keep a `make_generate_fn` result
+  and call `run` with it.
+  """
+  fn = make_generate_fn(cfg, max_new_tokens, sampling, eos_id, stop_on_eos)
+  return run(fn, params, prompts, seed=seed, eos_id=eos_id if stop_on_eos else None,
+             pad_multiple=pad_multiple)

@@ -1,0 +1,145 @@
+"""SOAP notes from doctor-patient conversations: `generate_notes` (library) and `heal-jax generate`.
+
+  heal-jax generate --checkpoint DIR --conversation FILE [--max-new-tokens N] [--seed S]
+                    [--temperature T] [--top-k K] [--top-p P]
+
+FILE is plain text, one turn per line, as `[doctor] ...` / `[patient] ...` (ACI-Bench and the synthetic
+corpus; other bracketed speakers such as `[patient_guest]` are kept) or `Doctor: ...` / `Patient: ...`,
+which is rewritten to the bracketed form. A line without a speaker continues the turn above it; blank
+lines are dropped; `-` reads standard input. The model input is the instruction-tuning prompt,
+`format_instruction(note_prompt(conversation))[0]`, encoded with BOS as in training. Default is greedy
+decoding; `--temperature` > 0 samples (with `--top-k`, `--top-p`) reproducibly for a `--seed`.
+The note is printed to stdout; errors go to stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import pathlib
+import re
+import sys
+
+import jax
+
+from heal_jax.checkpoint.errors import CheckpointError
+from heal_jax.checkpoint.restore import LoadedModel, load_model
+from heal_jax.data import templates
+from heal_jax.data.tokenizer import Tokenizer
+from heal_jax.infer import decode
+from heal_jax.infer.sampling import Sampling
+from heal_jax.model.config import ConfigError
+
+DEFAULT_MAX_NEW_TOKENS = 512
+# A note ends at EOS; a model that runs on into a new prompt is cut there.
+STOP_STRINGS = ("\n### Instruction:", "\n### Response:")
+_BRACKETED = re.compile(r"^\[([^\]\s]+)\]\s*(.*)$")
+_COLON = re.compile(r"^(doctor|patient)\s*:\s*(.*)$", re.IGNORECASE)
+
+
+def normalize_conversation(text: str) -> str:
+  """`[speaker] text` lines (speaker lower-cased), from either accepted form; see the module doc.
+
+  Raises ValueError when the first non-blank line has no speaker or no turn is found.
+  """
+  turns: list[list[str]] = []
+  for n, line in enumerate(text.splitlines(), 1):
+    line = line.strip()
+    if not line:
+      continue
+    match = _BRACKETED.match(line) or _COLON.match(line)
+    if match:
+      turns.append([match.group(1).lower(), match.group(2).strip()])
+    elif turns:
+      turns[-1][1] = f"{turns[-1][1]} {line}".strip()
+    else:
+      raise ValueError(f"line {n} is not a turn: expected '[doctor] ...', '[patient] ...', "
+                       f"'Doctor: ...' or 'Patient: ...', got {line[:60]!r}")
+  if not turns:
+    raise ValueError("no conversation turns found (the text is empty)")
+  return "\n".join(f"[{speaker}] {said}".rstrip() for speaker, said in turns)
+
+
+def note_prompt_text(conversation: str) -> str:
+  """The generation input for one conversation (either accepted form)."""
+  return templates.format_instruction(templates.note_prompt(normalize_conversation(conversation)))[0]
+
+
+def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
+                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, sampling: Sampling = Sampling(),
+                   seed: int = 0, batch_size: int = 8,
+                   stop_strings: Sequence[str] = STOP_STRINGS) -> list[str]:
+  """One generated note (stripped text) per conversation, in order.
+
+  Conversations go through the model `batch_size` at a time (the last batch is filled up with
+  copies so that one program serves all batches). Batch i draws with seed `seed + i`.
+  Raises ValueError for a conversation that is not a conversation, or a checkpoint without tokenizer.
+  """
+  if loaded.tokenizer_dir is None:
+    raise ValueError(f"{loaded.source}: the checkpoint has no tokenizer (tokenizer/tokenizer.model)")
+  if not conversations:
+    return []
+  tokenizer = Tokenizer(loaded.tokenizer_dir)
+  prompts = [tokenizer.encode(note_prompt_text(c), add_bos=True) for c in conversations]
+  params = jax.device_put(loaded.params)
+  fn = decode.make_generate_fn(loaded.cfg, max_new_tokens, sampling, tokenizer.eos_id)
+  batch_size = min(batch_size, len(prompts))
+  notes = []
+  for i, start in enumerate(range(0, len(prompts), batch_size)):
+    batch = prompts[start:start + batch_size]
+    filled = batch + [batch[0]] * (batch_size - len(batch))
+    new_tokens = decode.run(fn, params, filled, seed=seed + i, eos_id=tokenizer.eos_id)
+    for tokens in new_tokens[:len(batch)]:
+      notes.append(decode.truncate_at_stop(tokenizer.decode(tokens), stop_strings).strip())
+  return notes
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="heal-jax generate",
+                                   description="Write the SOAP note of a doctor-patient conversation.")
+  parser.add_argument("--checkpoint", required=True, type=pathlib.Path,
+                      help="converted checkpoint or training work directory")
+  parser.add_argument("--conversation", required=True, help="plain-text conversation file, or -")
+  parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy")
+  parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")
+  parser.add_argument("--top-p", type=float, default=1.0, help="1 = no limit")
+  return parser
+
+
+def _error(message: str) -> int:
+  print(f"heal-jax generate: error: {message}", file=sys.stderr)
+  return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """The `heal-jax generate` command; returns the exit status."""
+  try:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+  except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
+    return int(e.code or 0)
+  if args.max_new_tokens < 1:
+    return _error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+  try:
+    sampling = Sampling(args.temperature, args.top_k, args.top_p)
+  except ValueError as e:
+    return _error(f"--{str(e).replace('_', '-')}")
+  try:
+    text = (sys.stdin.read() if args.conversation == "-" else
+            pathlib.Path(args.conversation).read_text(encoding="utf-8"))
+    normalize_conversation(text)
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    return _error(f"{args.conversation}: {e}")
+  try:
+    loaded = load_model(args.checkpoint)
+    note = generate_notes(loaded, [text], max_new_tokens=args.max_new_tokens, sampling=sampling,
+                          seed=args.seed)[0]
+  except (CheckpointError, ConfigError, ValueError, OSError) as e:
+    return _error(str(e))
+  print(note)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

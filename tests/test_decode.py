@@ -1,0 +1,203 @@
+"""KV-cache decoding against full forward passes, sampling, stopping, and `heal-jax generate`."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from heal_jax.checkpoint import hf_mapping, random_init, restore
+from heal_jax.data import synthetic, tokenizer as tokenizer_lib
+from heal_jax.infer import decode, generate, sampling as sampling_lib
+from heal_jax.model import llama
+from heal_jax.model.config import ModelConfig
+from heal_jax.parallel import mesh as mesh_lib
+
+NEW = 8
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  """A tiny random checkpoint with a tokenizer trained on a small synthetic corpus."""
+  root = tmp_path_factory.mktemp("gen")
+  files = synthetic.generate_corpus(root / "corpus", seed=0,
+                                    sizes={"general": 20, "medical": 10, "clinical": 20, "instructions": 8})
+  tok = tokenizer_lib.train_tokenizer([files[t] for t in sorted(files)], root / "tok", vocab_size=600,
+                                      num_threads=1)
+  cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2,
+                    num_heads=4, num_kv_heads=2, max_position_embeddings=1024)
+  random_init.write_random_checkpoint(cfg, root / "ckpt", seed=0, tokenizer_dir=root / "tok")
+  return root / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+  """(cfg, unscanned params) of the checkpoint, embedding sharpened so greedy picks are not near-ties."""
+  loaded = restore.load_model(checkpoint)
+  params = jax.tree.map(jnp.asarray, loaded.params)
+  params["embed"]["embedding"] = params["embed"]["embedding"] * 8
+  return loaded.cfg, params
+
+
+@pytest.fixture(scope="module")
+def prompts(model):
+  rng = np.random.RandomState(0)
+  return [[1] + [int(t) for t in rng.randint(3, model[0].vocab_size, n)] for n in (4, 16, 8)]
+
+
+@pytest.fixture(scope="module")
+def greedy_fn(model):
+  return decode.make_generate_fn(model[0], NEW)
+
+
+def _scanned(cfg, params):
+  return cfg.replace(scan_layers=True), hf_mapping.stack_layers(params, cfg.num_layers)
+
+
+def _greedy_by_full_forward(cfg, params, prompts, n):
+  """Greedy continuations recomputing each whole sequence every step (right-padded to one shape)."""
+  forward = jax.jit(lambda p, t: llama.Llama(cfg).apply({"params": p}, t))
+  out = []
+  for prompt in prompts:
+    seq = list(prompt)
+    for _ in range(n):
+      buf = np.zeros((1, 32), np.int32)
+      buf[0, :len(seq)] = seq
+      seq.append(int(np.argmax(forward(params, jnp.asarray(buf))[0, len(seq) - 1])))
+    out.append(seq[len(prompt):])
+  return out
+
+
+def test_cached_logits_match_full_forward_with_left_padding(model):
+  cfg, p = model
+  apply = jax.jit(llama.Llama(cfg).apply, static_argnames="last_only")
+  rng = np.random.RandomState(1)
+  seqs = [rng.randint(3, cfg.vocab_size, n) for n in (6, 11)]  # the last 3 tokens are decoded
+  tokens_BxP, pad_B = decode.left_pad([s[:-3] for s in seqs], pad_multiple=4)
+  b, plen = tokens_BxP.shape
+  seg_BxS = jnp.asarray((np.arange(plen + 3)[None] >= pad_B[:, None]).astype(np.int32))
+  positions_BxS = jnp.asarray(np.maximum(np.arange(plen + 3)[None] - pad_B[:, None], 0))
+  logits, cache = apply({"params": p}, jnp.asarray(tokens_BxP), seg_BxS[:, :plen],
+                        positions_BxS[:, :plen], cache=llama.init_cache(cfg, b, plen + 3),
+                        cache_index=0, cache_segment_ids_BxS=seg_BxS)
+  steps = [logits]
+  for t in range(3):
+    token_Bx1 = jnp.asarray([[s[len(s) - 3 + t]] for s in seqs])
+    logits, cache = apply({"params": p}, token_Bx1, None, positions_BxS[:, plen + t:plen + t + 1],
+                          cache=cache, cache_index=plen + t, cache_segment_ids_BxS=seg_BxS)
+    steps.append(logits)
+  cached = np.concatenate([np.asarray(s) for s in steps], axis=1)
+  # Reference: the same left-padded rows in one plain forward pass (packed-style segment masking).
+  full_tokens = np.concatenate([tokens_BxP, np.stack([s[-3:] for s in seqs])], axis=1)
+  full = np.asarray(apply({"params": p}, jnp.asarray(full_tokens), seg_BxS, positions_BxS))
+  for row, s in enumerate(seqs):
+    np.testing.assert_allclose(cached[row, pad_B[row]:], full[row, pad_B[row]:], atol=1e-5, rtol=0)
+  # and the padded rows agree with each sequence alone where every row is real.
+  alone = np.asarray(apply({"params": p}, jnp.asarray(seqs[1][None])))[0]
+  np.testing.assert_allclose(cached[1, pad_B[1]:], alone, atol=1e-5, rtol=0)
+  assert jax.tree.map(jnp.shape, cache) == jax.tree.map(jnp.shape, llama.init_cache(cfg, b, plen + 3))
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
+def test_greedy_kv_decoding_equals_full_recompute(model, prompts, greedy_fn, scan):
+  cfg, p = model
+  if scan:
+    got = decode.generate(*_scanned(cfg, p), prompts, max_new_tokens=NEW, pad_multiple=8)
+  else:
+    got = decode.run(greedy_fn, p, prompts, pad_multiple=8)
+  assert got == _greedy_by_full_forward(cfg, p, prompts, NEW)
+  assert len({tuple(g) for g in got}) == len(got)
+
+
+def test_sampling_is_reproducible_and_top_k_1_is_greedy(model, prompts, greedy_fn):
+  cfg, p = model
+  greedy = decode.run(greedy_fn, p, prompts)
+  hot = sampling_lib.Sampling(temperature=1.5, top_k=20, top_p=0.9)
+  fn = decode.make_generate_fn(cfg, NEW, hot)
+  first = decode.run(fn, p, prompts, seed=3)
+  assert decode.run(fn, p, prompts, seed=3) == first
+  assert decode.run(fn, p, prompts, seed=4) != first
+  assert first != greedy
+  top1 = decode.generate(cfg, p, prompts, max_new_tokens=NEW, seed=5,
+                         sampling=sampling_lib.Sampling(temperature=1.0, top_k=1))
+  assert top1 == greedy
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  kept = np.isfinite(sampling_lib.filter_logits(logits, sampling_lib.Sampling(1.0, 0, 0.75)))
+  assert kept.tolist() == [[True, True, False, False]]
+  kept = np.isfinite(sampling_lib.filter_logits(logits, sampling_lib.Sampling(1.0, 0, 0.1)))
+  assert kept.tolist() == [[True, False, False, False]]
+  kept = np.isfinite(sampling_lib.filter_logits(logits, sampling_lib.Sampling(1.0, 3, 1.0)))
+  assert kept.tolist() == [[True, True, True, False]]
+
+
+def test_stops_at_eos(model, prompts, greedy_fn):
+  cfg, p = model
+  free = decode.run(greedy_fn, p, prompts)
+  eos = free[0][3]
+  stop = free[0].index(eos)
+  fn = decode.make_generate_fn(cfg, NEW, eos_id=eos)
+  _, steps = fn(p, *map(jnp.asarray, decode.left_pad(prompts[:1])), jax.random.PRNGKey(0))
+  assert int(steps) == stop + 1  # the loop ended when the only row finished
+  batch = decode.run(fn, p, prompts, eos_id=eos)
+  assert batch[0] == free[0][:stop]  # cut before its EOS
+  for row, full in zip(batch[1:], free[1:]):  # the others go on, each cut at its own first EOS
+    assert row == (full[:full.index(eos)] if eos in full else full)
+
+
+def test_truncate_at_stop_and_normalize_conversation():
+  assert decode.truncate_at_stop("note\n### Instruction: x", generate.STOP_STRINGS) == "note"
+  assert decode.truncate_at_stop("abc", ("z", "")) == "abc"
+  text = "Doctor: Hi there.\n\nPATIENT:  I have a cough\nsince Monday.\n[patient_guest] he does."
+  assert generate.normalize_conversation(text) == (
+      "[doctor] Hi there.\n[patient] I have a cough since Monday.\n[patient_guest] he does.")
+  with pytest.raises(ValueError, match="line 1"):
+    generate.normalize_conversation("hello\nDoctor: hi")
+
+
+def test_generate_main_end_to_end(checkpoint, tmp_path, capsys):
+  conv = tmp_path / "conv.txt"
+  conv.write_text("Doctor: Hi, what brings you in today?\nPatient: I've had a cough for two weeks.\n")
+  assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(conv),
+                        "--max-new-tokens", "6"]) == 0
+  printed = capsys.readouterr().out
+  loaded = restore.load_model(checkpoint)
+  expected = generate.generate_notes(
+      loaded, ["[doctor] Hi, what brings you in today?\n[patient] I've had a cough for two weeks."],
+      max_new_tokens=6)
+  assert printed == expected[0] + "\n"
+
+
+def test_generate_main_errors_exit_2(checkpoint, tmp_path, capsys):
+  conv = tmp_path / "conv.txt"
+  conv.write_text("[doctor] hello.\n[patient] hi.\n")
+  assert generate.main(["--checkpoint", str(tmp_path / "nope"), "--conversation", str(conv)]) == 2
+  assert "nope" in capsys.readouterr().err
+  assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(tmp_path / "x.txt")]) == 2
+  assert "x.txt" in capsys.readouterr().err
+  (tmp_path / "bad.txt").write_text("just some text\n")
+  assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(tmp_path / "bad.txt")]) == 2
+  assert "not a turn" in capsys.readouterr().err
+  assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(conv), "--top-p", "0"]) == 2
+  assert "top-p" in capsys.readouterr().err
+  assert generate.main(["--checkpoint", str(checkpoint)]) == 2
+
+
+def test_sharded_decoding_matches_and_constrains_the_cache(model, prompts, greedy_fn):
+  cfg, p = model
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  batch = prompts + prompts[:1]  # 4 rows: divisible by data x fsdp
+  expected = decode.run(greedy_fn, p, batch)
+  sharded = jax.device_put(p, mesh_lib.logical_shardings(llama.param_shapes(cfg), mesh))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
+    fn = decode.make_generate_fn(cfg, NEW)
+    assert decode.run(fn, sharded, batch) == expected
+    tokens_BxP, pad_B = decode.left_pad(batch)
+    hlo = fn.lower(sharded, tokens_BxP, pad_B, jax.random.PRNGKey(0)).as_text()
+  slots = tokens_BxP.shape[1] + NEW
+  cache_constraint = f'[{{"data", "fsdp"}}, {{"tensor"}}, {{}}, {{}}]> : tensor<4x2x{slots}x8xf32>'
+  assert cache_constraint in hlo
+  assert nn.logical_to_mesh(llama.cache_logical_axes(cfg), mesh_lib.LOGICAL_RULES)["layers_0"]["k"] == (
+      jax.sharding.PartitionSpec(("data", "fsdp"), "tensor", None, None))
