@@ -28,7 +28,7 @@ def overrides(data_root: pathlib.Path, steps: int = 20, extra: tuple[str, ...] =
       "--config.phase_order=pretrain", "--config.phases.pretrain.steps=" + str(steps),
       "--config.phases.pretrain.seq_len=64", "--config.phases.pretrain.warmup_steps=2",
       "--config.train.global_batch=8", "--config.metrics.every_steps=1", "--config.eval.holdout_examples=0",
-      "--config.data.num_shards=2",
+      "--config.data.num_shards=2", "--config.eval.sample_note_tokens=0",
   ]
   for tier in SIZES:
     items.append(f"--config.data.sources.{tier}.paths={data_root}/corpus/{tier}.jsonl")

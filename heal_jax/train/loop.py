@@ -295,8 +295,10 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
         return {"status": "preempted", "step": int(state.step)}
     summary = {"status": "done", "step": int(state.step), "skipped": int(state.skipped)}
     mngr.wait_until_finished()
-    if config.eval.sample_note_tokens > 0 and primary:
-      summary["sample_note"] = sample_note(config, workdir, config.eval.sample_note_tokens, writer.log)
+    if config.eval.sample_note_tokens > 0:
+      if primary:
+        summary["sample_note"] = sample_note(config, workdir, config.eval.sample_note_tokens, writer.log)
+      multihost_utils.sync_global_devices("heal-jax sample note")  # the others wait here, not at shutdown
     return summary
   finally:
     mngr.wait_until_finished()
