@@ -96,4 +96,7 @@ def attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array, 
     from heal_jax.kernels import flash_attention  # pylint: disable=import-outside-toplevel
     return flash_attention.flash_attention(
         q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, q_segment_ids_BxL, kv_segment_ids_BxS)
-  raise ValueError(f"attention_impl={impl!r} is not available in this build")
+  if impl == "splash":
+    from heal_jax.kernels import splash  # pylint: disable=import-outside-toplevel
+    return splash.splash_attention(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, q_segment_ids_BxL)
+  raise ValueError(f"attention_impl={impl!r} is not available; expected xla, pallas, cudnn, splash or auto")
