@@ -62,6 +62,25 @@ def _cudnn_attention(q, k, v, q_seg, kv_seg, q_idx, kv_idx):
   return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
 
+def _per_shard(kernel, q, k, v, q_seg, kv_seg):
+  """Runs a Pallas kernel on each device's block under the mesh in context (if any).
+
+  XLA cannot partition a Pallas custom call, so under a mesh the kernel is wrapped in shard_map:
+  rows split over (data, fsdp), heads over tensor (when it divides both head counts), sequence whole.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return kernel(q, k, v, q_seg, kv_seg)
+  from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  names = set(mesh.axis_names)
+  rows = tuple(a for a in ("data", "fsdp") if a in names and q.shape[0] % mesh.shape[a] == 0) or None
+  heads = "tensor" if ("tensor" in names and q.shape[2] % mesh.shape["tensor"] == 0
+                       and k.shape[2] % mesh.shape["tensor"] == 0) else None
+  qkv, seg = P(rows, None, heads, None), P(rows, None)
+  return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv, qkv, qkv, seg, seg), out_specs=qkv,
+                       check_vma=False)(q, k, v, q_seg, kv_seg)
+
+
 def resolve_impl(impl: str) -> str:
   """Maps 'auto' to the best implementation for the default backend."""
   if impl != "auto":
@@ -94,9 +113,10 @@ def attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array, 
                             kv_segment_ids_BxS, q_index_BxL, kv_index_BxS)
   if impl == "pallas":
     from heal_jax.kernels import flash_attention  # pylint: disable=import-outside-toplevel
-    return flash_attention.flash_attention(
-        q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, q_segment_ids_BxL, kv_segment_ids_BxS)
+    return _per_shard(lambda q, k, v, qs, ks: flash_attention.flash_attention(q, k, v, qs, ks),
+                      q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, q_segment_ids_BxL, kv_segment_ids_BxS)
   if impl == "splash":
     from heal_jax.kernels import splash  # pylint: disable=import-outside-toplevel
-    return splash.splash_attention(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, q_segment_ids_BxL)
+    return _per_shard(lambda q, k, v, qs, ks: splash.splash_attention(q, k, v, qs),
+                      q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, q_segment_ids_BxL, kv_segment_ids_BxS)
   raise ValueError(f"attention_impl={impl!r} is not available; expected xla, pallas, cudnn, splash or auto")
