@@ -49,18 +49,21 @@ def data_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_process_run(data_root, tmp_path_factory):
+  """The 2-process run, launched the way users do: launch/local.sh 2 (4 CPU devices each)."""
   workdir = tmp_path_factory.mktemp("mp") / "run"
-  procs = _start(workdir, train_helpers.overrides(data_root, 20, MESH))
-  logs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, logs):
-    assert p.returncode == 0, err[-3000:]
-  return workdir, [err for _, err in logs]
+  cmd = ["bash", str(REPO / "launch" / "local.sh"), "2", "--cpu-devices", "4", "--",
+         sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY), "--workdir", str(workdir),
+         *train_helpers.overrides(data_root, 20, MESH)]
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
+  return workdir, out.stdout + out.stderr
 
 
 def test_two_processes_match_one_process(two_process_run, data_root, tmp_path):
-  workdir, errs = two_process_run
-  for pid, err in enumerate(errs):  # each process read only its half of every global batch
-    assert f"process {pid}/2 reads data shards [{pid}] of 2 (4 of 8 rows per step)" in err
+  workdir, log = two_process_run
+  for pid in range(2):  # each process read only its half of every global batch
+    assert f"process {pid}/2 reads data shards [{pid}] of 2 (4 of 8 rows per step)" in log
   single = tmp_path / "single"
   loop.train(train_helpers.load(data_root, 20, MESH), single, devices=jax.devices())
   a, b = train_helpers.losses(workdir), train_helpers.losses(single)
@@ -101,3 +104,24 @@ def test_killing_one_process_stops_the_other_with_a_clear_error(data_root, tmp_p
   assert procs[0].returncode != 0
   assert "stopped sending heartbeats" in err or "another task died" in err, err[-2000:]
   procs[1].wait()
+
+
+def test_sigterm_to_a_two_process_run_saves_one_agreed_step(data_root, tmp_path):
+  """SIGTERM to launch/local.sh reaches both processes; they agree on a step, save it, exit 0."""
+  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "term"
+  cmd = ["bash", str(REPO / "launch" / "local.sh"), "2", "--cpu-devices", "4", "--",
+         sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY), "--workdir", str(workdir),
+         *train_helpers.overrides(data_root, 5000, MESH + ("--config.checkpoint.every_steps=5000",))]
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (workdir / "metrics.jsonl").is_file():
+    time.sleep(0.2)
+  time.sleep(3.0)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=180)
+  assert proc.returncode == 0, err[-3000:]
+  assert '"status": "preempted"' in out
+  step = int(out.split('"step": ')[-1].split("}")[0])
+  assert f"step {step}" in restore.load_model(workdir).source

@@ -63,6 +63,11 @@ def initialize(config_distributed: Any) -> Topology:
     kwargs = dict(initialization_timeout=config_distributed.initialization_timeout_s,
                   heartbeat_timeout_seconds=config_distributed.heartbeat_timeout_s)
     if topo.source == "slurm":
+      # jax's SLURM detection gives each process the GPU of its SLURM_LOCALID only; with one task
+      # per node (our sbatch) every process must own all of its node's GPUs.
+      gpus = os.environ.get("SLURM_GPUS_ON_NODE", "")
+      if os.environ.get("SLURM_NTASKS_PER_NODE") == "1" and gpus.isdigit():
+        kwargs["local_device_ids"] = list(range(int(gpus)))
       jax.distributed.initialize(cluster_detection_method="slurm", **kwargs)
     else:
       jax.distributed.initialize(topo.coordinator_address, topo.num_processes, topo.process_id, **kwargs)

@@ -36,18 +36,32 @@ class TrainingHalted(RuntimeError):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after every step."""
+  """SIGTERM as a decision every process takes at the same step.
+
+  One process: a Python signal handler sets a flag the loop checks after every step. Several
+  processes: jax.distributed's preemption sync manager (which owns SIGTERM there) agrees on the
+  first step all processes can stop at, so every process saves the same step.
+  """
 
   def __init__(self):
-    self.requested = False
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._previous = None
+    self._flag = False
+    self._multi = jax.process_count() > 1
+    self._previous = None
+    if not self._multi:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread
+        pass
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._flag = True
+
+  def reached(self, step: int) -> bool:
+    """Call once per step on every process; True at the step to save and stop at."""
+    if self._multi:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._flag
 
   def restore(self):
     if self._previous is not None:
@@ -190,7 +204,7 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
         t_eval = time.time()
         run.writer.write(done, evaluate(run, state.params, cfg, phase), kind="eval")
         t_last += time.time() - t_eval  # keep evaluation out of the step time
-      preempted = run.preempt.requested
+      preempted = run.preempt.reached(done)
       if done % config.checkpoint.every_steps == 0 or done == phase.end or preempted:
         if host is None:
           _check_streak(jax.device_get(metrics), config.train.max_bad_steps)
@@ -295,7 +309,9 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
         return {"status": "preempted", "step": int(state.step)}
     summary = {"status": "done", "step": int(state.step), "skipped": int(state.skipped)}
     mngr.wait_until_finished()
-    if config.eval.sample_note_tokens > 0:
+    if config.eval.sample_note_tokens > 0 and jax.process_count() > 1:
+      writer.log("sample note skipped: it runs in single-process runs only")
+    elif config.eval.sample_note_tokens > 0:
       if primary:
         summary["sample_note"] = sample_note(config, workdir, config.eval.sample_note_tokens, writer.log)
       multihost_utils.sync_global_devices("heal-jax sample note")  # the others wait here, not at shutdown
