@@ -1,0 +1,39 @@
+"""Where the multi-process topology comes from: config, then SLURM, then environment, else one process."""
+
+from __future__ import annotations
+
+import ml_collections
+import pytest
+
+from heal_jax.parallel import distributed
+
+
+def _cfg(**kw):
+  base = dict(coordinator_address="", num_processes=0, process_id=-1, initialization_timeout_s=300,
+              heartbeat_timeout_s=60)
+  return ml_collections.ConfigDict({**base, **kw})
+
+
+def test_order_config_slurm_environment_single():
+  env = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_PROCID": "2",
+         "HEAL_COORDINATOR_ADDRESS": "h:1", "HEAL_NUM_PROCESSES": "2", "HEAL_PROCESS_ID": "1"}
+  topo = distributed.detect(_cfg(coordinator_address="c:9", num_processes=3, process_id=0), env)
+  assert (topo.source, topo.coordinator_address, topo.num_processes, topo.process_id) == ("config", "c:9", 3, 0)
+  topo = distributed.detect(_cfg(), env)
+  assert (topo.source, topo.num_processes, topo.process_id) == ("slurm", 4, 2)
+  env.pop("SLURM_JOB_ID")
+  topo = distributed.detect(_cfg(), env)
+  assert (topo.source, topo.coordinator_address, topo.num_processes, topo.process_id) == ("environment", "h:1", 2, 1)
+  topo = distributed.detect(_cfg(), {"JAX_COORDINATOR_ADDRESS": "j:2", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"})
+  assert topo.source == "environment" and topo.coordinator_address == "j:2"
+  assert distributed.detect(_cfg(), {}).source == "single process"
+  assert distributed.detect(_cfg(), {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}).source == "single process"
+
+
+def test_bad_topologies_name_the_setting():
+  with pytest.raises(ValueError, match="HEAL_PROCESS_ID=2 is not in"):
+    distributed.detect(_cfg(), {"HEAL_COORDINATOR_ADDRESS": "h:1", "HEAL_NUM_PROCESSES": "2", "HEAL_PROCESS_ID": "2"})
+  with pytest.raises(ValueError, match="HEAL_NUM_PROCESSES / HEAL_PROCESS_ID"):
+    distributed.detect(_cfg(), {"HEAL_COORDINATOR_ADDRESS": "h:1"})
+  with pytest.raises(ValueError, match="config.distributed"):
+    distributed.detect(_cfg(coordinator_address="c:9", num_processes=2, process_id=5), {})
