@@ -12,7 +12,6 @@ import functools
 import json
 import pathlib
 import signal
-import sys
 import time
 from typing import Any
 
@@ -150,9 +149,11 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   phases_lib.check_batch(phase, config.train.micro_steps, run.mesh.shape["data"] * run.mesh.shape["fsdp"])
   spec = _spec(run, phase)
   it = pipeline.BatchIterator(run.data.train, spec, jax.process_index(), jax.process_count())
-  print(f"[train] process {jax.process_index()}/{jax.process_count()} reads data shards {it.shards} of "
-        f"{spec.num_shards} ({spec.global_batch // spec.num_shards * len(it.shards)} of {spec.global_batch} rows "
-        "per step)", file=sys.stderr, flush=True)
+  shards_PxS = np.asarray(multihost_utils.process_allgather(np.asarray(it.shards, np.int32))).reshape(
+      jax.process_count(), -1)  # what each process actually built, logged by process 0 only
+  for p, shards in enumerate(shards_PxS):
+    run.writer.log(f"process {p}/{jax.process_count()} reads data shards {shards.tolist()} of {spec.num_shards} "
+                   f"({spec.global_batch // spec.num_shards * len(shards)} of {spec.global_batch} rows per step)")
   if restored_step is not None and restored_step > phase.start:
     checkpointing.restore_data(run.mngr, restored_step, it)
   batch_sharding = mesh_lib.batch_sharding(run.mesh)
