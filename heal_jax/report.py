@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import math
 import pathlib
 import statistics
@@ -336,12 +337,17 @@ def ablation_section(arms: Mapping[str, RunData], out_dir: pathlib.Path) -> list
            "arm's eval_results.json).", ""]
   lines += _table(["metric"] + list(arms), rows)
   for name, run in arms.items():
-    lines.append(f"- {name}: `{run.workdir}`")
+    lines.append(f"- {name}: `{_shown(run.workdir, out_dir)}`")
   lines.append("")
   if sources:
     path = plot_ablation(arms, out_dir / "ablation.png")
     lines += ["![Final held-out loss per source and arm](" + path.name + ")", ""]
   return lines
+
+
+def _shown(path: Any, out_dir: Any) -> str:
+  """A path as the report shows it: relative to the report's folder (no machine-specific prefix)."""
+  return os.path.relpath(pathlib.Path(path).absolute(), pathlib.Path(out_dir).absolute())
 
 
 def build_report(workdir: pathlib.Path | None, out_dir: pathlib.Path,
@@ -354,7 +360,7 @@ def build_report(workdir: pathlib.Path | None, out_dir: pathlib.Path,
   lines = ["# heal-jax training report", ""]
   if workdir is not None:
     run = load_run(workdir)
-    lines += [f"Work directory: `{pathlib.Path(workdir).absolute()}`", ""]
+    lines += [f"Work directory: `{_shown(workdir, out_dir)}`", ""]
     lines += run_section(run, out_dir)
   if ablation:
     lines += ablation_section({name: load_run(path) for name, path in ablation.items()}, out_dir)

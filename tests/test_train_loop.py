@@ -166,3 +166,13 @@ def test_tiny_recipe_learns_reproduces_and_exports(data_root, tmp_path):
   with torch.no_grad():
     ref = hf(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy()
   np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_init_from_a_work_directory(data_root, tmp_path):
+  """A run initialised from another run's work directory starts from its newest parameters."""
+  first = tmp_path / "first"
+  loop.train(train_helpers.load(data_root, 4), first)
+  config = train_helpers.load(data_root, 1, (f"--config.init_from={first}", "--config.phases.pretrain.peak_lr=0.0"))
+  loop.train(config, tmp_path / "second")
+  a, b = restore.load_model(first).params, restore.load_model(tmp_path / "second").params
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))

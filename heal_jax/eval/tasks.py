@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Iterator
 import pathlib
 import random
+from typing import Any, Iterator
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 TARGET_DELIMITER = " "
 FEWSHOT_DELIMITER = "\n\n"

@@ -63,6 +63,9 @@ def initial_params(init_from: str, cfg: ModelConfig, shardings: Any, seed: int) 
     init = jax.jit(lambda key: state_lib.unboxed_init(cfg, key), out_shardings=shardings)
     return init(jax.random.PRNGKey(seed)), f"from scratch (seed {seed})"
   path = pathlib.Path(init_from)
+  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
+  if restore.is_workdir(path):  # (a work directory has a config.json too: the run's config)
+    return from_checkpoint(path, cfg, shardings), f"from work directory {path}"
   if (path / "config.json").is_file() and not (path / "heal_checkpoint.json").is_file():
     return from_hf(path, cfg, shardings), f"from HF {path}"
   return from_checkpoint(path, cfg, shardings), f"from {path}"

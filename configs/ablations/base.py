@@ -1,0 +1,12 @@
+"""Mixture ablation: the base run every arm starts from (equal thirds, from scratch). See common.py."""
+
+import importlib.util
+import pathlib
+
+_spec = importlib.util.spec_from_file_location("heal_ablation_common", pathlib.Path(__file__).with_name("common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
+
+
+def get_config(arg=None):
+  return common.base_config(arg)
