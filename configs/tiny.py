@@ -2,8 +2,9 @@
 
 A ~1M-parameter LLaMA (4 layers, GQA 4:2) on a synthetic three-tier corpus (general prose, trial
 abstracts, doctor-patient conversations with their SOAP notes) plus medical instructions with
-explanations: pretraining on equal thirds at 128 tokens, context extension to 256 with linear
-position interpolation (factor 2), then instruction tuning (loss on responses only).
+explanations: pretraining on equal thirds at 128 tokens, context extension to 1024 with linear
+position interpolation (factor 8), then instruction tuning (loss on responses only) at 1024, long
+enough for a whole conversation and its note.
 """
 
 from heal_jax import config as config_lib
@@ -24,16 +25,17 @@ def get_config(arg=None):
   config.train.global_batch = 16
   config.phase_order = "pretrain,extend,instruct"
   config.phases.pretrain = config_lib.phase_config(
-      steps=200, seq_len=128, weights="general=1,medical=1,clinical=1", peak_lr=3e-3, warmup_steps=30)
+      steps=150, seq_len=128, weights="general=1,medical=1,clinical=1", peak_lr=3e-3, warmup_steps=30)
+  # 128 -> 1024 positions (x8 linear interpolation): a whole conversation and its note fit in a row.
   config.phases.extend = config_lib.phase_config(
-      steps=40, seq_len=256, weights="general=1,medical=1,clinical=1", rope_scaling_factor=2.0,
-      peak_lr=1e-3, warmup_steps=10)
+      steps=20, seq_len=1024, global_batch=4, weights="general=1,medical=1,clinical=1",
+      rope_scaling_factor=8.0, peak_lr=1e-3, warmup_steps=5)
   config.phases.instruct = config_lib.phase_config(
-      steps=100, seq_len=256, weights="instructions=3,clinical=1", rope_scaling_factor=2.0,
-      instruction_tuning=True, peak_lr=1e-3, warmup_steps=10)
+      steps=110, seq_len=1024, global_batch=4, weights="instructions=3,clinical=1", rope_scaling_factor=8.0,
+      instruction_tuning=True, peak_lr=3e-3, warmup_steps=10)
   config.checkpoint.every_steps = 50
   config.metrics.every_steps = 20
   config.eval.holdout_examples = 16
   config.eval.batches = 2
-  config.eval.sample_note_tokens = 200
+  config.eval.sample_note_tokens = 300
   return config
