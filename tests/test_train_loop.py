@@ -139,10 +139,11 @@ def _unigram_entropy(data_root: pathlib.Path, sources: tuple[str, ...]) -> float
 
 
 def test_tiny_recipe_learns_reproduces_and_exports(data_root, tmp_path):
-  """Pretrain + context extension (rope x2): loss far below the unigram entropy, identical on a rerun,
+  """Pretrain + context extension (rope x8): loss far below the unigram entropy, identical on a rerun,
   and the work directory exports to an HF model whose logits equal ours."""
   extra = ("--config.phase_order=pretrain,extend", "--config.phases.extend.steps=10",
-           "--config.phases.extend.seq_len=128", "--config.phases.pretrain.peak_lr=3e-3",
+           "--config.phases.extend.seq_len=128", "--config.phases.extend.global_batch=8",
+           "--config.phases.pretrain.peak_lr=3e-3",
            "--config.checkpoint.every_steps=100")
   runs = []
   for name in ("a", "b"):
@@ -159,7 +160,7 @@ def test_tiny_recipe_learns_reproduces_and_exports(data_root, tmp_path):
   from heal_jax.model import llama  # pylint: disable=import-outside-toplevel
   hf_convert.orbax_to_hf(tmp_path / "a", tmp_path / "hf", dtype="float32")
   hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-  assert hf.config.rope_parameters["rope_type"] == "linear" and hf.config.rope_parameters["factor"] == 2.0
+  assert hf.config.rope_parameters["rope_type"] == "linear" and hf.config.rope_parameters["factor"] == 8.0
   loaded = restore.load_model(tmp_path / "a", dtype="float32", scan_layers=False)
   tokens = np.arange(1, 120, dtype=np.int32)[None] % loaded.cfg.vocab_size
   ours = np.asarray(llama.Llama(loaded.cfg).apply({"params": loaded.params}, tokens))
