@@ -125,7 +125,7 @@ def base_config() -> ml_collections.ConfigDict:
       coordinator_address="",      # "host:port" of process 0; "" = from SLURM or the environment
       num_processes=0, process_id=-1,
       initialization_timeout_s=300,
-      heartbeat_timeout_s=60,      # a dead peer is noticed within this (the others then exit)
+      heartbeat_timeout_s=30,      # a dead peer is noticed within this (the others then exit)
   ))
   config.mesh = ml_collections.ConfigDict(dict(
       data=1, fsdp=-1, tensor=1,              # device mesh; one axis may be -1 (the rest)

@@ -86,9 +86,9 @@ def test_two_process_checkpoint_resumes_on_another_layout(two_process_run, data_
 
 
 def test_killing_one_process_stops_the_other_with_a_clear_error(data_root, tmp_path):
+  """With the default config.distributed.heartbeat_timeout_s (30 s)."""
   workdir = tmp_path / "kill"
-  procs = _start(workdir, train_helpers.overrides(data_root, 5000, MESH + ("--config.distributed.heartbeat_timeout_s=10",
-                                                                           "--config.checkpoint.every_steps=5000")))
+  procs = _start(workdir, train_helpers.overrides(data_root, 5000, MESH + ("--config.checkpoint.every_steps=5000",)))
   deadline = time.time() + 300
   while time.time() < deadline and not (workdir / "metrics.jsonl").is_file():
     time.sleep(0.2)
