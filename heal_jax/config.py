@@ -160,6 +160,8 @@ def base_config() -> ml_collections.ConfigDict:
       every_steps=0,           # held-out loss per source every this many steps (0 = only at phase ends)
       holdout_examples=0,      # examples per source held out of training for it (0 = no eval)
       batches=2,               # held-out batches per evaluation
+      tasks="",                # "pubmedqa=DIR,medqa=FILE": multiple-choice accuracy at every evaluation
+      task_limit=200,          # questions per task (a seeded random subset; 0 = all)
       sample_note_tokens=0,    # > 0: after the last phase, print a note generated (greedy, this many tokens at
                                # most) from the first held-out conversation of a conversation source
   ))

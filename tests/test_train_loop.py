@@ -177,3 +177,22 @@ def test_init_from_a_work_directory(data_root, tmp_path):
   loop.train(config, tmp_path / "second")
   a, b = restore.load_model(first).params, restore.load_model(tmp_path / "second").params
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_pubmedqa_accuracy_is_an_eval_hook(data_root, tmp_path, shared_data):
+  """config.eval.tasks runs the harness scorer at every evaluation and logs acc and acc_norm."""
+  from heal_jax.eval import loglik  # pylint: disable=import-outside-toplevel
+  config = train_helpers.load(data_root, 4, (f"--config.eval.tasks=pubmedqa={shared_data / 'pubmedqa'}",
+                                             "--config.eval.task_limit=12"))
+  loop.train(config, tmp_path / "w")
+  import json  # pylint: disable=import-outside-toplevel
+  rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+  evals = [r for r in rows if r["kind"] == "eval"]
+  assert len(evals) == 1 and 0.0 <= evals[0]["pubmedqa/acc"] <= 1.0
+  # the same number as scoring the final parameters directly
+  loaded = restore.load_model(tmp_path / "w")
+  examples = loop._task_examples(f"pubmedqa={shared_data / 'pubmedqa'}", 12, tmp_path)["pubmedqa"]  # pylint: disable=protected-access
+  from heal_jax.data import tokenizer  # pylint: disable=import-outside-toplevel
+  direct = loglik.evaluate("pubmedqa", loaded.cfg, loaded.params, tokenizer.Tokenizer(loaded.tokenizer_dir), examples)
+  assert direct["acc"] == evals[0]["pubmedqa/acc"] and direct["acc_norm"] == evals[0]["pubmedqa/acc_norm"]
+  assert len(examples) == 12 and len({e.gold for e in examples}) > 1  # a random subset, not the all-"yes" head

@@ -84,6 +84,7 @@ class _Run:
   writer: metrics_lib.MetricWriter
   preempt: _Preemption
   base_cfg: ModelConfig
+  task_examples: dict[str, list] | None = None
 
 
 def _spec(run: _Run, phase: phases_lib.Phase) -> pipeline.PipelineSpec:
@@ -109,9 +110,9 @@ def _eval_fn(cfg: ModelConfig, num_sources: int):
 
 
 def evaluate(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) -> dict[str, float]:
-  """Held-out loss per source (mean NLL per target token) on fixed packed batches."""
+  """Held-out loss per source (mean NLL per target token) on fixed packed batches, plus eval.tasks."""
   if not run.data.heldout:
-    return {}
+    return evaluate_tasks(run, params, cfg)
   fn = _eval_fn(cfg, len(run.source_names))
   sharding = mesh_lib.batch_sharding(run.mesh)
   nll = np.zeros(len(run.source_names))
@@ -123,7 +124,37 @@ def evaluate(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) 
       a, b = fn(params, _global_batch(next(it), sharding, spec.global_batch))
       nll += np.asarray(a)
       count += np.asarray(b)
-  return {f"loss/{n}": float(nll[i] / count[i]) for i, n in enumerate(run.source_names) if count[i] > 0}
+  out = {f"loss/{n}": float(nll[i] / count[i]) for i, n in enumerate(run.source_names) if count[i] > 0}
+  return {**out, **evaluate_tasks(run, params, cfg)}
+
+
+def _task_examples(spec: str, limit: int, workdir: pathlib.Path) -> dict[str, list]:
+  """{task: examples} of config.eval.tasks, a seeded random subset of `limit` each (0 = all)."""
+  from heal_jax.eval import tasks as tasks_lib  # pylint: disable=import-outside-toplevel
+  out = {}
+  for name, path in phases_lib.parse_pairs(spec, "config.eval.tasks").items():
+    examples = tasks_lib.load_task(name, mixture.resolve(path, workdir))[0]
+    if limit and limit < len(examples):  # random, not the first N: PubMedQA's file lists all "yes" first
+      keep = np.sort(np.random.default_rng(0).choice(len(examples), limit, replace=False))
+      examples = [examples[i] for i in keep]
+    out[name] = examples
+  return out
+
+
+def evaluate_tasks(run: _Run, params: Any, cfg: ModelConfig) -> dict[str, float]:
+  """PubMedQA/MedQA accuracy with the harness scorer (single-process runs; skipped otherwise)."""
+  if not run.config.eval.tasks or jax.process_count() > 1:
+    return {}
+  from heal_jax.eval import loglik  # pylint: disable=import-outside-toplevel
+  if run.task_examples is None:
+    run.task_examples = _task_examples(run.config.eval.tasks, run.config.eval.task_limit, run.workdir)
+  rows = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
+  batch = -(-8 // rows) * rows  # at least 8 rows, split evenly over the batch devices
+  out = {}
+  for name, examples in run.task_examples.items():
+    result = loglik.evaluate(name, cfg, params, run.data.tokenizer, examples, batch_size=batch)
+    out[f"{name}/acc"], out[f"{name}/acc_norm"] = result["acc"], result["acc_norm"]
+  return out
 
 
 def _meta(run: _Run, phase: phases_lib.Phase, cfg: ModelConfig) -> dict[str, Any]:

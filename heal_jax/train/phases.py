@@ -28,17 +28,25 @@ class Phase:
     return self.start + self.steps
 
 
+def parse_pairs(spec: str, key: str) -> dict[str, str]:
+  """"a=x,b=y" -> {"a": "x", "b": "y"}; errors name the config key."""
+  pairs = {}
+  for item in filter(None, (s.strip() for s in spec.split(","))):
+    name, sep, value = item.partition("=")
+    if not sep or not name.strip() or not value.strip():
+      raise ValueError(f"{key}: bad item {item!r}, expected name=value")
+    pairs[name.strip()] = value.strip()
+  return pairs
+
+
 def parse_weights(spec: str, key: str) -> dict[str, float]:
   """"a=1,b=2.5" -> {"a": 1.0, "b": 2.5}; errors name the config key."""
   weights = {}
-  for item in filter(None, (s.strip() for s in spec.split(","))):
-    name, sep, value = item.partition("=")
+  for name, value in parse_pairs(spec, key).items():
     try:
-      weights[name.strip()] = float(value)
+      weights[name] = float(value)
     except ValueError:
-      sep = ""
-    if not sep or not name.strip():
-      raise ValueError(f"{key}: bad weight {item!r}, expected source=number")
+      raise ValueError(f"{key}: bad weight {name}={value!r}, expected source=number") from None
   return weights
 
 
