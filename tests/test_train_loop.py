@@ -196,3 +196,33 @@ def test_pubmedqa_accuracy_is_an_eval_hook(data_root, tmp_path, shared_data):
   direct = loglik.evaluate("pubmedqa", loaded.cfg, loaded.params, tokenizer.Tokenizer(loaded.tokenizer_dir), examples)
   assert direct["acc"] == evals[0]["pubmedqa/acc"] and direct["acc_norm"] == evals[0]["pubmedqa/acc_norm"]
   assert len(examples) == 12 and len({e.gold for e in examples}) > 1  # a random subset, not the all-"yes" head
+
+
+def test_non_finite_steps_are_skipped_counted_and_halt_the_run(data_root, tmp_path):
+  """A checkpoint with a NaN weight: every step is skipped (parameters untouched) and the run halts."""
+  from heal_jax.checkpoint import params_store  # pylint: disable=import-outside-toplevel
+  good = tmp_path / "good"
+  loop.train(train_helpers.load(data_root, 2), good)
+  loaded = restore.load_model(good, dtype="float32", scan_layers=False)
+  params = jax.tree.map(np.array, loaded.params)
+  params["final_norm"]["scale"][3] = np.nan
+  with params_store.atomic_output_dir(tmp_path / "nan") as out:
+    params_store.write_checkpoint(out, jax.tree.map(jax.numpy.asarray, params), loaded.cfg, None, "float32",
+                                  loaded.tokenizer_dir)
+  config = train_helpers.load(data_root, 10, (f"--config.init_from={tmp_path / 'nan'}",
+                                              "--config.train.max_bad_steps=3"))
+  with pytest.raises(loop.TrainingHalted, match="3 consecutive steps with a non-finite"):
+    loop.train(config, tmp_path / "bad")
+  rows = [r for r in train_helpers.losses(tmp_path / "bad").items()]
+  assert rows and all(not np.isfinite(loss) for _, loss in rows)
+  import json  # pylint: disable=import-outside-toplevel
+  logged = [json.loads(line) for line in (tmp_path / "bad" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["skipped_steps"] for r in logged if r["kind"] == "train"][:3] == [1, 2, 3]
+
+
+def test_checkpoints_keep_the_last_k_and_every_mth(data_root, tmp_path):
+  config = train_helpers.load(data_root, 12, ("--config.checkpoint.every_steps=2", "--config.checkpoint.keep=2",
+                                              "--config.checkpoint.keep_period=4"))
+  loop.train(config, tmp_path / "w")
+  kept = sorted(int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit())
+  assert kept == [4, 8, 10, 12]

@@ -210,7 +210,6 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
       host = None
       if done % config.metrics.every_steps == 0 or done == phase.end:
         host = jax.device_get(metrics)
-        _check_streak(host, config.train.max_bad_steps)
         now = time.time()
         dt = (now - t_last) / max(done - last_logged, 1)
         scalars = {"loss": host["loss"], "grad_norm": host["grad_norm"], "learning_rate": host["learning_rate"],
@@ -232,6 +231,7 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
                        f"{rows_tokens / dt:,.0f} tok/s" + (f" mfu {scalars['mfu']:.1%}" if peak else "") +
                        f" eta {metrics_lib.format_eta(eta)}")
         t_last, last_logged = time.time(), done
+        _check_streak(host, config.train.max_bad_steps)  # after logging, so the skipped steps are on record
       if config.eval.every_steps and done % config.eval.every_steps == 0 and done != phase.end:
         t_eval = time.time()
         run.writer.write(done, evaluate(run, state.params, cfg, phase), kind="eval")
