@@ -28,15 +28,19 @@ def texts(record: Mapping[str, str | None], kind: str) -> tuple[str, str]:
 def encode(tokenizer, prompt_text: str, target_text: str) -> tuple[np.ndarray, np.ndarray]:
   """tokens_N int32 = [BOS] prompt target [EOS], loss_mask_N int32 (1 where the token is a target).
 
-  The pair is encoded as one string and split where the encoded prompt ends, so the target's first
-  token is the one the model sees after the prompt at generation time (no spurious word-start piece).
+  The pair is encoded as one string and split at the first token that starts after the prompt's
+  text, so the target's first token is the one the model sees after the prompt at generation time
+  (no spurious word-start piece).
   BOS is never a target; EOS is, so the model learns to stop.
   """
   ids = tokenizer.encode(prompt_text + target_text, add_bos=True, add_eos=True)
+  boundary = 1
   if prompt_text:
-    boundary = min(len(tokenizer.encode(prompt_text, add_bos=True)), len(ids) - 1)
-  else:
-    boundary = 1
+    # Where the prompt's bytes end in the joint encoding (no second encode); for a model whose pieces
+    # do not account for the text byte for byte, the length of the prompt encoded alone.
+    split = tokenizer.split_point(ids[1:-1], prompt_text + target_text, prompt_text)
+    boundary = 1 + split if split is not None else len(tokenizer.encode(prompt_text, add_bos=True))
+    boundary = min(boundary, len(ids) - 1)
   mask = np.zeros(len(ids), np.int32)
   mask[boundary:] = 1
   return np.asarray(ids, np.int32), mask

@@ -58,6 +58,7 @@ class Tokenizer:
       path = path / MODEL_FILE
     self.path = path
     self._sp = spm.SentencePieceProcessor(model_file=str(path))
+    self._piece_bytes = None
 
   @property
   def vocab_size(self) -> int:
@@ -83,6 +84,41 @@ class Tokenizer:
   def encode(self, text: str, add_bos: bool = True, add_eos: bool = False) -> list[int]:
     """Token ids of `text`, with BOS (default, like LLaMA's HF config) and/or EOS around them."""
     return self._sp.encode(text, add_bos=add_bos, add_eos=add_eos)
+
+  def piece_bytes(self) -> "np.ndarray":
+    """int32 [vocab]: UTF-8 bytes of input text each piece stands for ("▁" = one space, a byte
+    piece = 1, control and unknown pieces = 0; unk is -1 because its length is not known)."""
+    if self._piece_bytes is None:
+      import numpy as np  # pylint: disable=import-outside-toplevel
+      table = np.zeros(self.vocab_size, np.int32)
+      for i in range(self.vocab_size):
+        if self._sp.is_control(i):
+          continue
+        if self._sp.is_unknown(i):
+          table[i] = -1
+        elif self._sp.is_byte(i):
+          table[i] = 1
+        else:
+          table[i] = len(self._sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+      self._piece_bytes = table
+    return self._piece_bytes
+
+  def split_point(self, ids: Sequence[int], text: str, prefix: str) -> int | None:
+    """Index of the first token of `ids` (the encoding of `text`, which starts with `prefix`) that
+    starts at or after the end of `prefix`; None when the tokens do not account for the text byte
+    for byte (a normalizing model, an unknown piece), so the caller must find the split another way.
+    """
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    lengths = self.piece_bytes()[np.asarray(ids, np.int64)]
+    if (lengths < 0).any():
+      return None
+    ends = np.cumsum(lengths)
+    n_text = len(text.encode("utf-8"))
+    dummy = int(ends[-1]) - n_text  # the "▁" sentencepiece puts in front (0 or 1 byte)
+    if dummy not in (0, 1):
+      return None
+    starts = ends - lengths - dummy
+    return int(np.searchsorted(starts, len(prefix.encode("utf-8")), side="left"))
 
   def decode(self, ids: Sequence[int]) -> str:
     """Text of `ids`; BOS/EOS/unk control pieces decode to nothing, unk to " \u2047 "."""
