@@ -152,3 +152,21 @@ def test_state_of_another_spec_is_refused():
                                                                    weights={"a": 1, "b": 1}, seed=1))
   with pytest.raises(ValueError, match="different pipeline spec"):
     other.set_state(state)
+
+
+def test_loss_boundary_from_piece_bytes_equals_encoding_the_prompt_alone(tmp_path):
+  """examples.encode finds the prompt/response split without a second encode: same split as encoding
+  the prompt alone, on every instruction and conversation record of a synthetic corpus."""
+  corpus = synthetic.generate_corpus(tmp_path / "c", seed=3, sizes={"general": 40, "medical": 20, "clinical": 30,
+                                                                    "instructions": 40})
+  tok = tokenizer.train_tokenizer([corpus["general"], corpus["clinical"]], tmp_path / "tok", vocab_size=400)
+  checked = 0
+  for name, kind in (("instructions", "instruction"), ("clinical", "conversation")):
+    for line in corpus[name].read_text().splitlines():
+      prompt, target = examples.texts(json.loads(line), kind)
+      tokens, mask = examples.encode(tok, prompt, target)
+      assert int(np.flatnonzero(mask)[0]) == len(tok.encode(prompt, add_bos=True))
+      checked += 1
+  assert checked == 70
+  # tokens that do not account for the text byte for byte: no split (encode falls back to a second encode)
+  assert tok.split_point(tok.encode("hello", add_bos=False), "hello world, again", "hello") is None
