@@ -151,7 +151,7 @@ def test_tiny_recipe_learns_reproduces_and_exports(data_root, tmp_path):
     runs.append(train_helpers.losses(tmp_path / name))
   assert runs[0] == runs[1]  # same seed, same numbers, exactly
   entropy = _unigram_entropy(data_root, ("general", "medical", "clinical"))
-  final = np.mean([runs[0][s] for s in range(201, 211)])
+  final = np.mean([runs[0][s] for s in range(191, 201)])  # end of pretraining, before the rope change
   assert final < 0.5 * entropy, (final, entropy)
 
   import torch  # pylint: disable=import-outside-toplevel
