@@ -17,16 +17,14 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
 from heal_jax import config as config_lib
 from heal_jax.data import mixture, pipeline
-from heal_jax.model import llama
 from heal_jax.model.config import ModelConfig
 from heal_jax.parallel import mesh as mesh_lib
-from heal_jax.train import checkpointing, init as init_lib, loss as loss_lib, metrics as metrics_lib
+from heal_jax.train import checkpointing, init as init_lib, metrics as metrics_lib
 from heal_jax.train import optimizer as optimizer_lib, phases as phases_lib, state as state_lib, step as step_lib
 
 
@@ -97,15 +95,10 @@ def _spec(run: _Run, phase: phases_lib.Phase) -> pipeline.PipelineSpec:
 
 @functools.lru_cache(maxsize=4)
 def _eval_fn(cfg: ModelConfig, num_sources: int):
-  model = llama.Llama(cfg)
-
+  """Jitted (params, batch) -> (per-source NLL sums, per-source target counts)."""
   def fn(params, batch):
-    logits = model.apply({"params": params}, batch["tokens"], batch["segment_ids"], batch["positions"])
-    targets, weights = loss_lib.targets_and_weights(batch["tokens"], batch["segment_ids"], batch["loss_mask"])
-    _, _, nll_BxL = loss_lib.cross_entropy_sums(logits, targets, weights)
-    src = jnp.where(weights > 0, batch["source"], num_sources)
-    return (jnp.zeros(num_sources + 1).at[src].add(nll_BxL)[:num_sources],
-            jnp.zeros(num_sources + 1).at[src].add(weights)[:num_sources])
+    stats = step_lib.batch_stats(params, batch, cfg, 0.0, num_sources)
+    return stats["source_nll_S"], stats["source_tokens_S"]
   return jax.jit(fn)
 
 

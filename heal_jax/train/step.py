@@ -25,24 +25,31 @@ def _micro_batches(batch: Batch, micro_steps: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
+def batch_stats(params: Any, batch: Batch, cfg: ModelConfig, z_loss: float, num_sources: int,
+                packed: bool = True) -> dict[str, jax.Array]:
+  """Summed loss statistics of one batch: {"nll_sum", "z_sum", "tokens", "source_nll_S",
+  "source_tokens_S"} (float32; per-source sums over the target tokens of each source).
+
+  The one forward + loss used by the train step and by the held-out evaluation.
+  """
+  logits = llama.Llama(cfg).apply({"params": params}, batch["tokens"], batch["segment_ids"], batch["positions"],
+                                  packed=packed)
+  targets, weights = loss_lib.targets_and_weights(batch["tokens"], batch["segment_ids"], batch["loss_mask"])
+  nll_sum, z_sum, nll_BxL = loss_lib.cross_entropy_sums(logits, targets, weights, z_loss)
+  src = jnp.where(weights > 0, batch["source"], num_sources)  # padding and non-targets to an extra bin
+  source_nll = jnp.zeros(num_sources + 1, jnp.float32).at[src].add(nll_BxL)[:num_sources]
+  source_tokens = jnp.zeros(num_sources + 1, jnp.float32).at[src].add(weights)[:num_sources]
+  return {"nll_sum": nll_sum, "z_sum": z_sum, "tokens": weights.sum(),
+          "source_nll_S": source_nll, "source_tokens_S": source_tokens}
+
+
 def loss_and_grads(params: Any, batch: Batch, cfg: ModelConfig, micro_steps: int, z_loss: float,
                    num_sources: int, packed: bool = True) -> tuple[dict[str, jax.Array], Any]:
-  """Summed (not averaged) loss statistics and gradients of the summed objective over the batch.
-
-  Returns ({"nll_sum", "z_sum", "tokens", "source_nll_S", "source_tokens_S"}, grads).
-  """
-  model = llama.Llama(cfg)
+  """Summed (not averaged) loss statistics (`batch_stats`) and gradients of the summed objective."""
 
   def objective(p, mb):
-    logits = model.apply({"params": p}, mb["tokens"], mb["segment_ids"], mb["positions"], packed=packed)
-    targets, weights = loss_lib.targets_and_weights(mb["tokens"], mb["segment_ids"], mb["loss_mask"])
-    nll_sum, z_sum, nll_BxL = loss_lib.cross_entropy_sums(logits, targets, weights, z_loss)
-    src = jnp.where(weights > 0, mb["source"], num_sources)  # padding and non-targets to an extra bin
-    source_nll = jnp.zeros(num_sources + 1, jnp.float32).at[src].add(nll_BxL)[:num_sources]
-    source_tokens = jnp.zeros(num_sources + 1, jnp.float32).at[src].add(weights)[:num_sources]
-    stats = {"nll_sum": nll_sum, "z_sum": z_sum, "tokens": weights.sum(),
-             "source_nll_S": source_nll, "source_tokens_S": source_tokens}
-    return nll_sum + z_sum, stats
+    stats = batch_stats(p, mb, cfg, z_loss, num_sources, packed)
+    return stats["nll_sum"] + stats["z_sum"], stats
 
   grad_fn = jax.grad(objective, has_aux=True)
   if micro_steps == 1:
