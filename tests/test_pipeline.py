@@ -150,8 +150,44 @@ def test_state_of_another_spec_is_refused():
   state = pipeline.BatchIterator(_sources(), spec).get_state()
   other = pipeline.BatchIterator(_sources(), pipeline.PipelineSpec(seq_len=64, global_batch=4,
                                                                    weights={"a": 1, "b": 1}, seed=1))
-  with pytest.raises(ValueError, match="different pipeline spec"):
+  with pytest.raises(ValueError, match="seq_len: saved 32, now 64"):
     other.set_state(state)
+  workers = pipeline.BatchIterator(_sources(), pipeline.PipelineSpec(seq_len=32, global_batch=4,
+                                                                     weights={"a": 1, "b": 1}, seed=1, worker_count=2))
+  with pytest.raises(ValueError, match="worker_count: saved 0, now 2"):
+    workers.set_state(state)
+
+
+def test_each_epoch_reads_every_example_of_the_shard_once_in_a_new_order():
+  """Source a (300 examples) read from shard 1 of 3: 100 examples per epoch, each exactly once per
+  epoch, the two epochs in different orders; the weighted mix emits a's and b's windows 2:1 in every
+  prefix (within one window)."""
+  srcs = {"a": _source(300, 10**6, 0, max_len=10), "b": _source(200, 2 * 10**6, 1, max_len=10)}
+  ds = pipeline.MixSplit([srcs["a"], srcs["b"]], [2.0, 1.0], [0, 1], [7, 8], seq_len=64, keep_mask=True,
+                         offset=1, stride=3)
+  it = iter(ds)
+  windows = [next(it) for _ in range(300)]
+  sources = np.array([w["source"] for w in windows])
+  counts = np.cumsum(sources == 0), np.cumsum(sources == 1)
+  assert np.all(np.abs(counts[0] - 2 * counts[1]) <= 2)
+  a_ids = [(int(w["tokens"][0]) - 10**6) // 1000 for w in windows if w["source"] == 0]
+  epoch1, epoch2 = a_ids[:100], a_ids[100:200]
+  assert sorted(epoch1) == sorted(epoch2) == list(range(1, 300, 3))
+  assert epoch1 != epoch2
+
+
+def test_worker_slices_partition_the_shard():
+  """Grain's worker processes narrow a shard with set_slice(i::W): two workers read disjoint halves."""
+  src = _source(120, 10**6, 0, max_len=10)
+  seen = []
+  for worker in range(2):
+    ds = pipeline.MixSplit([src], [1.0], [0], [3], seq_len=64, keep_mask=True, offset=0, stride=2)
+    ds.set_slice(slice(worker, None, 2))
+    it = iter(ds)
+    seen.append({(int(next(it)["tokens"][0]) - 10**6) // 1000 for _ in range(30)})
+  assert seen[0] == set(range(0, 120, 4)) and seen[1] == set(range(2, 120, 4))
+  with pytest.raises(ValueError, match="strided slices"):
+    pipeline.MixSplit([src], [1.0], [0], [3], 64, True).set_slice(slice(0, 10, 1))
 
 
 def test_loss_boundary_from_piece_bytes_equals_encoding_the_prompt_alone(tmp_path):

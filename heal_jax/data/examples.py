@@ -33,14 +33,16 @@ def encode(tokenizer, prompt_text: str, target_text: str) -> tuple[np.ndarray, n
   (no spurious word-start piece).
   BOS is never a target; EOS is, so the model learns to stop.
   """
-  ids = tokenizer.encode(prompt_text + target_text, add_bos=True, add_eos=True)
+  text = prompt_text + target_text
+  ids = tokenizer.encode(text, add_bos=True, add_eos=True)
+  ids = np.fromiter(ids, np.int32, len(ids))
   boundary = 1
   if prompt_text:
     # Where the prompt's bytes end in the joint encoding (no second encode); for a model whose pieces
     # do not account for the text byte for byte, the length of the prompt encoded alone.
-    split = tokenizer.split_point(ids[1:-1], prompt_text + target_text, prompt_text)
+    split = tokenizer.split_point(ids[1:-1], text, prompt_text)
     boundary = 1 + split if split is not None else len(tokenizer.encode(prompt_text, add_bos=True))
     boundary = min(boundary, len(ids) - 1)
   mask = np.zeros(len(ids), np.int32)
   mask[boundary:] = 1
-  return np.asarray(ids, np.int32), mask
+  return ids, mask

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-
 from typing import Any, Callable
-
-import grain
 
 from heal_jax.checkpoint import params_store
 from heal_jax.checkpoint.restore import WORKDIR_TOKENIZER
@@ -22,8 +19,8 @@ from heal_jax.data import pipeline, sources as sources_lib, synthetic, tokenizer
 @dataclasses.dataclass
 class RunData:
   """train/heldout: source name -> MapDataset of {"tokens", "loss_mask"}; counts: per-source reading counts."""
-  train: dict[str, grain.MapDataset]
-  heldout: dict[str, grain.MapDataset]
+  train: dict[str, pipeline.Source]
+  heldout: dict[str, pipeline.Source]
   tokenizer: tokenizer_lib.Tokenizer
   counts: dict[str, dict[str, int]]
 
@@ -66,18 +63,18 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
   for src in sources_lib.from_config(config.data.sources, workdir=str(workdir)):
     if config.data.prepared_dir:
       from heal_jax.data import prepare  # pylint: disable=import-outside-toplevel
-      ds = grain.MapDataset.source(prepare.open_prepared(resolve(config.data.prepared_dir, workdir), src.name))
+      ds = prepare.open_prepared(resolve(config.data.prepared_dir, workdir), src.name)
       counts[src.name] = {"examples": len(ds)}
     else:
       pairs, read_counts = sources_lib.load_texts(src, config.data.on_error)
-      ds = grain.MapDataset.source(pipeline.EncodedTexts(pairs, str(tok_dir)))
+      ds = pipeline.EncodedTexts(pairs, str(tok_dir))
       counts[src.name] = {**read_counts, "examples": len(pairs)}
     if holdout and len(ds) <= 2 * holdout:
       raise ValueError(f"source {src.name!r} has {len(ds)} examples: too few to hold out eval.holdout_examples="
                        f"{holdout} of them")
-    train[src.name] = ds[:len(ds) - holdout] if holdout else ds
+    train[src.name] = pipeline.Slice(ds, 0, len(ds) - holdout) if holdout else ds
     if holdout:
-      heldout[src.name] = ds[len(ds) - holdout:]
+      heldout[src.name] = pipeline.Slice(ds, len(ds) - holdout, len(ds))
   return RunData(train, heldout, tok, counts)
 
 

@@ -1,14 +1,13 @@
 """The Grain training pipeline: per-source shuffle -> weighted mix -> split -> pack -> batch -> shard.
 
-Each source is a random-access `grain.MapDataset` of encoded examples `{"tokens": int32[n],
+Each source is a random-access source (`Source`) of encoded examples `{"tokens": int32[n],
 "loss_mask": int32[n]}` (tokenized online from raw files, or read from `heal-jax data prepare`
 output). For one data shard:
 
-  source_i[shard::num_shards] -> shuffle(seed, reshuffled every epoch) -> repeat forever
-    -> split examples longer than seq_len into windows of seq_len that overlap by one token
-       (that token is context of the next window, a target of the previous one: every token is a
-       target exactly once, nothing is dropped)
-  -> mix the sources by weight (weights count examples after splitting)
+  `MixSplit`: source_i[shard::num_shards] read in a seeded order reshuffled every epoch, forever;
+     split examples longer than seq_len into windows of seq_len that overlap by one token (that
+     token is context of the next window, a target of the previous one: every token is a target
+     exactly once, nothing is dropped); mix the sources by weight (weights count windows)
   -> first-fit pack into the rows_per_shard rows of a batch, with segment ids (0 = padding) and
      positions restarting at 0 for each document (`PackBatch`).
 
@@ -23,12 +22,40 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import grain
 import numpy as np
 
+from heal_jax.data import examples
+
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask", "source")
+
+
+class Source(Protocol):
+  """A random-access source of encoded examples (Grain's RandomAccessDataSource protocol; a
+  `grain.MapDataset` is one too): source[i] = {"tokens": int[n], "loss_mask": int[n]}."""
+
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, index: int) -> Mapping[str, np.ndarray]: ...
+
+
+class Slice:
+  """source[start:stop] as a random-access source (picklable when the source is)."""
+
+  def __init__(self, source: Source, start: int, stop: int):
+    if not 0 <= start <= stop <= len(source):
+      raise ValueError(f"slice [{start}:{stop}] out of a source of {len(source)} examples")
+    self._source, self._start, self._stop = source, start, stop
+
+  def __len__(self) -> int:
+    return self._stop - self._start
+
+  def __getitem__(self, index: int) -> Mapping[str, np.ndarray]:
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of a slice of {len(self)} examples")
+    return self._source[self._start + index]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +68,6 @@ class PipelineSpec:
     every token after BOS a target (continued pretraining on instruction text as documents).
   seed: shuffle and packing seed. num_shards: shards S of every global batch.
   worker_count: Grain worker processes per host (0: in process).
-  read_threads: threads reading (and, online,
-    tokenizing) each source ahead of the packer (0: read on demand; fastest for prepared data).
   """
   seq_len: int
   global_batch: int
@@ -51,7 +76,6 @@ class PipelineSpec:
   seed: int = 0
   num_shards: int = 1
   worker_count: int = 0
-  read_threads: int = 0
 
   def __post_init__(self):
     if self.global_batch % self.num_shards:
@@ -77,30 +101,93 @@ def split_example(example: Mapping[str, np.ndarray], seq_len: int) -> list[dict[
   return windows
 
 
-class _Split(grain.experimental.FlatMapTransform):
-  """Grain flat-map wrapper of `split_example` (picklable for worker processes)."""
+class MixSplit(grain.IterDataset):
+  """One data shard's endless weighted mix of shuffled examples, each split to <= seq_len tokens.
 
-  def __init__(self, seq_len: int):
-    self.seq_len = seq_len
+  Fused in one iterator over the raw random-access sources (Grain's per-stage iterators, its
+  per-read stats and its per-index Feistel shuffle together cost more than tokenizing here). The
+  examples of source i read here are `sources[i][offset::stride]` (offset = shard, stride =
+  num_shards; Grain worker processes narrow them further through `set_slice`), epoch after epoch,
+  each epoch in the order of a permutation drawn from (seeds[i], epoch) and kept for that epoch
+  (4 bytes per example: 365 MB for C4's 365M documents in one process). Each example gets the
+  loss-mask policy, is split (`split_example`) and its windows are tagged with the source id. Mixing
+  is deterministic: the next window comes from the source with the fewest windows emitted per unit
+  of weight (ties to the lowest index), so every prefix of the stream is within one window per
+  source of the weights. Elements: {"tokens": int32[n], "loss_mask": int32[n], "source": int}.
+  State: per source, windows emitted, examples read, and windows already taken from the last one.
+  """
 
-  def flat_map(self, element):
-    return split_example(element, self.seq_len)
+  def __init__(self, sources: Sequence[Source], weights: Sequence[float], source_ids: Sequence[int],
+               seeds: Sequence[int], seq_len: int, keep_mask: bool, offset: int = 0, stride: int = 1):
+    super().__init__()
+    self.sources, self.weights, self.source_ids = list(sources), list(weights), list(source_ids)
+    self.seeds, self.seq_len, self.keep_mask = list(seeds), seq_len, keep_mask
+    self.offset, self.stride = offset, stride
+
+  def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+    """Reads only [sl] of this dataset's examples of every source (Grain's in-place slicing of a
+    worker process's copy)."""
+    if sequential_slice or sl.stop is not None or (sl.step or 1) < 1:
+      raise ValueError(f"MixSplit supports strided slices [start::step] only, got {sl} "
+                       f"(sequential={sequential_slice})")
+    self.offset += self.stride * (sl.start or 0)
+    self.stride *= sl.step or 1
+
+  def __iter__(self):
+    return _MixSplitIterator(self)
 
 
-class _Tag:
-  """Adds the per-token source index; optionally makes every token after BOS a target."""
+class _MixSplitIterator(grain.DatasetIterator):
 
-  def __init__(self, source_index: int, keep_mask: bool):
-    self.source_index = source_index
-    self.keep_mask = keep_mask
+  def __init__(self, ds: MixSplit):
+    super().__init__()
+    self._ds = ds
+    self._lengths = [len(range(ds.offset, len(s), ds.stride)) for s in ds.sources]
+    for i, n in enumerate(self._lengths):
+      if not n:
+        raise ValueError(f"source {ds.source_ids[i]} has {len(ds.sources[i])} examples: none for the reader "
+                         f"starting at example {ds.offset} with stride {ds.stride} (data shards x workers)")
+    n = len(ds.sources)
+    self._emitted, self._reads, self._taken = [0] * n, [0] * n, [0] * n
+    self._pending = [[] for _ in range(n)]
+    self._orders = [(-1, None)] * n  # per source: (epoch, its permutation)
 
-  def __call__(self, element):
+  def _windows(self, i: int, k: int) -> list[dict]:
+    ds = self._ds
+    epoch, j = divmod(k, self._lengths[i])
+    if self._orders[i][0] != epoch:
+      order = np.random.default_rng([ds.seeds[i], epoch]).permutation(self._lengths[i])
+      self._orders[i] = (epoch, order.astype(np.int32 if self._lengths[i] < 2**31 else np.int64))
+    element = ds.sources[i][ds.offset + ds.stride * int(self._orders[i][1][j])]
     tokens = np.asarray(element["tokens"], np.int32)
-    mask = np.asarray(element["loss_mask"], np.int32)
-    if not self.keep_mask:
-      mask = np.ones_like(mask)
+    if ds.keep_mask:
+      mask = np.asarray(element["loss_mask"], np.int32)
+    else:  # every token after BOS is a target
+      mask = np.ones(len(tokens), np.int32)
       mask[0] = 0
-    return {"tokens": tokens, "loss_mask": mask, "source": np.full(len(tokens), self.source_index, np.int32)}
+    windows = split_example({"tokens": tokens, "loss_mask": mask}, ds.seq_len)
+    for w in windows:
+      w["source"] = ds.source_ids[i]
+    return windows
+
+  def __next__(self) -> dict:
+    w = self._ds.weights
+    i = min(range(len(w)), key=lambda j: ((self._emitted[j] + 1) / w[j], j))
+    if not self._pending[i]:
+      self._pending[i] = self._windows(i, self._reads[i])
+      self._reads[i] += 1
+    window = self._pending[i].pop(0)
+    self._taken[i] = self._taken[i] + 1 if self._pending[i] else 0
+    self._emitted[i] += 1
+    return window
+
+  def get_state(self) -> dict:
+    return {"emitted": list(self._emitted), "reads": list(self._reads), "taken": list(self._taken)}
+
+  def set_state(self, state):
+    self._emitted, self._reads, self._taken = (list(state[k]) for k in ("emitted", "reads", "taken"))
+    self._pending = [self._windows(i, self._reads[i] - 1)[taken:] if taken else []
+                     for i, taken in enumerate(self._taken)]
 
 
 class PackBatch(grain.IterDataset):
@@ -136,20 +223,21 @@ class _PackBatchIterator(grain.DatasetIterator):
     shape = (self._rows, self._seq_len)
     self._batch = {k: np.zeros(shape, np.int32) for k in ("tokens", "segment_ids", "positions", "loss_mask")}
     self._batch["source"] = np.full(shape, -1, np.int32)
-    self._fill = np.zeros(self._rows, np.int64)
-    self._segments = np.zeros(self._rows, np.int32)
+    self._fill = [0] * self._rows
+    self._segments = [0] * self._rows
 
   def _place(self, element) -> bool:
     n = len(element["tokens"])
-    fits = np.flatnonzero(self._fill + n <= self._seq_len)
-    if not len(fits):
+    room = self._seq_len - n
+    r = next((r for r, fill in enumerate(self._fill) if fill <= room), None)
+    if r is None:
       return False
-    r, start = int(fits[0]), int(self._fill[fits[0]])
+    start = self._fill[r]
     self._segments[r] += 1
     b = self._batch
     b["tokens"][r, start:start + n] = element["tokens"]
     b["loss_mask"][r, start:start + n] = element["loss_mask"]
-    b["source"][r, start:start + n] = element["source"][0]
+    b["source"][r, start:start + n] = element["source"]
     b["segment_ids"][r, start:start + n] = self._segments[r]
     b["positions"][r, start:start + n] = np.arange(n, dtype=np.int32)
     self._fill[r] += n
@@ -195,24 +283,21 @@ class _PackBatchIterator(grain.DatasetIterator):
       self._placed += 1
 
 
-def shard_dataset(sources: Mapping[str, grain.MapDataset], source_names: list[str], spec: PipelineSpec,
+def shard_dataset(sources: Mapping[str, Source], source_names: list[str], spec: PipelineSpec,
                   shard: int) -> grain.IterDataset:
   """One shard's stream of batches [rows_per_shard, seq_len] (keys `BATCH_KEYS`)."""
-  parts = []
-  weights = []
+  parts, weights, ids = [], [], []
   for name, weight in spec.weights.items():
     if name not in sources:
       raise ValueError(f"mixture weight for unknown source {name!r}; sources: {sorted(sources)}")
-    ds = sources[name][shard::spec.num_shards]
-    if len(ds) == 0:
+    if len(sources[name]) <= shard:
       raise ValueError(f"source {name!r} has fewer examples ({len(sources[name])}) than data shards "
                        f"({spec.num_shards})")
-    ds = ds.shuffle(seed=spec.seed + 7919 * source_names.index(name)).repeat()
-    ds = ds.map(_Tag(source_names.index(name), spec.instruction_tuning))
-    read = grain.ReadOptions(num_threads=spec.read_threads, prefetch_buffer_size=4 * spec.read_threads)
-    parts.append(grain.experimental.FlatMapIterDataset(ds.to_iter_dataset(read), _Split(spec.seq_len)))
+    parts.append(sources[name])
     weights.append(float(weight))
-  mixed = grain.IterDataset.mix(parts, weights)
+    ids.append(source_names.index(name))
+  mixed = MixSplit(parts, weights, ids, [spec.seed + 7919 * i for i in ids], spec.seq_len,
+                   keep_mask=spec.instruction_tuning, offset=shard, stride=spec.num_shards)
   batched = PackBatch(mixed, spec.seq_len, spec.global_batch // spec.num_shards)
   if spec.worker_count > 0:
     from absl import flags  # pylint: disable=import-outside-toplevel
@@ -230,7 +315,7 @@ class BatchIterator:
   for padding).
   """
 
-  def __init__(self, sources: Mapping[str, grain.MapDataset], spec: PipelineSpec,
+  def __init__(self, sources: Mapping[str, Source], spec: PipelineSpec,
                process_index: int = 0, process_count: int = 1):
     if spec.num_shards % process_count:
       raise ValueError(f"data.num_shards={spec.num_shards} is not divisible by the process count {process_count}")
@@ -253,8 +338,11 @@ class BatchIterator:
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     if state["spec"] != _spec_key(self.spec):
-      raise ValueError("data iterator state belongs to a different pipeline spec: "
-                       f"saved {state['spec']}, now {_spec_key(self.spec)}")
+      saved, now = json.loads(state["spec"]), json.loads(_spec_key(self.spec))
+      changed = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}"
+                          for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+      raise ValueError(f"data iterator state belongs to a different pipeline ({changed}); the order of "
+                       "the data depends on these, so a run resumes only with the same ones")
     for s, it in zip(self.shards, self._iters):
       if str(s) not in state["shards"]:
         raise ValueError(f"data iterator state has no shard {s}")
@@ -262,9 +350,7 @@ class BatchIterator:
 
 
 def _spec_key(spec: PipelineSpec) -> str:
-  d = dataclasses.asdict(spec)
-  d.pop("worker_count")
-  d.pop("read_threads")
+  d = dataclasses.asdict(spec)  # worker_count too: each Grain worker reads its own slice of the data
   d["weights"] = sorted(d["weights"].items())
   return json.dumps(d, sort_keys=True)
 
@@ -287,7 +373,6 @@ class EncodedTexts:
     if self._tok is None:
       from heal_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
       self._tok = tokenizer_lib.Tokenizer(self._tokenizer_path)
-    from heal_jax.data import examples  # pylint: disable=import-outside-toplevel
     tokens, mask = examples.encode(self._tok, *self._pairs[index])
     return {"tokens": tokens, "loss_mask": mask}
 

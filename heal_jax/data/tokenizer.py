@@ -109,16 +109,16 @@ class Tokenizer:
     for byte (a normalizing model, an unknown piece), so the caller must find the split another way.
     """
     import numpy as np  # pylint: disable=import-outside-toplevel
-    lengths = self.piece_bytes()[np.asarray(ids, np.int64)]
-    if (lengths < 0).any():
+    lengths = self.piece_bytes().take(np.asarray(ids))
+    if not len(lengths):
       return None
     ends = np.cumsum(lengths)
-    n_text = len(text.encode("utf-8"))
-    dummy = int(ends[-1]) - n_text  # the "▁" sentencepiece puts in front (0 or 1 byte)
+    # An unknown piece counts -1 bytes for at least 1 of text, so with one the total falls short of
+    # the text by 2 or more and this check fails too.
+    dummy = int(ends[-1]) - len(text.encode("utf-8"))  # the "▁" sentencepiece puts in front (0 or 1 byte)
     if dummy not in (0, 1):
       return None
-    starts = ends - lengths - dummy
-    return int(np.searchsorted(starts, len(prefix.encode("utf-8")), side="left"))
+    return int(np.searchsorted(ends - lengths - dummy, len(prefix.encode("utf-8")), side="left"))
 
   def decode(self, ids: Sequence[int]) -> str:
     """Text of `ids`; BOS/EOS/unk control pieces decode to nothing, unk to " \u2047 "."""
