@@ -37,17 +37,19 @@ def xla_attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Arr
   return out_BxLxKxGxD.reshape(b, l, h, d).astype(q_BxLxHxD.dtype)
 
 
-def cached_attention(q_BxLxHxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxD: jax.Array,
+def cached_attention(q_BxLxHxD: jax.Array, k_BxKxDxS: jax.Array, v_BxKxSxD: jax.Array,
                      mask_BxLxS: jax.Array) -> jax.Array:
-  """`xla_attention` over a KV cache stored heads-major ([B, K, S, D], the decode layout).
+  """`xla_attention` over a KV cache stored heads-major, keys transposed (the decode layout).
 
-  Both products then have their batch axes (b, k) leading and need no transpose of the cache,
-  which would otherwise be copied whole at every decoding step. Returns [B, L, H, D] in q's dtype.
+  Both products then have their batch axes (b, k) leading and contract the cache along the axis a
+  matrix product wants (keys [B, K, D, S]: q @ k; values [B, K, S, D]: p @ v), so the cache is
+  never transposed, which would copy it whole at every decoding step. Returns [B, L, H, D] in q's
+  dtype.
   """
   b, l, h, d = q_BxLxHxD.shape
-  kv_heads = k_BxKxSxD.shape[1]
+  kv_heads = k_BxKxDxS.shape[1]
   q_BxKxGxLxD = q_BxLxHxD.reshape(b, l, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)
-  scores_BxKxGxLxS = jnp.einsum("bkgld,bksd->bkgls", q_BxKxGxLxD, k_BxKxSxD,
+  scores_BxKxGxLxS = jnp.einsum("bkgld,bkds->bkgls", q_BxKxGxLxD, k_BxKxDxS,
                                 preferred_element_type=jnp.float32) * (d ** -0.5)
   scores_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], scores_BxKxGxLxS, _NEG_INF)
   probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(v_BxKxSxD.dtype)

@@ -19,10 +19,13 @@ with a leading 'layers' axis):
 KV cache (inference only; see `init_cache`): an explicit pytree passed in and returned, never a
 flax collection. It mirrors the layer layout of the parameters:
 
-  layers_i/k, layers_i/v        [B, K, S, Dh] ('batch', 'kv_heads', 'cache_len', 'head_dim')
-  layers/k, layers/v            [N, B, K, S, Dh] with a leading 'layers' axis when scan_layers
+  layers_i/k                    [B, K, Dh, S] ('batch', 'kv_heads', 'head_dim', 'cache_len')
+  layers_i/v                    [B, K, S, Dh] ('batch', 'kv_heads', 'cache_len', 'head_dim')
+  layers/k, layers/v            the same with a leading 'layers' axis [N, ...] when scan_layers
 
-(heads-major, so that decoding reads the cache without transposing it).
+(heads-major, keys transposed: both attention products then read the cache in the layout a
+matrix product wants, so XLA neither transposes it nor copies it at every decoding step; with keys
+[.., S, Dh] XLA:CPU copied each layer's cache two to three times per step).
 
 Slot s of a row holds the key/value of the token written at cache index s; `cache_segment_ids_BxS`
 says which slots are real (1) or padding (0), and causality is by slot index.
@@ -42,7 +45,8 @@ from heal_jax.model import rope
 from heal_jax.model.config import ModelConfig
 
 _INIT = nn.initializers.normal(stddev=0.02)
-CACHE_AXES = ("batch", "kv_heads", "cache_len", "head_dim")
+CACHE_AXES = {"k": ("batch", "kv_heads", "head_dim", "cache_len"),
+              "v": ("batch", "kv_heads", "cache_len", "head_dim")}
 
 
 def _dtype(name: str) -> Any:
@@ -100,7 +104,7 @@ def _dense(features: Any, axis: Any, names: tuple[str, ...], cfg: ModelConfig, n
 class Attention(nn.Module):
   """Grouped-query self-attention with rotary embeddings.
 
-  With `cache` ({"k", "v"}: [B, K, S, Dh]) the new keys/values are written at slots
+  With `cache` ({"k": [B, K, Dh, S], "v": [B, K, S, Dh]}) the new keys/values are written at slots
   `cache_index + arange(L)`, the queries attend over all S slots (masked by `cache_segment_ids_BxS`
   and slot order, always on the 'xla' path) and (out, new_cache) is returned.
   """
@@ -125,11 +129,14 @@ class Attention(nn.Module):
           q_index_BxL=index_BxL, kv_index_BxS=index_BxL, impl=cfg.attention_impl, packed=self.packed)
       out_BxLxHxDh = checkpoint_name(out_BxLxHxDh, "attention_out")
       return wo(out_BxLxHxDh)
-    new_cache = {}
-    for name, new_BxLxKxDh in (("k", k_BxLxKxDh), ("v", v)):
-      cache_BxKxSxDh = jax.lax.dynamic_update_slice(
-          cache[name], new_BxLxKxDh.transpose(0, 2, 1, 3).astype(cache[name].dtype), (0, 0, cache_index, 0))
-      new_cache[name] = _constrain(cache_BxKxSxDh, CACHE_AXES)
+    new_cache = {
+        "k": _constrain(jax.lax.dynamic_update_slice(
+            cache["k"], k_BxLxKxDh.transpose(0, 2, 3, 1).astype(cache["k"].dtype), (0, 0, 0, cache_index)),
+            CACHE_AXES["k"]),
+        "v": _constrain(jax.lax.dynamic_update_slice(
+            cache["v"], v.transpose(0, 2, 1, 3).astype(cache["v"].dtype), (0, 0, cache_index, 0)),
+            CACHE_AXES["v"]),
+    }
     b, s = cache_segment_ids_BxS.shape
     mask_BxLxS = attention_lib.make_mask(
         segment_ids_BxL, cache_segment_ids_BxS, index_BxL,
@@ -275,21 +282,22 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> 
   shardings) to place it like the model.
   """
   dtype = _dtype(dtype or cfg.compute_dtype)
-  shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+  k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
+  v_shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
   if cfg.scan_layers:
-    shape = (cfg.num_layers,) + shape
-    return {"layers": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}}
-  return {f"layers_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    layers = (cfg.num_layers,)
+    return {"layers": {"k": jnp.zeros(layers + k_shape, dtype), "v": jnp.zeros(layers + v_shape, dtype)}}
+  return {f"layers_{i}": {"k": jnp.zeros(k_shape, dtype), "v": jnp.zeros(v_shape, dtype)}
           for i in range(cfg.num_layers)}
 
 
 def cache_logical_axes(cfg: ModelConfig) -> dict[str, Any]:
   """PartitionSpecs of logical names for the tree `init_cache(cfg, ...)` returns."""
+  lead = ("layers",) if cfg.scan_layers else ()
+  specs = {name: jax.sharding.PartitionSpec(*lead, *axes) for name, axes in CACHE_AXES.items()}
   if cfg.scan_layers:
-    spec = jax.sharding.PartitionSpec("layers", *CACHE_AXES)
-    return {"layers": {"k": spec, "v": spec}}
-  spec = jax.sharding.PartitionSpec(*CACHE_AXES)
-  return {f"layers_{i}": {"k": spec, "v": spec} for i in range(cfg.num_layers)}
+    return {"layers": dict(specs)}
+  return {f"layers_{i}": dict(specs) for i in range(cfg.num_layers)}
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array) -> Any:
