@@ -66,5 +66,4 @@ def test_smoke_run_writes_results_and_report(tmp_path, shared_data):
   for name in ("report.md", "README.md", "tiers.png", "tasks.png", "ablation.png", "loss.png"):
     assert (out / name).is_file(), name
   assert "general_only" in (out / "report.md").read_text()
-  print(f"smoke run: {elapsed:.1f} s")
-  assert elapsed < 180, f"the smoke run took {elapsed:.0f} s (about 60 s on an idle 2-core CPU)"
+  print(f"smoke run: {elapsed:.1f} s")  # about 60 s on an idle 2-core CPU; speed is not asserted
