@@ -1,7 +1,7 @@
 """Deterministic, rule-based extraction of atomic clinical facts from notes and conversations.
 
-No model and no network: regular expressions, fixed word lists and the Porter stemmer (from `nltk`, which
-`rouge-score` depends on). Everything here is a pure function of the text.
+No model and no network: regular expressions, fixed word lists (`heal_jax.eval.lexicon`) and the Porter stemmer
+(from `nltk`, which `rouge-score` depends on). Everything here is a pure function of the text.
 
 How a text becomes facts
 1. Units. A note is split into sentences at `.`/`!`/`?` followed by whitespace, at newlines and at bullets;
@@ -15,9 +15,10 @@ How a text becomes facts
    numeric dates `m/d/yy(yy)` -> `<month> <day> <yyyy>`; month names -> 3-letter forms; `1st`/`2nd` -> `1`/`2`;
    tokens are numbers (`7.3`, `120/80`), `%` (-> `percent`) or letter runs; spelled-out numbers -> digits
    ("twenty six" -> 26, "two thousand nine" -> 2009, "nineteen eighty four" -> 1984, ordinals after a month);
-   multi-word phrases -> one canonical form (`_PHRASES`: "high blood pressure" -> hypertension, "twice a day"
-   -> bid, "26 year old"/"age 26" -> `26 yo`, ...); single words -> canonical forms (`_WORDS`: abbreviations
-   such as htn, etoh, sob; lay and adjective forms such as renal -> kidney; brand -> generic drug names).
+   multi-word phrases -> one canonical form (`lexicon.PHRASES`: "high blood pressure" -> hypertension, "twice a
+   day" -> bid, "26 year old"/"age 26" -> `26 yo`, ...); single words -> canonical forms (`lexicon.WORDS`:
+   abbreviations such as htn, etoh, sob; lay and adjective forms such as renal -> kidney; brand -> generic drug
+   names).
 4. Content terms: the normalised tokens minus stop words, dialogue fillers, note boilerplate ("patient",
    "reports", "complains", "history", ...), negation cues and gender words; words are Porter-stemmed, numbers
    kept as written; runs of spelled-out letters are joined ("m g" -> mg).
@@ -52,187 +53,21 @@ import re
 
 from nltk.stem import porter
 
-
-def _set(words: str) -> frozenset[str]:
-  return frozenset(words.split())
+from heal_jax.eval import lexicon
 
 
-def _pairs(spec: str) -> dict[str, str]:
-  """'a=b; c d=e' -> {'a': 'b', 'c d': 'e'}; whitespace inside keys and values is normalised."""
-  out = {}
-  for entry in spec.split(";"):
-    if entry.strip():
-      key, value = entry.split("=")
-      out[" ".join(key.split())] = " ".join(value.split())
-  return out
-
-
-STOPWORDS = _set("""
-a about above after again against all am an and any anything are around as at be because been before being below
-between both but by can could did do does doing done down during each either else ever every few for from
-further had has have having here how i if in into is it its itself just me more most much my myself of off on
-once only or other others our out over own same so some something such than that the their theirs them then
-there these they this those through to too under until up upon very was we were what when where which while who
-whom why will with would you your yours yourself also already still really actually probably pretty maybe
-perhaps kind sort lot bit little thing things stuff um uh uhm hmm mm mhm huh oh ok okay yeah yes yep yup well
-like just guess think know get gets got getting go goes going gone gonna wanna let lets say says said tell told
-see saw seen come comes came want wanted need needed sure alright thank thanks hi hello bye good great patient
-patients pt report reports reported reporting complain complains complained complaining state states stated
-stating note notes noted mention mentions mentioned present presents presented history today currently current
-time per would will shall may might must should s t d ll ve re m dr doctor mr mrs ms miss sir madam he him his
-himself she her hers herself
-""")
-NEGATION_CUES = _set("no not denies deny denied denying without negative never none nor neither absent")
-_TERMINATORS = _set("but however although though whereas except")
-_AFFIRMING = _set("has have had reports reported endorses endorsed complains complained notes noted admits "
-                  "positive presents")
-_NO = _set("no nope nah never none negative")
-_MALE = _set("he him his himself male man gentleman boy mr sir")
-_FEMALE = _set("she her hers herself female woman lady girl mrs ms miss madam")
-_MALE_DESCRIPTORS = _set("male man gentleman mr")
-_FEMALE_DESCRIPTORS = _set("female woman lady mrs ms")
-_RELATIVES = _set("""
-mother mom father dad brother sister son daughter wife husband aunt uncle grandmother grandfather grandson
-granddaughter sibling siblings child children kid kids nephew niece cousin friend partner boyfriend girlfriend
-fiance roommate
-""")
-_LINKS = _set("of is was at")
-_SIDE_WORDS = {"left": frozenset({"left"}), "right": frozenset({"right"}),
-               "bilateral": frozenset({"left", "right"})}
-
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_MONTH_WORDS = {**{m: m for m in _MONTHS}, "january": "jan", "february": "feb", "march": "mar",
-                "april": "apr", "june": "jun", "july": "jul", "august": "aug", "september": "sep",
-                "sept": "sep", "october": "oct", "november": "nov", "december": "dec"}
-_ONES = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen "
-                                    "fourteen fifteen sixteen seventeen eighteen nineteen".split())}
-_TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
-_SCALES = {"hundred": 100, "thousand": 1000}
-_ORDINALS = {w: i for i, w in enumerate("first second third fourth fifth sixth seventh eighth ninth tenth eleventh "
-                                        "twelfth thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth "
-                                        "nineteenth".split(), 1)}
-_ORDINALS.update({"twentieth": 20, "thirtieth": 30})
-
-UNITS = _pairs("""
-mg=mg; milligram=mg; milligrams=mg; mcg=mcg; microgram=mcg; micrograms=mcg; g=g; gram=g; grams=g; kg=kg;
-kilogram=kg; kilograms=kg; kilo=kg; kilos=kg; lb=lb; lbs=lb; pound=lb; pounds=lb; oz=oz; ounce=oz; ounces=oz;
-ml=ml; cc=ml; milliliter=ml; milliliters=ml; liter=l; liters=l; cm=cm; centimeter=cm; centimeters=cm; mm=mm;
-millimeter=mm; millimeters=mm; inch=inch; inches=inch; percent=percent; mmhg=mmhg; bpm=bpm; unit=unit;
-units=unit; iu=unit; meq=meq; degree=degree; degrees=degree; year=year; years=year; month=month; months=month;
-week=week; weeks=week; day=day; days=day; hour=hour; hours=hour; minute=minute; minutes=minute; times=times;
-tablet=tablet; tablets=tablet; pill=tablet; pills=tablet; capsule=tablet; capsules=tablet; puff=puff;
-puffs=puff; pack=pack; packs=pack; drink=drink; drinks=drink; yo=yo
-""")
-
-# Multi-word phrases -> canonical text (applied longest first, after numbers are digits).
-_PHRASES = _pairs("""
-high blood pressure=hypertension; elevated blood pressure=hypertension; high cholesterol=hyperlipidemia; heart
-attack=myocardial infarction; shortness of breath=dyspnea; short of breath=dyspnea; trouble breathing=dyspnea;
-difficulty breathing=dyspnea; hard to breathe=dyspnea; throwing up=vomiting; threw up=vomiting; throw
-up=vomiting; loose stools=diarrhea; bowel movement=stool; bowel movements=stool; lack of energy=fatigue; no
-energy=fatigue; pins and needles=tingling; x ray=xray; x rays=xray; emergency room=emergency department; sugar
-diabetes=diabetes; birth control=contraceptive; once a day=daily; once daily=daily; every day=daily; 1 time a
-day=daily; twice a day=bid; twice daily=bid; 2 times a day=bid; 2 times daily=bid; three times a day=tid; 3
-times a day=tid; 3 times daily=tid; 4 times a day=qid; 4 times daily=qid; every night=nightly; at night=nightly;
-at bedtime=nightly; as needed=prn; when needed=prn; years old=yo; year old=yo; y o=yo; yr old=yo; years of
-age=yo; no known drug allergies=nkda; no known allergies=nkda; drug allergies=medication allergy; drug
-allergy=medication allergy; gastroesophageal reflux disease=reflux; gastroesophageal reflux=reflux; acid
-reflux=reflux
-""")
 _AGE_BEFORE = re.compile(r"\b(?:age|aged) (?:of )?(\d+)\b")
 _PER_DAY = re.compile(r"\b(\d+ [a-z]+) (?:a|per|each) day\b")
-_SLASHED = {"w/o": "without", "s/p": "status post", "h/o": "history of", "c/o": "complains of",
-            "n/v": "nausea vomiting", "f/u": "follow up", "r/o": "rule out"}
-_SLASHED_REGEX = re.compile(r"\b(" + "|".join(re.escape(k) for k in _SLASHED) + r")(?![a-z])")
-
-_WORDS = _pairs("""
-htn=hypertension; hld=hyperlipidemia; dm=diabetes; t2dm=diabetes; diabetic=diabetes; cad=coronary artery
-disease; chf=congestive heart failure; afib=atrial fibrillation; mi=myocardial infarction; cva=stroke;
-tia=transient ischemic attack; dvt=deep vein thrombosis; gerd=reflux; uti=urinary tract infection; uri=upper
-respiratory infection; sob=dyspnea; hx=history; pmh=past medical history; psh=surgical history; etoh=alcohol;
-alcoholic=alcohol; drinking=alcohol; drinker=alcohol; beer=alcohol; wine=alcohol; liquor=alcohol; tobacco=smoke;
-cigarette=smoke; cigarettes=smoke; smoker=smoke; smoking=smoke; smokes=smoke; smoked=smoke; cigar=smoke;
-cigars=smoke; nonsmoker=not smoke; nondrinker=not alcohol; bp=blood pressure; hr=heart rate; rr=respiratory
-rate; temp=temperature; wt=weight; dx=diagnosis; tx=treatment; rx=prescription; sx=symptoms; fx=fracture;
-qd=daily; qhs=nightly; po=oral; iv=intravenous; ed=emergency department; er=emergency department;
-ekg=electrocardiogram; ecg=electrocardiogram; cxr=chest xray; xrays=xray; radiograph=xray; wbc=white blood cell;
-hgb=hemoglobin; nkda=no medication allergy; w=with; abd=abdomen; abdominal=abdomen; belly=abdomen;
-tummy=abdomen; renal=kidney; cardiac=heart; pulmonary=lung; hepatic=liver; gastric=stomach; cerebral=brain;
-ocular=eye; cutaneous=skin; dermal=skin; osseous=bone; articular=joint; urinary=urine; urination=urine;
-urinate=urine; urinating=urine; pee=urine; peeing=urine; poop=stool; dizzy=dizziness; lightheaded=dizziness;
-lightheadedness=dizziness; visual=vision; visually=vision; tired=fatigue; fatigued=fatigue; exhausted=fatigue;
-febrile=fever; fevers=fever; itchy=itch; itching=itch; itchiness=itch; pruritus=itch; swollen=swelling;
-edema=swelling; painful=pain; hurts=pain; hurt=pain; hurting=pain; ache=pain; aches=pain; aching=pain;
-sore=pain; soreness=pain; tenderness=tender; nauseous=nausea; nauseated=nausea; diarrhoea=diarrhea;
-vomit=vomiting; vomited=vomiting; emesis=vomiting; carcinoma=cancer; malignancy=cancer; feet=foot; teeth=tooth;
-children=child; kids=child; kid=child; women=woman; men=man; mom=mother; dad=father; physician=doctor;
-medicine=medication; medicines=medication; meds=medication; operation=surgery; surgical=surgery;
-surgeries=surgery; operated=surgery; hospitalized=hospital; hospitalization=hospital; pregnant=pregnancy;
-allergic=allergy; asthmatic=asthma; hypertensive=hypertension; anemic=anemia; obese=obesity;
-depressed=depression; anxious=anxiety; infected=infection; infectious=infection; inflamed=inflammation;
-bleeding=bleed; bled=bleed; broken=fracture; fractured=fracture; marriage=married; jewellery=jewelry;
-nephrolithiasis=kidney stone; yrs=year; yr=year; mos=month; wks=week; wk=week; hrs=hour; min=minute;
-mins=minute; pk=pack
-""")
-
-# Drugs: canonical generic name per brand; generic names below and suffix-matched names map to themselves.
-_BRANDS = _pairs("""
-tylenol=acetaminophen; paracetamol=acetaminophen; advil=ibuprofen; motrin=ibuprofen; aleve=naproxen;
-naprosyn=naproxen; lasix=furosemide; coumadin=warfarin; glucophage=metformin; neurontin=gabapentin;
-lyrica=pregabalin; norvasc=amlodipine; zoloft=sertraline; prozac=fluoxetine; lexapro=escitalopram;
-celexa=citalopram; paxil=paroxetine; wellbutrin=bupropion; xanax=alprazolam; ativan=lorazepam; valium=diazepam;
-klonopin=clonazepam; ambien=zolpidem; zyrtec=cetirizine; claritin=loratadine; allegra=fexofenadine;
-benadryl=diphenhydramine; flonase=fluticasone; singulair=montelukast; ventolin=albuterol; proair=albuterol;
-synthroid=levothyroxine; lipitor=atorvastatin; zocor=simvastatin; crestor=rosuvastatin; nexium=esomeprazole;
-prilosec=omeprazole; protonix=pantoprazole; pepcid=famotidine; zantac=ranitidine; keflex=cephalexin;
-augmentin=amoxicillin; zithromax=azithromycin; cipro=ciprofloxacin; levaquin=levofloxacin; flagyl=metronidazole;
-diflucan=fluconazole; valtrex=valacyclovir; flomax=tamsulosin; toprol=metoprolol; lopressor=metoprolol;
-coreg=carvedilol; aldactone=spironolactone; hctz=hydrochlorothiazide; accutane=isotretinoin; daypro=oxaprozin;
-mobic=meloxicam; celebrex=celecoxib; toradol=ketorolac; flexeril=cyclobenzaprine; zofran=ondansetron;
-imitrex=sumatriptan; topamax=topiramate; keppra=levetiracetam; dilantin=phenytoin; tegretol=carbamazepine;
-lamictal=lamotrigine; seroquel=quetiapine; abilify=aripiprazole; risperdal=risperidone; haldol=haloperidol;
-lovenox=enoxaparin; plavix=clopidogrel; eliquis=apixaban; xarelto=rivaroxaban; vicodin=hydrocodone;
-norco=hydrocodone; percocet=oxycodone; oxycontin=oxycodone; ozempic=semaglutide; lantus=insulin;
-humalog=insulin; novolog=insulin; epipen=epinephrine; narcan=naloxone; bactrim=sulfamethoxazole;
-humira=adalimumab; plaquenil=hydroxychloroquine; medrol=methylprednisolone; robaxin=methocarbamol;
-phenergan=promethazine; reglan=metoclopramide; suboxone=buprenorphine; adderall=amphetamine;
-ritalin=methylphenidate; viagra=sildenafil; cialis=tadalafil; jardiance=empagliflozin; farxiga=dapagliflozin;
-januvia=sitagliptin; trulicity=dulaglutide
-""")
-_GENERICS = _set("""
-aspirin acetaminophen ibuprofen naproxen insulin metformin prednisone prednisolone methadone morphine oxycodone
-hydrocodone tramadol gabapentin pregabalin warfarin heparin digoxin amiodarone nitroglycerin colchicine
-allopurinol methotrexate lithium levothyroxine spironolactone finasteride tamsulosin isotretinoin tretinoin
-melatonin epinephrine naloxone fentanyl codeine buprenorphine ketamine cocaine heroin methamphetamine marijuana
-cannabis nicotine clonidine hydralazine furosemide bumetanide torsemide hydrochlorothiazide chlorthalidone
-amlodipine nifedipine diltiazem verapamil sertraline fluoxetine citalopram escitalopram paroxetine bupropion
-trazodone mirtazapine venlafaxine duloxetine amitriptyline nortriptyline quetiapine olanzapine aripiprazole
-risperidone haloperidol zolpidem diphenhydramine cetirizine loratadine fexofenadine albuterol fluticasone
-budesonide montelukast ondansetron promethazine metoclopramide sumatriptan topiramate levetiracetam phenytoin
-carbamazepine lamotrigine valproate doxycycline penicillin vancomycin cephalexin ceftriaxone nitrofurantoin
-sulfamethoxazole clindamycin acyclovir valacyclovir oseltamivir adalimumab infliximab steroid steroids cortisone
-hydrocortisone dexamethasone triamcinolone
-""")
-_DRUG_SUFFIXES = ("pril", "sartan", "olol", "ilol", "alol", "dipine", "statin", "prazole", "tidine", "cillin",
-                  "mycin", "micin", "cycline", "floxacin", "conazole", "nidazole", "triptan", "zepam", "zolam",
-                  "profen", "coxib", "fenac", "semide", "thiazide", "formin", "gliptin", "glitazone",
-                  "gliflozin", "glutide", "parin", "xaban", "gatran", "grel", "umab", "imab", "tinib", "ciclovir",
-                  "cyclovir", "terol", "tropium", "lukast", "oxetine", "traline", "pramine", "triptyline",
-                  "azepine", "piprazole", "peridol", "iapine", "anzapine", "eridone", "faxine", "dronate",
-                  "olone", "isone", "asone", "codone", "morphone", "caine", "barbital", "tretin", "thyroxine")
-_NOT_DRUGS = _set("cholesterol supine spine alpine")
-
+_SLASHED_REGEX = re.compile(r"\b(" + "|".join(re.escape(k) for k in lexicon.SLASHED) + r")(?![a-z])")
 _TOKEN = re.compile(r"\d0s\b|\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|%|[a-z]+|[,;:()]")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\s*\n\s*|\s*[\u2022\u00b7\u25aa\u25cf]\s*")
 _HEADER_LINE = re.compile(r"[A-Z][A-Z &/()-]{0,60}:?")  # "HISTORY OF PRESENT ILLNESS", "CC:", "PLAN"
-_SECTION_WORDS = _set("results plan vitals exam examination assessment impression instructions medications "
-                      "allergies procedure procedures orders subjective objective labs imaging findings history")
 _LIST_MARKER = re.compile(r"^\s*\(?\d{1,2}[.)](?!\d)\s*")
 _CLAUSE_SPLIT = re.compile(r"[,;]\s+|(?<=[A-Za-z]{3})/(?=[A-Za-z]{3})|"
                            r"\s+(?=(?:but|however|although|though|whereas|except)\b)", re.IGNORECASE)
 _DATE = re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})\b")
 _TURN = re.compile(r"^\s*(?:\[([^\]\n]{1,30})\]|([A-Za-z][A-Za-z_ ]{0,29}):)[ \t]*", re.MULTILINE)
-_PHRASE_REGEX = re.compile(r"\b(" + "|".join(re.escape(p) for p in sorted(_PHRASES, key=len, reverse=True))
+_PHRASE_REGEX = re.compile(r"\b(" + "|".join(re.escape(p) for p in sorted(lexicon.PHRASES, key=len, reverse=True))
                            + r")\b")
 _STEMMER = porter.PorterStemmer()
 # A turn that opens with a yes/no word standing alone ("No.", "Yeah, ...", "Um, nope"), not "No cesarean".
@@ -276,12 +111,12 @@ def _date(m: re.Match[str]) -> str:
     return m.group(0)
   if len(year) == 2:
     year = ("20" if int(year) <= 30 else "19") + year
-  return f"{_MONTHS[month - 1]} {day} {year}"
+  return f"{lexicon.MONTHS[month - 1]} {day} {year}"
 
 
 def _number_value(words: list[str]) -> list[int]:
   """Values of a run of number words: 'twenty six' -> [26], 'nineteen eighty four' -> [1984]."""
-  if any(w in _SCALES for w in words):
+  if any(w in lexicon.SCALES for w in words):
     total, current = 0, 0
     for w in words:
       if w == "hundred":
@@ -289,17 +124,18 @@ def _number_value(words: list[str]) -> list[int]:
       elif w == "thousand":
         total, current = total + max(current, 1) * 1000, 0
       else:
-        current += _ONES.get(w, 0) + _TENS.get(w, 0)
+        current += lexicon.ONES.get(w, 0) + lexicon.TENS.get(w, 0)
     return [total + current]
   chunks: list[int] = []
   last_tens = False
   for w in words:  # a tens word absorbs the following one-digit word
-    if w in _ONES and chunks and chunks[-1] % 10 == 0 and chunks[-1] >= 20 and _ONES[w] < 10 and last_tens:
-      chunks[-1] += _ONES[w]
+    if (w in lexicon.ONES and chunks and chunks[-1] % 10 == 0 and chunks[-1] >= 20 and lexicon.ONES[w] < 10
+        and last_tens):
+      chunks[-1] += lexicon.ONES[w]
       last_tens = False
       continue
-    chunks.append(_ONES.get(w, _TENS.get(w, 0)))
-    last_tens = w in _TENS
+    chunks.append(lexicon.ONES.get(w, lexicon.TENS.get(w, 0)))
+    last_tens = w in lexicon.TENS
   if len(chunks) == 2 and chunks[0] >= 10 and chunks[1] >= 10:
     return [chunks[0] * 100 + chunks[1]]  # years read in pairs
   return chunks
@@ -311,20 +147,21 @@ def _numbers(tokens: list[str]) -> list[str]:
   i = 0
   while i < len(tokens):
     t = tokens[i]
-    if out and out[-1] in _MONTHS and (t in _ORDINALS or (t in _TENS and i + 1 < len(tokens)
-                                                          and tokens[i + 1] in _ORDINALS)):
-      if t in _TENS:
-        out.append(str(_TENS[t] + _ORDINALS[tokens[i + 1]]))
+    if out and out[-1] in lexicon.MONTHS and (t in lexicon.ORDINALS or (
+        t in lexicon.TENS and i + 1 < len(tokens) and tokens[i + 1] in lexicon.ORDINALS)):
+      if t in lexicon.TENS:
+        out.append(str(lexicon.TENS[t] + lexicon.ORDINALS[tokens[i + 1]]))
         i += 2
       else:
-        out.append(str(_ORDINALS[t]))
+        out.append(str(lexicon.ORDINALS[t]))
         i += 1
       continue
-    if t in _ONES or t in _TENS:
+    if t in lexicon.ONES or t in lexicon.TENS:
       j = i
-      while j < len(tokens) and (tokens[j] in _ONES or tokens[j] in _TENS or tokens[j] in _SCALES or (
-          tokens[j] == "and" and j > i and tokens[j - 1] in _SCALES and j + 1 < len(tokens)
-          and (tokens[j + 1] in _ONES or tokens[j + 1] in _TENS))):
+      while j < len(tokens) and (
+          tokens[j] in lexicon.ONES or tokens[j] in lexicon.TENS or tokens[j] in lexicon.SCALES or (
+          tokens[j] == "and" and j > i and tokens[j - 1] in lexicon.SCALES and j + 1 < len(tokens)
+          and (tokens[j + 1] in lexicon.ONES or tokens[j + 1] in lexicon.TENS))):
         j += 1
       out.extend(str(v) for v in _number_value([w for w in tokens[i:j] if w != "and"]))
       i = j
@@ -363,36 +200,37 @@ def normalize(text: str) -> list[str]:
   text = re.sub(r"n't\b", " not", text)
   text = re.sub(r"'(s|re|ve|ll|d|m)\b", "", text)
   text = re.sub(r"\bnon-(?=[a-z])", "not ", text)
-  text = _SLASHED_REGEX.sub(lambda m: f" {_SLASHED[m.group(1)]} ", text)
+  text = _SLASHED_REGEX.sub(lambda m: f" {lexicon.SLASHED[m.group(1)]} ", text)
   text = re.sub(r"\b(?:[a-z]\.){2,}", lambda m: m.group(0).replace(".", ""), text)
   text = _DATE.sub(_date, text)
   text = re.sub(r"'(\d\d)\b", lambda m: ("20" if int(m.group(1)) <= 30 else "19") + m.group(1), text)
   text = re.sub(r"\b(\d+)(st|nd|rd|th)\b", r"\1", text)
-  tokens = ["percent" if t == "%" else _MONTH_WORDS.get(t, t) for t in _join_letters(_TOKEN.findall(text))]
+  tokens = ["percent" if t == "%" else lexicon.MONTH_WORDS.get(t, t) for t in _join_letters(_TOKEN.findall(text))]
   tokens = [_canonical_number(t) for t in _numbers(tokens) if t not in ",;:()"]
-  joined = _PHRASE_REGEX.sub(lambda m: _PHRASES[m.group(1)], " ".join(tokens))
+  joined = _PHRASE_REGEX.sub(lambda m: lexicon.PHRASES[m.group(1)], " ".join(tokens))
   joined = _PER_DAY.sub(r"\1 daily", _AGE_BEFORE.sub(r"\1 yo", joined))
   out: list[str] = []
   for t in joined.split():
-    out.extend(_WORDS.get(t, t).split())
-  return [_BRANDS.get(t, t) for t in out]
+    out.extend(lexicon.WORDS.get(t, t).split())
+  return [lexicon.BRANDS.get(t, t) for t in out]
 
 
 def is_drug(token: str) -> bool:
   """Whether a canonical token names a drug (list or generic-name suffix)."""
-  if token in _GENERICS or token in _BRANDS.values():
+  if token in lexicon.GENERICS or token in lexicon.BRANDS.values():
     return True
-  return len(token) >= 6 and token not in _NOT_DRUGS and token.endswith(_DRUG_SUFFIXES)
+  return len(token) >= 6 and token not in lexicon.NOT_DRUGS and token.endswith(lexicon.DRUG_SUFFIXES)
 
 
 def content_terms(tokens: list[str]) -> frozenset[str]:
   """Stemmed content terms of canonical tokens."""
-  return frozenset(stem(t) for t in tokens if t not in STOPWORDS and t not in NEGATION_CUES
-                   and t not in _MALE and t not in _FEMALE and (len(t) > 1 or t.isdigit()))
+  return frozenset(stem(t) for t in tokens if t not in lexicon.STOPWORDS and t not in lexicon.NEGATION_CUES
+                   and t not in lexicon.MALE and t not in lexicon.FEMALE and (len(t) > 1 or t.isdigit()))
 
 
 def _is_content(t: str) -> bool:
-  return t not in STOPWORDS and t not in NEGATION_CUES and not t[0].isdigit() and t not in UNITS
+  return (t not in lexicon.STOPWORDS and t not in lexicon.NEGATION_CUES and not t[0].isdigit()
+          and t not in lexicon.UNITS)
 
 
 def _quantities(tokens: list[str]) -> tuple[tuple[str, str | None, str | None], ...]:
@@ -400,8 +238,8 @@ def _quantities(tokens: list[str]) -> tuple[tuple[str, str | None, str | None], 
   for i, t in enumerate(tokens):
     if not t[0].isdigit():
       continue
-    unit = UNITS.get(tokens[i + 1]) if i + 1 < len(tokens) else None
-    window = 3 if unit else 2 if i >= 2 and tokens[i - 1] in _LINKS else 1
+    unit = lexicon.UNITS.get(tokens[i + 1]) if i + 1 < len(tokens) else None
+    window = 3 if unit else 2 if i >= 2 and tokens[i - 1] in lexicon.LINKS else 1
     anchor = next((stem(tokens[j]) for j in range(i - 1, max(i - 1 - window, -1), -1) if _is_content(tokens[j])),
                   None)
     out.append((t, unit, anchor))
@@ -411,17 +249,18 @@ def _quantities(tokens: list[str]) -> tuple[tuple[str, str | None, str | None], 
 def _sides(tokens: list[str]) -> tuple[tuple[frozenset[str], frozenset[str]], ...]:
   out = []
   for i, t in enumerate(tokens):
-    if t in _SIDE_WORDS:
-      anchor = frozenset(stem(w) for w in tokens[i + 1:i + 3] if _is_content(w) and w not in _SIDE_WORDS)
+    if t in lexicon.SIDE_WORDS:
+      anchor = frozenset(stem(w) for w in tokens[i + 1:i + 3] if _is_content(w) and w not in lexicon.SIDE_WORDS)
       if anchor:
-        out.append((_SIDE_WORDS[t], anchor))
+        out.append((lexicon.SIDE_WORDS[t], anchor))
   return tuple(out)
 
 
 def _gender(tokens: list[str]) -> str | None:
   """Patient gender a clause states; words after a relative ("mother ... her") describe the relative."""
-  relative = next((i for i, t in enumerate(tokens) if t in _RELATIVES), len(tokens))
-  found = {"male" for t in tokens[:relative] if t in _MALE} | {"female" for t in tokens[:relative] if t in _FEMALE}
+  relative = next((i for i, t in enumerate(tokens) if t in lexicon.RELATIVES), len(tokens))
+  found = ({"male" for t in tokens[:relative] if t in lexicon.MALE}
+           | {"female" for t in tokens[:relative] if t in lexicon.FEMALE})
   return found.pop() if len(found) == 1 else None
 
 
@@ -437,7 +276,7 @@ def sentences(text: str) -> list[str]:
   out = []
   for s in _SENTENCE_SPLIT.split(text):
     s = _LIST_MARKER.sub("", s).strip()
-    header = _HEADER_LINE.fullmatch(s) and (s.endswith(":") or " " in s or s.lower() in _SECTION_WORDS)
+    header = _HEADER_LINE.fullmatch(s) and (s.endswith(":") or " " in s or s.lower() in lexicon.SECTION_WORDS)
     if s and re.search(r"[A-Za-z0-9]", s) and not header:
       out.append(s)
   return out
@@ -447,7 +286,7 @@ def _split_at_negation(tokens: list[str]) -> list[list[str]]:
   """Splits before a negation cue that follows content words ("pain without radiation")."""
   parts, start = [], 0
   for i, t in enumerate(tokens):
-    if t in NEGATION_CUES and any(_is_content(x) or x[0].isdigit() for x in tokens[start:i]):
+    if t in lexicon.NEGATION_CUES and any(_is_content(x) or x[0].isdigit() for x in tokens[start:i]):
       parts.append(tokens[start:i])
       start = i
   return parts + [tokens[start:]]
@@ -462,9 +301,9 @@ def _sentence_facts(sentence: str, unit: int, polarity: bool | None = None) -> l
       terms = content_terms(tokens)
       if not terms:
         continue
-      if tokens[0] in _TERMINATORS or any(t in _AFFIRMING for t in tokens):
+      if tokens[0] in lexicon.TERMINATORS or any(t in lexicon.AFFIRMING for t in tokens):
         carried = False
-      cue = next((i for i, t in enumerate(tokens) if t in NEGATION_CUES), None)
+      cue = next((i for i, t in enumerate(tokens) if t in lexicon.NEGATION_CUES), None)
       negated = carried or cue is not None
       if cue is not None:  # only a leading cue ("denies X, Y") carries over to the next clauses
         carried = not any(_is_content(t) for t in tokens[:cue])
@@ -484,7 +323,7 @@ def note_facts(text: str) -> Document:
     facts.extend(_sentence_facts(s, i))
     units.append(content_terms(normalize(s)))
   tokens = normalize(text)
-  return Document(tuple(facts), tuple(units), _majority_gender(tokens, _MALE, _FEMALE))
+  return Document(tuple(facts), tuple(units), _majority_gender(tokens, lexicon.MALE, lexicon.FEMALE))
 
 
 def turns(text: str) -> list[tuple[str, str]]:
@@ -502,7 +341,7 @@ def turns(text: str) -> list[tuple[str, str]]:
 def _answer(text: str) -> bool | None:
   """True/False when a turn opens with a yes/no word standing alone (after fillers), else None."""
   m = _ANSWER.match(text)
-  return None if m is None else m.group(1).lower() not in _NO
+  return None if m is None else m.group(1).lower() not in lexicon.NO_WORDS
 
 
 def _strip_answer_word(text: str) -> str:
@@ -524,5 +363,5 @@ def conversation_facts(text: str) -> Document:
       facts.extend(_sentence_facts(s, i, answer if is_last_question else None))
     unit_terms.append(content_terms(normalize(turn)))
   units = tuple(frozenset().union(*unit_terms[max(i - 2, 0):i + 1]) for i in range(len(unit_terms)))
-  gender = _majority_gender(normalize(text), _MALE_DESCRIPTORS, _FEMALE_DESCRIPTORS)
+  gender = _majority_gender(normalize(text), lexicon.MALE_DESCRIPTORS, lexicon.FEMALE_DESCRIPTORS)
   return Document(tuple(facts), units, gender)
