@@ -179,6 +179,21 @@ def test_init_from_a_work_directory(data_root, tmp_path):
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def test_init_from_an_hf_directory(data_root, tmp_path, capsys):
+  """A run initialised from an HF export (read block by block, train.init.from_hf) starts from it."""
+  from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
+  first = tmp_path / "first"
+  loop.train(train_helpers.load(data_root, 4), first)
+  hf_convert.orbax_to_hf(first, tmp_path / "hf", dtype="float32")
+  config = train_helpers.load(data_root, 1, (f"--config.init_from={tmp_path / 'hf'}",
+                                             "--config.phases.pretrain.peak_lr=0.0"))
+  capsys.readouterr()
+  loop.train(config, tmp_path / "second")
+  assert f"from HF {tmp_path / 'hf'}" in capsys.readouterr().err
+  a, b = restore.load_model(first).params, restore.load_model(tmp_path / "second").params
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def test_pubmedqa_accuracy_is_an_eval_hook(data_root, tmp_path, shared_data):
   """config.eval.tasks runs the harness scorer at every evaluation and logs acc and acc_norm."""
   from heal_jax.eval import loglik  # pylint: disable=import-outside-toplevel

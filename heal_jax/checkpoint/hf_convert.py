@@ -32,7 +32,8 @@ class SourceTensor:
   dtype: np.dtype
   shape: tuple[int, ...]
   where: str  # file it comes from, for messages
-  load: Callable[[], np.ndarray]
+  load: Callable[[], np.ndarray]  # the whole tensor, read into memory
+  view: Callable[[], np.ndarray]  # the tensor unread (memory-mapped): slicing it reads the slice
 
 
 @dataclasses.dataclass
@@ -60,7 +61,8 @@ def _safetensors_sources(files: list[pathlib.Path]) -> dict[str, SourceTensor]:
       if name in out:
         raise CheckpointError(f"tensor {name} appears in both {out[name].where} and {f}")
       out[name] = SourceTensor(name, info.dtype, info.shape, str(f),
-                               lambda info=info: safetensors_io.read_tensor(info))
+                               lambda info=info: safetensors_io.read_tensor(info),
+                               lambda info=info: safetensors_io.map_tensor(info))
   return out
 
 
@@ -81,7 +83,9 @@ def _pickle_sources(files: list[pathlib.Path]) -> dict[str, SourceTensor]:
     state = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
     for name, t in state.items():
       dtype = np.dtype(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16 else to_numpy(t[:0]).dtype
-      out[name] = SourceTensor(name, dtype, tuple(t.shape), str(f), lambda t=t: to_numpy(t))
+      # torch.load(mmap=True) maps the file: the numpy view of a tensor is unread until sliced
+      out[name] = SourceTensor(name, dtype, tuple(t.shape), str(f), lambda t=t: np.array(to_numpy(t)),
+                               lambda t=t: to_numpy(t))
   return out
 
 

@@ -9,7 +9,7 @@ a model with `scan_layers`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -20,35 +20,41 @@ ParamPath = tuple[str, ...]
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
-  """One tensor: its HF name, our path, both shapes and the two layout transforms."""
+  """One tensor: its HF name, our path and both shapes.
+
+  transposed: HF [out, in] <-> ours [in, *out] (linear layers: out split into heads for q/k/v; for the
+  attention output projection in = heads x head_dim) by a transpose plus reshape; else identical.
+  """
   hf_name: str
   path: ParamPath
   hf_shape: tuple[int, ...]
   shape: tuple[int, ...]
-  to_ours: Callable[[np.ndarray], np.ndarray]
-  to_hf: Callable[[np.ndarray], np.ndarray]
+  transposed: bool
+
+  def view_ours(self, w: np.ndarray) -> np.ndarray:
+    """`w` (HF layout) in our layout, as a strided view of it (no copy), so that slicing the view
+    reads only the slice: of a memory-mapped tensor, only the bytes of that slice."""
+    return w.T.reshape(self.shape) if self.transposed else w
+
+  def to_ours(self, w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(self.view_ours(w))
+
+  def to_hf(self, w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.reshape(self.hf_shape[::-1]).T) if self.transposed else np.asarray(w)
 
 
 def _linear(hf_name: str, path: ParamPath, in_dim: int, out_shape: tuple[int, ...]) -> TensorSpec:
   """HF [prod(out), in] <-> ours [in, *out]."""
-  out = int(np.prod(out_shape))
-  return TensorSpec(
-      hf_name, path, (out, in_dim), (in_dim, *out_shape),
-      to_ours=lambda w: np.ascontiguousarray(w.T).reshape(in_dim, *out_shape),
-      to_hf=lambda w: np.ascontiguousarray(w.reshape(in_dim, out).T))
+  return TensorSpec(hf_name, path, (int(np.prod(out_shape)), in_dim), (in_dim, *out_shape), transposed=True)
 
 
 def _out_proj(hf_name: str, path: ParamPath, in_shape: tuple[int, ...], out_dim: int) -> TensorSpec:
   """HF [out, prod(in)] <-> ours [*in, out] (the attention output projection)."""
-  n_in = int(np.prod(in_shape))
-  return TensorSpec(
-      hf_name, path, (out_dim, n_in), (*in_shape, out_dim),
-      to_ours=lambda w: np.ascontiguousarray(w.T).reshape(*in_shape, out_dim),
-      to_hf=lambda w: np.ascontiguousarray(w.reshape(n_in, out_dim).T))
+  return TensorSpec(hf_name, path, (out_dim, int(np.prod(in_shape))), (*in_shape, out_dim), transposed=True)
 
 
 def _same(hf_name: str, path: ParamPath, shape: tuple[int, ...]) -> TensorSpec:
-  return TensorSpec(hf_name, path, shape, shape, to_ours=np.asarray, to_hf=np.asarray)
+  return TensorSpec(hf_name, path, shape, shape, transposed=False)
 
 
 def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:

@@ -2,9 +2,11 @@
 
 The format is an 8-byte little-endian header length, a JSON header mapping each tensor name to
 `{"dtype", "shape", "data_offsets": [begin, end]}` (offsets relative to the end of the header),
-then the raw little-endian data. We read tensors with plain `seek`/`read` (no mmap), so the
-resident memory is what the caller holds, and validate every header against the file size
-before any tensor is read, so a truncated file is found before anything is written.
+then the raw little-endian data. Converters read tensors with plain `seek`/`read` (no mmap), so
+the resident memory is what the caller holds; a training process initialising from HF maps each
+tensor (`map_tensor`) and reads only the slices its devices hold. Every header is validated
+against the file size before any tensor is read, so a truncated file is found before anything is
+written.
 """
 
 from __future__ import annotations
@@ -101,6 +103,11 @@ def read_tensor(info: TensorInfo, f: BinaryIO | None = None) -> np.ndarray:
     if own:
       f.close()
   return np.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
+
+
+def map_tensor(info: TensorInfo) -> np.ndarray:
+  """A read-only memory map of one tensor: indexing it reads only the pages the index touches."""
+  return np.memmap(info.file, dtype=info.dtype, mode="r", offset=info.offset, shape=info.shape)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,18 +35,48 @@ def _place(params_np: dict[str, Any], shardings: Any, dtype: str) -> Any:
   return jax.tree.map(put, params_np, shardings)
 
 
+class _Slices:
+  """One parameter of ours read from memory-mapped HF tensors: `read(index)` reads just that block.
+
+  views: our-layout views (`TensorSpec.view_ours`) of the tensor, or of each layer's tensor when the
+  model scans its layers (then the parameter has a leading layer axis).
+  """
+
+  def __init__(self, views: list[np.ndarray], stacked: bool):
+    self.views, self.stacked = views, stacked
+    self.shape = ((len(views),) if stacked else ()) + views[0].shape
+
+  def read(self, index: tuple[slice, ...]) -> np.ndarray:
+    if not self.stacked:
+      return self.views[0][index]
+    return np.stack([v[index[1:]] for v in self.views[index[0]]])
+
+
 def from_hf(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any:
-  """Reads an HF LLaMA directory tensor by tensor into sharded arrays (validated like the converter)."""
+  """Reads an HF LLaMA directory (validated like the converter) into sharded arrays.
+
+  Each process reads only the blocks its own devices hold: every tensor is memory-mapped and each
+  device's block is sliced out of a strided view in our layout, cast to param_dtype and placed, so
+  host memory holds one block at a time, never the model (a replicated parameter's block is the
+  whole tensor). Pickle (.bin) weights are refused here as in `open_hf`; convert them first.
+  """
   from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
   ckpt = hf_convert.open_hf(path)
   hf_convert.validate(ckpt)
   check_compatible(cfg, ckpt.cfg, str(path))
-  params: dict[str, Any] = {}
+  views: dict[str, Any] = {}
   for spec in hf_mapping.tensor_specs(ckpt.cfg):
-    hf_mapping.set_path(params, spec.path, spec.to_ours(ckpt.tensors[spec.hf_name].load()).astype(cfg.param_dtype))
+    hf_mapping.set_path(views, spec.path, spec.view_ours(ckpt.tensors[spec.hf_name].view()))
   if cfg.scan_layers:
-    params = jax.tree.map(np.asarray, hf_mapping.stack_layers(params, cfg.num_layers))
-  return _place(params, shardings, cfg.param_dtype)
+    per_layer = [views.pop(f"layers_{i}") for i in range(cfg.num_layers)]
+    views["layers"] = jax.tree.map(lambda *vs: _Slices(list(vs), stacked=True), *per_layer)
+  sources = jax.tree.map(lambda v: v if isinstance(v, _Slices) else _Slices([v], stacked=False), views,
+                         is_leaf=lambda v: isinstance(v, _Slices))
+
+  def put(source: _Slices, sharding):
+    return jax.make_array_from_callback(
+        source.shape, sharding, lambda index: np.ascontiguousarray(source.read(index), dtype=cfg.param_dtype))
+  return jax.tree.map(put, sources, shardings, is_leaf=lambda v: isinstance(v, _Slices))
 
 
 def from_checkpoint(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any:

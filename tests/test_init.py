@@ -1,0 +1,96 @@
+"""train/init: parameters straight from an HF directory, each device reading only its block."""
+
+import dataclasses
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from heal_jax.checkpoint import hf_convert, hf_mapping, random_init, safetensors_io
+from heal_jax.model.config import ModelConfig
+from heal_jax.parallel import mesh as mesh_lib
+from heal_jax.train import init, state as state_lib
+
+CFG = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                  max_position_embeddings=64, param_dtype="float32")
+
+
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def hf_dir(request, tmp_path_factory):
+  """An HF export of a random checkpoint stored in `param` dtype, and that checkpoint's tensors in HF layout."""
+  tmp = tmp_path_factory.mktemp(request.param)
+  cfg = dataclasses.replace(CFG, param_dtype=request.param)
+  random_init.write_random_checkpoint(cfg, tmp / "ck", seed=3)
+  hf_convert.orbax_to_hf(tmp / "ck", tmp / "hf")
+  ckpt = hf_convert.open_hf(tmp / "hf")
+  return tmp / "hf", {name: t.load() for name, t in ckpt.tensors.items()}
+
+
+def _expected(tensors, scan: bool):
+  """Our parameter tree computed the plain way: whole tensors, `to_ours`, float32."""
+  params = {}
+  for spec in hf_mapping.tensor_specs(CFG):
+    hf_mapping.set_path(params, spec.path, spec.to_ours(tensors[spec.hf_name]).astype(np.float32))
+  return hf_mapping.stack_layers(params, CFG.num_layers) if scan else params
+
+
+def _norm(index, shape):
+  """A device index (tuple of slices) as (start, stop, step) triples."""
+  return tuple(i.indices(n) for i, n in zip(index, shape))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_from_hf_reads_each_devices_block_and_never_a_whole_tensor(hf_dir, scan, monkeypatch):
+  """On a (data 2, fsdp 2, tensor 2) mesh every parameter equals the whole-tensor conversion exactly,
+  no whole tensor is read (the reader is disabled), and every block read is one device's block of
+  that parameter (jax asks once per device or fewer: never more elements than the devices hold)."""
+  path, tensors = hf_dir
+  cfg = dataclasses.replace(CFG, scan_layers=scan)
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  shardings = state_lib.param_shardings(cfg, mesh)
+
+  def no_whole_reads(*args, **kwargs):
+    raise AssertionError("from_hf read a whole tensor")
+  monkeypatch.setattr(safetensors_io, "read_tensor", no_whole_reads)
+  read = []
+  original = init._Slices.read  # pylint: disable=protected-access
+
+  def counting(self, index):
+    block = original(self, index)
+    read.append((self.shape, _norm(index, self.shape), block.size))
+    return block
+  monkeypatch.setattr(init._Slices, "read", counting)  # pylint: disable=protected-access
+  params = init.from_hf(path, cfg, shardings)
+
+  expected = _expected(tensors, scan)
+  for (kp, got), want, sharding in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(expected),
+                                       jax.tree.leaves(shardings)):
+    assert got.dtype == np.float32 and got.sharding == sharding, kp
+    np.testing.assert_array_equal(np.asarray(got), want, err_msg=str(kp))
+  blocks = {(x.shape, _norm(s.index, x.shape)) for x in jax.tree.leaves(params) for s in x.addressable_shards}
+  assert all((shape, index) in blocks for shape, index, _ in read)
+  assert all(n == np.prod([len(range(*t)) for t in index]) for _, index, n in read)  # just the block
+  assert sum(n for *_, n in read) <= sum(s.data.size for x in jax.tree.leaves(params) for s in x.addressable_shards)
+  sharded = [x for x in jax.tree.leaves(params) if x.addressable_shards[0].data.size < x.size]
+  assert len(sharded) >= len(jax.tree.leaves(params)) // 2  # most parameters are split, not replicated
+
+
+def test_from_hf_names_a_missing_tensor(hf_dir, tmp_path):
+  """A directory missing a tensor fails before anything is placed, naming the tensor."""
+  path, tensors = hf_dir
+  broken = tmp_path / "hf"
+  shutil.copytree(path, broken)
+  kept = {n: t for n, t in tensors.items() if n != "model.layers.1.mlp.up_proj.weight"}
+  for f in broken.glob("*.safetensors*"):
+    f.unlink()
+  plan = [safetensors_io.PlannedTensor(n, t.dtype, t.shape) for n, t in kept.items()]
+  writer = safetensors_io.StreamingWriter(broken / "model.safetensors", plan)
+  for n, t in kept.items():
+    writer.write(n, t)
+  writer.close()
+  assert json.loads((broken / "config.json").read_text())["num_hidden_layers"] == 2
+  mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+  with pytest.raises(hf_convert.CheckpointError, match="missing tensor model.layers.1.mlp.up_proj.weight"):
+    init.from_hf(broken, CFG, state_lib.param_shardings(CFG, mesh))
