@@ -1,4 +1,4 @@
-"""Training metrics: writers (TensorBoard via clu when TensorFlow is present, console, JSONL) and MFU.
+"""Training metrics: writers (console, metrics.jsonl, TensorBoard event files) and MFU.
 
 Only process 0 writes. No training text or token ids are ever logged: only numbers.
 
@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import jax
 
 from heal_jax.model.config import ModelConfig
+from heal_jax.train import tb_events
 
 _PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0}
 
@@ -43,7 +44,8 @@ def device_peak_flops(override_tflops: float = 0.0) -> float | None:
 
 
 class MetricWriter:
-  """Scalars to metrics.jsonl and the console, and to TensorBoard when clu's writers import."""
+  """Scalars to metrics.jsonl and to TensorBoard event files in WORKDIR/tensorboard (written by
+  `tb_events`, so without TensorFlow); log lines to the console; clu's parameter overview."""
 
   def __init__(self, workdir: pathlib.Path, primary: bool = True):
     self.primary = primary
@@ -54,11 +56,7 @@ class MetricWriter:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
-    try:
-      from clu import metric_writers  # pylint: disable=import-outside-toplevel
-      self._tb = metric_writers.SummaryWriter(str(workdir / "tensorboard"))
-    except ImportError:  # clu's writers need TensorFlow (absent on the GPU image): JSONL + console only
-      self.log("TensorFlow not installed: metrics go to the console and metrics.jsonl only")
+    self._tb = tb_events.EventFileWriter(workdir / "tensorboard")
 
   def log(self, line: str) -> None:
     if self.primary:

@@ -1,0 +1,75 @@
+"""train/tb_events: event files decoded by the protobuf runtime from TensorBoard's message definitions."""
+
+import struct
+
+import numpy as np
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from heal_jax.train import metrics, tb_events
+
+
+def _event_class():
+  """tensorflow.Event / Summary built from their .proto field definitions (TensorBoard's numbers)."""
+  f = descriptor_pb2.FileDescriptorProto(name="event_for_test.proto", package="tensorflow", syntax="proto3")
+  T = descriptor_pb2.FieldDescriptorProto  # pylint: disable=invalid-name
+  summary = f.message_type.add(name="Summary")
+  value = summary.nested_type.add(name="Value")
+  value.field.add(name="tag", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+  value.field.add(name="simple_value", number=2, type=T.TYPE_FLOAT, label=T.LABEL_OPTIONAL)
+  summary.field.add(name="value", number=1, type=T.TYPE_MESSAGE, label=T.LABEL_REPEATED,
+                    type_name=".tensorflow.Summary.Value")
+  event = f.message_type.add(name="Event")
+  event.field.add(name="wall_time", number=1, type=T.TYPE_DOUBLE, label=T.LABEL_OPTIONAL)
+  event.field.add(name="step", number=2, type=T.TYPE_INT64, label=T.LABEL_OPTIONAL)
+  event.field.add(name="file_version", number=3, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+  event.field.add(name="summary", number=5, type=T.TYPE_MESSAGE, label=T.LABEL_OPTIONAL,
+                  type_name=".tensorflow.Summary")
+  pool = descriptor_pool.DescriptorPool()
+  pool.Add(f)
+  return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Event"))
+
+
+def _records(path):
+  data = path.read_bytes()
+  out, pos = [], 0
+  while pos < len(data):
+    (n,) = struct.unpack("<Q", data[pos:pos + 8])
+    (len_crc,) = struct.unpack("<I", data[pos + 8:pos + 12])
+    body = data[pos + 12:pos + 12 + n]
+    (body_crc,) = struct.unpack("<I", data[pos + 12 + n:pos + 16 + n])
+    assert len_crc == tb_events._masked_crc(data[pos:pos + 8])  # pylint: disable=protected-access
+    assert body_crc == tb_events._masked_crc(body)  # pylint: disable=protected-access
+    out.append(body)
+    pos += 16 + n
+  return out
+
+
+def test_crc32c_known_vectors():
+  assert tb_events.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+  assert tb_events.crc32c(b"") == 0
+  assert tb_events.crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 B.4: 32 bytes of zeros
+
+
+def test_metric_writer_event_file_decodes_to_the_scalars_written(tmp_path):
+  writer = metrics.MetricWriter(tmp_path)
+  writer.write(3, {"loss": 2.5, "lr": 1e-4})
+  writer.write(2**40, {"loss/clinical": -0.125}, kind="eval")
+  writer.close()
+  (path,) = (tmp_path / "tensorboard").glob("*tfevents*")
+  event_cls = _event_class()
+  events = [event_cls.FromString(r) for r in _records(path)]
+  assert events[0].file_version == "brain.Event:2"
+  assert [e.step for e in events[1:]] == [3, 2**40]
+  got = [{v.tag: v.simple_value for v in e.summary.value} for e in events[1:]]
+  assert got[0]["train/loss"] == 2.5 and got[0]["train/lr"] == pytest.approx(1e-4, rel=1e-7)  # float32
+  assert got[1] == {"eval/loss/clinical": -0.125}
+  assert all(e.wall_time > 1.7e9 for e in events)
+
+
+def test_negative_step_and_unicode_tag_round_trip(tmp_path):
+  w = tb_events.EventFileWriter(tmp_path)
+  w.write_scalars(-1, {"héal/é": np.float32(3.0)})
+  w.close()
+  event = _event_class().FromString(_records(w.path)[1])
+  assert event.step == -1 and event.summary.value[0].tag == "héal/é" and event.summary.value[0].simple_value == 3.0
