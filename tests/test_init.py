@@ -94,3 +94,59 @@ def test_from_hf_names_a_missing_tensor(hf_dir, tmp_path):
   mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
   with pytest.raises(hf_convert.CheckpointError, match="missing tensor model.layers.1.mlp.up_proj.weight"):
     init.from_hf(broken, CFG, state_lib.param_shardings(CFG, mesh))
+
+
+def _layout(params, scan: bool):
+  """numpy tree in the scanned or unscanned layout."""
+  params = jax.tree.map(np.asarray, params)
+  if scan and "layers" not in params:
+    return hf_mapping.stack_layers(params, CFG.num_layers)
+  if not scan and "layers" in params:
+    return hf_mapping.unstack_layers(params, CFG.num_layers)
+  return params
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_from_converted_checkpoint_sharded_and_cast(tmp_path, scan):
+  """A bf16 converted checkpoint read by orbax into fp32 arrays placed by the run's shardings
+  (scanned runs get the layers stacked on the devices); values equal the plain numpy load."""
+  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
+  random_init.write_random_checkpoint(dataclasses.replace(CFG, param_dtype="bfloat16"), tmp_path / "ck", seed=5)
+  cfg = dataclasses.replace(CFG, scan_layers=scan)
+  shardings = state_lib.param_shardings(cfg, mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+  params = init.from_checkpoint(tmp_path / "ck", cfg, shardings)
+  expected = _layout(restore.load_model(tmp_path / "ck", dtype="float32").params, scan)
+  assert jax.tree.structure(params) == jax.tree.structure(expected)
+  for got, want, sharding in zip(jax.tree.leaves(params), jax.tree.leaves(expected), jax.tree.leaves(shardings)):
+    assert got.dtype == np.float32 and got.sharding == sharding
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.parametrize("stored_scan,run_scan", [(True, False), (False, True), (True, True)])
+def test_from_a_work_directory_in_either_layout(tmp_path, stored_scan, run_scan):
+  """Another run's newest parameters, stored scanned or not, restored sharded into a run that scans
+  or not: equal to the numpy load."""
+  from heal_jax.checkpoint import workdir_restore  # pylint: disable=import-outside-toplevel
+  from heal_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+  stored = dataclasses.replace(CFG, scan_layers=stored_scan)
+  params = jax.jit(lambda k: state_lib.unboxed_init(stored, k),
+                   out_shardings=state_lib.param_shardings(stored, mesh))(jax.random.PRNGKey(1))
+  from heal_jax.train import optimizer as opt_lib  # pylint: disable=import-outside-toplevel
+  tx = opt_lib.make_optimizer(opt_lib.OptimizerSpec(peak_lr=1e-3, steps=10, warmup_steps=0, schedule="constant"))
+
+  class _Iterator:  # the data state a run saves beside its train state
+    def get_state(self):
+      return {"spec": "-", "shards": {"0": {}}}
+  mngr = checkpointing.manager(tmp_path / "run", keep=1, keep_period=0, async_save=False)
+  checkpointing.save(mngr, 7, state_lib.new_state(params, tx, jax.random.PRNGKey(0)), _Iterator(),
+                     {"model": stored.to_dict()})
+  mngr.close()
+  cfg = dataclasses.replace(CFG, scan_layers=run_scan)
+  shardings = state_lib.param_shardings(cfg, mesh)
+  got = init.from_checkpoint(tmp_path / "run", cfg, shardings)
+  _, want, _ = workdir_restore.newest_params(tmp_path / "run", "float32", scan_layers=run_scan)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for g, w, sh in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(shardings)):
+    assert g.sharding == sh
+    np.testing.assert_array_equal(np.asarray(g), w)

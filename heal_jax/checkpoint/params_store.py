@@ -161,6 +161,18 @@ def load_params(ckpt_dir: pathlib.Path, cfg: ModelConfig, dtype: Any = None) -> 
   return params
 
 
+def restore_sharded(ckpt_dir: pathlib.Path, shardings: dict[str, Any], dtype: Any) -> dict[str, Any]:
+  """The stored (unscanned) parameter tree as jax arrays placed by `shardings` (same tree), cast to
+  `dtype` on read: orbax reads each process's own blocks only (tensorstore chunk reads)."""
+  ocp = _orbax()
+  check_params(ckpt_dir, model_config(ckpt_dir).replace(scan_layers=False))
+  restore_args = _map_leaves(shardings, lambda sh: ocp.ArrayRestoreArgs(sharding=sh, dtype=dtype))
+  item = _map_leaves(shardings, lambda _: 0)
+  with ocp.PyTreeCheckpointer() as ckpt:
+    return ckpt.restore(pathlib.Path(ckpt_dir).absolute() / "params",
+                        args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
+
+
 def _map_leaves(tree: Any, fn) -> Any:
   if isinstance(tree, dict):
     return {k: _map_leaves(v, fn) for k, v in tree.items()}

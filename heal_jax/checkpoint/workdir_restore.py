@@ -15,8 +15,8 @@ from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
 from heal_jax.model.config import ModelConfig
 
 
-def newest_params(workdir: pathlib.Path, dtype: Any = None, **cfg_overrides: Any) -> tuple[ModelConfig, dict, int]:
-  """(model config of the checkpoint's phase, numpy params, step) of the newest completed step."""
+def newest_step(workdir: pathlib.Path) -> tuple[ModelConfig, pathlib.Path, int]:
+  """(model config of the checkpoint's phase, its state directory, step) of the newest completed step."""
   mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS,
                                options=ocp.CheckpointManagerOptions(read_only=True, create=False),
                                item_names=("state", "data", "meta"))
@@ -24,23 +24,46 @@ def newest_params(workdir: pathlib.Path, dtype: Any = None, **cfg_overrides: Any
   if step is None:
     raise CheckpointError(f"{workdir}: no completed checkpoint in {WORKDIR_CHECKPOINTS}/")
   meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  cfg = ModelConfig.from_dict(meta["model"])
+  mngr.close()
   state_dir = pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS / str(step) / "state"
+  return ModelConfig.from_dict(meta["model"]), state_dir, int(step)
+
+
+def _restore_params(state_dir: pathlib.Path, make_args) -> dict:
+  """The `params` subtree of a train-state checkpoint; make_args(metadata tree) -> RestoreArgs tree."""
   with ocp.PyTreeCheckpointer() as ckpt:
-    tree = ckpt.metadata(state_dir).item_metadata.tree
-    params_meta = tree["params"]
+    params_meta = ckpt.metadata(state_dir).item_metadata.tree["params"]
     item = {"params": jax.tree.map(lambda _: 0, params_meta)}
-    restore_args = {"params": jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_meta)}
+    restore_args = {"params": make_args(params_meta)}
     restored = ckpt.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
                                                                    partial_restore=True))
-  mngr.close()
-  params = restored["params"]
+  return restored["params"]
+
+
+def newest_params_sharded(workdir: pathlib.Path, shardings: Any, dtype: Any) -> tuple[ModelConfig, dict, int]:
+  """(config, params, step) of the newest step, params as jax arrays placed by `shardings` (a tree in
+  the checkpoint's own layout, scanned or not) and cast to `dtype` on read: each process reads
+  only its own blocks."""
+  cfg, state_dir, step = newest_step(workdir)
+
+  def make_args(params_meta):
+    if jax.tree.structure(params_meta) != jax.tree.structure(shardings):
+      raise CheckpointError(f"{state_dir}: stored parameters do not match the model's parameter tree")
+    return jax.tree.map(lambda _, sh: ocp.ArrayRestoreArgs(sharding=sh, dtype=dtype), params_meta, shardings)
+  return cfg, _restore_params(state_dir, make_args), step
+
+
+def newest_params(workdir: pathlib.Path, dtype: Any = None, **cfg_overrides: Any) -> tuple[ModelConfig, dict, int]:
+  """(model config of the checkpoint's phase, numpy params, step) of the newest completed step."""
+  cfg, state_dir, step = newest_step(workdir)
+  params = _restore_params(
+      state_dir, lambda meta: jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta))
   params = _to_numpy(params, dtype)
   if cfg.scan_layers and not cfg_overrides.get("scan_layers", True):
     params = hf_mapping.unstack_layers(params, cfg.num_layers)
   elif not cfg.scan_layers and cfg_overrides.get("scan_layers", False):
     params = hf_mapping.stack_layers(params, cfg.num_layers)
-  return cfg.replace(**cfg_overrides), params, int(step)
+  return cfg.replace(**cfg_overrides), params, step
 
 
 def _to_numpy(tree: Any, dtype: Any) -> Any:

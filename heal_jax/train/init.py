@@ -9,7 +9,9 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from heal_jax.checkpoint import hf_mapping
 from heal_jax.model.config import ModelConfig
@@ -25,14 +27,6 @@ def check_compatible(run_cfg: ModelConfig, ckpt_cfg: ModelConfig, source: str) -
     if getattr(run_cfg, field) != getattr(ckpt_cfg, field):
       raise ValueError(f"init_from {source}: {field} is {getattr(ckpt_cfg, field)} there but "
                        f"config.model.{field} is {getattr(run_cfg, field)}")
-
-
-def _place(params_np: dict[str, Any], shardings: Any, dtype: str) -> Any:
-  """numpy tree -> sharded jax arrays, one tensor at a time (each device gets only its slice)."""
-  def put(x, sharding):
-    x = np.asarray(x).astype(dtype)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-  return jax.tree.map(put, params_np, shardings)
 
 
 class _Slices:
@@ -79,12 +73,58 @@ def from_hf(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any:
   return jax.tree.map(put, sources, shardings, is_leaf=lambda v: isinstance(v, _Slices))
 
 
+def _layer_sharding(stacked: NamedSharding) -> NamedSharding:
+  """The sharding of one layer's slice of a parameter stacked over layers (leading axis dropped)."""
+  return NamedSharding(stacked.mesh, P(*tuple(stacked.spec)[1:]))
+
+
+def _stacked_sharding(layer: NamedSharding) -> NamedSharding:
+  return NamedSharding(layer.mesh, P(None, *tuple(layer.spec)))
+
+
+def _convert_layout(params: dict[str, Any], num_layers: int, to_scanned: bool, shardings: Any) -> dict[str, Any]:
+  """Stacks `layers_i` subtrees into `layers` (or splits it) on the devices, placed by `shardings`
+  (the target tree); one parameter's layers at a time, nothing goes through the host."""
+  out = {k: v for k, v in params.items() if k != "layers" and not k.startswith("layers_")}
+  if to_scanned:
+    per_layer = [params[f"layers_{i}"] for i in range(num_layers)]
+    out["layers"] = jax.tree.map(lambda sh, *xs: jax.jit(lambda *ys: jnp.stack(ys), out_shardings=sh)(*xs),
+                                 shardings["layers"], *per_layer)
+  else:
+    for i in range(num_layers):
+      out[f"layers_{i}"] = jax.tree.map(lambda x, sh, i=i: jax.jit(lambda y: y[i], out_shardings=sh)(x),
+                                        params["layers"], shardings[f"layers_{i}"])
+  return out
+
+
 def from_checkpoint(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any:
-  """A converted checkpoint or another run's work directory (its newest step)."""
-  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
-  loaded = restore.load_model(path, dtype=cfg.param_dtype, scan_layers=cfg.scan_layers)
-  check_compatible(cfg, loaded.cfg, str(path))
-  return _place(loaded.params, shardings, cfg.param_dtype)
+  """A converted checkpoint or another run's work directory (its newest step), read by orbax into
+  sharded arrays (each process reads its own blocks), cast to param_dtype on read; a scanned /
+  unscanned difference of layout is bridged on the devices."""
+  from heal_jax.checkpoint import params_store, restore, workdir_restore  # pylint: disable=import-outside-toplevel
+  run_dir = not (path / params_store.MANIFEST).is_file() and restore.is_workdir(path)
+  if run_dir:
+    stored_cfg, _, _ = workdir_restore.newest_step(path)
+  else:
+    stored_cfg = params_store.model_config(path)  # CheckpointError naming the path if it is neither
+  check_compatible(cfg, stored_cfg, str(path))
+  stored_scanned = stored_cfg.scan_layers and run_dir  # converted checkpoints are stored unscanned
+  if stored_scanned == cfg.scan_layers:
+    source_shardings = shardings
+  elif cfg.scan_layers:  # stored per layer, run stacked
+    source_shardings = {k: v for k, v in shardings.items() if k != "layers"}
+    for i in range(cfg.num_layers):
+      source_shardings[f"layers_{i}"] = jax.tree.map(_layer_sharding, shardings["layers"])
+  else:  # stored stacked, run per layer
+    source_shardings = {k: v for k, v in shardings.items() if not k.startswith("layers_")}
+    source_shardings["layers"] = jax.tree.map(_stacked_sharding, shardings["layers_0"])
+  if run_dir:
+    _, params, _ = workdir_restore.newest_params_sharded(path, source_shardings, cfg.param_dtype)
+  else:
+    params = params_store.restore_sharded(path, source_shardings, cfg.param_dtype)
+  if stored_scanned != cfg.scan_layers:
+    params = _convert_layout(params, cfg.num_layers, cfg.scan_layers, shardings)
+  return params
 
 
 def initial_params(init_from: str, cfg: ModelConfig, shardings: Any, seed: int) -> tuple[Any, str]:
