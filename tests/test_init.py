@@ -44,8 +44,8 @@ def _norm(index, shape):
 @pytest.mark.parametrize("scan", [False, True])
 def test_from_hf_reads_each_devices_block_and_never_a_whole_tensor(hf_dir, scan, monkeypatch):
   """On a (data 2, fsdp 2, tensor 2) mesh every parameter equals the whole-tensor conversion exactly,
-  no whole tensor is read (the reader is disabled), and every block read is one device's block of
-  that parameter (jax asks once per device or fewer: never more elements than the devices hold)."""
+  no whole tensor is read (the reader is disabled), and the blocks read are exactly the parameters'
+  distinct device blocks, each read once (replicas share a read)."""
   path, tensors = hf_dir
   cfg = dataclasses.replace(CFG, scan_layers=scan)
   mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
@@ -69,10 +69,9 @@ def test_from_hf_reads_each_devices_block_and_never_a_whole_tensor(hf_dir, scan,
                                        jax.tree.leaves(shardings)):
     assert got.dtype == np.float32 and got.sharding == sharding, kp
     np.testing.assert_array_equal(np.asarray(got), want, err_msg=str(kp))
-  blocks = {(x.shape, _norm(s.index, x.shape)) for x in jax.tree.leaves(params) for s in x.addressable_shards}
-  assert all((shape, index) in blocks for shape, index, _ in read)
+  blocks = {(id(x), x.shape, _norm(s.index, x.shape)) for x in jax.tree.leaves(params) for s in x.addressable_shards}
+  assert sorted((shape, index) for shape, index, _ in read) == sorted((shape, index) for _, shape, index in blocks)
   assert all(n == np.prod([len(range(*t)) for t in index]) for _, index, n in read)  # just the block
-  assert sum(n for *_, n in read) <= sum(s.data.size for x in jax.tree.leaves(params) for s in x.addressable_shards)
   sharded = [x for x in jax.tree.leaves(params) if x.addressable_shards[0].data.size < x.size]
   assert len(sharded) >= len(jax.tree.leaves(params)) // 2  # most parameters are split, not replicated
 

@@ -206,3 +206,42 @@ def test_loss_boundary_from_piece_bytes_equals_encoding_the_prompt_alone(tmp_pat
   assert checked == 70
   # tokens that do not account for the text byte for byte: no split (encode falls back to a second encode)
   assert tok.split_point(tok.encode("hello", add_bos=False), "hello world, again", "hello") is None
+
+
+def test_no_byte_split_for_a_normalizing_model_or_unknown_pieces(tmp_path):
+  """A model with an NFKC normalizer (its pieces need not account for the input byte for byte) and
+  no byte fallback: split_point declines, so examples.encode takes the boundary from encoding the
+  prompt alone, also when an unknown piece sits in the prompt (found by review: the byte count of
+  '½²~' under NFKC once cancelled the unknown piece's shortfall and moved the boundary)."""
+  import io  # pylint: disable=import-outside-toplevel
+  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  corpus = ["the cat sat on the mat 1\u20442 cup of tea and 2 spoons", "hello world 1\u20444 3\u20444",
+            "patients were given 10 mg daily", "a b c d e f g h i j k l m n o p"] * 50
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model, vocab_size=80, model_type="bpe",
+                                 normalization_rule_name="nmt_nfkc", byte_fallback=False, character_coverage=1.0,
+                                 unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
+  (tmp_path / "tokenizer.model").write_bytes(model.getvalue())
+  tok = tokenizer.Tokenizer(tmp_path)
+  prompt, target = "the \u00bd\u00b2~", " cat sat"
+  ids = tok.encode(prompt + target, add_bos=False)
+  assert tok.unk_id in ids
+  assert tok.split_point(ids, prompt + target, prompt) is None
+  tokens, mask = examples.encode(tok, prompt, target)
+  assert int(np.flatnonzero(mask)[0]) == len(tok.encode(prompt, add_bos=True))
+  assert tok.split_point([], "", "") is None
+
+
+def test_the_order_of_the_weights_does_not_matter():
+  """The same weights listed in another order give the same batches, and a state saved under one
+  order resumes under the other (the state is positional; sources are taken in name order)."""
+  spec_a = pipeline.PipelineSpec(seq_len=16, global_batch=4, weights={"a": 2, "b": 1, "c": 1}, seed=5)
+  spec_b = pipeline.PipelineSpec(seq_len=16, global_batch=4, weights={"c": 1, "b": 1, "a": 2}, seed=5)
+  a, b = pipeline.BatchIterator(_sources(), spec_a), pipeline.BatchIterator(_sources(), spec_b)
+  for _ in range(6):
+    x, y = next(a), next(b)
+    assert all(np.array_equal(x[k], y[k]) for k in pipeline.BATCH_KEYS)
+  resumed = pipeline.BatchIterator(_sources(), spec_b)
+  resumed.set_state(a.get_state())
+  x, y = next(a), next(resumed)
+  assert all(np.array_equal(x[k], y[k]) for k in pipeline.BATCH_KEYS)

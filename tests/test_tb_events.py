@@ -70,6 +70,10 @@ def test_metric_writer_event_file_decodes_to_the_scalars_written(tmp_path):
 def test_negative_step_and_unicode_tag_round_trip(tmp_path):
   w = tb_events.EventFileWriter(tmp_path)
   w.write_scalars(-1, {"héal/é": np.float32(3.0)})
+  w.write_scalars(2, {"ppl": 1e39, "nll": float("nan"), "low": -1e39})  # beyond float32: +-inf, not a crash
   w.close()
-  event = _event_class().FromString(_records(w.path)[1])
+  records = _records(w.path)
+  event = _event_class().FromString(records[1])
   assert event.step == -1 and event.summary.value[0].tag == "héal/é" and event.summary.value[0].simple_value == 3.0
+  values = {v.tag: v.simple_value for v in _event_class().FromString(records[2]).summary.value}
+  assert values["ppl"] == np.inf and values["low"] == -np.inf and np.isnan(values["nll"])

@@ -289,7 +289,7 @@ def shard_dataset(sources: Mapping[str, Source], source_names: list[str], spec: 
                   shard: int) -> grain.IterDataset:
   """One shard's stream of batches [rows_per_shard, seq_len] (keys `BATCH_KEYS`)."""
   parts, weights, ids = [], [], []
-  for name, weight in spec.weights.items():
+  for name, weight in sorted(spec.weights.items()):  # by name: the state is positional, the spec key sorted
     if name not in sources:
       raise ValueError(f"mixture weight for unknown source {name!r}; sources: {sorted(sources)}")
     if len(sources[name]) <= shard:
@@ -343,7 +343,9 @@ class BatchIterator:
       saved, now = json.loads(state["spec"]), json.loads(_spec_key(self.spec))
       changed = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}"
                           for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
-      raise ValueError(f"data iterator state belongs to a different pipeline ({changed}); the order of "
+      older = " (fields missing from the saved state: it was written by an earlier heal-jax)" if set(now) - set(
+          saved) else ""
+      raise ValueError(f"data iterator state belongs to a different pipeline ({changed}){older}; the order of "
                        "the data depends on these, so a run resumes only with the same ones")
     for s, it in zip(self.shards, self._iters):
       if str(s) not in state["shards"]:

@@ -59,6 +59,10 @@ class Tokenizer:
     self.path = path
     self._sp = spm.SentencePieceProcessor(model_file=str(path))
     self._piece_bytes = None
+    from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+    proto = sentencepiece_model_pb2.ModelProto.FromString(self._sp.serialized_model_proto())
+    # Pieces account for the input byte for byte only when the model does not normalize the text.
+    self._identity_normalizer = proto.normalizer_spec.name == "identity"
 
   @property
   def vocab_size(self) -> int:
@@ -109,16 +113,19 @@ class Tokenizer:
     for byte (a normalizing model, an unknown piece), so the caller must find the split another way.
     """
     import numpy as np  # pylint: disable=import-outside-toplevel
-    lengths = self.piece_bytes().take(np.asarray(ids))
-    if not len(lengths):
+    ids = np.asarray(ids)
+    if not self._identity_normalizer or not ids.size:
+      return None
+    lengths = self.piece_bytes().take(ids)
+    if lengths.min() < 0:  # an unknown piece: its length in the text is not known
       return None
     ends = np.cumsum(lengths)
-    # An unknown piece counts -1 bytes for at least 1 of text, so with one the total falls short of
-    # the text by 2 or more and this check fails too.
-    dummy = int(ends[-1]) - len(text.encode("utf-8"))  # the "▁" sentencepiece puts in front (0 or 1 byte)
+    n_text = len(text) if text.isascii() else len(text.encode("utf-8"))
+    dummy = int(ends[-1]) - n_text  # the "▁" sentencepiece puts in front (0 or 1 byte)
     if dummy not in (0, 1):
       return None
-    return int(np.searchsorted(ends - lengths - dummy, len(prefix.encode("utf-8")), side="left"))
+    n_prefix = len(prefix) if prefix.isascii() else len(prefix.encode("utf-8"))
+    return int(np.searchsorted(ends - lengths - dummy, n_prefix, side="left"))
 
   def decode(self, ids: Sequence[int]) -> str:
     """Text of `ids`; BOS/EOS/unk control pieces decode to nothing, unk to " \u2047 "."""

@@ -50,9 +50,10 @@ def from_hf(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any:
   """Reads an HF LLaMA directory (validated like the converter) into sharded arrays.
 
   Each process reads only the blocks its own devices hold: every tensor is memory-mapped and each
-  device's block is sliced out of a strided view in our layout, cast to param_dtype and placed, so
-  host memory holds one block at a time, never the model (a replicated parameter's block is the
-  whole tensor). Pickle (.bin) weights are refused here as in `open_hf`; convert them first.
+  distinct block is sliced out of a strided view in our layout once, cast to param_dtype and placed,
+  so host memory holds the distinct blocks of one parameter at a time, never the model (a replicated
+  parameter's block is the whole tensor). Pickle (.bin) weights are refused here as in `open_hf`;
+  convert them first.
   """
   from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
   ckpt = hf_convert.open_hf(path)
@@ -68,8 +69,14 @@ def from_hf(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any:
                          is_leaf=lambda v: isinstance(v, _Slices))
 
   def put(source: _Slices, sharding):
-    return jax.make_array_from_callback(
-        source.shape, sharding, lambda index: np.ascontiguousarray(source.read(index), dtype=cfg.param_dtype))
+    blocks: dict[tuple, np.ndarray] = {}  # devices holding the same block (replicas) share one read
+
+    def block(index):
+      key = tuple((s.start, s.stop, s.step) for s in index)
+      if key not in blocks:
+        blocks[key] = np.ascontiguousarray(source.read(index), dtype=cfg.param_dtype)
+      return blocks[key]
+    return jax.make_array_from_callback(source.shape, sharding, block)
   return jax.tree.map(put, sources, shardings, is_leaf=lambda v: isinstance(v, _Slices))
 
 
@@ -84,16 +91,17 @@ def _stacked_sharding(layer: NamedSharding) -> NamedSharding:
 
 def _convert_layout(params: dict[str, Any], num_layers: int, to_scanned: bool, shardings: Any) -> dict[str, Any]:
   """Stacks `layers_i` subtrees into `layers` (or splits it) on the devices, placed by `shardings`
-  (the target tree); one parameter's layers at a time, nothing goes through the host."""
+  (the target tree), in one compiled program; nothing goes through the host."""
   out = {k: v for k, v in params.items() if k != "layers" and not k.startswith("layers_")}
   if to_scanned:
     per_layer = [params[f"layers_{i}"] for i in range(num_layers)]
-    out["layers"] = jax.tree.map(lambda sh, *xs: jax.jit(lambda *ys: jnp.stack(ys), out_shardings=sh)(*xs),
-                                 shardings["layers"], *per_layer)
+    stack = jax.jit(lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees), out_shardings=shardings["layers"])
+    out["layers"] = stack(per_layer)
   else:
-    for i in range(num_layers):
-      out[f"layers_{i}"] = jax.tree.map(lambda x, sh, i=i: jax.jit(lambda y: y[i], out_shardings=sh)(x),
-                                        params["layers"], shardings[f"layers_{i}"])
+    split = jax.jit(lambda tree: [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(num_layers)],
+                    out_shardings=[shardings[f"layers_{i}"] for i in range(num_layers)])
+    for i, tree in enumerate(split(params["layers"])):
+      out[f"layers_{i}"] = tree
   return out
 
 
@@ -133,9 +141,11 @@ def initial_params(init_from: str, cfg: ModelConfig, shardings: Any, seed: int) 
     init = jax.jit(lambda key: state_lib.unboxed_init(cfg, key), out_shardings=shardings)
     return init(jax.random.PRNGKey(seed)), f"from scratch (seed {seed})"
   path = pathlib.Path(init_from)
-  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
+  from heal_jax.checkpoint import params_store, restore  # pylint: disable=import-outside-toplevel
+  if (path / params_store.MANIFEST).is_file():  # a converted checkpoint comes first, as in load_model
+    return from_checkpoint(path, cfg, shardings), f"from {path}"
   if restore.is_workdir(path):  # (a work directory has a config.json too: the run's config)
     return from_checkpoint(path, cfg, shardings), f"from work directory {path}"
-  if (path / "config.json").is_file() and not (path / "heal_checkpoint.json").is_file():
+  if (path / "config.json").is_file():
     return from_hf(path, cfg, shardings), f"from HF {path}"
-  return from_checkpoint(path, cfg, shardings), f"from {path}"
+  return from_checkpoint(path, cfg, shardings), f"from {path}"  # CheckpointError naming what is missing

@@ -14,12 +14,14 @@ TensorBoard reads every file named `*tfevents*` in a run directory.
 
 from __future__ import annotations
 
+import math
 import pathlib
 import socket
 import struct
 import time
 from typing import Mapping
 
+_F32_MAX = 3.4028234663852886e38
 _CRC_TABLE = []
 for _n in range(256):
   _c = _n
@@ -55,10 +57,15 @@ def _bytes_field(number: int, payload: bytes) -> bytes:
   return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
+def _f32(value: float) -> float:
+  """simple_value is a float32: finite values beyond its range become +-inf instead of failing."""
+  return value if abs(value) <= _F32_MAX or value != value else math.copysign(math.inf, value)
+
+
 def scalar_event(step: int, scalars: Mapping[str, float], wall_time: float) -> bytes:
   """A serialized Event with one simple_value per tag."""
   values = b"".join(
-      _bytes_field(1, _bytes_field(1, tag.encode("utf-8")) + _varint(2 << 3 | 5) + struct.pack("<f", value))
+      _bytes_field(1, _bytes_field(1, tag.encode("utf-8")) + _varint(2 << 3 | 5) + struct.pack("<f", _f32(value)))
       for tag, value in scalars.items())
   return (_varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3 | 0) + _varint(int(step))
           + _bytes_field(5, values))
