@@ -115,12 +115,7 @@ def test_sigterm_to_a_two_process_run_saves_one_agreed_step(data_root, tmp_path)
          *train_helpers.overrides(data_root, 5000, MESH + ("--config.checkpoint.every_steps=5000",))]
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
   proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  while time.time() < deadline and not (workdir / "metrics.jsonl").is_file():
-    time.sleep(0.2)
-  time.sleep(3.0)
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=180)
+  out, err = train_helpers.sigterm_once_training(proc, workdir, start_timeout=300, exit_timeout=180)
   assert proc.returncode == 0, err[-3000:]
   assert '"status": "preempted"' in out
   step = int(out.split('"step": ')[-1].split("}")[0])

@@ -109,12 +109,7 @@ def test_sigterm_saves_current_step_and_exits_0(data_root, tmp_path):
   workdir = tmp_path / "term"
   proc = subprocess.Popen(_cli(workdir, data_root, 400, ("--config.checkpoint.every_steps=1000",)),
                           env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 180
-  while time.time() < deadline and not (workdir / "metrics.jsonl").is_file():
-    time.sleep(0.2)
-  time.sleep(3.0)
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=120)
+  out, err = train_helpers.sigterm_once_training(proc, workdir, start_timeout=180, exit_timeout=120)
   assert proc.returncode == 0, err[-2000:]
   assert '"status": "preempted"' in out
   logged = max(train_helpers.losses(workdir))

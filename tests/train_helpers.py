@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import pathlib
+import signal
+import subprocess
+import time
 
 from heal_jax import config as config_lib
 from heal_jax.data import synthetic, tokenizer
@@ -45,3 +48,15 @@ def load(data_root: pathlib.Path, steps: int = 20, extra: tuple[str, ...] = ()):
 def losses(workdir: pathlib.Path) -> dict[int, float]:
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+def sigterm_once_training(proc: subprocess.Popen, workdir: pathlib.Path, start_timeout: float,
+                          exit_timeout: float) -> tuple[str, str]:
+  """Waits until `proc` has logged a step to WORKDIR/metrics.jsonl (at most start_timeout s), lets it
+  train 3 s more, sends SIGTERM and returns its (stdout, stderr) once it exits."""
+  deadline = time.time() + start_timeout
+  while time.time() < deadline and not (workdir / "metrics.jsonl").is_file():
+    time.sleep(0.2)
+  time.sleep(3.0)
+  proc.send_signal(signal.SIGTERM)
+  return proc.communicate(timeout=exit_timeout)

@@ -83,9 +83,10 @@ def _pickle_sources(files: list[pathlib.Path]) -> dict[str, SourceTensor]:
     state = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
     for name, t in state.items():
       dtype = np.dtype(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16 else to_numpy(t[:0]).dtype
-      # torch.load(mmap=True) maps the file: the numpy view of a tensor is unread until sliced
-      out[name] = SourceTensor(name, dtype, tuple(t.shape), str(f), lambda t=t: np.array(to_numpy(t)),
-                               lambda t=t: to_numpy(t))
+      # torch.load(mmap=True) maps the file: the numpy view of a tensor is read as it is used, so
+      # it serves as both the whole tensor and the unread view
+      read = lambda t=t: to_numpy(t)  # pylint: disable=unnecessary-lambda-assignment
+      out[name] = SourceTensor(name, dtype, tuple(t.shape), str(f), read, read)
   return out
 
 

@@ -40,17 +40,16 @@ def _restore_params(state_dir: pathlib.Path, make_args) -> dict:
   return restored["params"]
 
 
-def newest_params_sharded(workdir: pathlib.Path, shardings: Any, dtype: Any) -> tuple[ModelConfig, dict, int]:
-  """(config, params, step) of the newest step, params as jax arrays placed by `shardings` (a tree in
-  the checkpoint's own layout, scanned or not) and cast to `dtype` on read: each process reads
-  only its own blocks."""
-  cfg, state_dir, step = newest_step(workdir)
+def params_sharded(state_dir: pathlib.Path, shardings: Any, dtype: Any) -> dict:
+  """The params of a step's state directory (see `newest_step`) as jax arrays placed by `shardings`
+  (a tree in the checkpoint's own layout, scanned or not), cast to `dtype` on read: each process
+  reads only its own blocks."""
 
   def make_args(params_meta):
     if jax.tree.structure(params_meta) != jax.tree.structure(shardings):
       raise CheckpointError(f"{state_dir}: stored parameters do not match the model's parameter tree")
     return jax.tree.map(lambda _, sh: ocp.ArrayRestoreArgs(sharding=sh, dtype=dtype), params_meta, shardings)
-  return cfg, _restore_params(state_dir, make_args), step
+  return _restore_params(state_dir, make_args)
 
 
 def newest_params(workdir: pathlib.Path, dtype: Any = None, **cfg_overrides: Any) -> tuple[ModelConfig, dict, int]:

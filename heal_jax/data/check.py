@@ -64,15 +64,20 @@ def open_binary(path: str | os.PathLike) -> BinaryIO:
   return open(path, "rb")
 
 
+def parse_pairs(spec: str, what: str = "item", expected: str = "name=value") -> dict[str, str]:
+  """"a=x, b=y" -> {"a": "x", "b": "y"}: the comma-separated name=value lists of configs and flags."""
+  pairs = {}
+  for item in filter(None, (s.strip() for s in spec.split(","))):
+    name, sep, value = item.partition("=")
+    if not sep or not name.strip() or not value.strip():
+      raise ValueError(f"bad {what} {item!r}: expected {expected}")
+    pairs[name.strip()] = value.strip()
+  return pairs
+
+
 def parse_fields(spec: str) -> dict[str, str]:
   """"conversation=dialogue,note=note" -> {"conversation": "dialogue", "note": "note"}."""
-  fields = {}
-  for item in filter(None, (s.strip() for s in spec.split(","))):
-    ours, sep, theirs = item.partition("=")
-    if not sep or not ours.strip() or not theirs.strip():
-      raise ValueError(f"bad field mapping {item!r}: expected OURS=THEIRS")
-    fields[ours.strip()] = theirs.strip()
-  return fields
+  return parse_pairs(spec, "field mapping", "OURS=THEIRS")
 
 
 def _columns(kind: str, fields: Mapping[str, str] | None) -> dict[str, str]:

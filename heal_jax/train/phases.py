@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from heal_jax.data import check
 from heal_jax.model.config import ModelConfig
 from heal_jax.train.optimizer import OptimizerSpec
 
@@ -29,14 +30,11 @@ class Phase:
 
 
 def parse_pairs(spec: str, key: str) -> dict[str, str]:
-  """"a=x,b=y" -> {"a": "x", "b": "y"}; errors name the config key."""
-  pairs = {}
-  for item in filter(None, (s.strip() for s in spec.split(","))):
-    name, sep, value = item.partition("=")
-    if not sep or not name.strip() or not value.strip():
-      raise ValueError(f"{key}: bad item {item!r}, expected name=value")
-    pairs[name.strip()] = value.strip()
-  return pairs
+  """"a=x,b=y" -> {"a": "x", "b": "y"} (`check.parse_pairs`); errors name the config key."""
+  try:
+    return check.parse_pairs(spec)
+  except ValueError as e:
+    raise ValueError(f"{key}: {e}") from None
 
 
 def parse_weights(spec: str, key: str) -> dict[str, float]:
