@@ -308,11 +308,12 @@ def sweep(args) -> None:
   b = max(1, args.tokens // l)
   inputs = make_inputs(b, l, h, kv, args.head_dim)
   fwd_settings = [dict(block_q=bq, block_k=bk, num_warps=w, num_stages=s)
-                  for bq, bk, w, s in ((128, 64, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3),
-                                       (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3))]
+                  for bq, bk, w, s in ((128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3),
+                                       (64, 64, 4, 4), (128, 32, 4, 4), (64, 128, 4, 3))]
   bwd_settings = [dict(block_q_bwd=bq, block_k_bwd=bk, num_warps_bwd=w, num_stages_bwd=s)
-                  for bq, bk, w, s in ((64, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3),
-                                       (32, 64, 4, 2), (64, 128, 8, 2), (32, 128, 8, 2))]
+                  for bq, bk, w, s in ((64, 64, 4, 2), (64, 128, 4, 2), (128, 64, 4, 2),
+                                       (128, 128, 8, 2), (32, 64, 2, 2), (64, 64, 4, 1),
+                                       (128, 128, 4, 2), (64, 32, 4, 2))]
   print(f"sweep at heads {h}:{kv}, L={l}, B={b}, D={args.head_dim}")
   for settings, mode in ((fwd_settings, "fwd"), (bwd_settings, "fwd+bwd")):
     for s in settings:

@@ -4,9 +4,10 @@ CPU (default): tokens/s of our jitted train step (forward, backward, clipped Ada
 transformers' torch LlamaForCausalLM with the same shapes, batch and optimizer, and their ratio.
 
 GPU (--gpu): MFU of a LLaMA2-7B-width model (hidden 4096, 32 heads, MLP 11008, vocab 32000; as
-many layers as --layers) at seq 4096 and 8192 for each attention implementation (xla, cudnn,
-pallas), bf16 compute, fp32 master weights and AdamW state, full remat. MFU uses PaLM's FLOPs
-per token (heal_jax.train.metrics) over the device's dense bf16 peak (H100 989 TFLOP/s).
+many layers as --layers) at seq 4096 and 8192 for each attention implementation (pallas, cudnn,
+xla), bf16 compute, fp32 master weights and AdamW state, for each --remat policy (default full).
+MFU uses PaLM's FLOPs per token (heal_jax.train.metrics) over the device's dense bf16 peak (H100
+989 TFLOP/s); remat's recomputation is not counted as useful work.
 
   python bench/train.py                   # CPU comparison (about 2 minutes here)
   python bench/train.py --gpu --layers 8  # on one H100
@@ -35,6 +36,8 @@ def _our_step(cfg: ModelConfig, batch_rows: int, seq: int, packed: bool = True):
   params = jax.jit(lambda k: state_lib.unboxed_init(cfg, k), out_shardings=p_shard)(jax.random.PRNGKey(0))
   state = state_lib.new_state(params, tx, jax.random.PRNGKey(0))
   st_shard = state_lib.state_shardings(jax.eval_shape(lambda: state), p_shard, mesh)
+  # The step's outputs carry st_shard; inputs placed otherwise would compile a second program.
+  state = jax.device_put(state, st_shard)
   fn = step_lib.jit_train_step(cfg, tx, lr, 1, 0.0, 1, st_shard, mesh_lib.batch_sharding(mesh), packed=packed)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, cfg.vocab_size, (batch_rows, seq), dtype=np.int32)
@@ -100,42 +103,97 @@ def cpu(args) -> dict:
   return result
 
 
+def _peak_gib() -> float | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return peak / 2**30 if peak else None
+
+
 def gpu(args) -> dict:
   peak = metrics.device_peak_flops(args.peak_tflops)
   rows = []
-  for seq in (4096, 8192):
-    for impl in ("xla", "cudnn", "pallas"):
-      cfg = ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=args.layers,
-                        num_heads=32, num_kv_heads=32, max_position_embeddings=seq, param_dtype="float32",
-                        compute_dtype="bfloat16", remat_policy=args.remat, scan_layers=True, attention_impl=impl)
-      batch_rows = max(args.tokens // seq, 1)
-      try:
-        dt = time_ours(cfg, batch_rows, seq, args.steps, packed=impl != "cudnn")
-      except Exception as e:  # pylint: disable=broad-except
-        rows.append({"seq": seq, "impl": impl, "error": f"{type(e).__name__}: {str(e)[:200]}"})
-        print(f"seq {seq:5d} {impl:7s} failed: {rows[-1]['error']}", flush=True)
-        continue
-      tok_s = batch_rows * seq / dt
-      mfu = metrics.flops_per_token(cfg, seq) * tok_s / peak if peak else float("nan")
-      rows.append({"seq": seq, "impl": impl, "layers": args.layers, "batch": batch_rows, "step_s": dt,
-                   "tokens_per_s": tok_s, "mfu": mfu})
-      print(f"seq {seq:5d} {impl:7s} batch {batch_rows} step {dt * 1e3:8.1f} ms {tok_s:10,.0f} tok/s "
-            f"MFU {mfu:6.1%}", flush=True)
-  return {"device": jax.devices()[0].device_kind, "rows": rows}
+  # Ordered by importance: a run cut short by its time limit still has the rows that matter most.
+  for remat in args.remat.split(","):
+    for seq in (int(s) for s in args.seqs.split(",")):
+      for impl in args.impls.split(","):
+        cfg = ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=args.layers,
+                          num_heads=32, num_kv_heads=32, max_position_embeddings=seq, param_dtype="float32",
+                          compute_dtype="bfloat16", remat_policy=remat, scan_layers=True, attention_impl=impl)
+        batch_rows = max(args.tokens // seq, 1)
+        row = {"seq": seq, "impl": impl, "remat": remat, "layers": args.layers, "batch": batch_rows}
+        try:
+          dt = time_ours(cfg, batch_rows, seq, args.steps, packed=impl != "cudnn")
+        except Exception as e:  # pylint: disable=broad-except
+          rows.append({**row, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+          print(f"seq {seq:5d} {impl:7s} remat {remat:14s} failed: {rows[-1]['error']}", flush=True)
+          continue
+        tok_s = batch_rows * seq / dt
+        mfu = metrics.flops_per_token(cfg, seq) * tok_s / peak if peak else float("nan")
+        rows.append({**row, "step_s": dt, "tokens_per_s": tok_s, "mfu": mfu, "peak_gib_so_far": _peak_gib()})
+        print(f"seq {seq:5d} {impl:7s} remat {remat:14s} batch {batch_rows} step {dt * 1e3:8.1f} ms "
+              f"{tok_s:10,.0f} tok/s MFU {mfu:6.1%} (device peak so far {rows[-1]['peak_gib_so_far'] or 0:.1f} GiB)",
+              flush=True)
+  return {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "rows": rows}
+
+
+def _time_jitted(fn, *args, steps: int) -> float:
+  jax.block_until_ready(fn(*args))
+  t = time.perf_counter()
+  for _ in range(steps):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t) / steps
+
+
+def breakdown(args) -> dict:
+  """Where a train step's time goes: forward+loss, forward+backward, the whole step (AdamW and the
+  guard added), and one bf16 matmul of the MLP's shape as the device's attainable rate."""
+  seq, remat = int(args.seqs.split(",")[0]), args.remat.split(",")[0]
+  batch_rows = max(args.tokens // seq, 1)
+  rows = []
+  a = jnp.ones((args.tokens, 4096), jnp.bfloat16)
+  w = jnp.ones((4096, 11008), jnp.bfloat16)
+  mm = _time_jitted(jax.jit(lambda a, w: a @ w), a, w, steps=20)
+  mm_tflops = 2 * args.tokens * 4096 * 11008 / mm / 1e12
+  print(f"bf16 matmul [{args.tokens},4096]x[4096,11008]: {mm * 1e3:.2f} ms, {mm_tflops:.0f} TFLOP/s", flush=True)
+  for impl in args.impls.split(","):
+    cfg = ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=args.layers,
+                      num_heads=32, num_kv_heads=32, max_position_embeddings=seq, param_dtype="float32",
+                      compute_dtype="bfloat16", remat_policy=remat, scan_layers=True, attention_impl=impl)
+    packed = impl != "cudnn"
+    try:
+      fn, state, batch = _our_step(cfg, batch_rows, seq, packed)
+      fwd = jax.jit(lambda p, b: step_lib.batch_stats(p, b, cfg, 0.0, 1, packed)["nll_sum"])
+      grad = jax.jit(lambda p, b: step_lib.loss_and_grads(p, b, cfg, 1, 0.0, 1, packed)[1])
+      t_fwd = _time_jitted(fwd, state.params, batch, steps=args.steps)
+      t_grad = _time_jitted(grad, state.params, batch, steps=args.steps)
+      t_step = time_ours(cfg, batch_rows, seq, args.steps, packed)
+    except Exception as e:  # pylint: disable=broad-except
+      print(f"{impl}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+      continue
+    rows.append({"impl": impl, "seq": seq, "remat": remat, "layers": args.layers, "forward_s": t_fwd,
+                 "fwd_bwd_s": t_grad, "step_s": t_step, "matmul_tflops": mm_tflops})
+    print(f"{impl:7s} seq {seq} remat {remat}: forward {t_fwd * 1e3:7.1f} ms, forward+backward "
+          f"{t_grad * 1e3:7.1f} ms, whole step {t_step * 1e3:7.1f} ms", flush=True)
+  return {"device": jax.devices()[0].device_kind, "breakdown": rows}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--gpu", action="store_true")
+  parser.add_argument("--breakdown", action="store_true",
+                      help="GPU: time forward, forward+backward and the whole step at the first --seqs")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq", type=int, default=256)
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--layers", type=int, default=8)
   parser.add_argument("--tokens", type=int, default=16384, help="tokens per step on GPU")
-  parser.add_argument("--remat", default="full")
+  parser.add_argument("--remat", default="full", help="GPU: remat policies to time, comma separated")
+  parser.add_argument("--seqs", default="4096,8192", help="GPU: sequence lengths")
+  parser.add_argument("--impls", default="pallas,cudnn,xla", help="GPU: attention implementations")
   parser.add_argument("--peak-tflops", type=float, default=0.0)
   args = parser.parse_args()
-  result = gpu(args) if args.gpu else cpu(args)
+  result = breakdown(args) if args.breakdown else gpu(args) if args.gpu else cpu(args)
   print(json.dumps(result))
 
 

@@ -83,8 +83,8 @@ def flash_attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.A
                     kv_segment_ids_BxS: jax.Array | None = None, *,
                     block_q: int = 128, block_k: int = 64,
                     block_q_bwd: int = 64, block_k_bwd: int = 64,
-                    num_warps: int | None = None, num_stages: int = 2,
-                    num_warps_bwd: int | None = None, num_stages_bwd: int = 2,
+                    num_warps: int | None = None, num_stages: int = 3,
+                    num_warps_bwd: int = 4, num_stages_bwd: int = 2,
                     interpret: bool | None = None, debug: bool = False) -> jax.Array:
   """Causal (segment-masked) attention; differentiable in q, k, v.
 
@@ -95,7 +95,8 @@ def flash_attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.A
       only to keys of its own segment. Causality is by array index.
     block_q, block_k: forward tile (query rows x keys), powers of two >= 16; clipped for short
       sequences. block_q_bwd, block_k_bwd: the tile of both backward kernels.
-    num_warps, num_stages (and the _bwd pair): Triton launch settings; warps default to 4 for
+    num_warps, num_stages (and the _bwd pair): Triton launch settings (defaults from the H100 sweep
+      in BENCHMARKS.md: forward 3 stages, backward 4 warps); forward warps default to 4 for
       head_dim <= 64, else 8.
     interpret: run in Pallas interpret mode; None = only when the default backend is not a GPU.
     debug: print the kernel jaxprs and Triton modules (Pallas' debug flag).
@@ -151,7 +152,7 @@ def flash_attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.A
   cfg = common.KernelConfig(
       sm_scale=float(d) ** -0.5, groups=h // kv_heads, has_segments=has_segments,
       block_q=block_q, block_k=block_k, block_q_bwd=block_q_bwd, block_k_bwd=block_k_bwd,
-      num_warps=num_warps or warps, num_warps_bwd=num_warps_bwd or warps,
+      num_warps=num_warps or warps, num_warps_bwd=num_warps_bwd,
       num_stages=num_stages, num_stages_bwd=num_stages_bwd, interpret=bool(interpret),
       debug=debug)
   out_BxLxHxD = _flash(jnp.pad(q_BxLxHxD, q_pad), jnp.pad(k_BxSxKxD, kv_pad),

@@ -303,7 +303,9 @@ def cache_logical_axes(cfg: ModelConfig) -> dict[str, Any]:
 def init_params(cfg: ModelConfig, rng: jax.Array) -> Any:
   """Randomly initialised parameters (boxed with logical axis names), shapes only traced once."""
   tokens = jnp.zeros((1, 8), jnp.int32)
-  return Llama(cfg).init(rng, tokens)["params"]
+  # The shapes do not depend on the attention implementation; 'xla' traces on any host (a 'cudnn'
+  # or 'pallas' config is planned on CPU, and 'cudnn' refuses the default packed rows).
+  return Llama(cfg.replace(attention_impl="xla")).init(rng, tokens)["params"]
 
 
 def param_shapes(cfg: ModelConfig) -> Any:
