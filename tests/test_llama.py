@@ -89,3 +89,15 @@ def test_every_parameter_has_logical_axes():
     assert len(spec) == len(shape.shape), path
     assert spec[0] == "layers" or path[0] != "layers", path
   assert tuple(axes["layers"]["attention"]["wk"]["kernel"]) == ("layers", "embed", "kv_heads", "head_dim")
+
+
+@pytest.mark.parametrize("impl", ["cudnn", "pallas"])
+def test_parameters_initialise_the_same_for_every_attention_impl(impl):
+  """A 'cudnn' or 'pallas' config initialises on any host (here a CPU, where cuDNN does not exist and
+  'cudnn' would refuse the packed rows init traces) to the same parameters as 'xla'."""
+  cfg = hf_reference.our_config(hf_reference.hf_llama(), scan_layers=True)
+  want = llama.init_params(cfg.replace(attention_impl="xla"), jax.random.PRNGKey(3))
+  got = llama.init_params(cfg.replace(attention_impl=impl), jax.random.PRNGKey(3))
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(nn.unbox(got)), jax.tree.leaves(nn.unbox(want))):
+    np.testing.assert_array_equal(a, b)
