@@ -8,7 +8,8 @@
 #
 # Neither benchmark imports grain, ml-collections, clu or tensorflow (absent on the GPU image), so no
 # wheels need carrying; heal_jax is imported from the working tree. Results go into BENCHMARKS.md
-# with the device line from $OUT/env.txt.
+# with the device line from $OUT/env.txt. About 560 s; if device time is left, follow it at once
+# (while the machine is warm) with the whole tiny recipe on the GPU, `bench/gpu_tiny.sh`.
 set -u
 OUT=${OUT:-/tmp/heal_gpu_out}
 mkdir -p "$OUT"
@@ -29,6 +30,12 @@ timeout 200 "$PY" bench/train.py --gpu --layers 8 --steps 5 --remat none,dots_no
   > "$OUT/train_gpu.txt" 2>&1
 echo "train exit $?" >> "$OUT/train_gpu.txt"
 
+# Issue 7: the kernel tests on the GPU itself (compiled Triton kernels instead of interpret mode;
+# conftest's JAX_PLATFORMS=cpu is only a default).
+JAX_PLATFORMS=cuda timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_flash_attention.py \
+  > "$OUT/pytest_gpu.txt" 2>&1
+echo "pytest exit $?" >> "$OUT/pytest_gpu.txt"
+
 # Issue 7: block/warp/stage settings around the current defaults at 8K.
 timeout 90 "$PY" bench/attention.py --sweep --seqs 8192 --heads 32:32 --iters 5 > "$OUT/sweep.txt" 2>&1
 echo "sweep exit $?" >> "$OUT/sweep.txt"
@@ -46,4 +53,5 @@ timeout 70 "$PY" bench/train.py --breakdown --layers 8 --steps 5 --seqs 4096 --r
 echo "breakdown exit $?" >> "$OUT/breakdown.txt"
 
 grep -v -E "^W[0-9]|^E[0-9]|^\{" "$OUT"/env.txt "$OUT"/train_gpu.txt "$OUT"/breakdown.txt | cut -c1-300
+tail -n 15 "$OUT"/pytest_gpu.txt
 grep -v -E "^W[0-9]|^E[0-9]|^\{" "$OUT"/sweep.txt "$OUT"/attention.txt | cut -c1-300
