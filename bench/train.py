@@ -52,6 +52,10 @@ def _our_step(cfg: ModelConfig, batch_rows: int, seq: int, packed: bool = True):
 def time_ours(cfg: ModelConfig, batch_rows: int, seq: int, steps: int, packed: bool = True) -> float:
   """Seconds per step, after one warm-up (compile) step."""
   fn, state, batch = _our_step(cfg, batch_rows, seq, packed)
+  return _time_steps(fn, state, batch, steps)
+
+
+def _time_steps(fn, state, batch, steps: int) -> float:
   state, m = fn(state, batch)
   jax.block_until_ready(m["loss"])
   t = time.perf_counter()
@@ -109,6 +113,13 @@ def _peak_gib() -> float | None:
   return peak / 2**30 if peak else None
 
 
+def _width_7b(layers: int, seq: int, remat: str, impl: str) -> ModelConfig:
+  """LLaMA2-7B width with `layers` layers: bf16 compute, fp32 master weights, scanned layers."""
+  return ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=layers,
+                     num_heads=32, num_kv_heads=32, max_position_embeddings=seq, param_dtype="float32",
+                     compute_dtype="bfloat16", remat_policy=remat, scan_layers=True, attention_impl=impl)
+
+
 def gpu(args) -> dict:
   peak = metrics.device_peak_flops(args.peak_tflops)
   rows = []
@@ -116,9 +127,7 @@ def gpu(args) -> dict:
   for remat in args.remat.split(","):
     for seq in (int(s) for s in args.seqs.split(",")):
       for impl in args.impls.split(","):
-        cfg = ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=args.layers,
-                          num_heads=32, num_kv_heads=32, max_position_embeddings=seq, param_dtype="float32",
-                          compute_dtype="bfloat16", remat_policy=remat, scan_layers=True, attention_impl=impl)
+        cfg = _width_7b(args.layers, seq, remat, impl)
         batch_rows = max(args.tokens // seq, 1)
         row = {"seq": seq, "impl": impl, "remat": remat, "layers": args.layers, "batch": batch_rows}
         try:
@@ -157,9 +166,7 @@ def breakdown(args) -> dict:
   mm_tflops = 2 * args.tokens * 4096 * 11008 / mm / 1e12
   print(f"bf16 matmul [{args.tokens},4096]x[4096,11008]: {mm * 1e3:.2f} ms, {mm_tflops:.0f} TFLOP/s", flush=True)
   for impl in args.impls.split(","):
-    cfg = ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=args.layers,
-                      num_heads=32, num_kv_heads=32, max_position_embeddings=seq, param_dtype="float32",
-                      compute_dtype="bfloat16", remat_policy=remat, scan_layers=True, attention_impl=impl)
+    cfg = _width_7b(args.layers, seq, remat, impl)
     packed = impl != "cudnn"
     try:
       fn, state, batch = _our_step(cfg, batch_rows, seq, packed)
@@ -167,7 +174,8 @@ def breakdown(args) -> dict:
       grad = jax.jit(lambda p, b: step_lib.loss_and_grads(p, b, cfg, 1, 0.0, 1, packed)[1])
       t_fwd = _time_jitted(fwd, state.params, batch, steps=args.steps)
       t_grad = _time_jitted(grad, state.params, batch, steps=args.steps)
-      t_step = time_ours(cfg, batch_rows, seq, args.steps, packed)
+      del fwd, grad
+      t_step = _time_steps(fn, state, batch, args.steps)  # the same state: one model in memory
     except Exception as e:  # pylint: disable=broad-except
       print(f"{impl}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
       continue
