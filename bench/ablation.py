@@ -115,7 +115,6 @@ def _clinical_text(record: dict[str, str]) -> str:
 def prepare_data(root: pathlib.Path, data_dir: pathlib.Path, smoke: bool) -> dict[str, Any]:
   """Writes ROOT/data (see the module docstring); returns a description of what is trained and held out."""
   from heal_jax.data import synthetic, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
-  from heal_jax.eval import tasks  # pylint: disable=import-outside-toplevel
   data = root / "data"
   done = data / "manifest.json"
   if done.is_file():
