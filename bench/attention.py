@@ -219,8 +219,12 @@ def _cell_text(cell: dict) -> str:
 def run_benchmark(args) -> dict:
   interpret = jax.default_backend() != "gpu"
   blocks = {k: v for k, v in dict(block_q=args.block_q, block_k=args.block_k,
-                                  block_q_bwd=args.block_q_bwd,
-                                  block_k_bwd=args.block_k_bwd).items() if v}
+                                  block_q_bwd=args.block_q_bwd, block_k_bwd=args.block_k_bwd,
+                                  block_q_dkdv=args.block_q_dkdv,
+                                  block_k_dkdv=args.block_k_dkdv).items() if v}
+  blocks.update(json.loads(args.ours_kwargs))
+  if blocks:
+    print(f"ours with {blocks}")
   impls = [x for x in args.impls.split(",") if x]
   configs = [tuple(int(n) for n in c.split(":")) for c in args.heads.split(",")]
   seqs = [int(s) for s in args.seqs.split(",")]
@@ -308,16 +312,24 @@ def sweep(args) -> None:
   b = max(1, args.tokens // l)
   inputs = make_inputs(b, l, h, kv, args.head_dim)
   fwd_settings = [dict(block_q=bq, block_k=bk, num_warps=w, num_stages=s)
-                  for bq, bk, w, s in ((128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3),
-                                       (64, 64, 4, 4), (128, 32, 4, 4), (64, 128, 4, 3))]
-  bwd_settings = [dict(block_q_bwd=bq, block_k_bwd=bk, num_warps_bwd=w, num_stages_bwd=s)
-                  for bq, bk, w, s in ((64, 64, 4, 2), (64, 128, 4, 2), (128, 64, 4, 2),
-                                       (128, 128, 8, 2), (32, 64, 2, 2), (64, 64, 4, 1),
-                                       (128, 128, 4, 2), (64, 32, 4, 2))]
+                  for bq, bk, w, s in ((128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3))]
+  # The dq kernel (query block x key block) and the dk/dv kernel (the same, transposed roles) may
+  # want opposite shapes: a tall tile for the block a program owns, a short one for the loop.
+  bwd_settings = [dict(block_q_bwd=q1, block_k_bwd=k1, block_q_dkdv=q2, block_k_dkdv=k2,
+                       num_warps_bwd=w, num_stages_bwd=s)
+                  for q1, k1, q2, k2, w, s in ((64, 64, 64, 64, 4, 2), (128, 32, 32, 128, 4, 2),
+                                               (128, 32, 32, 128, 4, 3), (64, 64, 32, 128, 4, 2),
+                                               (128, 32, 64, 64, 4, 2), (64, 32, 32, 64, 4, 2),
+                                               (128, 64, 64, 128, 8, 2), (64, 64, 64, 128, 4, 2),
+                                               (128, 64, 64, 64, 4, 2), (64, 64, 64, 32, 4, 2))]
   print(f"sweep at heads {h}:{kv}, L={l}, B={b}, D={args.head_dim}")
-  for settings, mode in ((fwd_settings, "fwd"), (bwd_settings, "fwd+bwd")):
+  # Last, the defaults with all-ones segment ids (the price of passing them, as training does).
+  seg_settings = [dict(segments=True)]
+  best = {}  # mode -> (TFLOP/s, settings), over the block settings
+  for settings, mode in ((fwd_settings, "fwd"), (bwd_settings, "fwd+bwd"), (seg_settings, "fwd"),
+                         (seg_settings, "fwd+bwd")):
     for s in settings:
-      fn = functools.partial(flash_attention, interpret=interpret, **s)
+      fn = functools.partial(_ours, interpret=interpret, **{"segments": False, **s})
       try:
         if mode == "fwd":
           r = time_cell(fn, inputs[:3], iters=args.iters, warmup=args.warmup)
@@ -325,8 +337,13 @@ def sweep(args) -> None:
           r = time_cell(_fwd_bwd(fn), inputs, iters=args.iters, warmup=args.warmup)
         tf = attention_flops(b, h, l, args.head_dim, mode) / (r["ms"] * 1e9)
         print(f"  {mode:8s} {s}: {r['ms']:8.3f} ms {tf:7.1f} TFLOP/s")
+        if settings is not seg_settings and tf > best.get(mode, (0.0, None))[0]:
+          best[mode] = (tf, s)
       except Exception as e:  # pylint: disable=broad-except
         print(f"  {mode:8s} {s}: ERROR {type(e).__name__}: {_first_line(e)}")
+  # For `--ours-kwargs`: the best forward settings with the best backward ones.
+  merged = {**best.get("fwd", (0, {}))[1], **best.get("fwd+bwd", (0, {}))[1]}
+  print(json.dumps({"sweep_best": merged}))
 
 
 def main(argv=None) -> None:
@@ -344,6 +361,10 @@ def main(argv=None) -> None:
   p.add_argument("--block-k", type=int, default=0)
   p.add_argument("--block-q-bwd", type=int, default=0)
   p.add_argument("--block-k-bwd", type=int, default=0)
+  p.add_argument("--block-q-dkdv", type=int, default=0)
+  p.add_argument("--block-k-dkdv", type=int, default=0)
+  p.add_argument("--ours-kwargs", default="{}",
+                 help="JSON of extra flash_attention keyword arguments for ours (e.g. the sweep's best)")
   p.add_argument("--sweep", action="store_true", help="time a few block settings of ours instead")
   p.add_argument("--budget-s", type=float, default=210.0,
                  help="cells not started within this many seconds are skipped (device time is scarce)")

@@ -4,8 +4,11 @@ CPU (default): tokens/s of our jitted train step (forward, backward, clipped Ada
 transformers' torch LlamaForCausalLM with the same shapes, batch and optimizer, and their ratio.
 
 GPU (--gpu): MFU of a LLaMA2-7B-width model (hidden 4096, 32 heads, MLP 11008, vocab 32000; as
-many layers as --layers) at seq 4096 and 8192 for each attention implementation (pallas, cudnn,
-xla), bf16 compute, fp32 master weights and AdamW state, for each --remat policy (default full).
+many layers as --layers) at seq 4096 and 8192 for each attention implementation, bf16 compute, fp32
+master weights and AdamW state, for each --remat policy (default full). Implementations: pallas
+(packed rows: the kernel gets segment ids, here one document per row, as training passes them),
+pallas_1doc (rows declared one document each, packed=False: no segment ids, like cudnn), cudnn
+(packed=False), xla.
 MFU uses PaLM's FLOPs per token (heal_jax.train.metrics) over the device's dense bf16 peak (H100
 989 TFLOP/s); remat's recomputation is not counted as useful work.
 
@@ -120,6 +123,11 @@ def _width_7b(layers: int, seq: int, remat: str, impl: str) -> ModelConfig:
                      compute_dtype="bfloat16", remat_policy=remat, scan_layers=True, attention_impl=impl)
 
 
+def _packed(impl: str) -> bool:
+  """Whether the bench's rows are passed as packed (segment ids honoured) for this impl label."""
+  return not (impl == "cudnn" or impl.endswith("_1doc"))
+
+
 def gpu(args) -> dict:
   peak = metrics.device_peak_flops(args.peak_tflops)
   rows = []
@@ -127,19 +135,19 @@ def gpu(args) -> dict:
   for remat in args.remat.split(","):
     for seq in (int(s) for s in args.seqs.split(",")):
       for impl in args.impls.split(","):
-        cfg = _width_7b(args.layers, seq, remat, impl)
+        cfg = _width_7b(args.layers, seq, remat, impl.removesuffix("_1doc"))
         batch_rows = max(args.tokens // seq, 1)
         row = {"seq": seq, "impl": impl, "remat": remat, "layers": args.layers, "batch": batch_rows}
         try:
-          dt = time_ours(cfg, batch_rows, seq, args.steps, packed=impl != "cudnn")
+          dt = time_ours(cfg, batch_rows, seq, args.steps, packed=_packed(impl))
         except Exception as e:  # pylint: disable=broad-except
           rows.append({**row, "error": f"{type(e).__name__}: {str(e)[:300]}"})
-          print(f"seq {seq:5d} {impl:7s} remat {remat:14s} failed: {rows[-1]['error']}", flush=True)
+          print(f"seq {seq:5d} {impl:11s} remat {remat:14s} failed: {rows[-1]['error']}", flush=True)
           continue
         tok_s = batch_rows * seq / dt
         mfu = metrics.flops_per_token(cfg, seq) * tok_s / peak if peak else float("nan")
         rows.append({**row, "step_s": dt, "tokens_per_s": tok_s, "mfu": mfu, "peak_gib_so_far": _peak_gib()})
-        print(f"seq {seq:5d} {impl:7s} remat {remat:14s} batch {batch_rows} step {dt * 1e3:8.1f} ms "
+        print(f"seq {seq:5d} {impl:11s} remat {remat:14s} batch {batch_rows} step {dt * 1e3:8.1f} ms "
               f"{tok_s:10,.0f} tok/s MFU {mfu:6.1%} (device peak so far {rows[-1]['peak_gib_so_far'] or 0:.1f} GiB)",
               flush=True)
   return {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "rows": rows}
@@ -166,8 +174,8 @@ def breakdown(args) -> dict:
   mm_tflops = 2 * args.tokens * 4096 * 11008 / mm / 1e12
   print(f"bf16 matmul [{args.tokens},4096]x[4096,11008]: {mm * 1e3:.2f} ms, {mm_tflops:.0f} TFLOP/s", flush=True)
   for impl in args.impls.split(","):
-    cfg = _width_7b(args.layers, seq, remat, impl)
-    packed = impl != "cudnn"
+    cfg = _width_7b(args.layers, seq, remat, impl.removesuffix("_1doc"))
+    packed = _packed(impl)
     try:
       fn, state, batch = _our_step(cfg, batch_rows, seq, packed)
       fwd = jax.jit(lambda p, b: step_lib.batch_stats(p, b, cfg, 0.0, 1, packed)["nll_sum"])
@@ -181,7 +189,7 @@ def breakdown(args) -> dict:
       continue
     rows.append({"impl": impl, "seq": seq, "remat": remat, "layers": args.layers, "forward_s": t_fwd,
                  "fwd_bwd_s": t_grad, "step_s": t_step, "matmul_tflops": mm_tflops})
-    print(f"{impl:7s} seq {seq} remat {remat}: forward {t_fwd * 1e3:7.1f} ms, forward+backward "
+    print(f"{impl:11s} seq {seq} remat {remat}: forward {t_fwd * 1e3:7.1f} ms, forward+backward "
           f"{t_grad * 1e3:7.1f} ms, whole step {t_step * 1e3:7.1f} ms", flush=True)
   return {"device": jax.devices()[0].device_kind, "breakdown": rows}
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from heal_jax.kernels import flash_attention as fa_module
 from heal_jax.kernels import flash_attention_common as common
 from heal_jax.kernels.flash_attention import flash_attention
 from heal_jax.model import attention as attention_lib
@@ -47,23 +48,28 @@ def _out_and_grads(fn, q, k, v, dout):
 
 
 CASES = {
-    # name: (B, L, H, K, D, docs per row (0 = no segment ids), padding tail, dtype, blocks)
+    # name: (B, L, H, K, D, docs per row (0 = no segment ids), padding tail, dtype, blocks: forward
+    # q, k; dq kernel q, k; [dk/dv kernel q, k])
     "odd37_mha_noseg_f32": (1, 37, 2, 2, 16, 0, 0, jnp.float32, (16, 16, 16, 16)),
     "len100_mqa_3docs_f32": (2, 100, 4, 1, 32, 3, 5, jnp.float32, (32, 16, 16, 32)),
     "len128_gqa8to1_4docs_bf16": (1, 128, 16, 2, 16, 4, 0, jnp.bfloat16, (32, 32, 16, 32)),
     "len61_mqa_d24_2docs_fp16": (2, 61, 4, 1, 24, 2, 3, jnp.float16, (16, 32, 32, 16)),
+    "len150_gqa4to2_5docs_own_dkdv_tile_f32": (1, 150, 4, 2, 32, 5, 7, jnp.float32,
+                                               (32, 16, 64, 16, 16, 64)),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_reference(name):
-  b, l, h, kv, d, docs, pad_tail, dtype, (bq, bk, bq_bwd, bk_bwd) = CASES[name]
+  b, l, h, kv, d, docs, pad_tail, dtype, blocks = CASES[name]
+  bq, bk, bq_bwd, bk_bwd = blocks[:4]
+  bq_dkdv, bk_dkdv = blocks[4:] or (None, None)
   q, k, v, dout = _inputs(len(name), b, l, h, kv, d, dtype)
   seg = _packed_segments(np.random.RandomState(l), b, l, docs, pad_tail) if docs else None
 
   def ours(q, k, v):
     return flash_attention(q, k, v, seg, seg, block_q=bq, block_k=bk, block_q_bwd=bq_bwd,
-                           block_k_bwd=bk_bwd)
+                           block_k_bwd=bk_bwd, block_q_dkdv=bq_dkdv, block_k_dkdv=bk_dkdv)
 
   got = jax.jit(_out_and_grads, static_argnums=0)(ours, q, k, v, dout)
   want = jax.jit(_out_and_grads, static_argnums=0)(
@@ -76,6 +82,23 @@ def test_matches_reference(name):
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
     err = float(np.max(np.abs(g - w)))
     assert err <= tol * scale, f"{name} {what}: max error {err:.3g} > {tol * scale:.3g}"
+
+
+def test_long_and_repeated_segment_ids_match_reference():
+  """Long documents make most tiles mask-free (the unmasked runs); an id that recurs after another
+  document still means one segment, and a padding tail of 0s is its own segment."""
+  b, l, h, kv, d = 2, 192, 4, 2, 16
+  q, k, v, dout = _inputs(5, b, l, h, kv, d, jnp.float32)
+  seg = jnp.asarray([[1] * 70 + [2] * 50 + [1] * 60 + [0] * 12, [7] * 192], jnp.int32)
+  unmasked_fwd = np.asarray(common.unmasked_kv_start(seg, seg, 32, 16))
+  assert unmasked_fwd[1, -1] == 0 and unmasked_fwd[0, -1] > 0  # Both kinds of run occur.
+  fn = lambda q, k, v: flash_attention(q, k, v, seg, seg, block_q=32, block_k=16, block_q_bwd=16,
+                                       block_k_bwd=32)
+  got = jax.jit(_out_and_grads, static_argnums=0)(fn, q, k, v, dout)
+  want = jax.jit(_out_and_grads, static_argnums=0)(
+      lambda q, k, v: _reference(q, k, v, seg, seg), q, k, v, dout)
+  for what, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5, rtol=1e-5, err_msg=what)
 
 
 def test_other_document_changes_nothing():
@@ -125,6 +148,37 @@ def test_block_bounds_skip_exactly_the_invisible_blocks(tail):
     assert list(range(lo, hi)) == [i for i in range(nq) if want(i, j)], (j, lo, hi)
 
 
+@pytest.mark.parametrize("tail", [0, 19], ids=["no_padding", "padding_tail"])
+def test_unmasked_runs_are_exactly_the_single_segment_tiles(tail):
+  """The tiles the kernels run without a segment mask are the longest run, next to the diagonal, of
+  tiles whose queries and keys all share one segment id."""
+  l, block_q, block_k = 256, 32, 16
+  seg = np.asarray([3] * 100 + [5] * 20 + [3] * (136 - tail) + [0] * tail, np.int32)
+  seg_1xL = jnp.asarray(seg[None])
+  nq, nk = l // block_q, l // block_k
+
+  def single(i, j):
+    ids = set(seg[i * block_q:(i + 1) * block_q]) | set(seg[j * block_k:(j + 1) * block_k])
+    return len(ids) == 1
+
+  start = np.asarray(common.unmasked_kv_start(seg_1xL, seg_1xL, block_q, block_k))[0]
+  for i in range(nq):
+    u = int(start[i * block_q])
+    assert (start[i * block_q:(i + 1) * block_q] == u).all()
+    _, full, _ = (int(x) for x in common.kv_blocks_for_q_block(
+        jnp.int32(i), None, block_q=block_q, block_k=block_k, num_kv_blocks=nk))
+    assert all(single(i, j) for j in range(u, full)), (i, u, full)
+    assert u == 0 or not single(i, u - 1), (i, u)
+  end = np.asarray(common.unmasked_q_end(seg_1xL, seg_1xL, block_q, block_k))[0]
+  for j in range(nk):
+    v = int(end[j * block_k])
+    assert (end[j * block_k:(j + 1) * block_k] == v).all()
+    _, full, _ = (int(x) for x in common.q_blocks_for_kv_block(
+        jnp.int32(j), None, block_q=block_q, block_k=block_k, num_q_blocks=nq))
+    assert all(single(i, j) for i in range(full, v)), (j, full, v)
+    assert v == nq or not single(v, j), (j, v)
+
+
 def test_model_logits_pallas_equal_xla():
   cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
                     num_kv_heads=2, attention_impl="xla")
@@ -138,6 +192,34 @@ def test_model_logits_pallas_equal_xla():
     model = llama.Llama(cfg.replace(attention_impl=impl))
     logits[impl] = np.asarray(jax.jit(model.apply)({"params": params}, tokens, seg, positions))
   np.testing.assert_allclose(logits["pallas"], logits["xla"], atol=1e-5, rtol=0)
+
+
+def test_model_unpacked_rows_skip_segment_ids_and_keep_real_logits():
+  """packed=False (one document per row, then padding): the kernel runs without segment ids; the
+  real tokens' logits equal the masked XLA reference's (the padding tail's need not)."""
+  cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                    num_kv_heads=2, attention_impl="xla")
+  params = llama.init_params(cfg, jax.random.PRNGKey(1))
+  tokens = jnp.asarray(np.random.RandomState(1).randint(0, 97, (2, 40)))
+  seg = jnp.asarray([[1] * 40, [1] * 31 + [0] * 9], jnp.int32)
+  positions = jnp.asarray(np.concatenate([np.arange(40)[None]] * 2))
+  calls = []
+  original = fa_module.flash_attention
+
+  def spy(q, k, v, q_seg=None, kv_seg=None, **kw):
+    calls.append(q_seg is None)
+    return original(q, k, v, q_seg, kv_seg, **kw)
+
+  logits = {}
+  for impl in ("xla", "pallas"):
+    model = llama.Llama(cfg.replace(attention_impl=impl))
+    apply = lambda p, t, s, pos, model=model: model.apply(p, t, s, pos, packed=False)
+    with pytest.MonkeyPatch.context() as mp:
+      mp.setattr(fa_module, "flash_attention", spy)
+      logits[impl] = np.asarray(jax.jit(apply)({"params": params}, tokens, seg, positions))
+  assert calls and all(calls)  # Every kernel call went without segment ids.
+  real_BxL = np.asarray(seg) > 0
+  np.testing.assert_allclose(logits["pallas"][real_BxL], logits["xla"][real_BxL], atol=1e-5, rtol=0)
 
 
 def _pretend_h100(monkeypatch) -> None:

@@ -83,6 +83,7 @@ def flash_attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.A
                     kv_segment_ids_BxS: jax.Array | None = None, *,
                     block_q: int = 128, block_k: int = 64,
                     block_q_bwd: int = 64, block_k_bwd: int = 64,
+                    block_q_dkdv: int | None = None, block_k_dkdv: int | None = None,
                     num_warps: int | None = None, num_stages: int = 3,
                     num_warps_bwd: int = 4, num_stages_bwd: int = 2,
                     interpret: bool | None = None, debug: bool = False) -> jax.Array:
@@ -94,7 +95,8 @@ def flash_attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.A
     q_segment_ids_BxL, kv_segment_ids_BxS: int segment ids >= 0 (both or neither); a query attends
       only to keys of its own segment. Causality is by array index.
     block_q, block_k: forward tile (query rows x keys), powers of two >= 16; clipped for short
-      sequences. block_q_bwd, block_k_bwd: the tile of both backward kernels.
+      sequences. block_q_bwd, block_k_bwd: the tile of the backward dq kernel, and of the dk/dv
+      kernel unless block_q_dkdv, block_k_dkdv are given (None = the _bwd pair).
     num_warps, num_stages (and the _bwd pair): Triton launch settings (defaults from the H100 sweep
       in BENCHMARKS.md: forward 3 stages, backward 4 warps); forward warps default to 4 for
       head_dim <= 64, else 8.
@@ -119,19 +121,22 @@ def flash_attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.A
                                         or kv_segment_ids_BxS.shape != (b, s)):
     raise ValueError(f"flash_attention: segment ids {q_segment_ids_BxL.shape},"
                      f" {kv_segment_ids_BxS.shape} must be [B, L] = {(b, l)} and [B, S] = {(b, s)}")
+  block_q_dkdv = block_q_bwd if block_q_dkdv is None else block_q_dkdv
+  block_k_dkdv = block_k_bwd if block_k_dkdv is None else block_k_dkdv
   for name, value in (("block_q", block_q), ("block_k", block_k), ("block_q_bwd", block_q_bwd),
-                      ("block_k_bwd", block_k_bwd)):
+                      ("block_k_bwd", block_k_bwd), ("block_q_dkdv", block_q_dkdv),
+                      ("block_k_dkdv", block_k_dkdv)):
     _check_block(name, value)
   if interpret is None:
     interpret = jax.default_backend() != "gpu"
 
-  block_q, block_q_bwd = _fit_block(block_q, l), _fit_block(block_q_bwd, l)
-  block_k, block_k_bwd = _fit_block(block_k, s), _fit_block(block_k_bwd, s)
+  block_q, block_q_bwd, block_q_dkdv = (_fit_block(x, l) for x in (block_q, block_q_bwd, block_q_dkdv))
+  block_k, block_k_bwd, block_k_dkdv = (_fit_block(x, s) for x in (block_k, block_k_bwd, block_k_dkdv))
+  q_blocks, k_blocks = (block_q, block_q_bwd, block_q_dkdv), (block_k, block_k_bwd, block_k_dkdv)
   if l == s:  # Self-attention: one padded length, so the diagonal stays the diagonal.
-    l_pad = s_pad = _round_up(l, max(block_q, block_q_bwd, block_k, block_k_bwd))
+    l_pad = s_pad = _round_up(l, max(q_blocks + k_blocks))
   else:
-    l_pad = _round_up(l, max(block_q, block_q_bwd))
-    s_pad = _round_up(s, max(block_k, block_k_bwd))
+    l_pad, s_pad = _round_up(l, max(q_blocks)), _round_up(s, max(k_blocks))
   d_pad = max(_MIN_BLOCK, common.next_power_of_2(d))
 
   if q_segment_ids_BxL is None and s_pad > s and l > s:
@@ -152,6 +157,7 @@ def flash_attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.A
   cfg = common.KernelConfig(
       sm_scale=float(d) ** -0.5, groups=h // kv_heads, has_segments=has_segments,
       block_q=block_q, block_k=block_k, block_q_bwd=block_q_bwd, block_k_bwd=block_k_bwd,
+      block_q_dkdv=block_q_dkdv, block_k_dkdv=block_k_dkdv,
       num_warps=num_warps or warps, num_warps_bwd=num_warps_bwd,
       num_stages=num_stages, num_stages_bwd=num_stages_bwd, interpret=bool(interpret),
       debug=debug)

@@ -27,9 +27,9 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: comm
                num_q_blocks: int, num_kv_blocks: int):
   """q, do [Bq, D]; k, v [Sp, D]; lse2, delta [Bq] -> dq [Bq, D]."""
   if cfg.has_segments:
-    q_seg_ref, kv_seg_ref, first_ref, dq_ref = refs
+    q_seg_ref, kv_seg_ref, first_ref, unmasked_ref, dq_ref = refs
   else:
-    (dq_ref,), q_seg_ref, kv_seg_ref, first_ref = refs, None, None, None
+    (dq_ref,), q_seg_ref, kv_seg_ref, first_ref, unmasked_ref = refs, None, None, None, None
   block_q, block_k = cfg.block_q_bwd, cfg.block_k_bwd
   i = num_q_blocks - 1 - pl.program_id(2)
   q_start = i * block_q
@@ -39,15 +39,17 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: comm
   first_Bq = first_ref[...] if cfg.has_segments else None
   lo, full, hi = common.kv_blocks_for_q_block(i, first_Bq, block_q=block_q, block_k=block_k,
                                               num_kv_blocks=num_kv_blocks)
+  end = jnp.minimum(full, hi)
+  mid = jnp.clip(jnp.min(unmasked_ref[...]), lo, end) if cfg.has_segments else lo
 
-  def body(j, dq_BqxD, *, causal: bool):
+  def body(j, dq_BqxD, *, causal: bool, segments: bool):
     k_start = pl.multiple_of(j * block_k, block_k)
     k_BkxD = k_ref[pl.ds(k_start, block_k), :]
     v_BkxD = v_ref[pl.ds(k_start, block_k), :]
     s_BqxBk = common.dot_nt(q_BqxD, k_BkxD) * cfg.scale2
-    kv_seg_Bk = kv_seg_ref[pl.ds(k_start, block_k)] if cfg.has_segments else None
-    mask = common.block_mask(q_seg_Bq, kv_seg_Bk, q_start, k_start, block_q, block_k,
-                             causal=causal, rows_are_queries=True)
+    kv_seg_Bk = kv_seg_ref[pl.ds(k_start, block_k)] if segments else None
+    mask = common.block_mask(q_seg_Bq if segments else None, kv_seg_Bk, q_start, k_start, block_q,
+                             block_k, causal=causal, rows_are_queries=True)
     if mask is not None:
       s_BqxBk = jnp.where(mask, s_BqxBk, common.NEG)
     p_BqxBk = jnp.exp2(s_BqxBk - lse_Bq[:, None])
@@ -56,10 +58,11 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: comm
     return dq_BqxD + common.dot_nn(ds_BqxBk.astype(k_BkxD.dtype), k_BkxD)
 
   dq_BqxD = jnp.zeros(q_BqxD.shape, jnp.float32)
-  dq_BqxD = jax.lax.fori_loop(lo, jnp.minimum(full, hi), functools.partial(body, causal=False),
-                              dq_BqxD)
-  dq_BqxD = jax.lax.fori_loop(jnp.maximum(lo, full), hi, functools.partial(body, causal=True),
-                              dq_BqxD)
+  segments = cfg.has_segments
+  for start, stop, causal, seg in ((lo, mid, False, segments), (mid, end, False, False),
+                                   (jnp.maximum(lo, full), hi, True, segments)):
+    dq_BqxD = jax.lax.fori_loop(start, stop, functools.partial(body, causal=causal, segments=seg),
+                                dq_BqxD)
   dq_ref[...] = (dq_BqxD * cfg.sm_scale).astype(dq_ref.dtype)
 
 
@@ -67,10 +70,10 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: co
                  num_q_blocks: int):
   """q, do [Lp, G, D]; k, v [Bk, D]; lse2, delta [G, Lp] -> dk, dv [Bk, D] summed over the G heads."""
   if cfg.has_segments:
-    q_seg_ref, kv_seg_ref, last_ref, dk_ref, dv_ref = refs
+    q_seg_ref, kv_seg_ref, last_ref, unmasked_ref, dk_ref, dv_ref = refs
   else:
-    (dk_ref, dv_ref), q_seg_ref, kv_seg_ref, last_ref = refs, None, None, None
-  block_q, block_k = cfg.block_q_bwd, cfg.block_k_bwd
+    (dk_ref, dv_ref), q_seg_ref, kv_seg_ref, last_ref, unmasked_ref = refs, None, None, None, None
+  block_q, block_k = cfg.block_q_dkdv, cfg.block_k_dkdv
   j = pl.program_id(2)
   k_start = j * block_k
   k_BkxD, v_BkxD = k_ref[...], v_ref[...]
@@ -78,8 +81,11 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: co
   last_end_Bk = last_ref[...] if cfg.has_segments else None
   lo, full, hi = common.q_blocks_for_kv_block(j, last_end_Bk, block_q=block_q, block_k=block_k,
                                               num_q_blocks=num_q_blocks)
+  start = jnp.maximum(lo, full)
+  # Past the diagonal: [start, mid) needs no mask at all, [mid, hi) the segment mask.
+  mid = jnp.clip(jnp.max(unmasked_ref[...]), start, hi) if cfg.has_segments else start
 
-  def body(i, carry, *, g, causal: bool):
+  def body(i, carry, *, g, causal: bool, segments: bool):
     dk_BkxD, dv_BkxD = carry
     q_start = pl.multiple_of(i * block_q, block_q)
     q_BqxD = q_ref[pl.ds(q_start, block_q), g, :]
@@ -87,9 +93,9 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: co
     lse_Bq = lse_ref[g, pl.ds(q_start, block_q)]
     delta_Bq = delta_ref[g, pl.ds(q_start, block_q)]
     st_BkxBq = common.dot_nt(k_BkxD, q_BqxD) * cfg.scale2
-    q_seg_Bq = q_seg_ref[pl.ds(q_start, block_q)] if cfg.has_segments else None
-    mask = common.block_mask(kv_seg_Bk, q_seg_Bq, k_start, q_start, block_k, block_q,
-                             causal=causal, rows_are_queries=False)
+    q_seg_Bq = q_seg_ref[pl.ds(q_start, block_q)] if segments else None
+    mask = common.block_mask(kv_seg_Bk if segments else None, q_seg_Bq, k_start, q_start, block_k,
+                             block_q, causal=causal, rows_are_queries=False)
     if mask is not None:
       st_BkxBq = jnp.where(mask, st_BkxBq, common.NEG)
     pt_BkxBq = jnp.exp2(st_BkxBq - lse_Bq[None, :])
@@ -99,11 +105,14 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: co
     dk_BkxD = dk_BkxD + common.dot_nn(dst_BkxBq.astype(q_BqxD.dtype), q_BqxD)
     return dk_BkxD, dv_BkxD
 
+  segments = cfg.has_segments
+
   def head(g, carry):
-    carry = jax.lax.fori_loop(lo, jnp.minimum(full, hi),
-                              functools.partial(body, g=g, causal=True), carry)
-    return jax.lax.fori_loop(jnp.maximum(lo, full), hi,
-                             functools.partial(body, g=g, causal=False), carry)
+    for first, stop, causal, seg in ((lo, jnp.minimum(full, hi), True, segments),
+                                     (start, mid, False, False), (mid, hi, False, segments)):
+      carry = jax.lax.fori_loop(first, stop, functools.partial(body, g=g, causal=causal,
+                                                               segments=seg), carry)
+    return carry
 
   zeros_BkxD = jnp.zeros(k_BkxD.shape, jnp.float32)
   dk_BkxD, dv_BkxD = jax.lax.fori_loop(0, cfg.groups, head, (zeros_BkxD, zeros_BkxD))
@@ -117,7 +126,7 @@ def backward(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
              cfg: common.KernelConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Padded inputs, forward output/lse2 and output cotangent -> (dq, dk, dv) in the input dtypes.
 
-  L is a multiple of cfg.block_q_bwd and S of cfg.block_k_bwd (see `forward` for the rest).
+  L is a multiple of both backward query blocks and S of both key blocks (see `forward`).
   """
   b, l, h, d = q_BxLxHxD.shape
   s, kv_heads = k_BxSxKxD.shape[1], k_BxSxKxD.shape[2]
@@ -147,8 +156,10 @@ def backward(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
   args = [q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, dout_BxLxHxD, lse2_BxHxL, delta_BxHxL]
   if cfg.has_segments:
     q_row_spec = pl.BlockSpec((None, block_q), lambda hh, bb, n: (bb, nq - 1 - n))
-    in_specs += [q_row_spec, pl.BlockSpec((None, s), lambda hh, bb, n: (bb, 0)), q_row_spec]
-    args += [q_seg_BxL, kv_seg_BxS, common.first_kv_block(q_seg_BxL, kv_seg_BxS, block_k)]
+    in_specs += [q_row_spec, pl.BlockSpec((None, s), lambda hh, bb, n: (bb, 0)), q_row_spec,
+                 q_row_spec]
+    args += [q_seg_BxL, kv_seg_BxS, common.first_kv_block(q_seg_BxL, kv_seg_BxS, block_k),
+             common.unmasked_kv_start(q_seg_BxL, kv_seg_BxS, block_q, block_k)]
   dq_BxLxHxD = common.pallas_call(
       functools.partial(_dq_kernel, cfg=cfg, num_q_blocks=nq, num_kv_blocks=nk),
       cfg=cfg, grid=(h, b, nq), in_specs=in_specs,
@@ -158,6 +169,10 @@ def backward(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
       name="heal_flash_attention_bwd_dq")(*args)
 
   # dk, dv: one program per (K/V head, row, key block); the group's query heads are looped inside.
+  # Its own tiling, under new names (the dq index maps above close over nq).
+  block_qt, block_kt = cfg.block_q_dkdv, cfg.block_k_dkdv
+  nqt, nkt = l // block_qt, s // block_kt
+
   def group_map(kk, bb, n):
     del n
     return bb, 0, kk, 0
@@ -170,20 +185,22 @@ def backward(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
     return bb, n, kk, 0
 
   in_specs = [pl.BlockSpec((None, l, groups, d), group_map),
-              pl.BlockSpec((None, block_k, None, d), kv_block_map),
-              pl.BlockSpec((None, block_k, None, d), kv_block_map),
+              pl.BlockSpec((None, block_kt, None, d), kv_block_map),
+              pl.BlockSpec((None, block_kt, None, d), kv_block_map),
               pl.BlockSpec((None, l, groups, d), group_map),
               pl.BlockSpec((None, groups, l), group_row_map),
               pl.BlockSpec((None, groups, l), group_row_map)]
   args = [q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, dout_BxLxHxD, lse2_BxHxL, delta_BxHxL]
   if cfg.has_segments:
-    kv_row_spec = pl.BlockSpec((None, block_k), lambda kk, bb, n: (bb, n))
-    in_specs += [pl.BlockSpec((None, l), lambda kk, bb, n: (bb, 0)), kv_row_spec, kv_row_spec]
-    args += [q_seg_BxL, kv_seg_BxS, common.last_q_block_end(q_seg_BxL, kv_seg_BxS, block_q)]
-  kv_spec = pl.BlockSpec((None, block_k, None, d), kv_block_map)
+    kv_row_spec = pl.BlockSpec((None, block_kt), lambda kk, bb, n: (bb, n))
+    in_specs += [pl.BlockSpec((None, l), lambda kk, bb, n: (bb, 0)), kv_row_spec, kv_row_spec,
+                 kv_row_spec]
+    args += [q_seg_BxL, kv_seg_BxS, common.last_q_block_end(q_seg_BxL, kv_seg_BxS, block_qt),
+             common.unmasked_q_end(q_seg_BxL, kv_seg_BxS, block_qt, block_kt)]
+  kv_spec = pl.BlockSpec((None, block_kt, None, d), kv_block_map)
   dk_BxSxKxD, dv_BxSxKxD = common.pallas_call(
-      functools.partial(_dkdv_kernel, cfg=cfg, num_q_blocks=nq),
-      cfg=cfg, grid=(kv_heads, b, nk), in_specs=in_specs, out_specs=[kv_spec, kv_spec],
+      functools.partial(_dkdv_kernel, cfg=cfg, num_q_blocks=nqt),
+      cfg=cfg, grid=(kv_heads, b, nkt), in_specs=in_specs, out_specs=[kv_spec, kv_spec],
       out_shape=[jax.ShapeDtypeStruct(k_BxSxKxD.shape, k_BxSxKxD.dtype),
                  jax.ShapeDtypeStruct(v_BxSxKxD.shape, v_BxSxKxD.dtype)],
       num_warps=cfg.num_warps_bwd, num_stages=cfg.num_stages_bwd,

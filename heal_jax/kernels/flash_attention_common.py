@@ -36,9 +36,9 @@ class KernelConfig:
   """Static (hashable) settings of one flash-attention call, shared by forward and backward.
 
   sm_scale is the natural-log softmax scale 1/sqrt(true head_dim); `groups` = H // K query heads
-  per K/V head. Blocks: (block_q, block_k) for the forward pass, (block_q_bwd, block_k_bwd) for both
-  backward kernels; the wrapper has padded L to a multiple of max(block_q, block_q_bwd, ...) so that
-  both tilings cover the same padded arrays.
+  per K/V head. Blocks: (block_q, block_k) for the forward pass, (block_q_bwd, block_k_bwd) for the
+  dq kernel, (block_q_dkdv, block_k_dkdv) for the dk/dv kernel; the wrapper has padded L to a
+  multiple of every block size so that all tilings cover the same padded arrays.
   """
   sm_scale: float
   groups: int
@@ -47,6 +47,8 @@ class KernelConfig:
   block_k: int
   block_q_bwd: int
   block_k_bwd: int
+  block_q_dkdv: int
+  block_k_dkdv: int
   num_warps: int
   num_warps_bwd: int
   num_stages: int
@@ -104,6 +106,46 @@ def last_q_block_end(q_seg_BxL: jax.Array, kv_seg_BxS: jax.Array, block_q: int) 
   No later query sees that key, so a key block's loop over query blocks ends at the max."""
   last_BxS = jax.vmap(_last_match)(q_seg_BxL, kv_seg_BxS)
   return jnp.where(last_BxS >= 0, last_BxS // block_q + 1, 0)
+
+
+def _block_uniform(q_seg_BxL: jax.Array, kv_seg_BxS: jax.Array, block_q: int,
+                   block_k: int) -> jax.Array:
+  """[B, Nq, Nk] bool: every query of block i and every key of block j share one segment id, so
+  the tile needs no segment mask."""
+  def one_id(seg_BxN, block):
+    seg_BxMxBlock = seg_BxN.reshape(seg_BxN.shape[0], -1, block)
+    lo_BxM, hi_BxM = seg_BxMxBlock.min(-1), seg_BxMxBlock.max(-1)
+    return jnp.where(lo_BxM == hi_BxM, lo_BxM, jnp.iinfo(jnp.int32).min)  # min: no single id.
+  q_BxNq, kv_BxNk = one_id(q_seg_BxL, block_q), one_id(kv_seg_BxS, block_k)
+  return ((q_BxNq[:, :, None] == kv_BxNk[:, None, :])
+          & (q_BxNq[:, :, None] != jnp.iinfo(jnp.int32).min))
+
+
+def unmasked_kv_start(q_seg_BxL: jax.Array, kv_seg_BxS: jax.Array, block_q: int,
+                      block_k: int) -> jax.Array:
+  """[B, L] int32: per query, the first key block u of its query block's unmasked run: key blocks
+  [u, full) (full = that block's first diagonal block) are all `_block_uniform` with it, so the
+  forward and dq loops drop the segment mask there. Long documents make most tiles so."""
+  uniform_BxNqxNk = _block_uniform(q_seg_BxL, kv_seg_BxS, block_q, block_k)
+  nq, nk = uniform_BxNqxNk.shape[1:]
+  full_Nq = (jnp.arange(nq, dtype=jnp.int32) * block_q + 1) // block_k
+  j_Nk = jnp.arange(nk, dtype=jnp.int32)
+  breaks_BxNqxNk = jnp.where(~uniform_BxNqxNk & (j_Nk[None, :] < full_Nq[:, None]), j_Nk, -1)
+  return jnp.repeat(breaks_BxNqxNk.max(-1) + 1, block_q, axis=1)
+
+
+def unmasked_q_end(q_seg_BxL: jax.Array, kv_seg_BxS: jax.Array, block_q: int,
+                   block_k: int) -> jax.Array:
+  """[B, S] int32: per key, the end v of its key block's unmasked run of query blocks: blocks
+  [full, v) (full = the first block wholly after the diagonal) are all `_block_uniform` with it,
+  so the dk/dv loop drops the segment mask there."""
+  uniform_BxNqxNk = _block_uniform(q_seg_BxL, kv_seg_BxS, block_q, block_k)
+  nq, nk = uniform_BxNqxNk.shape[1:]
+  full_Nk = (jnp.arange(nk, dtype=jnp.int32) * block_k + block_k - 1 + block_q - 1) // block_q
+  i_Nq = jnp.arange(nq, dtype=jnp.int32)
+  breaks_BxNqxNk = jnp.where(~uniform_BxNqxNk & (i_Nq[:, None] >= full_Nk[None, :]),
+                             i_Nq[:, None], nq)
+  return jnp.repeat(breaks_BxNqxNk.min(1), block_k, axis=1)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,9 +20,9 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, cfg: common.KernelConfig, num_q_bloc
                 num_kv_blocks: int):
   """One query block: q [Bq, D]; k, v [Sp, D]; writes o [Bq, D] and lse2 [Bq] (float32)."""
   if cfg.has_segments:
-    q_seg_ref, kv_seg_ref, first_ref, o_ref, lse_ref = refs
+    q_seg_ref, kv_seg_ref, first_ref, unmasked_ref, o_ref, lse_ref = refs
   else:
-    (o_ref, lse_ref), q_seg_ref, kv_seg_ref, first_ref = refs, None, None, None
+    (o_ref, lse_ref), q_seg_ref, kv_seg_ref, first_ref, unmasked_ref = refs, None, None, None, None
   block_q, block_k = cfg.block_q, cfg.block_k
   i = num_q_blocks - 1 - pl.program_id(2)
   q_start = i * block_q
@@ -31,16 +31,19 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, cfg: common.KernelConfig, num_q_bloc
   first_Bq = first_ref[...] if cfg.has_segments else None
   lo, full, hi = common.kv_blocks_for_q_block(i, first_Bq, block_q=block_q, block_k=block_k,
                                               num_kv_blocks=num_kv_blocks)
+  end = jnp.minimum(full, hi)
+  # Below the diagonal: [lo, mid) needs the segment mask, [mid, end) no mask at all.
+  mid = jnp.clip(jnp.min(unmasked_ref[...]), lo, end) if cfg.has_segments else lo
 
-  def body(j, carry, *, causal: bool):
+  def body(j, carry, *, causal: bool, segments: bool):
     m_Bq, l_Bq, acc_BqxD = carry
     k_start = pl.multiple_of(j * block_k, block_k)
     k_BkxD = k_ref[pl.ds(k_start, block_k), :]
     v_BkxD = v_ref[pl.ds(k_start, block_k), :]
     s_BqxBk = common.dot_nt(q_BqxD, k_BkxD) * cfg.scale2
-    kv_seg_Bk = kv_seg_ref[pl.ds(k_start, block_k)] if cfg.has_segments else None
-    mask = common.block_mask(q_seg_Bq, kv_seg_Bk, q_start, k_start, block_q, block_k,
-                             causal=causal, rows_are_queries=True)
+    kv_seg_Bk = kv_seg_ref[pl.ds(k_start, block_k)] if segments else None
+    mask = common.block_mask(q_seg_Bq if segments else None, kv_seg_Bk, q_start, k_start, block_q,
+                             block_k, causal=causal, rows_are_queries=True)
     if mask is not None:
       s_BqxBk = jnp.where(mask, s_BqxBk, common.NEG)
     m_new_Bq = jnp.maximum(m_Bq, jnp.max(s_BqxBk, axis=1))
@@ -53,8 +56,11 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, cfg: common.KernelConfig, num_q_bloc
   head_dim = q_BqxD.shape[-1]
   carry = (jnp.full((block_q,), common.NEG, jnp.float32), jnp.zeros((block_q,), jnp.float32),
            jnp.zeros((block_q, head_dim), jnp.float32))
-  carry = jax.lax.fori_loop(lo, jnp.minimum(full, hi), functools.partial(body, causal=False), carry)
-  carry = jax.lax.fori_loop(jnp.maximum(lo, full), hi, functools.partial(body, causal=True), carry)
+  segments = cfg.has_segments
+  for start, stop, causal, seg in ((lo, mid, False, segments), (mid, end, False, False),
+                                   (jnp.maximum(lo, full), hi, True, segments)):
+    carry = jax.lax.fori_loop(start, stop, functools.partial(body, causal=causal, segments=seg),
+                              carry)
   m_Bq, l_Bq, acc_BqxD = carry
   seen_Bq = m_Bq > 0.5 * common.NEG  # False only for a row with no visible key at all.
   l_Bq = jnp.where(seen_Bq, l_Bq, 1.0)
@@ -89,8 +95,10 @@ def forward(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
   args = [q_BxLxHxD, k_BxSxKxD, v_BxSxKxD]
   if cfg.has_segments:
     q_row_spec = pl.BlockSpec((None, block_q), lambda hh, bb, n: (bb, nq - 1 - n))
-    in_specs += [q_row_spec, pl.BlockSpec((None, s), lambda hh, bb, n: (bb, 0)), q_row_spec]
-    args += [q_seg_BxL, kv_seg_BxS, common.first_kv_block(q_seg_BxL, kv_seg_BxS, block_k)]
+    in_specs += [q_row_spec, pl.BlockSpec((None, s), lambda hh, bb, n: (bb, 0)), q_row_spec,
+                 q_row_spec]
+    args += [q_seg_BxL, kv_seg_BxS, common.first_kv_block(q_seg_BxL, kv_seg_BxS, block_k),
+             common.unmasked_kv_start(q_seg_BxL, kv_seg_BxS, block_q, block_k)]
   out_specs = [pl.BlockSpec((None, block_q, None, d), q_map),
                pl.BlockSpec((None, None, block_q), lambda hh, bb, n: (bb, hh, nq - 1 - n))]
   out_shape = [jax.ShapeDtypeStruct((b, l, h, d), q_BxLxHxD.dtype),

@@ -101,7 +101,8 @@ def attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array, 
               impl: str = "xla", packed: bool = True) -> jax.Array:
   """Masked causal attention; see the module docstring for the layout and mask rules.
 
-  `packed=False` promises that every row is a single segment, which 'cudnn' requires.
+  `packed=False` promises that every row is one document (optionally followed by padding), which
+  'cudnn' requires and 'pallas' uses to skip segment masking.
   """
   impl = resolve_impl(impl)
   if impl == "xla":
@@ -115,7 +116,12 @@ def attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array, 
                             kv_segment_ids_BxS, q_index_BxL, kv_index_BxS)
   if impl == "pallas":
     from heal_jax.kernels import flash_attention  # pylint: disable=import-outside-toplevel
-    return _per_shard(lambda q, k, v, qs, ks: flash_attention.flash_attention(q, k, v, qs, ks),
+    if packed:
+      return _per_shard(lambda q, k, v, qs, ks: flash_attention.flash_attention(q, k, v, qs, ks),
+                        q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, q_segment_ids_BxL, kv_segment_ids_BxS)
+    # One document per row: causal order alone is the mask (a padding tail only sees real tokens
+    # before it, and no real token sees it), so the kernel skips segment masking.
+    return _per_shard(lambda q, k, v, qs, ks: flash_attention.flash_attention(q, k, v),
                       q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, q_segment_ids_BxL, kv_segment_ids_BxS)
   if impl == "splash":
     from heal_jax.kernels import splash  # pylint: disable=import-outside-toplevel
