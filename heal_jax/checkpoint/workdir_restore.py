@@ -18,7 +18,8 @@ from heal_jax.model.config import ModelConfig
 def newest_step(workdir: pathlib.Path) -> tuple[ModelConfig, pathlib.Path, int]:
   """(model config of the checkpoint's phase, its state directory, step) of the newest completed step."""
   mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS,
-                               options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+                               options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                                    save_interval_steps=0),
                                item_names=("state", "data", "meta"))
   step = mngr.latest_step()
   if step is None:
@@ -31,8 +32,13 @@ def newest_step(workdir: pathlib.Path) -> tuple[ModelConfig, pathlib.Path, int]:
 
 def _restore_params(state_dir: pathlib.Path, make_args) -> dict:
   """The `params` subtree of a train-state checkpoint; make_args(metadata tree) -> RestoreArgs tree."""
+  # The handler's metadata: the item directory has no step-level _CHECKPOINT_METADATA to look for.
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    params_meta = handler.metadata(state_dir).tree["params"]
+  finally:
+    handler.close()
   with ocp.PyTreeCheckpointer() as ckpt:
-    params_meta = ckpt.metadata(state_dir).item_metadata.tree["params"]
     item = {"params": jax.tree.map(lambda _: 0, params_meta)}
     restore_args = {"params": make_args(params_meta)}
     restored = ckpt.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
