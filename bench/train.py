@@ -58,14 +58,22 @@ def time_ours(cfg: ModelConfig, batch_rows: int, seq: int, steps: int, packed: b
   return _time_steps(fn, state, batch, steps)
 
 
-def _time_steps(fn, state, batch, steps: int) -> float:
+def _time_steps(fn, state, batch, steps: int, trace_dir: str = "") -> float:
+  """Seconds per step after a warm-up step; with trace_dir, two more steps under the jax profiler
+  (a Perfetto trace.json.gz there, for bench/trace_summary.py)."""
   state, m = fn(state, batch)
   jax.block_until_ready(m["loss"])
   t = time.perf_counter()
   for _ in range(steps):
     state, m = fn(state, batch)
   jax.block_until_ready(m["loss"])
-  return (time.perf_counter() - t) / steps
+  dt = (time.perf_counter() - t) / steps
+  if trace_dir:
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      for _ in range(2):
+        state, m = fn(state, batch)
+      jax.block_until_ready(m["loss"])
+  return dt
 
 
 def time_torch(cfg: ModelConfig, batch_rows: int, seq: int, steps: int) -> float:
@@ -183,7 +191,8 @@ def breakdown(args) -> dict:
       t_fwd = _time_jitted(fwd, state.params, batch, steps=args.steps)
       t_grad = _time_jitted(grad, state.params, batch, steps=args.steps)
       del fwd, grad
-      t_step = _time_steps(fn, state, batch, args.steps)  # the same state: one model in memory
+      trace_dir = f"{args.trace}/{impl}" if args.trace else ""
+      t_step = _time_steps(fn, state, batch, args.steps, trace_dir)  # the same state: one model in memory
     except Exception as e:  # pylint: disable=broad-except
       print(f"{impl}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
       continue
@@ -208,6 +217,7 @@ def main():
   parser.add_argument("--seqs", default="4096,8192", help="GPU: sequence lengths")
   parser.add_argument("--impls", default="pallas,cudnn,xla", help="GPU: attention implementations")
   parser.add_argument("--peak-tflops", type=float, default=0.0)
+  parser.add_argument("--trace", default="", help="--breakdown: profile two whole steps per impl into DIR/IMPL")
   args = parser.parse_args()
   result = breakdown(args) if args.breakdown else gpu(args) if args.gpu else cpu(args)
   print(json.dumps(result))
