@@ -25,6 +25,10 @@ What it does with the shapes it is given:
 
 `interpret=None` runs the kernels in Pallas interpret mode unless the default backend is a GPU
 (the only way they can run on CPU; slow, for tests).
+
+jax 0.11 warns that Pallas' Triton backend is deprecated in favour of Mosaic GPU. These kernels
+still compile and pass their tests there (H100, jax 0.11.2, BENCHMARKS.md); a port is due before a
+jax release drops the backend.
 """
 
 from __future__ import annotations
