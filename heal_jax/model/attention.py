@@ -101,8 +101,9 @@ def attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array, 
               impl: str = "xla", packed: bool = True) -> jax.Array:
   """Masked causal attention; see the module docstring for the layout and mask rules.
 
-  `packed=False` promises that every row is one document (optionally followed by padding), which
-  'cudnn' requires and 'pallas' uses to skip segment masking.
+  `packed=False` promises that every row is one document, optionally followed (never preceded) by
+  padding, which 'cudnn' requires and 'pallas' uses to skip segment masking; 'xla' masks by the
+  segment ids either way.
   """
   impl = resolve_impl(impl)
   if impl == "xla":

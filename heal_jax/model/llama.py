@@ -206,7 +206,8 @@ class Llama(nn.Module):
     tokens_BxL: int32 token ids.
     segment_ids_BxL: int32 document ids within each packed row (0 = padding); default all ones.
     positions_BxL: int32 positions, restarting at 0 for each document; default arange(L).
-    packed: False promises one document per row (lets the 'cudnn' path run).
+    packed: False promises one document per row, padding (if any) only after it: 'cudnn' needs
+      that, and 'pallas' then masks by causal order alone (left padding would break both).
     cache: a KV cache from `init_cache` (inference). The L tokens are written at slots
       `cache_index + arange(L)` and attend to every earlier real slot of their row.
     cache_index: int32 scalar, the slot of the first of the L tokens (cache mode only).
