@@ -1,0 +1,47 @@
+"""launch/: the Slurm and Kubernetes launchers set the same XLA flags, and this jaxlib accepts them.
+
+An XLA flag the installed jaxlib does not know aborts start-up on every host of a job, so a jax
+upgrade that drops one must fail here first.
+"""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _slurm_flags() -> list[str]:
+  text = (REPO / "launch" / "slurm.sbatch").read_text()
+  block = re.search(r"^xla_flags=\(\n(.*?)^\)", text, re.S | re.M)
+  assert block, "launch/slurm.sbatch: no xla_flags=( ... ) block"
+  return re.findall(r"^\s*(--xla_\S*)", block.group(1), re.M)
+
+
+def _k8s_flags() -> list[str]:
+  text = (REPO / "launch" / "k8s-jobset.yaml").read_text()
+  block = re.search(r"- name: XLA_FLAGS\n\s*value: >-\n((?:\s+--xla_\S*\n)+)", text)
+  assert block, "launch/k8s-jobset.yaml: no folded XLA_FLAGS value"
+  return block.group(1).split()
+
+
+def test_slurm_and_k8s_set_the_same_flags():
+  slurm = _slurm_flags()
+  assert len(slurm) >= 5 and all(f.startswith("--xla_gpu_") for f in slurm), slurm
+  assert _k8s_flags() == slurm
+
+
+def test_installed_jaxlib_accepts_every_flag():
+  env = {**os.environ, "XLA_FLAGS": " ".join(_slurm_flags()), "JAX_PLATFORMS": "cpu"}
+  probe = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; print(float(jnp.ones(3).sum()))"],
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+  assert probe.returncode == 0 and probe.stdout.strip() == "3.0", probe.stderr[-2000:]
+
+
+def test_an_unknown_flag_would_be_caught():
+  env = {**os.environ, "XLA_FLAGS": "--xla_gpu_no_such_flag_heal=true", "JAX_PLATFORMS": "cpu"}
+  probe = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; print(float(jnp.ones(3).sum()))"],
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+  assert probe.returncode != 0 and "Unknown flag" in probe.stderr, probe.stderr[-2000:]
