@@ -22,7 +22,7 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92 PYTHONUNBUFFERED=1
   > "$OUT/env.txt" 2>&1
 
 # Most informative first; each step has its own time limit and writes to $OUT as it goes, so a
-# cut-off run still returns what finished. At most 8 files come back from $OUT: keep it to these 6.
+# cut-off run still returns what finished. At most 8 files come back from $OUT: keep it to these 7.
 # (The second 2026-11-27 session ran the sweep; see BENCHMARKS.md. `--sweep` is still there.)
 
 # Issue 7: the kernel tests on the GPU itself (compiled Triton kernels instead of interpret mode;
@@ -51,13 +51,20 @@ timeout 170 "$PY" bench/train.py --gpu --layers 8 --steps 5 --remat dots_no_batc
   --impls pallas,pallas_1doc,cudnn > "$OUT/train_gpu.txt" 2>&1
 echo "train exit $?" >> "$OUT/train_gpu.txt"
 
+# Issue 4: the same at 8K under the XLA flags our launchers set (launch/slurm.sbatch), which the
+# rows above do not use: what a user's job gets.
+LAUNCH_FLAGS=$(sed -n '/^xla_flags=(/,/^)/p' launch/slurm.sbatch | grep -o -- '--xla[^ ]*' | tr '\n' ' ')
+XLA_FLAGS="$LAUNCH_FLAGS" timeout 100 "$PY" bench/train.py --gpu --layers 8 --steps 5 --seqs 8192 \
+  --remat dots_no_batch --impls pallas,cudnn > "$OUT/train_gpu_flags.txt" 2>&1
+echo "train (launcher XLA flags: $LAUNCH_FLAGS) exit $?" >> "$OUT/train_gpu_flags.txt"
+
 # The main job on the GPU through our kernel (packed rows, GQA, head_dim 32), when the wheels of
 # grain/ml-collections/clu were carried (see bench/gpu_tiny.sh).
 if compgen -G ".whl/*.whl" > /dev/null; then
   TINY_TIMEOUT=150 TINY_ARGS="--config.model.attention_impl=pallas" bash bench/gpu_tiny.sh > /dev/null 2>&1
 fi
 
-grep -v -E "^W[0-9]|^E[0-9]|^\{" "$OUT"/env.txt "$OUT"/breakdown.txt "$OUT"/train_gpu.txt | cut -c1-300
+grep -v -E "^W[0-9]|^E[0-9]|^\{" "$OUT"/env.txt "$OUT"/breakdown.txt "$OUT"/train_gpu*.txt | cut -c1-300
 tail -n 4 "$OUT"/pytest_gpu.txt
 grep -v -E "^W[0-9]|^E[0-9]" "$OUT"/trace_summary.txt | cut -c1-200 | head -n 120
 grep -v -E "^W[0-9]|^E[0-9]|^\{\"bench" "$OUT"/attention.txt | cut -c1-300
