@@ -148,6 +148,15 @@ def test_block_bounds_skip_exactly_the_invisible_blocks(tail):
     assert list(range(lo, hi)) == [i for i in range(nq) if want(i, j)], (j, lo, hi)
 
 
+def test_segment_bounds_compile_to_straight_line_code():
+  """One sort per bound and no while loop (on a GPU each loop iteration syncs with the host)."""
+  seg = jnp.zeros((2, 512), jnp.int32)
+  for bound in (lambda s: common.first_kv_block(s, s, 64), lambda s: common.last_q_block_end(s, s, 64),
+                lambda s: common.unmasked_kv_start(s, s, 64, 32), lambda s: common.unmasked_q_end(s, s, 64, 32)):
+    hlo = jax.jit(bound).lower(seg).as_text()
+    assert "stablehlo.while" not in hlo and hlo.count("stablehlo.sort") <= 1
+
+
 @pytest.mark.parametrize("tail", [0, 19], ids=["no_padding", "padding_tail"])
 def test_unmasked_runs_are_exactly_the_single_segment_tiles(tail):
   """The tiles the kernels run without a segment mask are the longest run, next to the diagonal, of

@@ -82,7 +82,9 @@ def _first_match(ids_S: jax.Array, queries_L: jax.Array) -> jax.Array:
   n = ids_S.shape[0]
   order_S = jnp.argsort(ids_S, stable=True)  # Stable: within a run of equal ids, positions ascend.
   sorted_S = ids_S[order_S]
-  idx_L = jnp.minimum(jnp.searchsorted(sorted_S, queries_L, side="left"), n - 1)
+  # Unrolled: a while loop on a GPU reads its condition back to the host on every iteration.
+  idx_L = jnp.searchsorted(sorted_S, queries_L, side="left", method="scan_unrolled")
+  idx_L = jnp.minimum(idx_L, n - 1)
   return jnp.where(sorted_S[idx_L] == queries_L, order_S[idx_L], n).astype(jnp.int32)
 
 
@@ -90,7 +92,8 @@ def _last_match(ids_L: jax.Array, queries_S: jax.Array) -> jax.Array:
   """For each query value, the last position of `ids` holding it, else -1: [S] int32."""
   order_L = jnp.argsort(ids_L, stable=True)
   sorted_L = ids_L[order_L]
-  idx_S = jnp.maximum(jnp.searchsorted(sorted_L, queries_S, side="right") - 1, 0)
+  idx_S = jnp.searchsorted(sorted_L, queries_S, side="right", method="scan_unrolled")
+  idx_S = jnp.maximum(idx_S - 1, 0)
   return jnp.where(sorted_L[idx_S] == queries_S, order_L[idx_S], -1).astype(jnp.int32)
 
 
