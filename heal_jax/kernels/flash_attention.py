@@ -18,7 +18,8 @@ What it does with the shapes it is given:
   are the only ones paying for the causal mask; with segment ids, each query block starts at the
   first key block of its earliest document (and each key block stops at the last query block of
   its latest document), so a packed row of short documents costs about the sum of their squares
-  (exact for contiguous documents, the packer's layout, trailing padding included).
+  (exact for contiguous documents, the packer's layout, trailing padding included). Tiles whose
+  queries and keys all carry one segment id (most tiles of long documents) skip the segment mask.
 - bf16/fp16/fp32 inputs; matmuls accumulate in float32; the softmax runs in float32.
 - A query row with no visible key (impossible in self-attention, where each query sees itself)
   returns 0 where the XLA reference returns the mean of the values.
