@@ -56,6 +56,8 @@ CASES = {
     "len61_mqa_d24_2docs_fp16": (2, 61, 4, 1, 24, 2, 3, jnp.float16, (16, 32, 32, 16)),
     "len150_gqa4to2_5docs_own_dkdv_tile_f32": (1, 150, 4, 2, 32, 5, 7, jnp.float32,
                                                (32, 16, 64, 16, 16, 64)),
+    "len96_gqa4to2_d64_3docs_bf16": (1, 96, 4, 2, 64, 3, 2, jnp.bfloat16, (32, 32, 32, 32)),
+    "len80_mha_d128_2docs_bf16": (1, 80, 2, 2, 128, 2, 0, jnp.bfloat16, (32, 16, 16, 32)),
 }
 
 
