@@ -151,7 +151,7 @@ def test_block_bounds_skip_exactly_the_invisible_blocks(tail):
 
 
 def test_segment_bounds_compile_to_straight_line_code():
-  """One sort per bound and no while loop (on a GPU each loop iteration syncs with the host)."""
+  """One sort per bound and no while loop (on a GPU each loop iteration is its own kernel launches)."""
   seg = jnp.zeros((2, 512), jnp.int32)
   for bound in (lambda s: common.first_kv_block(s, s, 64), lambda s: common.last_q_block_end(s, s, 64),
                 lambda s: common.unmasked_kv_start(s, s, 64, 32), lambda s: common.unmasked_q_end(s, s, 64, 32)):

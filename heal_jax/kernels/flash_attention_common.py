@@ -82,7 +82,8 @@ def _first_match(ids_S: jax.Array, queries_L: jax.Array) -> jax.Array:
   n = ids_S.shape[0]
   order_S = jnp.argsort(ids_S, stable=True)  # Stable: within a run of equal ids, positions ascend.
   sorted_S = ids_S[order_S]
-  # Unrolled: a while loop on a GPU reads its condition back to the host on every iteration.
+  # Unrolled: straight-line compares XLA can fuse, instead of a loop whose every iteration is
+  # its own kernel launches on a GPU.
   idx_L = jnp.searchsorted(sorted_S, queries_L, side="left", method="scan_unrolled")
   idx_L = jnp.minimum(idx_L, n - 1)
   return jnp.where(sorted_S[idx_L] == queries_L, order_S[idx_L], n).astype(jnp.int32)
