@@ -18,11 +18,12 @@ OUT=${OUT:-/tmp/heal_gpu_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || exit 1
+  > "$OUT/tiny_gpu.txt" 2>&1 || { echo "tiny: installing the carried wheels failed" >> "$OUT/tiny_gpu.txt"; exit 1; }
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 start=$(date +%s)
+rm -rf /tmp/tiny_gpu  # A rerun on a warm machine must train again, not resume a finished run.
 # shellcheck disable=SC2086  # TINY_ARGS is a list of overrides.
 timeout "${TINY_TIMEOUT:-280}" "$PY" -c "import sys; from heal_jax.cli import main; sys.exit(main())" \
-  train --config configs/tiny.py --workdir /tmp/tiny_gpu ${TINY_ARGS:-} > "$OUT/tiny_gpu.txt" 2>&1
+  train --config configs/tiny.py --workdir /tmp/tiny_gpu ${TINY_ARGS:-} >> "$OUT/tiny_gpu.txt" 2>&1
 echo "tiny exit $? after $(( $(date +%s) - start )) s" >> "$OUT/tiny_gpu.txt"
 grep -v -E "^W[0-9]|^E[0-9]" "$OUT/tiny_gpu.txt" | tail -n 40 | cut -c1-300

@@ -1,7 +1,7 @@
 """Where a profiled step's device time goes: total time per kernel name in a jax profiler trace.
 
-Reads the Perfetto/Chrome trace (`*.trace.json.gz`) that `jax.profiler.trace(..., create_perfetto_trace=True)`
-writes under DIR/plugins/profile/<run>/ (e.g. `bench/train.py --breakdown --trace DIR`), keeps the
+Reads the Chrome-format trace (`<host>.trace.json.gz`) that `jax.profiler.trace(DIR)` writes under
+DIR/plugins/profile/<run>/ (e.g. `bench/train.py --breakdown --trace DIR`), keeps the
 complete ("X") events of the device processes (names with "/device:"; `--host` adds the host's), and
 prints per event name: calls, total ms, ms per step (total / --steps) and share of the device total,
 biggest first, then the totals by category (our Pallas kernels, cuDNN attention, matmuls, the rest).
@@ -22,7 +22,7 @@ import pathlib
 CATEGORIES = (
     ("ours: flash attention", ("heal_flash_attention",)),
     ("cuDNN attention", ("cudnn", "fmha", "flash_fprop", "flash_bprop")),
-    ("matmul", ("gemm", "cutlass", "xmma", "cublas", "dot")),
+    ("matmul", ("gemm", "cutlass", "xmma", "cublas", "nvjet", "dot")),
 )
 
 

@@ -70,8 +70,7 @@ def manager(workdir: pathlib.Path, keep: int, keep_period: int, async_save: bool
             read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, keep_period=keep_period or None, enable_async_checkpointing=async_save,
-      create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only,
-      **({"save_interval_steps": 0} if read_only else {}))
+      create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS, options=options,
                                item_names=("state", "data", "meta"))
 
