@@ -37,10 +37,9 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: comm
   lse_Bq, delta_Bq = lse_ref[...], delta_ref[...]
   q_seg_Bq = q_seg_ref[...] if cfg.has_segments else None
   first_Bq = first_ref[...] if cfg.has_segments else None
-  lo, full, hi = common.kv_blocks_for_q_block(i, first_Bq, block_q=block_q, block_k=block_k,
-                                              num_kv_blocks=num_kv_blocks)
-  end = jnp.minimum(full, hi)
-  mid = jnp.clip(jnp.min(unmasked_ref[...]), lo, end) if cfg.has_segments else lo
+  loops = common.kv_loops_for_q_block(
+      i, first_Bq, unmasked_ref[...] if cfg.has_segments else None, block_q=block_q,
+      block_k=block_k, num_kv_blocks=num_kv_blocks)
 
   def body(j, dq_BqxD, *, causal: bool, segments: bool):
     k_start = pl.multiple_of(j * block_k, block_k)
@@ -58,9 +57,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: comm
     return dq_BqxD + common.dot_nn(ds_BqxBk.astype(k_BkxD.dtype), k_BkxD)
 
   dq_BqxD = jnp.zeros(q_BqxD.shape, jnp.float32)
-  segments = cfg.has_segments
-  for start, stop, causal, seg in ((lo, mid, False, segments), (mid, end, False, False),
-                                   (jnp.maximum(lo, full), hi, True, segments)):
+  for start, stop, causal, seg in loops:
     dq_BqxD = jax.lax.fori_loop(start, stop, functools.partial(body, causal=causal, segments=seg),
                                 dq_BqxD)
   dq_ref[...] = (dq_BqxD * cfg.sm_scale).astype(dq_ref.dtype)
@@ -79,11 +76,9 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: co
   k_BkxD, v_BkxD = k_ref[...], v_ref[...]
   kv_seg_Bk = kv_seg_ref[...] if cfg.has_segments else None
   last_end_Bk = last_ref[...] if cfg.has_segments else None
-  lo, full, hi = common.q_blocks_for_kv_block(j, last_end_Bk, block_q=block_q, block_k=block_k,
-                                              num_q_blocks=num_q_blocks)
-  start = jnp.maximum(lo, full)
-  # Past the diagonal: [start, mid) needs no mask at all, [mid, hi) the segment mask.
-  mid = jnp.clip(jnp.max(unmasked_ref[...]), start, hi) if cfg.has_segments else start
+  loops = common.q_loops_for_kv_block(
+      j, last_end_Bk, unmasked_ref[...] if cfg.has_segments else None, block_q=block_q,
+      block_k=block_k, num_q_blocks=num_q_blocks)
 
   def body(i, carry, *, g, causal: bool, segments: bool):
     dk_BkxD, dv_BkxD = carry
@@ -105,11 +100,8 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, cfg: co
     dk_BkxD = dk_BkxD + common.dot_nn(dst_BkxBq.astype(q_BqxD.dtype), q_BqxD)
     return dk_BkxD, dv_BkxD
 
-  segments = cfg.has_segments
-
   def head(g, carry):
-    for first, stop, causal, seg in ((lo, jnp.minimum(full, hi), True, segments),
-                                     (start, mid, False, False), (mid, hi, False, segments)):
+    for first, stop, causal, seg in loops:
       carry = jax.lax.fori_loop(first, stop, functools.partial(body, g=g, causal=causal,
                                                                segments=seg), carry)
     return carry
@@ -158,8 +150,8 @@ def backward(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
     q_row_spec = pl.BlockSpec((None, block_q), lambda hh, bb, n: (bb, nq - 1 - n))
     in_specs += [q_row_spec, pl.BlockSpec((None, s), lambda hh, bb, n: (bb, 0)), q_row_spec,
                  q_row_spec]
-    args += [q_seg_BxL, kv_seg_BxS, common.first_kv_block(q_seg_BxL, kv_seg_BxS, block_k),
-             common.unmasked_kv_start(q_seg_BxL, kv_seg_BxS, block_q, block_k)]
+    args += [q_seg_BxL, kv_seg_BxS,
+             *common.q_block_bound_args(q_seg_BxL, kv_seg_BxS, block_q, block_k)]
   dq_BxLxHxD = common.pallas_call(
       functools.partial(_dq_kernel, cfg=cfg, num_q_blocks=nq, num_kv_blocks=nk),
       cfg=cfg, grid=(h, b, nq), in_specs=in_specs,
@@ -195,8 +187,8 @@ def backward(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
     kv_row_spec = pl.BlockSpec((None, block_kt), lambda kk, bb, n: (bb, n))
     in_specs += [pl.BlockSpec((None, l), lambda kk, bb, n: (bb, 0)), kv_row_spec, kv_row_spec,
                  kv_row_spec]
-    args += [q_seg_BxL, kv_seg_BxS, common.last_q_block_end(q_seg_BxL, kv_seg_BxS, block_qt),
-             common.unmasked_q_end(q_seg_BxL, kv_seg_BxS, block_qt, block_kt)]
+    args += [q_seg_BxL, kv_seg_BxS,
+             *common.kv_block_bound_args(q_seg_BxL, kv_seg_BxS, block_qt, block_kt)]
   kv_spec = pl.BlockSpec((None, block_kt, None, d), kv_block_map)
   dk_BxSxKxD, dv_BxSxKxD = common.pallas_call(
       functools.partial(_dkdv_kernel, cfg=cfg, num_q_blocks=nqt),

@@ -152,6 +152,22 @@ def unmasked_q_end(q_seg_BxL: jax.Array, kv_seg_BxS: jax.Array, block_q: int,
   return jnp.repeat(breaks_BxNqxNk.min(1), block_k, axis=1)
 
 
+def q_block_bound_args(q_seg_BxL: jax.Array, kv_seg_BxS: jax.Array, block_q: int,
+                       block_k: int) -> list[jax.Array]:
+  """The per-query [B, L] inputs of a kernel that loops over key blocks (forward, dq):
+  `first_kv_block` and `unmasked_kv_start`, for `kv_loops_for_q_block`."""
+  return [first_kv_block(q_seg_BxL, kv_seg_BxS, block_k),
+          unmasked_kv_start(q_seg_BxL, kv_seg_BxS, block_q, block_k)]
+
+
+def kv_block_bound_args(q_seg_BxL: jax.Array, kv_seg_BxS: jax.Array, block_q: int,
+                        block_k: int) -> list[jax.Array]:
+  """The per-key [B, S] inputs of the kernel that loops over query blocks (dk/dv):
+  `last_q_block_end` and `unmasked_q_end`, for `q_loops_for_kv_block`."""
+  return [last_q_block_end(q_seg_BxL, kv_seg_BxS, block_q),
+          unmasked_q_end(q_seg_BxL, kv_seg_BxS, block_q, block_k)]
+
+
 # ------------------------------------------------------------------------------------------------
 # In-kernel helpers (traced inside the kernels; only ops the Triton lowering supports).
 
@@ -218,3 +234,35 @@ def q_blocks_for_kv_block(j, last_q_block_end_Bk: jax.Array | None, *, block_q: 
   if last_q_block_end_Bk is not None:
     hi = jnp.minimum(jnp.max(last_q_block_end_Bk), hi)
   return lo, full, hi
+
+
+def kv_loops_for_q_block(i, first_kv_block_Bq: jax.Array | None,
+                         unmasked_kv_start_Bq: jax.Array | None, *, block_q: int, block_k: int,
+                         num_kv_blocks: int) -> tuple:
+  """The forward and dq kernels' loops over key blocks for query block i, as
+  ((start, stop, causal, segments), ...): below the diagonal, [lo, mid) with the segment mask and
+  [mid, end) with none (`unmasked_kv_start`); then the diagonal blocks. The bound arrays are None
+  without segment ids."""
+  lo, full, hi = kv_blocks_for_q_block(i, first_kv_block_Bq, block_q=block_q, block_k=block_k,
+                                       num_kv_blocks=num_kv_blocks)
+  end, diagonal = jnp.minimum(full, hi), jnp.maximum(lo, full)
+  if unmasked_kv_start_Bq is None:
+    return (lo, end, False, False), (diagonal, hi, True, False)
+  mid = jnp.clip(jnp.min(unmasked_kv_start_Bq), lo, end)
+  return (lo, mid, False, True), (mid, end, False, False), (diagonal, hi, True, True)
+
+
+def q_loops_for_kv_block(j, last_q_block_end_Bk: jax.Array | None,
+                         unmasked_q_end_Bk: jax.Array | None, *, block_q: int, block_k: int,
+                         num_q_blocks: int) -> tuple:
+  """The dk/dv kernel's loops over query blocks for key block j, as ((start, stop, causal,
+  segments), ...): the diagonal blocks; then past the diagonal, [start, mid) with no mask
+  (`unmasked_q_end`) and [mid, hi) with the segment mask. The bound arrays are None without
+  segment ids."""
+  lo, full, hi = q_blocks_for_kv_block(j, last_q_block_end_Bk, block_q=block_q, block_k=block_k,
+                                       num_q_blocks=num_q_blocks)
+  diagonal, start = (lo, jnp.minimum(full, hi)), jnp.maximum(lo, full)
+  if unmasked_q_end_Bk is None:
+    return (*diagonal, True, False), (start, hi, False, False)
+  mid = jnp.clip(jnp.max(unmasked_q_end_Bk), start, hi)
+  return (*diagonal, True, True), (start, mid, False, False), (mid, hi, False, True)

@@ -29,11 +29,9 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, cfg: common.KernelConfig, num_q_bloc
   q_BqxD = q_ref[...]
   q_seg_Bq = q_seg_ref[...] if cfg.has_segments else None
   first_Bq = first_ref[...] if cfg.has_segments else None
-  lo, full, hi = common.kv_blocks_for_q_block(i, first_Bq, block_q=block_q, block_k=block_k,
-                                              num_kv_blocks=num_kv_blocks)
-  end = jnp.minimum(full, hi)
-  # Below the diagonal: [lo, mid) needs the segment mask, [mid, end) no mask at all.
-  mid = jnp.clip(jnp.min(unmasked_ref[...]), lo, end) if cfg.has_segments else lo
+  loops = common.kv_loops_for_q_block(
+      i, first_Bq, unmasked_ref[...] if cfg.has_segments else None, block_q=block_q,
+      block_k=block_k, num_kv_blocks=num_kv_blocks)
 
   def body(j, carry, *, causal: bool, segments: bool):
     m_Bq, l_Bq, acc_BqxD = carry
@@ -56,9 +54,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, cfg: common.KernelConfig, num_q_bloc
   head_dim = q_BqxD.shape[-1]
   carry = (jnp.full((block_q,), common.NEG, jnp.float32), jnp.zeros((block_q,), jnp.float32),
            jnp.zeros((block_q, head_dim), jnp.float32))
-  segments = cfg.has_segments
-  for start, stop, causal, seg in ((lo, mid, False, segments), (mid, end, False, False),
-                                   (jnp.maximum(lo, full), hi, True, segments)):
+  for start, stop, causal, seg in loops:
     carry = jax.lax.fori_loop(start, stop, functools.partial(body, causal=causal, segments=seg),
                               carry)
   m_Bq, l_Bq, acc_BqxD = carry
@@ -97,8 +93,8 @@ def forward(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
     q_row_spec = pl.BlockSpec((None, block_q), lambda hh, bb, n: (bb, nq - 1 - n))
     in_specs += [q_row_spec, pl.BlockSpec((None, s), lambda hh, bb, n: (bb, 0)), q_row_spec,
                  q_row_spec]
-    args += [q_seg_BxL, kv_seg_BxS, common.first_kv_block(q_seg_BxL, kv_seg_BxS, block_k),
-             common.unmasked_kv_start(q_seg_BxL, kv_seg_BxS, block_q, block_k)]
+    args += [q_seg_BxL, kv_seg_BxS,
+             *common.q_block_bound_args(q_seg_BxL, kv_seg_BxS, block_q, block_k)]
   out_specs = [pl.BlockSpec((None, block_q, None, d), q_map),
                pl.BlockSpec((None, None, block_q), lambda hh, bb, n: (bb, hh, nq - 1 - n))]
   out_shape = [jax.ShapeDtypeStruct((b, l, h, d), q_BxLxHxD.dtype),
