@@ -135,9 +135,10 @@ def _width_7b(layers: int, seq: int, remat: str, impl: str) -> ModelConfig:
                      compute_dtype="bfloat16", remat_policy=remat, scan_layers=True, attention_impl=impl)
 
 
-def _packed(impl: str) -> bool:
-  """Whether the bench's rows are passed as packed (segment ids honoured) for this impl label."""
-  return not (impl == "cudnn" or impl.endswith("_1doc"))
+def _impl_and_packed(label: str) -> tuple[str, bool]:
+  """An --impls label -> (attention_impl, whether rows are passed as packed: segment ids honoured)."""
+  impl = label.removesuffix("_1doc")
+  return impl, not (impl == "cudnn" or label.endswith("_1doc"))
 
 
 def gpu(args) -> dict:
@@ -147,11 +148,12 @@ def gpu(args) -> dict:
   for remat in args.remat.split(","):
     for seq in (int(s) for s in args.seqs.split(",")):
       for impl in args.impls.split(","):
-        cfg = _width_7b(args.layers, seq, remat, impl.removesuffix("_1doc"))
+        attention_impl, packed = _impl_and_packed(impl)
+        cfg = _width_7b(args.layers, seq, remat, attention_impl)
         batch_rows = max(args.tokens // seq, 1)
         row = {"seq": seq, "impl": impl, "remat": remat, "layers": args.layers, "batch": batch_rows}
         try:
-          dt = time_ours(cfg, batch_rows, seq, args.steps, packed=_packed(impl))
+          dt = time_ours(cfg, batch_rows, seq, args.steps, packed=packed)
         except Exception as e:  # pylint: disable=broad-except
           rows.append({**row, "error": f"{type(e).__name__}: {str(e)[:300]}"})
           print(f"seq {seq:5d} {impl:11s} remat {remat:14s} failed: {rows[-1]['error']}", flush=True)
@@ -186,8 +188,8 @@ def breakdown(args) -> dict:
   mm_tflops = 2 * args.tokens * 4096 * 11008 / mm / 1e12
   print(f"bf16 matmul [{args.tokens},4096]x[4096,11008]: {mm * 1e3:.2f} ms, {mm_tflops:.0f} TFLOP/s", flush=True)
   for impl in args.impls.split(","):
-    cfg = _width_7b(args.layers, seq, remat, impl.removesuffix("_1doc"))
-    packed = _packed(impl)
+    attention_impl, packed = _impl_and_packed(impl)
+    cfg = _width_7b(args.layers, seq, remat, attention_impl)
     try:
       fn, state, batch = _our_step(cfg, batch_rows, seq, packed)
       fwd = jax.jit(lambda p, b: step_lib.batch_stats(p, b, cfg, 0.0, 1, packed)["nll_sum"])
