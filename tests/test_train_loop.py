@@ -52,10 +52,17 @@ def test_the_train_step_compiles_once_per_run_fresh_and_resumed(data_root, tmp_p
   assert sorted(train_helpers.losses(tmp_path / "w")) == list(range(1, 9))
 
 
-def test_unknown_phase_source_is_an_error(data_root, tmp_path):
-  config = train_helpers.load(data_root, 2, ("--config.phases.pretrain.weights=general=1,pubmed=1",))
-  with pytest.raises(ValueError, match="unknown source 'pubmed'"):
+@pytest.mark.parametrize("override,message", [
+    ("--config.phases.pretrain.weights=general=1,pubmed=1", "unknown source 'pubmed'"),
+    ("--config.model.attention_impl=flash", "attention_impl='flash' is not one of"),
+    ("--config.mesh.fsdp=3", "does not fit"),
+])
+def test_a_bad_setting_fails_before_the_work_directory_is_touched(data_root, tmp_path, override, message):
+  config = train_helpers.load(data_root, 2, (override, "--config.data.bootstrap=synthetic",
+                                             f"--config.data.tokenizer={tmp_path}/w/tok"))
+  with pytest.raises(ValueError, match=message):
     loop.train(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
 
 
 def _cli(workdir: pathlib.Path, data_root: pathlib.Path, steps: int, extra: tuple[str, ...] = ()) -> list[str]:

@@ -286,15 +286,16 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   devices: the devices of the mesh (default: all of them, over every process).
   """
   workdir = pathlib.Path(workdir).absolute()
+  # A bad phase, model or mesh setting fails here, before anything is written to the work directory.
+  phases = phases_lib.from_config(config)
+  base_cfg = config_lib.model_config(config)
+  mesh = mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES}, devices)
   primary = jax.process_index() == 0
   writer = metrics_lib.MetricWriter(workdir, primary)
   if primary:
     mixture.bootstrap(config, workdir, writer.log)
     (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
   multihost_utils.sync_global_devices("heal-jax bootstrap")
-  phases = phases_lib.from_config(config)
-  base_cfg = config_lib.model_config(config)
-  mesh = mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES}, devices)
   data = mixture.load(config, workdir, config.eval.holdout_examples)
   for name, counts in data.counts.items():
     writer.log(f"source {name}: {counts}")
