@@ -113,12 +113,44 @@ def test_csv_rows_spanning_lines(tmp_path):
                    (8, {"conversation": "multi\nline\ndialogue", "note": "note"})]
 
 
-def test_csv_with_wrong_columns_is_one_problem(tmp_path):
-  path = tmp_path / "wrong.csv"
-  path.write_text("id,transcript,summary\n1,a,b\n2,c,d\n", encoding="utf-8")
-  assert check.check_file(path, "conversation", fields={"conversation": "dialogue"}) == {
-      "read": 1, "valid": 0, "invalid": 1, "problems": [
-          {"line": 1, "reason": "CSV missing columns: dialogue, note (header: id, transcript, summary)"}]}
+# (file name, bytes, line, reason): problems with the file as a whole, which stop reading it.
+FILE_ERRORS = [
+    ("wrong.csv", b"id,transcript,summary\n1,a,b\n2,c,d\n", 1,
+     "CSV missing columns: dialogue, note (header: id, transcript, summary)"),
+    # A stray quote opens a field that would swallow the next rows: 5 data rows, not 3.
+    ("stray.csv", b'dialogue,note\n"[doctor] a",n1\n"[doctor] stray quote,n2\nx,y\n"z",w\n"[doctor] r5",n5\n', 3,
+     "malformed CSV in the record starting here: ',' expected after '\"'"),
+    ("open.csv", b'dialogue,note\n"[doctor] a",n1\n"[doctor] never closed,n2\nx,y\n', 3,
+     "malformed CSV in the record starting here: unexpected end of data"),
+    ("cut.jsonl.gz", gzip.compress(b"".join(b'{"conversation": "[doctor] hi", "note": "n"}\n' for _ in range(3000)))[:-400],
+     None, "corrupt or truncated compressed data"),
+    ("plain.jsonl.gz", b'{"conversation": "[doctor] hi", "note": "n"}\n', 1, "corrupt or truncated compressed data"),
+]
+
+
+@pytest.mark.parametrize("name, data, line, reason", FILE_ERRORS)
+def test_a_problem_with_the_whole_file_names_file_and_line(tmp_path, name, data, line, reason):
+  path = tmp_path / name
+  path.write_bytes(data)
+  fields = {"conversation": "dialogue"} if name.endswith(".csv") else None
+  with pytest.raises(check.FileError) as e:
+    check.check_file(path, "conversation", fields=fields)
+  assert str(e.value).startswith(f"{path}:") and reason in e.value.reason
+  if line is not None:
+    assert e.value.line == line
+  else:  # Truncated: the lines before the damage are read, then the error names where it starts.
+    read = [n for n, _, _ in _records_until_error(path)]
+    assert read and e.value.line == read[-1] + 1 and e.value.reason.endswith(f"the {read[-1]} lines before it were read")
+
+
+def _records_until_error(path):
+  out = []
+  try:
+    for item in check.iter_records(path, "conversation"):
+      out.append(item)
+  except check.FileError:
+    pass
+  return out
 
 
 def test_text_is_one_document_per_line(tmp_path):

@@ -123,7 +123,52 @@ def _truncate(path: pathlib.Path):
   return f.name
 
 
+def _edit_header(path: pathlib.Path, edit) -> None:
+  """One model.safetensors whose JSON header is replaced by edit(header) (same data bytes after it)."""
+  _rewrite_single_file(path, lambda t: None)
+  f = path / "model.safetensors"
+  raw = f.read_bytes()
+  (n,) = struct.unpack("<Q", raw[:8])
+  header = json.loads(raw[8:8 + n])
+  edit(header)
+  new = json.dumps(header).encode()
+  new += b" " * (n - len(new)) if len(new) <= n else b""
+  f.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n:])
+
+
+def _overlap(header):  # layer 1's input norm reads layer 0's bytes (both [64] float32)
+  header["model.layers.1.input_layernorm.weight"]["data_offsets"] = (
+      header["model.layers.0.input_layernorm.weight"]["data_offsets"])
+
+
+def _edit_index(path: pathlib.Path, **changes) -> None:
+  index = json.loads((path / "model.safetensors.index.json").read_text())
+  index["weight_map"].update(changes)
+  (path / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def _other_shard(path: pathlib.Path, name: str) -> str:
+  index = json.loads((path / "model.safetensors.index.json").read_text())
+  return next(f for f in sorted(set(index["weight_map"].values())) if f != index["weight_map"][name])
+
+
 BAD_INPUTS = {
+    "config_not_an_object": (lambda p: (p / "config.json").write_text("[]"), "config.json: holds a JSON list"),
+    "rope_factor_not_a_number": (lambda p: _edit_config(p, rope_parameters={"rope_type": "linear", "factor": "two",
+                                                                            "rope_theta": 10000.0}),
+                                 "config.json: config.json field rope_parameters.factor='two' is not a valid float"),
+    "heads_not_a_number": (lambda p: _edit_config(p, num_attention_heads="four"),
+                           "field num_attention_heads='four' is not a valid int"),
+    "overlapping_tensors": (lambda p: _edit_header(p, _overlap),
+                            "tensor model.layers.1.input_layernorm.weight at byte"),
+    "bytes_after_the_data": (lambda p: (_rewrite_single_file(p, lambda t: None),
+                                        (p / "model.safetensors").open("ab").write(b"\0" * 8)),
+                             "8 bytes after the last tensor's data"),
+    "index_names_the_wrong_shard": (
+        lambda p: _edit_index(p, **{"model.norm.weight": _other_shard(p, "model.norm.weight")}),
+        "maps tensor model.norm.weight to"),
+    "index_leaves_the_directory": (lambda p: _edit_index(p, **{"model.norm.weight": "../model.safetensors"}),
+                                   "lists '../model.safetensors': shards must be plain file names"),
     "missing_tensor": (lambda p: _rewrite_single_file(p, lambda t: t.pop("model.layers.1.mlp.up_proj.weight")),
                        "missing tensor model.layers.1.mlp.up_proj.weight"),
     "unexpected_tensor": (lambda p: _rewrite_single_file(
@@ -162,6 +207,72 @@ def test_bad_input_fails_cleanly(tmp_path, case, capsys):
   assert cli.main(["convert", "hf-to-orbax", str(src), str(dst)]) == 2
   assert message in capsys.readouterr().err
   _assert_no_output(dst)
+
+
+def test_relative_paths_convert_and_load(tmp_path, monkeypatch):
+  _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  monkeypatch.chdir(tmp_path)
+  hf_convert.hf_to_orbax(pathlib.Path("hf"), pathlib.Path("ck"))
+  hf_convert.orbax_to_hf(pathlib.Path("ck"), pathlib.Path("out"))
+  cfg = params_store.model_config(pathlib.Path("ck"))
+  assert params_store.load_params(pathlib.Path("ck"), cfg)["final_norm"]["scale"].shape == (cfg.hidden_size,)
+  for name, x in _tensors(tmp_path / "out").items():
+    assert x.tobytes() == _tensors(tmp_path / "hf")[name].tobytes(), name
+
+
+DAMAGED_CHECKPOINTS = {
+    "orbax_metadata_deleted": (lambda c: (c / "params" / "_METADATA").unlink(),
+                               "params: orbax metadata (_METADATA) missing or unreadable"),
+    "manifest_without_model": (lambda c: _edit_manifest(c, lambda m: m.pop("model")),
+                               "heal_checkpoint.json: no \"model\" object"),
+    "manifest_field_missing": (lambda c: _edit_manifest(c, lambda m: m["model"].pop("hidden_size")),
+                               "heal_checkpoint.json: \"model\": ModelConfig.__init__() missing"),
+    "manifest_unknown_key": (lambda c: _edit_manifest(c, lambda m: m["model"].update(hiden_size=3)),
+                             "heal_checkpoint.json: \"model\": unknown model config key(s): model.hiden_size"),
+}
+
+
+def _edit_manifest(ckpt: pathlib.Path, edit) -> None:
+  manifest = json.loads((ckpt / params_store.MANIFEST).read_text())
+  edit(manifest)
+  (ckpt / params_store.MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_CHECKPOINTS))
+def test_damaged_checkpoint_is_named_on_export(tmp_path, case, capsys):
+  hf_convert.hf_to_orbax(_save_hf(hf_reference.hf_llama(), tmp_path / "hf"), tmp_path / "ck")
+  damage, message = DAMAGED_CHECKPOINTS[case]
+  damage(tmp_path / "ck")
+  assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "ck"), str(tmp_path / "out")]) == 2
+  err = capsys.readouterr().err
+  assert message in err and "Traceback" not in err
+  _assert_no_output(tmp_path / "out")
+
+
+def test_an_output_that_would_delete_the_input_is_refused(tmp_path):
+  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  before = _tensors(src)
+  for dst in (src, tmp_path):
+    with pytest.raises(CheckpointError, match="would replace the input"):
+      hf_convert.hf_to_orbax(src, dst, overwrite=True)
+  hf_convert.hf_to_orbax(src, tmp_path / "ck")
+  with pytest.raises(CheckpointError, match="would replace the input"):
+    hf_convert.orbax_to_hf(tmp_path / "ck", tmp_path / "ck", overwrite=True)
+  assert _tensors(src).keys() == before.keys() and (tmp_path / "ck" / params_store.MANIFEST).is_file()
+  (tmp_path / "afile").write_text("mine")
+  with pytest.raises(CheckpointError, match="exists and is not a directory"):
+    hf_convert.orbax_to_hf(tmp_path / "ck", tmp_path / "afile", overwrite=True)
+  assert (tmp_path / "afile").read_text() == "mine"
+  assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_config_defaults_follow_transformers():
+  from transformers import LlamaConfig  # pylint: disable=import-outside-toplevel
+  from heal_jax.model.config import from_hf_config  # pylint: disable=import-outside-toplevel
+  minimal = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+  ours, theirs = from_hf_config(minimal), LlamaConfig(**minimal)
+  assert (ours.max_position_embeddings, ours.rms_norm_eps, ours.num_kv_heads) == (
+      theirs.max_position_embeddings, theirs.rms_norm_eps, theirs.num_key_value_heads)
 
 
 def test_truncated_shard_names_file(tmp_path):
@@ -215,4 +326,7 @@ def test_safetensors_header_checks(tmp_path):
   header = json.dumps({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}).encode()
   f.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 12)
   with pytest.raises(safetensors_io.SafetensorsError, match="tensor w: 12 bytes for shape"):
+    safetensors_io.read_header(f)
+  f.write_bytes(struct.pack("<Q", 2) + b"[]")
+  with pytest.raises(safetensors_io.SafetensorsError, match="x.safetensors: header is a JSON list"):
     safetensors_io.read_header(f)

@@ -59,6 +59,7 @@ def test_round_trip_dedup_and_counts(corpus, tmp_path):
   # The instruction whose prompt is a kept document of `docs` is a near duplicate across sources.
   assert (ins["read"], ins["duplicates_near"], ins["written"]) == (11, 1, 10)
   assert report["totals"]["read"] == 44
+  assert [item["where"] for item in docs["skipped"]] == [f"{tmp_path}/docs.jsonl:33"] and ins["skipped"] == []
   assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
   tok = tokenizer_lib.Tokenizer(tok_dir)
   for name, path, kind in (("docs", corpus_dir / "general.jsonl", "document"),
@@ -115,6 +116,7 @@ def test_failure_leaves_nothing_and_overwrite(corpus, tmp_path):
   config.data.on_error = "skip"
   first = prepare.prepare(config, out)
   assert first["sources"]["z"]["invalid"] == 1
+  assert first["sources"]["z"]["skipped"] == [{"where": f"{tmp_path}/bad.jsonl:2", "reason": "empty text in field text"}]
   with pytest.raises(prepare.DataError, match="--overwrite"):
     prepare.prepare(config, out)
   config.data.sources.z.paths = str(corpus_dir / "medical.jsonl")

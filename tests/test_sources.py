@@ -78,7 +78,6 @@ BAD_INPUTS = [
     ("a.txt", b"good one\ncaf\xe9 au lait\ngood two\n", "document", "", 2, "invalid UTF-8"),
     ("a.csv", b'dialogue,note\n"[doctor] hi\n[patient] hello",fine\nonly one column\n"[doctor] bye",ok\n',
      "conversation", "conversation=dialogue", 4, "row has 1 columns, header has 2"),
-    ("a.csv", b"dialog,note\nx,y\n", "conversation", "conversation=dialogue", 1, "CSV missing columns: dialogue"),
 ]
 
 
@@ -89,9 +88,24 @@ def test_bad_records_raise_or_are_counted(tmp_path, name, data, kind, fields, li
   (src,) = sources.from_config(_cfg(s=(str(path), kind, 1.0, dict(fields=fields))))
   with pytest.raises(DataError, match=f"^{path}:{line}: {reason}"):
     sources.load_texts(src, "raise")
-  pairs, counts = sources.load_texts(src, "skip")
-  assert counts["invalid"] == 1 and counts["read"] == len(pairs) + 1
-  assert len(pairs) == (0 if "missing columns" in reason else 2)
+  skipped = []
+  pairs, counts = sources.load_texts(src, "skip", skipped)
+  assert counts["invalid"] == 1 and counts["read"] == len(pairs) + 1 and len(pairs) == 2
+  assert len(skipped) == 1 and skipped[0]["where"] == f"{path}:{line}" and skipped[0]["reason"].startswith(reason)
+
+
+@pytest.mark.parametrize("name, data, line, reason", [
+    ("a.csv", b"dialog,note\nx,y\n", 1, "CSV missing columns: dialogue"),
+    ("a.csv", b'dialogue,note\n"[doctor] a",n1\n"[doctor] stray,n2\nx,y\n"z",w\n', 3, "malformed CSV"),
+    ("a.jsonl.gz", b'{"conversation": "[doctor] a", "dialogue": "x", "note": "n"}\n', 1, "corrupt or truncated"),
+])
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_problem_with_the_whole_file_is_never_skipped(tmp_path, name, data, line, reason, on_error):
+  path = tmp_path / name
+  path.write_bytes(data)
+  (src,) = sources.from_config(_cfg(s=(str(path), "conversation", 1.0, dict(fields="conversation=dialogue"))))
+  with pytest.raises(DataError, match=f"^{path}:{line}: {reason}.*source s; a problem with the whole file"):
+    sources.load_texts(src, on_error)
 
 
 def test_unknown_on_error(tmp_path):

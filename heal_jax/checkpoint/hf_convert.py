@@ -46,11 +46,14 @@ class HFCheckpoint:
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
   try:
-    return json.loads(path.read_text())
+    value = json.loads(path.read_text())
   except FileNotFoundError:
     raise CheckpointError(f"{path} is missing") from None
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(value, dict):
+    raise CheckpointError(f"{path}: holds a JSON {type(value).__name__}, expected an object")
+  return value
 
 
 def _safetensors_sources(files: list[pathlib.Path]) -> dict[str, SourceTensor]:
@@ -100,6 +103,8 @@ def _weight_files(src: pathlib.Path, allow_pickle: bool) -> tuple[list[pathlib.P
         raise CheckpointError(f"{index_path}: no weight_map")
       files = sorted(set(weight_map.values()))
       for name in files:
+        if not isinstance(name, str) or pathlib.PurePath(name).name != name or name in (".", ".."):
+          raise CheckpointError(f"{index_path} lists {name!r}: shards must be plain file names in {src}")
         if not (src / name).is_file():
           raise CheckpointError(f"{index_path} lists {name}, which is missing")
       if is_pickle and not allow_pickle:
@@ -133,7 +138,7 @@ def open_hf(src: pathlib.Path, allow_pickle: bool = False) -> HFCheckpoint:
   index = src / "model.safetensors.index.json"
   if index.is_file():
     for name, fname in _read_json(index)["weight_map"].items():
-      if name not in tensors:
+      if name not in tensors or pathlib.Path(tensors[name].where).name != fname:
         raise CheckpointError(f"{index} maps tensor {name} to {fname}, which does not contain it")
   return HFCheckpoint(src, hf_config, cfg, tensors)
 
@@ -189,7 +194,7 @@ def hf_to_orbax(src: pathlib.Path, dst: pathlib.Path, allow_pickle: bool = False
   params: dict[str, Any] = {}
   nbytes = 0
   cpu = jax.local_devices(backend="cpu")[0]
-  with params_store.atomic_output_dir(dst, overwrite) as out:
+  with params_store.atomic_output_dir(dst, overwrite, inputs=(ckpt.path,)) as out:
     for spec in specs:
       # One tensor at a time: read, relayout, move into a jax array; the numpy copies die here.
       array = jax.device_put(spec.to_ours(ckpt.tensors[spec.hf_name].load()), cpu)
@@ -231,7 +236,7 @@ def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int = DEF
     raise CheckpointError("--dtype applies to exports from a training work directory; a converted checkpoint "
                           "is exported in its stored dtype")
   manifest = params_store.read_manifest(src)
-  cfg = ModelConfig.from_dict(manifest["model"]).replace(scan_layers=False)
+  cfg = params_store.model_config(src, manifest).replace(scan_layers=False)
   params_store.check_params(src, cfg)
   stored = params_store.tensor_metadata(src)
   specs = hf_mapping.tensor_specs(cfg)
@@ -240,7 +245,7 @@ def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int = DEF
   by_name = {s.hf_name: s for s in specs}
   weight_map: dict[str, str] = {}
   total = 0
-  with params_store.atomic_output_dir(dst, overwrite) as out:
+  with params_store.atomic_output_dir(dst, overwrite, inputs=(src,)) as out:
     for i, shard in enumerate(shards):
       fname = (f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1
                else "model.safetensors")
@@ -265,6 +270,7 @@ def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int = DEF
 def _workdir_to_hf(workdir: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int, overwrite: bool,
                    dtype: str) -> dict[str, Any]:
   from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
+  params_store.check_not_an_input(dst, (workdir,))
   loaded = restore.load_model(workdir, dtype=dtype, scan_layers=False)
   staging = dst.parent / f".{dst.name}.from-workdir"
   with params_store.atomic_output_dir(staging, overwrite=True) as out:

@@ -33,14 +33,19 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
 
 
 @contextlib.contextmanager
-def atomic_output_dir(dst: pathlib.Path, overwrite: bool = False) -> Iterator[pathlib.Path]:
+def atomic_output_dir(dst: pathlib.Path, overwrite: bool = False,
+                      inputs: tuple[pathlib.Path, ...] = ()) -> Iterator[pathlib.Path]:
   """Yields a fresh staging directory that becomes `dst` only if the block succeeds.
 
-  On any exception the staging directory is removed, so no partial output is left behind.
+  On any exception the staging directory is removed, so no partial output is left behind. `inputs`
+  are the directories the block reads: replacing `dst` must not delete one of them.
   """
   dst = pathlib.Path(dst)
+  if dst.exists() and not dst.is_dir():
+    raise CheckpointError(f"output {dst} exists and is not a directory")
   if dst.exists() and not overwrite:
     raise CheckpointError(f"output directory {dst} already exists (pass --overwrite to replace it)")
+  check_not_an_input(dst, inputs)
   dst.parent.mkdir(parents=True, exist_ok=True)
   staging = dst.parent / f".{dst.name}.partial-{os.getpid()}"
   shutil.rmtree(staging, ignore_errors=True)
@@ -55,9 +60,23 @@ def atomic_output_dir(dst: pathlib.Path, overwrite: bool = False) -> Iterator[pa
   os.replace(staging, dst)
 
 
+def check_not_an_input(dst: pathlib.Path, inputs: tuple[pathlib.Path, ...]) -> None:
+  """Replacing `dst` must not delete one of `inputs` (or a directory holding one)."""
+  dst_abs = pathlib.Path(dst).resolve()
+  for src in inputs:
+    src_abs = pathlib.Path(src).resolve()
+    if src_abs == dst_abs or dst_abs in src_abs.parents:
+      raise CheckpointError(f"output directory {dst} would replace the input {src}: choose another output")
+
+
 def _orbax():
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   return ocp
+
+
+def _params_dir(ckpt_dir: pathlib.Path) -> pathlib.Path:
+  """DIR/params as an absolute path (orbax refuses relative ones)."""
+  return pathlib.Path(ckpt_dir).absolute() / "params"
 
 
 def write_checkpoint(out_dir: pathlib.Path, params: dict[str, Any], cfg: ModelConfig,
@@ -73,7 +92,7 @@ def write_checkpoint(out_dir: pathlib.Path, params: dict[str, Any], cfg: ModelCo
   ocp = _orbax()
   handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, use_compression=False)
   with ocp.Checkpointer(handler) as ckpt:
-    ckpt.save(out_dir / "params", args=ocp.args.PyTreeSave(params))
+    ckpt.save(_params_dir(out_dir), args=ocp.args.PyTreeSave(params))
   copied = copy_tokenizer(tokenizer_dir, out_dir / "tokenizer") if tokenizer_dir else []
   manifest = {"format": FORMAT, "model": cfg.to_dict(), "hf_config": hf_config or {},
               "dtype": dtype, "tokenizer_files": copied, **(extra or {})}
@@ -98,21 +117,35 @@ def read_manifest(ckpt_dir: pathlib.Path) -> dict[str, Any]:
     manifest = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-  if manifest.get("format") != FORMAT:
-    raise CheckpointError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+    raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT!r}")
+  if not isinstance(manifest.get("model"), dict):
+    raise CheckpointError(f"{path}: no \"model\" object (the model config)")
   if not (pathlib.Path(ckpt_dir) / "params" / "_CHECKPOINT_METADATA").exists():
     raise CheckpointError(f"{ckpt_dir}/params: no completed orbax checkpoint")
   return manifest
 
 
-def model_config(ckpt_dir: pathlib.Path) -> ModelConfig:
-  return ModelConfig.from_dict(read_manifest(ckpt_dir)["model"])
+def model_config(ckpt_dir: pathlib.Path, manifest: dict[str, Any] | None = None) -> ModelConfig:
+  """The model config in DIR's manifest (`manifest`: that manifest when already read)."""
+  manifest = manifest or read_manifest(ckpt_dir)
+  try:
+    return ModelConfig.from_dict(manifest["model"])
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f"{pathlib.Path(ckpt_dir) / MANIFEST}: \"model\": {e}") from None
 
 
 def tensor_metadata(ckpt_dir: pathlib.Path) -> dict[hf_mapping.ParamPath, tuple[tuple[int, ...], np.dtype]]:
   """(shape, dtype) of every stored parameter, read from orbax metadata without loading data."""
-  meta = _orbax().PyTreeCheckpointer().metadata(pathlib.Path(ckpt_dir) / "params")
-  tree = meta.item_metadata.tree
+  params_dir = _params_dir(ckpt_dir)
+  try:
+    meta = _orbax().PyTreeCheckpointer().metadata(params_dir)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{params_dir}: orbax metadata unreadable ({type(e).__name__}: {e})") from None
+  tree = getattr(meta.item_metadata, "tree", None) if meta is not None else None
+  if tree is None:
+    raise CheckpointError(f"{params_dir}: orbax metadata (_METADATA) missing or unreadable")
   return {path: (tuple(m.shape), np.dtype(m.dtype)) for path, m in hf_mapping.iter_paths(tree)}
 
 
@@ -124,7 +157,7 @@ def read_tensor(ckpt_dir: pathlib.Path, path: hf_mapping.ParamPath) -> np.ndarra
   hf_mapping.set_path(item, path, 0)
   hf_mapping.set_path(args, path, ocp.RestoreArgs(restore_type=np.ndarray))
   with ocp.PyTreeCheckpointer() as ckpt:
-    restored = ckpt.restore(pathlib.Path(ckpt_dir).absolute() / "params",
+    restored = ckpt.restore(_params_dir(ckpt_dir),
                             args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True))
   return hf_mapping.get_path(restored, path)
 
@@ -152,7 +185,7 @@ def load_params(ckpt_dir: pathlib.Path, cfg: ModelConfig, dtype: Any = None) -> 
   stored_cfg = model_config(ckpt_dir)
   check_params(ckpt_dir, stored_cfg.replace(scan_layers=False))
   ckpt = _orbax().StandardCheckpointer()
-  params = ckpt.restore(pathlib.Path(ckpt_dir).absolute() / "params")
+  params = ckpt.restore(_params_dir(ckpt_dir))
   ckpt.close()
   if dtype is not None:
     params = _map_leaves(params, lambda x: np.asarray(x).astype(dtype))
@@ -169,7 +202,7 @@ def restore_sharded(ckpt_dir: pathlib.Path, shardings: dict[str, Any], dtype: An
   restore_args = _map_leaves(shardings, lambda sh: ocp.ArrayRestoreArgs(sharding=sh, dtype=dtype))
   item = _map_leaves(shardings, lambda _: 0)
   with ocp.PyTreeCheckpointer() as ckpt:
-    return ckpt.restore(pathlib.Path(ckpt_dir).absolute() / "params",
+    return ckpt.restore(_params_dir(ckpt_dir),
                         args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
 
 

@@ -69,6 +69,8 @@ def read_header(path: pathlib.Path) -> tuple[dict[str, TensorInfo], dict[str, st
       header = json.loads(f.read(n))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise SafetensorsError(f"{path}: header is not valid JSON ({e})") from None
+  if not isinstance(header, dict):
+    raise SafetensorsError(f"{path}: header is a JSON {type(header).__name__}, expected an object")
   metadata = header.pop("__metadata__", None) or {}
   tensors = {}
   data_start = 8 + n
@@ -87,7 +89,21 @@ def read_header(path: pathlib.Path) -> tuple[dict[str, TensorInfo], dict[str, st
       raise SafetensorsError(
           f"{path}: truncated: tensor {name} ends at byte {data_start + end}, file has {size}")
     tensors[name] = TensorInfo(name, dtype, shape, path, data_start + begin, nbytes)
+  _check_layout(path, tensors, data_start, size)
   return tensors, metadata
+
+
+def _check_layout(path: pathlib.Path, tensors: dict[str, TensorInfo], data_start: int, size: int) -> None:
+  """The tensors tile the data area exactly, as the format requires (and `safetensors` checks): no
+  overlap (two names reading the same bytes), no gap, nothing after the last tensor."""
+  at = data_start
+  for info in sorted(tensors.values(), key=lambda t: (t.offset, t.nbytes)):
+    if info.offset != at:
+      what = "overlaps the tensor before it" if info.offset < at else f"leaves a gap of {info.offset - at} bytes"
+      raise SafetensorsError(f"{path}: corrupt header: tensor {info.name} at byte {info.offset} {what}")
+    at += info.nbytes
+  if at != size:
+    raise SafetensorsError(f"{path}: corrupt: {size - at} bytes after the last tensor's data")
 
 
 def read_tensor(info: TensorInfo, f: BinaryIO | None = None) -> np.ndarray:

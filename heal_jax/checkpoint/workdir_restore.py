@@ -27,7 +27,11 @@ def newest_step(workdir: pathlib.Path) -> tuple[ModelConfig, pathlib.Path, int]:
   meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   mngr.close()
   state_dir = pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS / str(step) / "state"
-  return ModelConfig.from_dict(meta["model"]), state_dir, int(step)
+  try:
+    cfg = ModelConfig.from_dict(meta["model"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"{state_dir.parent}/meta: no valid model config ({type(e).__name__}: {e})") from None
+  return cfg, state_dir, int(step)
 
 
 def _restore_params(state_dir: pathlib.Path, make_args) -> dict:

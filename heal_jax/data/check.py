@@ -24,6 +24,7 @@ import pathlib
 import re
 import sys
 from typing import Any, BinaryIO
+import zlib
 
 KIND_FIELDS = {  # kind: (required fields, optional fields)
     "document": (("text",), ()),
@@ -37,6 +38,16 @@ _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".tx
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 Record = dict[str, str | None]
+
+
+class FileError(ValueError):
+  """A problem with a file as a whole, which stops reading it: a CSV header without the needed
+  columns, a CSV quote that swallows the rows after it, corrupt or truncated compressed data. The
+  records after it cannot be delimited, so it is never skipped and counted like a bad record."""
+
+  def __init__(self, path: str | os.PathLike, line: int, reason: str):
+    super().__init__(f"{path}:{line}: {reason}")
+    self.path, self.line, self.reason = path, line, reason
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -158,7 +169,9 @@ def _iter_text(path, kind, columns):
 def _iter_csv(path, kind, columns):
   required = [columns[f] for f in KIND_FIELDS[kind][0]]
   with open_binary(path) as fb:
-    reader = csv.reader(io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline=""))
+    # strict: a stray quote is an error instead of a field that silently swallows the rows after it.
+    reader = csv.reader(io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline=""),
+                        strict=True)
     start = 1
     try:
       header = next(reader, None)
@@ -166,8 +179,7 @@ def _iter_csv(path, kind, columns):
         return
       missing = [c for c in required if c not in header]
       if missing:
-        yield 1, None, f"CSV missing columns: {', '.join(missing)} (header: {', '.join(header)})"
-        return
+        raise FileError(path, 1, f"CSV missing columns: {', '.join(missing)} (header: {', '.join(header)})")
       start = reader.line_num + 1
       for row in reader:
         n, start = start, reader.line_num + 1
@@ -178,7 +190,7 @@ def _iter_csv(path, kind, columns):
           continue
         yield (n, *_record(dict(zip(header, row)), kind, columns))
     except csv.Error as e:
-      yield start, None, f"malformed CSV: {e}"
+      raise FileError(path, start, f"malformed CSV in the record starting here: {e}") from None
 
 
 def iter_records(
@@ -188,10 +200,10 @@ def iter_records(
 
   Records hold our field names (see the module docstring) with string values, "\\r\\n" turned into "\\n";
   an instruction's missing or blank explanation is None. Reasons are specific ("malformed JSON: ...",
-  "missing field dialogue (for conversation)", "empty text in field note", "invalid UTF-8 ...",
-  "CSV missing columns: ..."). A CSV header without the needed columns gives that one problem at line 1
-  and nothing else. Raises ValueError for an unknown kind, format or field, or text with a non-document
-  kind; ImportError for .zst without zstandard; OSError if the file cannot be read.
+  "missing field dialogue (for conversation)", "empty text in field note", "invalid UTF-8 ...").
+  Raises FileError ("FILE:LINE: reason") for a problem with the file as a whole (see FileError), after
+  yielding the records before it; ValueError for an unknown kind, format or field, or text with a
+  non-document kind; ImportError for .zst without zstandard; OSError if the file cannot be opened.
   """
   path = pathlib.Path(path)
   fmt = fmt or detect_format(path)
@@ -200,14 +212,22 @@ def iter_records(
     raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
   if fmt == "text" and kind != "document":
     raise ValueError(f"text files hold one document a line; kind {kind!r} needs jsonl or csv")
-  yield from {"jsonl": _iter_jsonl, "text": _iter_text, "csv": _iter_csv}[fmt](path, kind, columns)
+  line = 0
+  try:
+    for line, record, reason in {"jsonl": _iter_jsonl, "text": _iter_text, "csv": _iter_csv}[fmt](
+        path, kind, columns):
+      yield line, record, reason
+  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+    raise FileError(path, line + 1, f"corrupt or truncated compressed data ({e}); the {line} lines before"
+                    " it were read") from None
 
 
 def check_file(path: str | os.PathLike, kind: str, fmt: str | None = None,
                fields: Mapping[str, str] | None = None) -> dict[str, Any]:
   """{"read", "valid", "invalid", "problems": [{"line", "reason"}]}; read = valid + invalid.
 
-  Problems keep the first `MAX_PROBLEMS`; the counts are never capped. Writes nothing.
+  Problems keep the first `MAX_PROBLEMS`; the counts are never capped. Writes nothing. Raises FileError
+  for a problem with the file as a whole (see `iter_records`).
   """
   read = valid = 0
   problems = []

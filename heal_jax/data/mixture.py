@@ -18,11 +18,12 @@ from heal_jax.data import pipeline, sources as sources_lib, synthetic, tokenizer
 
 @dataclasses.dataclass
 class RunData:
-  """train/heldout: source name -> MapDataset of {"tokens", "loss_mask"}; counts: per-source reading counts."""
+  """train/heldout: source name -> MapDataset of {"tokens", "loss_mask"}; counts: per-source reading counts
+  (plus "first_skipped": places and reasons of up to 3 skipped records)."""
   train: dict[str, pipeline.Source]
   heldout: dict[str, pipeline.Source]
   tokenizer: tokenizer_lib.Tokenizer
-  counts: dict[str, dict[str, int]]
+  counts: dict[str, dict[str, Any]]
 
 
 def resolve(path: str, workdir: pathlib.Path) -> pathlib.Path:
@@ -66,9 +67,12 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
       ds = prepare.open_prepared(resolve(config.data.prepared_dir, workdir), src.name)
       counts[src.name] = {"examples": len(ds)}
     else:
-      pairs, read_counts = sources_lib.load_texts(src, config.data.on_error)
+      skipped: list[dict[str, str]] = []
+      pairs, read_counts = sources_lib.load_texts(src, config.data.on_error, skipped)
       ds = pipeline.EncodedTexts(pairs, str(tok_dir))
       counts[src.name] = {**read_counts, "examples": len(pairs)}
+      if skipped:  # Places and reasons only: no record text.
+        counts[src.name]["first_skipped"] = skipped[:3]
     if holdout and len(ds) <= 2 * holdout:
       raise ValueError(f"source {src.name!r} has {len(ds)} examples: too few to hold out eval.holdout_examples="
                        f"{holdout} of them")

@@ -12,7 +12,9 @@ Output (default `config.data.prepared_dir`):
   OUT/report.json                                per source and in total: read, invalid,
                                                  duplicates_exact, duplicates_near, written,
                                                  tokens_written, target_tokens; read = written +
-                                                 invalid + duplicates_exact + duplicates_near.
+                                                 invalid + duplicates_exact + duplicates_near;
+                                                 per source also "skipped": the first 20 invalid
+                                                 records as {"where": "FILE:LINE", "reason"}.
   OUT/<source>/heal_prepared/1.0.0/...           the TFDS dataset of that source (split "train").
 The output appears all at once: everything is written to a hidden sibling directory that is renamed
 to OUT at the end and removed if anything fails, so a failed prepare leaves no half-written OUT.
@@ -60,9 +62,10 @@ def _dedup_text(record: sources.Record, kind: str) -> str:
 
 
 def _examples(source: sources.Source, on_error: str, deduplicator: dedup.Deduplicator,
-              tokenizer: tokenizer_lib.Tokenizer, counts: dict[str, int]) -> Iterator[dict[str, np.ndarray]]:
-  """Encoded kept records of `source`; fills `counts` (COUNT_KEYS) as it goes."""
-  for record in sources.valid_records(source, on_error, counts):
+              tokenizer: tokenizer_lib.Tokenizer, counts: dict[str, int],
+              skipped: list[dict[str, str]]) -> Iterator[dict[str, np.ndarray]]:
+  """Encoded kept records of `source`; fills `counts` (COUNT_KEYS) and `skipped` as it goes."""
+  for record in sources.valid_records(source, on_error, counts, skipped):
     record = {k: None if v is None else dedup.normalize_text(v) for k, v in record.items()}
     decision = deduplicator.add(_dedup_text(record, source.kind))
     if not decision.keep:
@@ -78,7 +81,8 @@ def _examples(source: sources.Source, on_error: str, deduplicator: dedup.Dedupli
 def _prepare_source(source: sources.Source, data_dir: pathlib.Path, on_error: str,
                     deduplicator: dedup.Deduplicator, tokenizer: tokenizer_lib.Tokenizer) -> dict[str, Any]:
   counts = dict.fromkeys(COUNT_KEYS, 0)
-  stream = _examples(source, on_error, deduplicator, tokenizer, counts)
+  skipped: list[dict[str, str]] = []
+  stream = _examples(source, on_error, deduplicator, tokenizer, counts, skipped)
   first = next(stream, None)
   if first is None:
     raise DataError(f"data.sources.{source.name}: no records left to write ({json.dumps(counts)})")
@@ -93,7 +97,7 @@ def _prepare_source(source: sources.Source, data_dir: pathlib.Path, on_error: st
   duplicates = counts["duplicates_exact"] + counts["duplicates_near"]
   assert counts["read"] == counts["written"] + counts["invalid"] + duplicates, counts
   return {**counts, "kind": source.kind, "weight": source.weight,
-          "files": [str(p) for p in sources.files(source)]}
+          "files": [str(p) for p in sources.files(source)], "skipped": skipped}
 
 
 def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None,
@@ -130,6 +134,8 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
       per_source[source.name] = _prepare_source(source, partial / source.name, data.on_error, deduplicator,
                                                 tokenizer)
       log(f"prepared {source.name}: " + ", ".join(f"{k} {per_source[source.name][k]}" for k in COUNT_KEYS))
+      for item in per_source[source.name]["skipped"][:3]:
+        log(f"  skipped {item['where']}: {item['reason']}")
     totals = {k: sum(r[k] for r in per_source.values()) for k in COUNT_KEYS}
     assert totals["read"] == (totals["written"] + totals["invalid"] + totals["duplicates_exact"] +
                               totals["duplicates_near"]), totals

@@ -24,6 +24,7 @@ from heal_jax.data import check, examples
 
 FORMATS = ("jsonl", "text", "csv", "arrayrecord", "tfds")
 ON_ERROR = ("raise", "skip")
+MAX_LISTED = 20  # skipped records listed by place and reason (all are counted)
 _ARRAYRECORD_NAME = re.compile(r"\.array_?record(-\d+-of-\d+)?$", re.IGNORECASE)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _AR_CHUNK = 1024  # arrayrecord records read at a time
@@ -231,17 +232,22 @@ def iter_records(source: Source) -> Iterator[tuple[str, Record | None, str | Non
         yield f"{path}:{line}", record, reason
     except (OSError, ImportError, RuntimeError) as e:
       raise DataError(f"{path}: cannot read (source {source.name}): {e}") from e
+    except check.FileError as e:
+      raise DataError(f"{e} (source {source.name}; a problem with the whole file, which"
+                      " data.on_error=skip cannot skip)") from e
     except ValueError as e:
       if isinstance(e, DataError):
         raise
       raise DataError(f"{path}: {e} (source {source.name})") from e
 
 
-def valid_records(source: Source, on_error: str, counts: dict[str, int]) -> Iterator[Record]:
+def valid_records(source: Source, on_error: str, counts: dict[str, int],
+                  skipped: list[dict[str, str]] | None = None) -> Iterator[Record]:
   """The valid records of `source`; counts["read"] and counts["invalid"] grow as they are read.
 
   on_error "raise": DataError "FILE:LINE: reason" at the first bad record; "skip": bad records are
-  counted in counts["invalid"] and left out.
+  counted in counts["invalid"] and left out, and the first `MAX_LISTED` of them go to `skipped` as
+  {"where": "FILE:LINE", "reason": ...} (when a list is given).
   """
   if on_error not in ON_ERROR:
     raise DataError(f"data.on_error: {on_error!r}; expected one of {', '.join(ON_ERROR)}")
@@ -253,16 +259,19 @@ def valid_records(source: Source, on_error: str, counts: dict[str, int]) -> Iter
       if on_error == "raise":
         raise DataError(f"{where}: {reason} (source {source.name}; data.on_error=skip skips bad records)")
       counts["invalid"] += 1
+      if skipped is not None and len(skipped) < MAX_LISTED:
+        skipped.append({"where": where, "reason": reason})
       continue
     yield record
 
 
-def load_texts(source: Source, on_error: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
+def load_texts(source: Source, on_error: str,
+               skipped: list[dict[str, str]] | None = None) -> tuple[list[tuple[str, str]], dict[str, int]]:
   """(prompt_text, target_text) of every valid record (`examples.texts`), and {"read", "invalid"}.
 
-  read = len(pairs) + invalid. See `valid_records` for `on_error`.
+  read = len(pairs) + invalid. See `valid_records` for `on_error` and `skipped`.
   """
   counts = {"read": 0, "invalid": 0}
-  pairs = [examples.texts(record, source.kind) for record in valid_records(source, on_error, counts)]
+  pairs = [examples.texts(record, source.kind) for record in valid_records(source, on_error, counts, skipped)]
   assert counts["read"] == len(pairs) + counts["invalid"], counts
   return pairs, counts

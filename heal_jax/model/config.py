@@ -122,8 +122,19 @@ def _hf_rope(hf: Mapping[str, Any]) -> tuple[float, float]:
     if rope_type == "linear":
       if "factor" not in src:
         raise ConfigError(f"config.json field {src_name}.factor is required for linear rope scaling")
-      factor = float(src["factor"])
-  return float(theta if theta is not None else 10000.0), factor
+      factor = _number(src, "factor", float, where=f"{src_name}.")
+  return _number({"rope_theta": 10000.0 if theta is None else theta}, "rope_theta", float), factor
+
+
+def _number(hf: Mapping[str, Any], key: str, cast: type, default: Any = None, where: str = "") -> Any:
+  """hf[key] (or `default`) as `cast`; ConfigError naming the field when it is not a number."""
+  value = hf.get(key, default)
+  try:
+    if isinstance(value, bool) or (cast is int and isinstance(value, float) and not value.is_integer()):
+      raise TypeError
+    return cast(value)
+  except (TypeError, ValueError):
+    raise ConfigError(f"config.json field {where}{key}={value!r} is not a valid {cast.__name__}") from None
 
 
 def from_hf_config(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
@@ -132,6 +143,8 @@ def from_hf_config(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
   Raises ConfigError naming the field for a non-LLaMA model, an unsupported rope type,
   or features this model does not implement (attention/MLP biases).
   """
+  if not isinstance(hf, Mapping):
+    raise ConfigError(f"config.json holds a JSON {type(hf).__name__}, expected an object")
   model_type = hf.get("model_type", "llama")
   if model_type != "llama":
     raise ConfigError(f"config.json field model_type={model_type!r}: only 'llama' is supported")
@@ -147,15 +160,17 @@ def from_hf_config(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
   theta, factor = _hf_rope(hf)
   dtype = hf.get("dtype", hf.get("torch_dtype")) or "float32"
   kwargs = dict(
-      vocab_size=int(hf["vocab_size"]),
-      hidden_size=int(hf["hidden_size"]),
-      intermediate_size=int(hf["intermediate_size"]),
-      num_layers=int(hf["num_hidden_layers"]),
-      num_heads=int(hf["num_attention_heads"]),
-      num_kv_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
-      head_dim=int(hf["head_dim"]) if hf.get("head_dim") else None,
-      max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
-      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      vocab_size=_number(hf, "vocab_size", int),
+      hidden_size=_number(hf, "hidden_size", int),
+      intermediate_size=_number(hf, "intermediate_size", int),
+      num_layers=_number(hf, "num_hidden_layers", int),
+      num_heads=_number(hf, "num_attention_heads", int),
+      num_kv_heads=_number(hf, "num_key_value_heads" if hf.get("num_key_value_heads") else "num_attention_heads",
+                           int),
+      head_dim=_number(hf, "head_dim", int) if hf.get("head_dim") else None,
+      # transformers' LlamaConfig defaults, so a config.json without these loads as it does there.
+      max_position_embeddings=_number(hf, "max_position_embeddings", int, 2048),
+      rms_norm_eps=_number(hf, "rms_norm_eps", float, 1e-6),
       rope_theta=theta,
       rope_scaling_factor=factor,
       tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
