@@ -201,3 +201,21 @@ def test_sharded_decoding_matches_and_constrains_the_cache(model, prompts, greed
     assert f'[{{"data", "fsdp"}}, {{"tensor"}}, {{}}, {{}}]> : tensor<4x2x{shape}xf32>' in hlo
   assert nn.logical_to_mesh(llama.cache_logical_axes(cfg), mesh_lib.LOGICAL_RULES)["layers_0"]["k"] == (
       jax.sharding.PartitionSpec(("data", "fsdp"), "tensor", None, None))
+
+
+def test_notes_stay_within_the_models_context(checkpoint):
+  loaded = restore.load_model(checkpoint)
+  tok = tokenizer_lib.Tokenizer(loaded.tokenizer_dir)
+  conversation = "[doctor] Hi, what brings you in today?\n[patient] I've had a cough for two weeks."
+  prompt_tokens = len(tok.encode(generate.note_prompt_text(conversation), add_bos=True))
+  room = loaded.cfg.max_position_embeddings - prompt_tokens
+  messages = []
+  clamped = generate.generate_notes(loaded, [conversation], max_new_tokens=room + 500, log=messages.append,
+                                    stop_strings=())
+  assert messages == [f"warning: at most {room} new tokens instead of {room + 500}: the longest prompt has"
+                      f" {prompt_tokens} tokens and the model's context is {loaded.cfg.max_position_embeddings}"]
+  exact = generate.generate_notes(loaded, [conversation], max_new_tokens=room, log=messages.append, stop_strings=())
+  assert clamped == exact and len(messages) == 1
+  long_conversation = "\n".join(["[doctor] Tell me more about the cough and the fever."] * 200)
+  with pytest.raises(ValueError, match="no room for a note"):
+    generate.generate_notes(loaded, [long_conversation], max_new_tokens=8)

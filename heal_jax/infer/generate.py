@@ -15,7 +15,7 @@ The note is printed to stdout; errors go to stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import pathlib
 import re
 import sys
@@ -68,19 +68,32 @@ def note_prompt_text(conversation: str) -> str:
 def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
                    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, sampling: Sampling = Sampling(),
                    seed: int = 0, batch_size: int = 8,
-                   stop_strings: Sequence[str] = STOP_STRINGS) -> list[str]:
+                   stop_strings: Sequence[str] = STOP_STRINGS,
+                   log: Callable[[str], None] | None = None) -> list[str]:
   """One generated note (stripped text) per conversation, in order.
 
   Conversations go through the model `batch_size` at a time (the last batch is filled up with
-  copies so that one program serves all batches). Batch i draws with seed `seed + i`.
-  Raises ValueError for a conversation that is not a conversation, or a checkpoint without tokenizer.
+  copies so that one program serves all batches). Batch i draws with seed `seed + i`. Notes stay
+  within the model's context (`max_position_embeddings`): when the longest prompt plus
+  `max_new_tokens` would pass it, fewer new tokens are made and `log` (default: stderr) says so.
+  Raises ValueError for a conversation that is not a conversation, a prompt that fills the whole
+  context, or a checkpoint without tokenizer.
   """
+  log = log or (lambda message: print(message, file=sys.stderr))
   if loaded.tokenizer_dir is None:
     raise ValueError(f"{loaded.source}: the checkpoint has no tokenizer (tokenizer/tokenizer.model)")
   if not conversations:
     return []
   tokenizer = Tokenizer(loaded.tokenizer_dir)
   prompts = [tokenizer.encode(note_prompt_text(c), add_bos=True) for c in conversations]
+  context, longest = loaded.cfg.max_position_embeddings, max(len(p) for p in prompts)
+  if longest >= context:
+    raise ValueError(f"the prompt has {longest} tokens and the model's context is {context}: no room for a note"
+                     " (shorten the conversation)")
+  if longest + max_new_tokens > context:
+    log(f"warning: at most {context - longest} new tokens instead of {max_new_tokens}: the longest prompt has"
+        f" {longest} tokens and the model's context is {context}")
+    max_new_tokens = context - longest
   params = jax.device_put(loaded.params)
   fn = decode.make_generate_fn(loaded.cfg, max_new_tokens, sampling, tokenizer.eos_id)
   batch_size = min(batch_size, len(prompts))
