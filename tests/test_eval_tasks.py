@@ -98,7 +98,10 @@ def test_bad_data_names_the_file(tmp_path, shared_data):
   with pytest.raises(tasks.DataError, match="test_ground_truth.json: PMID 2 is not in .*ori_pqal.json"):
     tasks.load_pubmedqa(pub)
   (pub / "test_ground_truth.json").write_text(json.dumps({"1": "perhaps"}))
-  with pytest.raises(tasks.DataError, match="ori_pqal.json: entry 1 has label 'perhaps'"):
+  with pytest.raises(tasks.DataError, match="test_ground_truth.json: entry 1 has label 'perhaps'"):
+    tasks.load_pubmedqa(pub)
+  (pub / "test_ground_truth.json").write_text("{}")
+  with pytest.raises(tasks.DataError, match="test_ground_truth.json: no questions"):
     tasks.load_pubmedqa(pub)
   (pub / "test_ground_truth.json").write_text("[1, 2]")
   with pytest.raises(tasks.DataError, match="test_ground_truth.json: expected a JSON object"):

@@ -196,3 +196,9 @@ def test_greedy_flag_and_padding_do_not_leak(setup):
   assert [g for _, g in together[:2]] == [True, False]
   np.testing.assert_allclose(together[0][0], float(torch.log_softmax(logits.double(), -1)[best]), atol=1e-4)
   np.testing.assert_allclose(together[2][0], alone[0][0], atol=1e-5)
+
+
+def test_perplexity_of_no_texts_is_an_error(tmp_path):
+  (tmp_path / "empty.jsonl").write_text("\n")
+  with pytest.raises(tasks.DataError, match=f"{tmp_path / 'empty.jsonl'}: no texts"):
+    perplexity.read_texts(tmp_path / "empty.jsonl")

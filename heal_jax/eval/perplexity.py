@@ -35,6 +35,8 @@ def read_texts(path: str | pathlib.Path) -> list[str]:
     if not isinstance(row, dict) or not isinstance(row.get("text"), str):
       raise DataError(f"{where}: expected an object with a string field 'text'")
     texts.append(row["text"])
+  if not texts:
+    raise DataError(f"{path}: no texts")
   return texts
 
 

@@ -84,7 +84,8 @@ def _read_json(path: pathlib.Path) -> Any:
     raise DataError(f"{path}: not valid JSON ({e})") from None
 
 
-def _pubmedqa_example(pmid: str, doc: Any, label: str, where: str) -> Example:
+def _pubmedqa_example(pmid: str, doc: Any, label: str, where: str, label_where: str | None = None) -> Example:
+  """`where` names the file of the question, `label_where` that of the label (default: `where`)."""
   if not isinstance(doc, Mapping):
     raise DataError(f"{where}: entry {pmid} is not an object")
   question, contexts = doc.get("QUESTION"), doc.get("CONTEXTS")
@@ -93,7 +94,7 @@ def _pubmedqa_example(pmid: str, doc: Any, label: str, where: str) -> Example:
   if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
     raise DataError(f"{where}: entry {pmid} has no CONTEXTS list of strings")
   if label not in PUBMEDQA_CHOICES:
-    raise DataError(f"{where}: entry {pmid} has label {label!r}, not one of {PUBMEDQA_CHOICES}")
+    raise DataError(f"{label_where or where}: entry {pmid} has label {label!r}, not one of {PUBMEDQA_CHOICES}")
   return Example(pmid, pubmedqa_prompt(question, contexts), PUBMEDQA_CHOICES, PUBMEDQA_CHOICES.index(label))
 
 
@@ -117,7 +118,10 @@ def load_pubmedqa(data_dir: str | pathlib.Path) -> list[Example]:
   for pmid, label in test.items():
     if pmid not in questions:
       raise DataError(f"{data_dir / PUBMEDQA_TEST}: PMID {pmid} is not in {data_dir / PUBMEDQA_QUESTIONS}")
-    out.append(_pubmedqa_example(pmid, questions[pmid], label, str(data_dir / PUBMEDQA_QUESTIONS)))
+    out.append(_pubmedqa_example(pmid, questions[pmid], label, str(data_dir / PUBMEDQA_QUESTIONS),
+                                 str(data_dir / PUBMEDQA_TEST)))
+  if not out:
+    raise DataError(f"{data_dir / PUBMEDQA_TEST}: no questions")
   return out
 
 
