@@ -7,6 +7,10 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+from heal_jax.train import plan
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -26,3 +30,14 @@ def test_plan_heal_13b_prints_table_then_json():
   # 6N + attention FLOPs per token x 524,288 tokens per step at 8K
   assert abs(result["flops_per_step"] - (6 * 12_852_024_320 + 12 * 40 * 5120 * 8192) * 524_288) < 1e9
   assert result["fits"] is True and result["per_device_bytes"] < 80 * 1024**3
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.plan.devices=0", "config.plan.devices=0 must be > 0"),
+    ("--config.plan.mfu=0", "config.plan.mfu=0.0 must be > 0"),
+    ("--config.plan.mfu=55", "config.plan.mfu=55.0 is a fraction of the peak: at most 1"),
+    ("--config.plan.peak_tflops=-1", "config.plan.peak_tflops=-1.0 must be > 0"),
+])
+def test_a_plan_that_describes_no_cluster_is_an_error(override, message, capsys):
+  assert plan.main(["--config", str(REPO / "configs" / "heal_13b.py"), override]) == 2
+  assert capsys.readouterr().err == f"heal-jax plan: error: {message}\n"

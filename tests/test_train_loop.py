@@ -257,3 +257,47 @@ def test_checkpoints_keep_the_last_k_and_every_mth(data_root, tmp_path):
   loop.train(config, tmp_path / "w")
   kept = sorted(int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit())
   assert kept == [4, 8, 10, 12]
+
+
+def _copy_run(base: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.copytree(base, dst)
+  return dst
+
+
+def test_a_resume_that_cannot_continue_says_why_and_changes_nothing(data_root, tmp_path):
+  """A changed model shape, tokenizer or data.num_shards, or a damaged newest step: one error naming the
+  key or the step (and the step to go back to); the work directory's config and tokenizer stay."""
+  from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
+  base = tmp_path / "base"
+  loop.train(train_helpers.load(data_root, 8, ("--config.checkpoint.every_steps=4",)), base)
+  config_json = (base / "config.json").read_text()
+  tokenizer = (base / "tokenizer" / "tokenizer.model").read_bytes()
+
+  def resume(name, *extra):
+    w = _copy_run(base, tmp_path / name)
+    loop.train(train_helpers.load(data_root, 12, ("--config.checkpoint.every_steps=4", *extra)), w)
+
+  cases = [
+      ("layers", ("--config.model.num_layers=3",), r"checkpoints/8 holds a different model: model.num_layers: saved 2, now 3"),
+      ("mlp", ("--config.model.intermediate_size=256",), r"model.intermediate_size: saved \d+, now 256"),
+      ("shards", ("--config.data.num_shards=4",), r"no data state for shard 2; it was saved with data.num_shards=2"),
+  ]
+  for name, extra, message in cases:
+    with pytest.raises(CheckpointError, match=message):
+      resume(name, *extra)
+    assert (tmp_path / name / "config.json").read_text() == config_json
+
+  other_tok = tmp_path / "other_tok"
+  train_helpers.tokenizer.train_tokenizer([data_root / "corpus" / "medical.jsonl"], other_tok, vocab_size=512)
+  with pytest.raises(ValueError, match="differs from the tokenizer this work directory was trained with"):
+    resume("tok", f"--config.data.tokenizer={other_tok}")
+  assert (tmp_path / "tok" / "tokenizer" / "tokenizer.model").read_bytes() == tokenizer
+
+  damaged = _copy_run(base, tmp_path / "damaged_src")
+  data_files = sorted((damaged / "checkpoints" / "8" / "state").rglob("ocdbt.process_*/d/*"),
+                      key=lambda p: p.stat().st_size)
+  data_files[-1].write_bytes(data_files[-1].read_bytes()[:100])  # the biggest array file, truncated
+  with pytest.raises(CheckpointError, match=r"checkpoints/8 cannot be restored \(.*\); remove that directory to"
+                                            r" resume from step 4"):
+    loop.train(train_helpers.load(data_root, 12, ("--config.checkpoint.every_steps=4",)), damaged)

@@ -58,6 +58,11 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
                      f"{config.model.vocab_size}")
   work_tok = workdir / WORKDIR_TOKENIZER
   if work_tok.resolve() != tok_dir.resolve():
+    kept = work_tok / tokenizer_lib.MODEL_FILE
+    if kept.is_file() and kept.read_bytes() != (tok_dir / tokenizer_lib.MODEL_FILE).read_bytes():
+      # The run's checkpoints were trained with the kept one: token ids would silently change meaning.
+      raise ValueError(f"config.data.tokenizer {tok_dir} differs from the tokenizer this work directory was"
+                       f" trained with ({work_tok}); use a new --workdir for a new tokenizer")
     work_tok.mkdir(parents=True, exist_ok=True)
     params_store.copy_tokenizer(tok_dir, work_tok)
   train, heldout, counts = {}, {}, {}

@@ -19,7 +19,13 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
+from heal_jax.model.config import ModelConfig
+
+# Model fields that fix the shapes and dtypes of the saved arrays: a resume must keep them.
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                "head_dim", "tie_word_embeddings", "param_dtype", "scan_layers")
 
 
 class DataStateHandler(ocp.CheckpointHandler):
@@ -37,7 +43,11 @@ class DataStateHandler(ocp.CheckpointHandler):
     for shard in it.shards:
       path = pathlib.Path(directory) / f"shard_{shard}.json"
       if not path.is_file():
-        raise FileNotFoundError(f"{path}: the checkpoint has no data state for shard {shard}")
+        saved = sorted(pathlib.Path(directory).glob("shard_*.json"))
+        spec = json.loads(json.loads(saved[0].read_text())["spec"]) if saved else {}  # spec: a JSON string
+        raise CheckpointError(f"{path}: the checkpoint has no data state for shard {shard}; it was saved with"
+                              f" data.num_shards={spec.get('num_shards', '?')} (a run resumes with the"
+                              " data.num_shards it started with)")
       saved = json.loads(path.read_text())
       shards[str(shard)] = saved["state"]
     it.set_state({"spec": saved["spec"], "shards": shards})
@@ -86,9 +96,37 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
+def _damaged(mngr: ocp.CheckpointManager, step: int, error: Exception) -> CheckpointError:
+  """A one-line error for a step that cannot be read: what failed, and how to go back a step."""
+  earlier = [s for s in mngr.all_steps() if s < step]
+  hint = (f"remove that directory to resume from step {max(earlier)}" if earlier
+          else "remove that directory to start the run again")
+  detail = (str(error).strip().splitlines() or [""])[0][:400]
+  return CheckpointError(f"{pathlib.Path(mngr.directory) / str(step)} cannot be restored"
+                         f" ({type(error).__name__}: {detail}); {hint}")
+
+
+def check_resumable(mngr: ocp.CheckpointManager, step: int, cfg: ModelConfig) -> None:
+  """Step `step` was saved with the shapes `cfg` implies; else CheckpointError naming each field."""
+  try:
+    saved = restore_meta(mngr, step)["model"]
+  except Exception as e:  # pylint: disable=broad-except  # orbax and json raise many types
+    raise _damaged(mngr, step, e) from None
+  now = cfg.to_dict()
+  changed = [f"model.{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in SHAPE_FIELDS if saved.get(k) != now[k]]
+  if changed:
+    raise CheckpointError(f"{pathlib.Path(mngr.directory) / str(step)} holds a different model: "
+                          f"{'; '.join(changed)}. Resume with the config it was saved with, or start a new"
+                          " --workdir (--config.init_from=THIS_WORKDIR starts from its weights)")
+
+
 def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
-  """The TrainState of `step`, laid out by the shardings in `abstract_state` (any mesh)."""
-  return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+  """The TrainState of `step`, laid out by the shardings in `abstract_state` (any mesh); a step that
+  cannot be read is a CheckpointError naming it and the step to go back to."""
+  try:
+    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+  except Exception as e:  # pylint: disable=broad-except  # orbax and tensorstore raise many types
+    raise _damaged(mngr, step, e) from None
 
 
 def restore_data(mngr: ocp.CheckpointManager, step: int, iterator: Any) -> None:

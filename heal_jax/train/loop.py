@@ -180,6 +180,8 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
                    f"({spec.global_batch // spec.num_shards * len(shards)} of {spec.global_batch} rows per step)")
   if restored_step is not None and restored_step > phase.start:
     checkpointing.restore_data(run.mngr, restored_step, it)
+  if jax.process_index() == 0:  # Only once the config is known to fit the work directory's checkpoints.
+    (run.workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
   batch_sharding = mesh_lib.batch_sharding(run.mesh)
   step_fn = step_lib.jit_train_step(cfg, tx, lr_fn, config.train.micro_steps, config.train.z_loss,
                                     len(run.source_names), st_shard, batch_sharding)
@@ -294,7 +296,6 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   writer = metrics_lib.MetricWriter(workdir, primary)
   if primary:
     mixture.bootstrap(config, workdir, writer.log)
-    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
   multihost_utils.sync_global_devices("heal-jax bootstrap")
   data = mixture.load(config, workdir, config.eval.holdout_examples)
   for name, counts in data.counts.items():
@@ -320,6 +321,7 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
             state_lib.unboxed_init(cfg, jax.random.PRNGKey(0)), tx, jax.random.PRNGKey(0)))
         st_shard = state_lib.state_shardings(abstract, p_shard, mesh)
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, st_shard)
+        checkpointing.check_resumable(mngr, latest, cfg)
         state = checkpointing.restore_state(mngr, latest, target)
         writer.log(f"resumed from step {latest} (phase {phase.name})")
       else:

@@ -85,6 +85,15 @@ def plan_phase(config: Any, phase: Any, mesh: Any) -> dict[str, Any]:
           "step_time_s": model_flops / (config.plan.devices * peak * config.plan.mfu)}
 
 
+def check_plan_config(plan: Any) -> None:
+  """ValueError naming the first `config.plan` field that cannot describe a cluster."""
+  for key in ("devices", "device_memory_gb", "peak_tflops", "mfu"):
+    if not plan[key] > 0:
+      raise ValueError(f"config.plan.{key}={plan[key]!r} must be > 0")
+  if plan.mfu > 1:
+    raise ValueError(f"config.plan.mfu={plan.mfu!r} is a fraction of the peak: at most 1")
+
+
 def run_plan(config: Any) -> dict[str, Any]:
   import jax  # pylint: disable=import-outside-toplevel
   from heal_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
@@ -130,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(rest)
   try:
     config = config_lib.load_config(args.config, overrides)
+    check_plan_config(config.plan)
     child = _ensure_devices(config.plan.devices, argv)
     if child is not None:
       return child
