@@ -178,7 +178,10 @@ def _load_module(path: pathlib.Path):
     raise ConfigError(f"config file {path} not found")
   spec = importlib.util.spec_from_file_location(f"heal_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"config file {path}:{e.lineno}: {e.msg}") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path} has no get_config()")
   return module

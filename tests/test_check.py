@@ -199,6 +199,7 @@ def test_main_prints_json_and_returns_exit_codes(tmp_path, capsys):
   assert json.loads(capsys.readouterr().out)["problems"] == [
       {"line": 1, "reason": "missing field response"}]
   assert check.main([str(empty), "--kind", "document"]) == 1
+  assert capsys.readouterr().err == f"error: {empty}: no records (the file is empty or holds only blank lines)\n"
   assert check.main([str(tmp_path / "missing.jsonl"), "--kind", "document"]) == 2
   assert "error:" in capsys.readouterr().err
 

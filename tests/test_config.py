@@ -45,6 +45,13 @@ def test_bad_overrides_name_the_key(override, message):
     config_lib.load_config(str(CONFIGS / "tiny.py"), [override])
 
 
+def test_a_config_file_that_is_not_python_names_file_and_line(tmp_path):
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_config():\n  return (\n")
+  with pytest.raises(config_lib.ConfigError, match=f"config file {bad}:2: "):
+    config_lib.load_config(str(bad))
+
+
 def test_loaded_config_is_locked():
   config = config_lib.load_config(str(CONFIGS / "tiny.py"))
   with pytest.raises(AttributeError):

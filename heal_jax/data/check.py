@@ -259,4 +259,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(json.dumps(result, indent=2))
+  if result["read"] == 0:
+    print(f"error: {args.path}: no records (the file is empty or holds only blank lines)", file=sys.stderr)
   return 0 if result["read"] > 0 and result["invalid"] == 0 else 1
