@@ -140,7 +140,7 @@ def test_a_problem_with_the_whole_file_names_file_and_line(tmp_path, name, data,
     assert e.value.line == line
   else:  # Truncated: the lines before the damage are read, then the error names where it starts.
     read = [n for n, _, _ in _records_until_error(path)]
-    assert read and e.value.line == read[-1] + 1 and e.value.reason.endswith(f"the {read[-1]} lines before it were read")
+    assert read and e.value.line == read[-1] + 1 and e.value.reason.endswith(f"after the record at line {read[-1]}")
 
 
 def _records_until_error(path):
@@ -151,6 +151,14 @@ def _records_until_error(path):
   except check.FileError:
     pass
   return out
+
+
+def test_csv_fields_longer_than_the_csv_module_default(tmp_path):
+  path = tmp_path / "long.csv"
+  long = "[doctor] " + "word " * 40_000  # 200 KB, past csv's default 128 KiB field limit
+  path.write_text(f'dialogue,note\n"{long}",n\n', encoding="utf-8")
+  ((line, record, reason),) = check.iter_records(path, "conversation", fields={"conversation": "dialogue"})
+  assert (line, reason, record["conversation"]) == (2, None, long)
 
 
 def test_text_is_one_document_per_line(tmp_path):

@@ -298,6 +298,26 @@ def test_a_resume_that_cannot_continue_says_why_and_changes_nothing(data_root, t
   data_files = sorted((damaged / "checkpoints" / "8" / "state").rglob("ocdbt.process_*/d/*"),
                       key=lambda p: p.stat().st_size)
   data_files[-1].write_bytes(data_files[-1].read_bytes()[:100])  # the biggest array file, truncated
-  with pytest.raises(CheckpointError, match=r"checkpoints/8 cannot be restored \(.*\); remove that directory to"
-                                            r" resume from step 4"):
+  with pytest.raises(CheckpointError, match=r"checkpoints/8 cannot be restored \(.*\); if a file of it is truncated"
+                                            r" or missing, remove that directory to resume from step 4"):
     loop.train(train_helpers.load(data_root, 12, ("--config.checkpoint.every_steps=4",)), damaged)
+
+
+def test_the_work_directory_keeps_its_tokenizer_once_trained(data_root, tmp_path):
+  """keep_tokenizer copies config.data.tokenizer in; a different one replaces it only while no checkpoint
+  was trained with it."""
+  from heal_jax.data import mixture  # pylint: disable=import-outside-toplevel
+  other = tmp_path / "other_tok"
+  train_helpers.tokenizer.train_tokenizer([data_root / "corpus" / "medical.jsonl"], other, vocab_size=512)
+  w = tmp_path / "w"
+  first = train_helpers.load(data_root, 1)
+  second = train_helpers.load(data_root, 1, (f"--config.data.tokenizer={other}",))
+  kept = w / mixture.WORKDIR_TOKENIZER / "tokenizer.model"
+  mixture.keep_tokenizer(first, w, trained=False)
+  assert kept.read_bytes() == (data_root / "tokenizer" / "tokenizer.model").read_bytes()
+  mixture.keep_tokenizer(first, w, trained=True)  # the same tokenizer again: fine
+  mixture.keep_tokenizer(second, w, trained=False)  # nothing trained yet: replaced
+  assert kept.read_bytes() == (other / "tokenizer.model").read_bytes()
+  with pytest.raises(ValueError, match="differs from the tokenizer this work directory was trained with"):
+    mixture.keep_tokenizer(first, w, trained=True)
+  assert kept.read_bytes() == (other / "tokenizer.model").read_bytes()

@@ -101,9 +101,12 @@ def _weight_files(src: pathlib.Path, allow_pickle: bool) -> tuple[list[pathlib.P
       weight_map = _read_json(index_path).get("weight_map")
       if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path}: no weight_map")
+      bad = [v for v in weight_map.values() if not isinstance(v, str)]
+      if bad:
+        raise CheckpointError(f"{index_path} lists {bad[0]!r}: shards must be plain file names in {src}")
       files = sorted(set(weight_map.values()))
       for name in files:
-        if not isinstance(name, str) or pathlib.PurePath(name).name != name or name in (".", ".."):
+        if pathlib.PurePath(name).name != name or name in (".", ".."):
           raise CheckpointError(f"{index_path} lists {name!r}: shards must be plain file names in {src}")
         if not (src / name).is_file():
           raise CheckpointError(f"{index_path} lists {name}, which is missing")

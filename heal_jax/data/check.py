@@ -168,6 +168,7 @@ def _iter_text(path, kind, columns):
 
 def _iter_csv(path, kind, columns):
   required = [columns[f] for f in KIND_FIELDS[kind][0]]
+  csv.field_size_limit(2**31 - 1)  # process-wide; the default 128 KiB is shorter than a long transcript
   with open_binary(path) as fb:
     # strict: a stray quote is an error instead of a field that silently swallows the rows after it.
     reader = csv.reader(io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline=""),
@@ -218,8 +219,8 @@ def iter_records(
         path, kind, columns):
       yield line, record, reason
   except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-    raise FileError(path, line + 1, f"corrupt or truncated compressed data ({e}); the {line} lines before"
-                    " it were read") from None
+    raise FileError(path, line + 1, f"corrupt or truncated compressed data ({e}) after the record at line"
+                    f" {line}") from None
 
 
 def check_file(path: str | os.PathLike, kind: str, fmt: str | None = None,
@@ -244,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   """`heal-jax data check PATH --kind K [--format F] [--fields a=b,...]`: prints the JSON report.
 
   Returns 0 when every record is valid and there is at least one, 1 otherwise, 2 when the file
-  cannot be read at all (missing file, bad options, .zst without zstandard).
+  cannot be read at all (missing file, bad options, .zst without zstandard) or has a problem as a
+  whole (`FileError`: printed as FILE:LINE: reason, no report).
   """
   parser = argparse.ArgumentParser(prog="heal-jax data check", description=__doc__.splitlines()[0])
   parser.add_argument("path", type=pathlib.Path)

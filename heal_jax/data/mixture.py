@@ -47,6 +47,26 @@ def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) ->
     log(f"trained a {tok.vocab_size}-piece sentencepiece tokenizer in {tok_dir}")
 
 
+def keep_tokenizer(config: Any, workdir: pathlib.Path, trained: bool) -> None:
+  """Copies config.data.tokenizer into WORKDIR/tokenizer (what exports and generation read); one process.
+
+  trained: the work directory has checkpoints, which were trained with the copy already there; a
+  different tokenizer is then an error (token ids would silently change meaning).
+  """
+  tok_dir = resolve(config.data.tokenizer, workdir)
+  work_tok = workdir / WORKDIR_TOKENIZER
+  if work_tok.resolve() == tok_dir.resolve() or not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
+    return  # (a missing tokenizer is reported by `load`, on every process)
+  kept = work_tok / tokenizer_lib.MODEL_FILE
+  if kept.is_file() and kept.read_bytes() == (tok_dir / tokenizer_lib.MODEL_FILE).read_bytes():
+    return
+  if trained and kept.is_file():
+    raise ValueError(f"config.data.tokenizer {tok_dir} differs from the tokenizer this work directory was"
+                     f" trained with ({work_tok}); use a new --workdir for a new tokenizer")
+  work_tok.mkdir(parents=True, exist_ok=True)
+  params_store.copy_tokenizer(tok_dir, work_tok)
+
+
 def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
   """Reads config.data (the single reader of its source, tokenizer and prepared_dir fields)."""
   tok_dir = resolve(config.data.tokenizer, workdir)
@@ -56,15 +76,6 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
   if tok.vocab_size > config.model.vocab_size:
     raise ValueError(f"tokenizer {tok_dir} has {tok.vocab_size} pieces, more than config.model.vocab_size="
                      f"{config.model.vocab_size}")
-  work_tok = workdir / WORKDIR_TOKENIZER
-  if work_tok.resolve() != tok_dir.resolve():
-    kept = work_tok / tokenizer_lib.MODEL_FILE
-    if kept.is_file() and kept.read_bytes() != (tok_dir / tokenizer_lib.MODEL_FILE).read_bytes():
-      # The run's checkpoints were trained with the kept one: token ids would silently change meaning.
-      raise ValueError(f"config.data.tokenizer {tok_dir} differs from the tokenizer this work directory was"
-                       f" trained with ({work_tok}); use a new --workdir for a new tokenizer")
-    work_tok.mkdir(parents=True, exist_ok=True)
-    params_store.copy_tokenizer(tok_dir, work_tok)
   train, heldout, counts = {}, {}, {}
   for src in sources_lib.from_config(config.data.sources, workdir=str(workdir)):
     if config.data.prepared_dir:

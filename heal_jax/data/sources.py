@@ -216,7 +216,8 @@ def _iter_tfds(source: Source) -> Iterator[tuple[str, Record | None, str | None]
 def iter_records(source: Source) -> Iterator[tuple[str, Record | None, str | None]]:
   """Every record of `source` in file order: ("FILE:LINE", record or None, reason or None).
 
-  Raises DataError if a file cannot be read at all (missing, unreadable, .zst without zstandard).
+  Raises DataError if a file cannot be read at all (missing, unreadable, .zst without zstandard) or has
+  a problem as a whole (`check.FileError`: never skipped like a bad record).
   """
   if source.format == "tfds":
     yield from _iter_tfds(source)

@@ -24,8 +24,9 @@ from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
 from heal_jax.model.config import ModelConfig
 
 # Model fields that fix the shapes and dtypes of the saved arrays: a resume must keep them.
+# (param_dtype may change: orbax casts on restore.)
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                "head_dim", "tie_word_embeddings", "param_dtype", "scan_layers")
+                "head_dim", "tie_word_embeddings", "scan_layers")
 
 
 class DataStateHandler(ocp.CheckpointHandler):
@@ -44,7 +45,10 @@ class DataStateHandler(ocp.CheckpointHandler):
       path = pathlib.Path(directory) / f"shard_{shard}.json"
       if not path.is_file():
         saved = sorted(pathlib.Path(directory).glob("shard_*.json"))
-        spec = json.loads(json.loads(saved[0].read_text())["spec"]) if saved else {}  # spec: a JSON string
+        try:
+          spec = json.loads(json.loads(saved[0].read_text())["spec"]) if saved else {}  # spec: a JSON string
+        except (ValueError, KeyError, TypeError):
+          spec = {}
         raise CheckpointError(f"{path}: the checkpoint has no data state for shard {shard}; it was saved with"
                               f" data.num_shards={spec.get('num_shards', '?')} (a run resumes with the"
                               " data.num_shards it started with)")
@@ -99,8 +103,8 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
 def _damaged(mngr: ocp.CheckpointManager, step: int, error: Exception) -> CheckpointError:
   """A one-line error for a step that cannot be read: what failed, and how to go back a step."""
   earlier = [s for s in mngr.all_steps() if s < step]
-  hint = (f"remove that directory to resume from step {max(earlier)}" if earlier
-          else "remove that directory to start the run again")
+  hint = ("if a file of it is truncated or missing, remove that directory to "
+          + (f"resume from step {max(earlier)}" if earlier else "start the run again"))
   detail = (str(error).strip().splitlines() or [""])[0][:400]
   return CheckpointError(f"{pathlib.Path(mngr.directory) / str(step)} cannot be restored"
                          f" ({type(error).__name__}: {detail}); {hint}")
@@ -111,13 +115,12 @@ def check_resumable(mngr: ocp.CheckpointManager, step: int, cfg: ModelConfig) ->
   try:
     saved = restore_meta(mngr, step)["model"]
   except Exception as e:  # pylint: disable=broad-except  # orbax and json raise many types
-    raise _damaged(mngr, step, e) from None
+    raise _damaged(mngr, step, e) from e
   now = cfg.to_dict()
   changed = [f"model.{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in SHAPE_FIELDS if saved.get(k) != now[k]]
   if changed:
     raise CheckpointError(f"{pathlib.Path(mngr.directory) / str(step)} holds a different model: "
-                          f"{'; '.join(changed)}. Resume with the config it was saved with, or start a new"
-                          " --workdir (--config.init_from=THIS_WORKDIR starts from its weights)")
+                          f"{'; '.join(changed)}. Resume with the config it was saved with, or use a new --workdir")
 
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
@@ -126,7 +129,7 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -
   try:
     return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
   except Exception as e:  # pylint: disable=broad-except  # orbax and tensorstore raise many types
-    raise _damaged(mngr, step, e) from None
+    raise _damaged(mngr, step, e) from e
 
 
 def restore_data(mngr: ocp.CheckpointManager, step: int, iterator: Any) -> None:
