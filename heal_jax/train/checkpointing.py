@@ -44,14 +44,9 @@ class DataStateHandler(ocp.CheckpointHandler):
     for shard in it.shards:
       path = pathlib.Path(directory) / f"shard_{shard}.json"
       if not path.is_file():
-        saved = sorted(pathlib.Path(directory).glob("shard_*.json"))
-        try:
-          spec = json.loads(json.loads(saved[0].read_text())["spec"]) if saved else {}  # spec: a JSON string
-        except (ValueError, KeyError, TypeError):
-          spec = {}
+        saved = len(list(pathlib.Path(directory).glob("shard_*.json")))  # one file per shard of the run
         raise CheckpointError(f"{path}: the checkpoint has no data state for shard {shard}; it was saved with"
-                              f" data.num_shards={spec.get('num_shards', '?')} (a run resumes with the"
-                              " data.num_shards it started with)")
+                              f" data.num_shards={saved} (a run resumes with the data.num_shards it started with)")
       saved = json.loads(path.read_text())
       shards[str(shard)] = saved["state"]
     it.set_state({"spec": saved["spec"], "shards": shards})
@@ -94,6 +89,12 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, iterator: Any, meta
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           data=DataStateSave(iterator), meta=ocp.args.JsonSave(meta)),
             force=True)
+
+
+def has_completed_step(workdir: pathlib.Path) -> bool:
+  """Whether WORKDIR holds a completed checkpoint (orbax names one by its step; one being written is not)."""
+  steps = pathlib.Path(workdir) / WORKDIR_CHECKPOINTS
+  return steps.is_dir() and any(p.name.isdigit() for p in steps.iterdir())
 
 
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:

@@ -21,7 +21,6 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from heal_jax import config as config_lib
-from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
 from heal_jax.data import mixture, pipeline
 from heal_jax.model.config import ModelConfig
 from heal_jax.parallel import mesh as mesh_lib
@@ -297,8 +296,7 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   writer = metrics_lib.MetricWriter(workdir, primary)
   if primary:
     mixture.bootstrap(config, workdir, writer.log)
-    steps = workdir / WORKDIR_CHECKPOINTS
-    mixture.keep_tokenizer(config, workdir, steps.is_dir() and any(p.name.isdigit() for p in steps.iterdir()))
+    mixture.keep_tokenizer(config, workdir, checkpointing.has_completed_step(workdir))
   multihost_utils.sync_global_devices("heal-jax bootstrap")
   data = mixture.load(config, workdir, config.eval.holdout_examples)
   for name, counts in data.counts.items():
