@@ -78,25 +78,30 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
   return 0
 
 
-# Subcommands whose module parses its own arguments: {leading words: (module, words dropped)}; the
-# module's `main` gets argv after the dropped words (eval's tasks keep their task word).
+# Subcommands whose module parses its own arguments: {leading words: (module, words dropped, help)}; the
+# module's `main` gets argv after the dropped words (eval's tasks keep their task word). They are also
+# listed in the parser below, for --help only: main() hands them over before argparse sees them.
 _PASSTHROUGH = {
-    ("data", "check"): ("heal_jax.data.check", 2),
-    ("data", "prepare"): ("heal_jax.data.prepare", 2),
-    ("eval", "notes"): ("heal_jax.eval.notes", 2),
-    ("eval", "pubmedqa"): ("heal_jax.eval.run", 1),
-    ("eval", "medqa"): ("heal_jax.eval.run", 1),
-    ("eval", "perplexity"): ("heal_jax.eval.run", 1),
-    ("plan",): ("heal_jax.train.plan", 1),
-    ("generate",): ("heal_jax.infer.generate", 1),
-    ("report",): ("heal_jax.report", 1),
+    ("data", "check"): ("heal_jax.data.check", 2, "read a raw data file as preparation would; report bad records"),
+    ("data", "prepare"): ("heal_jax.data.prepare", 2, "raw sources -> deduplicated, tokenized ArrayRecord"),
+    ("eval", "notes"): ("heal_jax.eval.notes", 2, "ROUGE and the automatic HEAL rubric of generated notes"),
+    ("eval", "pubmedqa"): ("heal_jax.eval.run", 1, "PubMedQA accuracy of a checkpoint (harness rules)"),
+    ("eval", "medqa"): ("heal_jax.eval.run", 1, "MedQA-USMLE 4-option accuracy of a checkpoint"),
+    ("eval", "perplexity"): ("heal_jax.eval.run", 1, "NLL per token of a checkpoint on a JSONL of texts"),
+    ("plan",): ("heal_jax.train.plan", 1, "per-device memory and step time of a config, before renting GPUs"),
+    ("generate",): ("heal_jax.infer.generate", 1, "write a SOAP note from a doctor-patient conversation"),
+    ("report",): ("heal_jax.report", 1, "Markdown + PNG report of a training work directory"),
 }
 
 
+def _list_passthrough(subparsers: dict[tuple[str, ...], argparse._SubParsersAction]) -> None:
+  """Adds each passthrough subcommand under its group's subparsers, with its help line."""
+  for words, (_, _, text) in _PASSTHROUGH.items():
+    subparsers[words[:-1]].add_parser(words[-1], help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="heal-jax", description=__doc__,
-      epilog="also (see their --help): " + ", ".join("heal-jax " + " ".join(k) for k in _PASSTHROUGH))
+  parser = argparse.ArgumentParser(prog="heal-jax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
 
   convert = sub.add_parser("convert", help="convert checkpoints between HF and heal-jax (orbax)")
@@ -134,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--workdir", required=True, type=pathlib.Path)
   train.set_defaults(handler=_train)
 
-  data = sub.add_parser("data", help="data tools (also: data check)")
+  data = sub.add_parser("data", help="data tools")
   dsub = data.add_subparsers(dest="data_command", required=True)
   synth = dsub.add_parser("synth", help="write the bundled synthetic three-tier medical corpus")
   synth.add_argument("--out", required=True, type=pathlib.Path)
@@ -145,23 +150,27 @@ def build_parser() -> argparse.ArgumentParser:
   tok.add_argument("--out", required=True, type=pathlib.Path)
   tok.add_argument("--vocab-size", type=int, default=32000)
   tok.set_defaults(handler=_data_train_tokenizer)
+  evaluate = sub.add_parser("eval", help="score checkpoints and notes")
+  esub = evaluate.add_subparsers(dest="eval_task", required=True)
+  _list_passthrough({(): sub, ("data",): dsub, ("eval",): esub})
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
+  from heal_jax.train.workdir_lock import WorkdirInUse  # pylint: disable=import-outside-toplevel
   argv = list(sys.argv[1:] if argv is None else argv)
   for n in (2, 1):
     if tuple(argv[:n]) in _PASSTHROUGH:
       import importlib  # pylint: disable=import-outside-toplevel
-      module, drop = _PASSTHROUGH[tuple(argv[:n])]
+      module, drop, _ = _PASSTHROUGH[tuple(argv[:n])]
       return importlib.import_module(module).main(argv[drop:])
   try:
     overrides, rest = config_lib.split_overrides(argv)
     args = build_parser().parse_args(rest)
     return args.handler(args, overrides)
-  except (CheckpointError, config_lib.ConfigError, ValueError) as e:
+  except (CheckpointError, config_lib.ConfigError, ValueError, WorkdirInUse) as e:
     print(f"heal-jax: error: {e}", file=sys.stderr)
     return 2
 

@@ -30,3 +30,13 @@ def test_passthrough_data_check(tmp_path, capsys):
   assert cli.main(["data", "check", str(f), "--kind", "document"]) == 1
   report = json.loads(capsys.readouterr().out)
   assert (report["read"], report["valid"], report["invalid"]) == (2, 1, 1)
+
+
+def test_help_lists_every_subcommand(capsys):
+  parser = cli.build_parser()
+  groups = {(): parser}
+  for words in [("data",), ("eval",)]:
+    groups[words] = next(a for a in parser._subparsers._group_actions).choices[words[0]]  # pylint: disable=protected-access
+  for words in cli._PASSTHROUGH:  # pylint: disable=protected-access
+    groups[words[:-1]].print_help()
+    assert words[-1] in capsys.readouterr().out, words

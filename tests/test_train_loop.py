@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from heal_jax.checkpoint import restore
-from heal_jax.train import loop
+from heal_jax.train import loop, workdir_lock
 
 from tests import train_helpers
 
@@ -321,3 +321,13 @@ def test_the_work_directory_keeps_its_tokenizer_once_trained(data_root, tmp_path
   with pytest.raises(ValueError, match="differs from the tokenizer this work directory was trained with"):
     mixture.keep_tokenizer(first, w, trained=True)
   assert kept.read_bytes() == (other / "tokenizer.model").read_bytes()
+
+
+def test_a_second_trainer_on_a_busy_work_directory_is_refused(data_root, tmp_path):
+  lock = workdir_lock.acquire(tmp_path / "w", print)  # as another trainer on this work directory would
+  try:
+    with pytest.raises(workdir_lock.WorkdirInUse, match="in use by another heal-jax train"):
+      loop.train(train_helpers.load(data_root, 2), tmp_path / "w")
+  finally:
+    lock.release()
+  assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [workdir_lock.LOCK_NAME]  # nothing else written

@@ -12,6 +12,7 @@ import functools
 import json
 import pathlib
 import signal
+import sys
 import time
 from typing import Any
 
@@ -26,6 +27,7 @@ from heal_jax.model.config import ModelConfig
 from heal_jax.parallel import mesh as mesh_lib
 from heal_jax.train import checkpointing, init as init_lib, metrics as metrics_lib
 from heal_jax.train import optimizer as optimizer_lib, phases as phases_lib, state as state_lib, step as step_lib
+from heal_jax.train import workdir_lock
 
 
 class TrainingHalted(RuntimeError):
@@ -292,6 +294,31 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   phases = phases_lib.from_config(config)
   base_cfg = config_lib.model_config(config)
   mesh = mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES}, devices)
+  lock = _lock(workdir)
+  try:
+    return _train_locked(config, workdir, phases, base_cfg, mesh)
+  finally:
+    lock.release()
+
+
+def _lock(workdir: pathlib.Path) -> workdir_lock.WorkdirLock:
+  """Process 0 locks the work directory; if another trainer holds it, every process raises WorkdirInUse."""
+  lock, busy = workdir_lock.WorkdirLock(None), ""
+  if jax.process_index() == 0:
+    try:
+      lock = workdir_lock.acquire(workdir, lambda line: print(f"[train] {line}", file=sys.stderr, flush=True))
+    except workdir_lock.WorkdirInUse as e:
+      busy = str(e)
+  if jax.process_count() > 1 and int(multihost_utils.broadcast_one_to_all(np.int32(bool(busy)))):
+    busy = busy or f"process 0 found work directory {workdir} in use by another heal-jax train"
+  if busy:
+    raise workdir_lock.WorkdirInUse(busy)
+  return lock
+
+
+def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Phase], base_cfg: ModelConfig,
+                  mesh: Any) -> dict[str, Any]:
+  """`train` once the work directory is this run's."""
   primary = jax.process_index() == 0
   writer = metrics_lib.MetricWriter(workdir, primary)
   if primary:
