@@ -162,7 +162,9 @@ def test_generate_main_end_to_end(checkpoint, tmp_path, capsys):
   conv.write_text("Doctor: Hi, what brings you in today?\nPatient: I've had a cough for two weeks.\n")
   assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(conv),
                         "--max-new-tokens", "6"]) == 0
-  printed = capsys.readouterr().out
+  captured = capsys.readouterr()
+  printed = captured.out
+  assert f"model {checkpoint}\n" in captured.err
   loaded = restore.load_model(checkpoint)
   expected = generate.generate_notes(
       loaded, ["[doctor] Hi, what brings you in today?\n[patient] I've had a cough for two weeks."],

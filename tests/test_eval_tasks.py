@@ -81,6 +81,10 @@ def test_bad_data_names_the_file(tmp_path, shared_data):
   with pytest.raises(tasks.DataError, match=f"{bad}:3: not valid JSON"):
     tasks.load_medqa(bad)
   row = json.loads(rows[0])
+  wrong = next(c for c in "ABCD" if c != row["answer_idx"])
+  bad.write_text(rows[1] + "\n" + json.dumps({**row, "answer_idx": wrong}) + "\n")  # answer text says otherwise
+  with pytest.raises(tasks.DataError, match=f"{bad}:2: 'answer' .* is not the text of option {wrong}"):
+    tasks.load_medqa(bad)
   row["answer_idx"] = "E"
   bad.write_text(json.dumps(row) + "\n")
   with pytest.raises(tasks.DataError, match=f"{bad}:1: 'answer_idx' must be one of"):

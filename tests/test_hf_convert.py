@@ -330,3 +330,14 @@ def test_safetensors_header_checks(tmp_path):
   f.write_bytes(struct.pack("<Q", 2) + b"[]")
   with pytest.raises(safetensors_io.SafetensorsError, match="x.safetensors: header is a JSON list"):
     safetensors_io.read_header(f)
+
+
+def test_tokenizer_files_without_tokenizer_model_are_warned_about(tmp_path, tokenizer_dir):
+  src = _save_hf(hf_reference.hf_llama(vocab_size=90), tmp_path / "hf", tokenizer_dir)
+  lines = []
+  hf_convert.hf_to_orbax(src, tmp_path / "ck", log=lines.append)
+  assert not lines
+  (src / "tokenizer.model").unlink()  # tokenizer_config.json stays
+  hf_convert.hf_to_orbax(src, tmp_path / "ck2", log=lines.append)
+  assert lines == [f"warning: {src} has tokenizer files but no tokenizer.model (sentencepiece), which heal-jax's "
+                   "train, eval and generate read; copy it into DST/tokenizer/ before using the checkpoint"]

@@ -166,7 +166,9 @@ def test_run_main_writes_rows(setup, shared_data, tmp_path, capsys):
   argv = ["medqa", "--checkpoint", str(ckpt), "--data", str(shared_data / MEDQA_FILE), "--limit", "5",
           "--output", str(out), "--batch-size", "4"]
   assert run.main(argv) == 0
-  summary = json.loads(capsys.readouterr().out)
+  captured = capsys.readouterr()
+  summary = json.loads(captured.out)
+  assert f"scoring {ckpt}\n" in captured.err  # which model was scored
   assert set(summary) == {"task", "n", "acc", "acc_norm"} and summary["task"] == "medqa" and summary["n"] == 5
   rows = [json.loads(line) for line in out.read_text().splitlines()]
   assert [r["id"] for r in rows] == [0, 1, 2, 3, 4]

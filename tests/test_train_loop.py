@@ -230,13 +230,14 @@ def test_pubmedqa_accuracy_is_an_eval_hook(data_root, tmp_path, shared_data):
 
 
 def test_non_finite_steps_are_skipped_counted_and_halt_the_run(data_root, tmp_path):
-  """A checkpoint with a NaN weight: every step is skipped (parameters untouched) and the run halts."""
+  """A checkpoint with a finite weight so large that the logits overflow: every step's loss is non-finite,
+  so every step is skipped (parameters untouched) and the run halts. (A NaN weight is refused on read.)"""
   from heal_jax.checkpoint import params_store  # pylint: disable=import-outside-toplevel
   good = tmp_path / "good"
   loop.train(train_helpers.load(data_root, 2), good)
   loaded = restore.load_model(good, dtype="float32", scan_layers=False)
   params = jax.tree.map(np.array, loaded.params)
-  params["final_norm"]["scale"][3] = np.nan
+  params["final_norm"]["scale"][3] = 3e38
   with params_store.atomic_output_dir(tmp_path / "nan") as out:
     params_store.write_checkpoint(out, jax.tree.map(jax.numpy.asarray, params), loaded.cfg, None, "float32",
                                   loaded.tokenizer_dir)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from heal_jax.checkpoint import hf_mapping, params_store, safetensors_io
+from heal_jax.checkpoint import finite, hf_mapping, params_store, safetensors_io
 from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.model.config import ConfigError, ModelConfig, from_hf_config, to_hf_config
 
@@ -194,13 +194,18 @@ def hf_to_orbax(src: pathlib.Path, dst: pathlib.Path, allow_pickle: bool = False
   has_tokenizer = any((ckpt.path / n).is_file() for n in params_store.TOKENIZER_FILES)
   if not has_tokenizer:
     log(f"warning: {ckpt.path} has no tokenizer files; the checkpoint will have none")
+  elif not (ckpt.path / "tokenizer.model").is_file():
+    log(f"warning: {ckpt.path} has tokenizer files but no tokenizer.model (sentencepiece), which heal-jax's "
+        "train, eval and generate read; copy it into DST/tokenizer/ before using the checkpoint")
   params: dict[str, Any] = {}
   nbytes = 0
   cpu = jax.local_devices(backend="cpu")[0]
   with params_store.atomic_output_dir(dst, overwrite, inputs=(ckpt.path,)) as out:
     for spec in specs:
       # One tensor at a time: read, relayout, move into a jax array; the numpy copies die here.
-      array = jax.device_put(spec.to_ours(ckpt.tensors[spec.hf_name].load()), cpu)
+      source = ckpt.tensors[spec.hf_name].load()
+      finite.require_finite({spec.hf_name: source}, str(ckpt.path))
+      array = jax.device_put(spec.to_ours(source), cpu)
       nbytes += array.nbytes
       hf_mapping.set_path(params, spec.path, array)
     extra = {"source": str(ckpt.path)}
@@ -255,7 +260,9 @@ def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int = DEF
       writer = safetensors_io.StreamingWriter(out / fname, shard)
       for t in shard:
         spec = by_name[t.name]
-        writer.write(t.name, spec.to_hf(params_store.read_tensor(src, spec.path)))
+        tensor = params_store.read_tensor(src, spec.path)
+        finite.require_finite({"/".join(spec.path): tensor}, str(src))
+        writer.write(t.name, spec.to_hf(tensor))
         weight_map[t.name] = fname
         total += t.nbytes
       writer.close()

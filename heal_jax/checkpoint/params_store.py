@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from heal_jax.checkpoint import hf_mapping
+from heal_jax.checkpoint import finite, hf_mapping
 from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.model.config import ModelConfig
 
@@ -189,6 +189,7 @@ def load_params(ckpt_dir: pathlib.Path, cfg: ModelConfig, dtype: Any = None) -> 
   ckpt.close()
   if dtype is not None:
     params = _map_leaves(params, lambda x: np.asarray(x).astype(dtype))
+  finite.require_finite(params, str(ckpt_dir))
   if cfg.scan_layers:
     params = hf_mapping.stack_layers(params, cfg.num_layers)
   return params

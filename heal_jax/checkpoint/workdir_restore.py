@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from heal_jax.checkpoint import hf_mapping
+from heal_jax.checkpoint import finite, hf_mapping
 from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
 from heal_jax.model.config import ModelConfig
@@ -68,6 +68,8 @@ def newest_params(workdir: pathlib.Path, dtype: Any = None, **cfg_overrides: Any
   params = _restore_params(
       state_dir, lambda meta: jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta))
   params = _to_numpy(params, dtype)
+  finite.require_finite(params, f"{state_dir.parent} (params)",
+                        "remove that step's directory to use the step before it, or export an earlier run")
   if cfg.scan_layers and not cfg_overrides.get("scan_layers", True):
     params = hf_mapping.unstack_layers(params, cfg.num_layers)
   elif not cfg.scan_layers and cfg_overrides.get("scan_layers", False):

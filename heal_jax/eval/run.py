@@ -63,6 +63,7 @@ def _run(args: argparse.Namespace) -> dict:
   if args.dtype:
     overrides["compute_dtype"] = args.dtype
   model = load_model(args.checkpoint, args.dtype, **overrides)
+  print(f"heal-jax eval {args.task}: scoring {model.source}", file=sys.stderr)  # which step of a work directory
   if model.tokenizer_dir is None:
     raise ValueError(f"{args.checkpoint}: no tokenizer/ directory with tokenizer.model")
   tokenizer = Tokenizer(model.tokenizer_dir)

@@ -162,6 +162,10 @@ def load_medqa(path: str | pathlib.Path) -> list[Example]:
       raise DataError(f"{where}: 'options' must map exactly A, B, C, D to strings")
     if row.get("answer_idx") not in MEDQA_CHOICES:
       raise DataError(f"{where}: 'answer_idx' must be one of A, B, C, D, got {row.get('answer_idx')!r}")
+    answer = row.get("answer")  # optional; where given, it must be the text of option answer_idx
+    if answer is not None and (not isinstance(answer, str) or answer.strip() != options[row["answer_idx"]].strip()):
+      raise DataError(f"{where}: 'answer' {str(answer)[:80]!r} is not the text of option {row['answer_idx']} "
+                      f"({options[row['answer_idx']][:80]!r}); which one is gold?")
     out.append(Example(len(out), medqa_prompt(row["question"], options), MEDQA_CHOICES,
                        MEDQA_CHOICES.index(row["answer_idx"])))
   if not out:

@@ -146,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _error(f"{args.conversation}: {e}")
   try:
     loaded = load_model(args.checkpoint)
+    print(f"heal-jax generate: model {loaded.source}", file=sys.stderr)
     note = generate_notes(loaded, [text], max_new_tokens=args.max_new_tokens, sampling=sampling,
                           seed=args.seed)[0]
   except (CheckpointError, ConfigError, ValueError, OSError) as e:

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from heal_jax.checkpoint import finite
 from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
 from heal_jax.model.config import ModelConfig
@@ -101,11 +102,14 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
+def _go_back(mngr: ocp.CheckpointManager, step: int) -> str:
+  earlier = [s for s in mngr.all_steps() if s < step]
+  return "remove that directory to " + (f"resume from step {max(earlier)}" if earlier else "start the run again")
+
+
 def _damaged(mngr: ocp.CheckpointManager, step: int, error: Exception) -> CheckpointError:
   """A one-line error for a step that cannot be read: what failed, and how to go back a step."""
-  earlier = [s for s in mngr.all_steps() if s < step]
-  hint = ("if a file of it is truncated or missing, remove that directory to "
-          + (f"resume from step {max(earlier)}" if earlier else "start the run again"))
+  hint = "if a file of it is truncated or missing, " + _go_back(mngr, step)
   detail = (str(error).strip().splitlines() or [""])[0][:400]
   return CheckpointError(f"{pathlib.Path(mngr.directory) / str(step)} cannot be restored"
                          f" ({type(error).__name__}: {detail}); {hint}")
@@ -126,11 +130,14 @@ def check_resumable(mngr: ocp.CheckpointManager, step: int, cfg: ModelConfig) ->
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
   """The TrainState of `step`, laid out by the shardings in `abstract_state` (any mesh); a step that
-  cannot be read is a CheckpointError naming it and the step to go back to."""
+  cannot be read, or holds NaN/Inf (never saved by the trainer, whose guard skips such steps), is a
+  CheckpointError naming it and the step to go back to."""
   try:
-    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
   except Exception as e:  # pylint: disable=broad-except  # orbax and tensorstore raise many types
     raise _damaged(mngr, step, e) from e
+  finite.require_finite(state, f"{pathlib.Path(mngr.directory) / str(step)}'s state", _go_back(mngr, step))
+  return state
 
 
 def restore_data(mngr: ocp.CheckpointManager, step: int, iterator: Any) -> None:

@@ -136,16 +136,21 @@ def from_checkpoint(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any
 
 
 def initial_params(init_from: str, cfg: ModelConfig, shardings: Any, seed: int) -> tuple[Any, str]:
-  """(params, description). init_from: "" (scratch), an HF dir, a checkpoint or a work dir."""
+  """(params, description). init_from: "" (scratch), an HF dir, a checkpoint or a work dir.
+
+  Read parameters holding NaN/Inf are a CheckpointError naming the tensors."""
   if not init_from:
     init = jax.jit(lambda key: state_lib.unboxed_init(cfg, key), out_shardings=shardings)
     return init(jax.random.PRNGKey(seed)), f"from scratch (seed {seed})"
   path = pathlib.Path(init_from)
-  from heal_jax.checkpoint import params_store, restore  # pylint: disable=import-outside-toplevel
+  from heal_jax.checkpoint import finite, params_store, restore  # pylint: disable=import-outside-toplevel
   if (path / params_store.MANIFEST).is_file():  # a converted checkpoint comes first, as in load_model
-    return from_checkpoint(path, cfg, shardings), f"from {path}"
-  if restore.is_workdir(path):  # (a work directory has a config.json too: the run's config)
-    return from_checkpoint(path, cfg, shardings), f"from work directory {path}"
-  if (path / "config.json").is_file():
-    return from_hf(path, cfg, shardings), f"from HF {path}"
-  return from_checkpoint(path, cfg, shardings), f"from {path}"  # CheckpointError naming what is missing
+    params, how = from_checkpoint(path, cfg, shardings), f"from {path}"
+  elif restore.is_workdir(path):  # (a work directory has a config.json too: the run's config)
+    params, how = from_checkpoint(path, cfg, shardings), f"from work directory {path}"
+  elif (path / "config.json").is_file():
+    params, how = from_hf(path, cfg, shardings), f"from HF {path}"
+  else:
+    params, how = from_checkpoint(path, cfg, shardings), f"from {path}"  # CheckpointError naming what is missing
+  finite.require_finite(params, f"init_from {path} (read as {jax.numpy.dtype(cfg.param_dtype).name})")
+  return params, how
