@@ -2,7 +2,7 @@
 
 One run builds a ~10M-parameter LLaMA (random weights, 8 layers, hidden 256, GQA 8:4, vocabulary of a
 sentencepiece model trained on the bundled synthetic corpus), writes it as a heal-jax checkpoint,
-exports it with `orbax_to_hf` and loads that into transformers (torch, CPU, float32). Both decode
+exports it with `orbax_to_hf` and loads that into transformers (torch, CPU). Both decode
 the same prompts (the note-writing instruction over the first turns of synthetic conversations, BOS
 included, lengths differing within a batch) greedily for exactly `--max-new-tokens` tokens (EOS does
 not stop either side). Batches are left-padded on both sides (ours to a multiple of 64, transformers
@@ -15,7 +15,11 @@ is timed with each torch thread count of `--torch-threads` and the ratio uses it
 shared, oversubscribed machine torch's 2-thread pool can be many times slower than 1 thread). Finally
 the greedy tokens of the two are compared token by token.
 
+`--dtype bfloat16` casts the weights of both sides to bfloat16 and computes in it (ours:
+param and compute dtype; transformers: `dtype=torch.bfloat16`), as a bfloat16 export is used.
+
   python bench/generate.py [--max-new-tokens 128] [--batches 1,8] [--repeats 3] [--torch-threads 1,2]
+                           [--dtype float32|bfloat16]
 Prints a table and, last, one JSON line. Targets: ours >= 5x at batch 1 and >= 3x at batch 8.
 """
 
@@ -79,19 +83,21 @@ def main() -> None:
   parser.add_argument("--workdir", type=pathlib.Path, default=None)
   parser.add_argument("--torch-threads", default=f"1,{torch.get_num_threads()}",
                       help="torch thread counts to time transformers with (best one is the baseline)")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="weights and compute of both sides")
   args = parser.parse_args()
   workdir = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="heal_bench_generate_"))
   ckpt, hf_dir, conversations = build(workdir)
-  loaded = restore.load_model(ckpt)
+  loaded = restore.load_model(ckpt, dtype=args.dtype, compute_dtype=args.dtype)
   tok = tokenizer_lib.Tokenizer(loaded.tokenizer_dir)
   params = jax.device_put(loaded.params)
   n = args.max_new_tokens
   fn = decode.make_generate_fn(loaded.cfg, n, stop_on_eos=False)
-  hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+  hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, args.dtype)).eval()
   hf.generation_config.eos_token_id = None
   hf.generation_config.pad_token_id = 0
   print(f"model: {loaded.cfg.num_params() / 1e6:.2f}M parameters, vocab {loaded.cfg.vocab_size}, "
-        f"float32; max_new_tokens {n}; jax {jax.__version__} ({jax.default_backend()}), torch "
+        f"{args.dtype}; max_new_tokens {n}; jax {jax.__version__} ({jax.default_backend()}), torch "
         f"{torch.__version__}, transformers {transformers.__version__}; "
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
   default_threads = torch.get_num_threads()
@@ -137,7 +143,7 @@ def main() -> None:
         "(first call per shape untimed); hf: model.generate, greedy, one warm-up call untimed per "
         "thread count (nT = torch threads); "
         f"ratio = fastest hf time / ours; vs {default_threads}T = torch's default thread count / ours.")
-  print(json.dumps({"max_new_tokens": n, "params": loaded.cfg.num_params(), "rows": rows}))
+  print(json.dumps({"max_new_tokens": n, "dtype": args.dtype, "params": loaded.cfg.num_params(), "rows": rows}))
 
 
 if __name__ == "__main__":
