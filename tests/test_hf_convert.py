@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from heal_jax import cli
-from heal_jax.checkpoint import hf_convert, params_store, safetensors_io
+from heal_jax.checkpoint import hf_convert, hf_mapping, params_store, safetensors_io
 from heal_jax.checkpoint.errors import CheckpointError
 from tests import hf_reference
 
@@ -341,3 +341,27 @@ def test_tokenizer_files_without_tokenizer_model_are_warned_about(tmp_path, toke
   hf_convert.hf_to_orbax(src, tmp_path / "ck2", log=lines.append)
   assert lines == [f"warning: {src} has tokenizer files but no tokenizer.model (sentencepiece), which heal-jax's "
                    "train, eval and generate read; copy it into DST/tokenizer/ before using the checkpoint"]
+
+
+def test_a_flipped_bit_in_a_converted_checkpoint_is_named(tmp_path, capsys):
+  import zlib  # pylint: disable=import-outside-toplevel
+  from heal_jax.checkpoint import random_init, restore  # pylint: disable=import-outside-toplevel
+  from heal_jax.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
+  cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                    num_kv_heads=2, head_dim=8, max_position_embeddings=64)
+  ck = tmp_path / "ck"
+  random_init.write_random_checkpoint(cfg, ck)
+  crc = json.loads((ck / params_store.MANIFEST).read_text())["crc32"]
+  params = restore.load_model(ck).params
+  expected = {"/".join(p): f"{zlib.crc32(np.ascontiguousarray(x).tobytes()):08x}"
+              for p, x in hf_mapping.iter_paths(params)}
+  assert crc == expected and len(crc) == 3 + 9 * 2  # embed, final norm, head + 9 per layer
+  data = max((ck / "params").rglob("d/*"), key=lambda f: f.stat().st_size)  # the tensors' bytes
+  raw = bytearray(data.read_bytes())
+  raw[len(raw) // 2] ^= 1  # a low mantissa bit: the value stays finite
+  data.write_bytes(bytes(raw))
+  with pytest.raises(CheckpointError, match=r"/params: tensor \S+ does not match its CRC-32 in heal_checkpoint.json"):
+    restore.load_model(ck)
+  assert cli.main(["convert", "orbax-to-hf", str(ck), str(tmp_path / "hf")]) == 2
+  assert "does not match its CRC-32" in capsys.readouterr().err
+  _assert_no_output(tmp_path / "hf")

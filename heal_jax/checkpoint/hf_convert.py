@@ -260,7 +260,7 @@ def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int = DEF
       writer = safetensors_io.StreamingWriter(out / fname, shard)
       for t in shard:
         spec = by_name[t.name]
-        tensor = params_store.read_tensor(src, spec.path)
+        tensor = params_store.read_tensor(src, spec.path, manifest)
         finite.require_finite({"/".join(spec.path): tensor}, str(src))
         writer.write(t.name, spec.to_hf(tensor))
         weight_map[t.name] = fname

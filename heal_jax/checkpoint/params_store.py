@@ -3,12 +3,18 @@
 Layout of a converted checkpoint (what `heal-jax convert hf-to-orbax` writes and what training,
 evaluation, generation and export restore from):
 
-  DIR/heal_checkpoint.json   manifest: format, model config, the source HF config, dtype
+  DIR/heal_checkpoint.json   manifest: format, model config, the source HF config, dtype, and the
+                             CRC-32 of every tensor's bytes ("crc32": {"layers_0/mlp/w_up/kernel": hex})
   DIR/params/                orbax checkpoint of the unscanned parameter tree (see hf_mapping)
   DIR/tokenizer/             tokenizer files (tokenizer.model, tokenizer_config.json, ...)
 
 Parameters keep the dtype they were converted from (bf16 stays bf16), so a round trip is
 bitwise exact and the checkpoint is no larger than its source.
+
+Readers of whole tensors (`load_params`: eval, generation, export from a work directory;
+`read_tensor`: `orbax-to-hf`) check each tensor against its CRC-32, so a flipped bit on disk is an
+error naming the tensor instead of a silently different model. `restore_sharded` (training's
+`init_from`, where each process reads only its own blocks) cannot, and checks finiteness only.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import os
 import pathlib
 import shutil
+import zlib
 from typing import Any, Iterator
 
 import numpy as np
@@ -94,9 +101,24 @@ def write_checkpoint(out_dir: pathlib.Path, params: dict[str, Any], cfg: ModelCo
   with ocp.Checkpointer(handler) as ckpt:
     ckpt.save(_params_dir(out_dir), args=ocp.args.PyTreeSave(params))
   copied = copy_tokenizer(tokenizer_dir, out_dir / "tokenizer") if tokenizer_dir else []
+  crc = {"/".join(path): _crc32(x) for path, x in hf_mapping.iter_paths(params)}
   manifest = {"format": FORMAT, "model": cfg.to_dict(), "hf_config": hf_config or {},
-              "dtype": dtype, "tokenizer_files": copied, **(extra or {})}
+              "dtype": dtype, "tokenizer_files": copied, "crc32": crc, **(extra or {})}
   (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def _crc32(x: Any) -> str:
+  """CRC-32 of an array's bytes in C order (jax CPU arrays are read in place)."""
+  return f"{zlib.crc32(np.ascontiguousarray(np.asarray(x)).reshape(-1).view(np.uint8)):08x}"
+
+
+def _check_crc(ckpt_dir: pathlib.Path, manifest: dict[str, Any], path: hf_mapping.ParamPath, x: Any) -> None:
+  """A tensor read whole must have the CRC-32 its manifest records (checkpoints written before
+  checksums existed have none and are not checked)."""
+  stored = manifest.get("crc32", {}).get("/".join(path))
+  if stored is not None and _crc32(x) != stored:
+    raise CheckpointError(f"{_params_dir(ckpt_dir)}: tensor {'/'.join(path)} does not match its CRC-32 in "
+                          f"{MANIFEST} (stored {stored}, read {_crc32(x)}): the file holding it is damaged")
 
 
 def copy_tokenizer(src_dir: pathlib.Path, dst_dir: pathlib.Path) -> list[str]:
@@ -122,6 +144,9 @@ def read_manifest(ckpt_dir: pathlib.Path) -> dict[str, Any]:
     raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT!r}")
   if not isinstance(manifest.get("model"), dict):
     raise CheckpointError(f"{path}: no \"model\" object (the model config)")
+  crc = manifest.get("crc32", {})
+  if not isinstance(crc, dict) or not all(isinstance(v, str) for v in crc.values()):
+    raise CheckpointError(f"{path}: \"crc32\" must map tensor names to hex strings")
   if not (pathlib.Path(ckpt_dir) / "params" / "_CHECKPOINT_METADATA").exists():
     raise CheckpointError(f"{ckpt_dir}/params: no completed orbax checkpoint")
   return manifest
@@ -149,8 +174,10 @@ def tensor_metadata(ckpt_dir: pathlib.Path) -> dict[hf_mapping.ParamPath, tuple[
   return {path: (tuple(m.shape), np.dtype(m.dtype)) for path, m in hf_mapping.iter_paths(tree)}
 
 
-def read_tensor(ckpt_dir: pathlib.Path, path: hf_mapping.ParamPath) -> np.ndarray:
-  """Restores a single parameter as a numpy array (partial restore: nothing else is read)."""
+def read_tensor(ckpt_dir: pathlib.Path, path: hf_mapping.ParamPath,
+                manifest: dict[str, Any] | None = None) -> np.ndarray:
+  """Restores a single parameter as a numpy array (partial restore: nothing else is read), checked
+  against its CRC-32 (`manifest`: DIR's manifest when already read)."""
   ocp = _orbax()
   item: dict[str, Any] = {}
   args: dict[str, Any] = {}
@@ -159,7 +186,9 @@ def read_tensor(ckpt_dir: pathlib.Path, path: hf_mapping.ParamPath) -> np.ndarra
   with ocp.PyTreeCheckpointer() as ckpt:
     restored = ckpt.restore(_params_dir(ckpt_dir),
                             args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True))
-  return hf_mapping.get_path(restored, path)
+  tensor = hf_mapping.get_path(restored, path)
+  _check_crc(ckpt_dir, manifest or read_manifest(ckpt_dir), path, tensor)
+  return tensor
 
 
 def check_params(ckpt_dir: pathlib.Path, cfg: ModelConfig) -> None:
@@ -178,15 +207,19 @@ def check_params(ckpt_dir: pathlib.Path, cfg: ModelConfig) -> None:
 
 
 def load_params(ckpt_dir: pathlib.Path, cfg: ModelConfig, dtype: Any = None) -> dict[str, Any]:
-  """The whole parameter tree as numpy arrays, in the layout `cfg` asks for (scanned or not).
+  """The whole parameter tree as numpy arrays, in the layout `cfg` asks for (scanned or not), each
+  tensor checked against its CRC-32 and for NaN/Inf.
 
   `dtype` casts every tensor (e.g. float32 master weights for training).
   """
-  stored_cfg = model_config(ckpt_dir)
+  manifest = read_manifest(ckpt_dir)
+  stored_cfg = model_config(ckpt_dir, manifest)
   check_params(ckpt_dir, stored_cfg.replace(scan_layers=False))
   ckpt = _orbax().StandardCheckpointer()
   params = ckpt.restore(_params_dir(ckpt_dir))
   ckpt.close()
+  for path, x in hf_mapping.iter_paths(params):
+    _check_crc(ckpt_dir, manifest, path, x)
   if dtype is not None:
     params = _map_leaves(params, lambda x: np.asarray(x).astype(dtype))
   finite.require_finite(params, str(ckpt_dir))
