@@ -13,8 +13,7 @@ download of meta-llama/Llama-2-13b-hf; `heal-jax plan --config configs/heal_13b.
 from heal_jax import config as config_lib
 
 
-def get_config(arg=None):
-  del arg
+def get_config():
   config = config_lib.llama2_config("13b")
   config.init_from = "/shared/models/Llama-2-13b-hf"
   config.data.tokenizer = "/shared/models/Llama-2-13b-hf"

@@ -3,6 +3,5 @@
 from heal_jax import config as config_lib
 
 
-def get_config(arg=None):
-  del arg
+def get_config():
   return config_lib.llama2_config("13b")

@@ -10,8 +10,7 @@ enough for a whole conversation and its note.
 from heal_jax import config as config_lib
 
 
-def get_config(arg=None):
-  del arg
+def get_config():
   config = config_lib.base_config()
   config.model.update(dict(
       vocab_size=1024, hidden_size=128, intermediate_size=352, num_layers=4, num_heads=4,

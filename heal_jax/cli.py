@@ -11,8 +11,13 @@ from typing import Callable, Sequence
 Handler = Callable[[argparse.Namespace, list[str]], int]
 
 
+def _no_overrides(overrides: list[str]) -> None:
+  if overrides:
+    raise ValueError(f"this command reads no config; {overrides[0]} has nothing to override")
+
+
 def _convert_hf_to_orbax(args: argparse.Namespace, overrides: list[str]) -> int:
-  del overrides
+  _no_overrides(overrides)
   from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
   summary = hf_convert.hf_to_orbax(args.src, args.dst, allow_pickle=args.allow_pickle, overwrite=args.overwrite)
   print(json.dumps(summary))
@@ -20,7 +25,7 @@ def _convert_hf_to_orbax(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _convert_orbax_to_hf(args: argparse.Namespace, overrides: list[str]) -> int:
-  del overrides
+  _no_overrides(overrides)
   from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
   summary = hf_convert.orbax_to_hf(args.src, args.dst, max_shard_bytes=int(args.max_shard_gb * 1024**3),
                                    overwrite=args.overwrite, dtype=args.dtype)
@@ -46,7 +51,7 @@ def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _data_synth(args: argparse.Namespace, overrides: list[str]) -> int:
-  del overrides
+  _no_overrides(overrides)
   from heal_jax.data import synthetic  # pylint: disable=import-outside-toplevel
   files = synthetic.generate_corpus(args.out, seed=args.seed)
   print(json.dumps({k: str(v) for k, v in files.items()}))
@@ -54,7 +59,7 @@ def _data_synth(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _data_train_tokenizer(args: argparse.Namespace, overrides: list[str]) -> int:
-  del overrides
+  _no_overrides(overrides)
   from heal_jax.data import tokenizer  # pylint: disable=import-outside-toplevel
   tok = tokenizer.train_tokenizer(args.inputs, args.out, vocab_size=args.vocab_size)
   print(json.dumps({"out": str(args.out), "vocab_size": tok.vocab_size}))

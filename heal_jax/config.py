@@ -1,17 +1,23 @@
 """ml-collections run configs: the base config, loading a `get_config()` file, command-line overrides.
 
-A config file is a Python file with `get_config(arg: str | None = None) -> ConfigDict`, usually
-starting from `base_config()` here (every field, with its default and meaning) and changing a few.
-`configs/tiny.py:preset` passes "preset" as `arg` (big_vision style). Overrides are
+A config file is a Python file with `get_config() -> ConfigDict`, usually starting from
+`base_config()` here (every field, with its default and meaning) and changing a few. A file with
+named presets takes one argument, `get_config(arg)`: `configs/ablations/base.py:ROOT` passes "ROOT"
+(big_vision style); a preset given to a file without presets is an error. Overrides are
 `--config.a.b=value`; the value is parsed to the type of the field it replaces, and an unknown key
-is an error that names it. The loaded config is locked: no code path can add a field later.
+is an error that names it. Counts and intervals must be in range (`MINIMUM`) and every float
+finite, checked once the overrides are applied. The loaded config is locked: no code path can add a
+field later.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
+import math
 import pathlib
+import traceback
 from typing import Any, Sequence
 
 import ml_collections
@@ -155,6 +161,7 @@ def base_config() -> ml_collections.ConfigDict:
       device_memory_gb=80.0,   # memory per accelerator
       peak_tflops=989.0,       # dense bf16 peak per accelerator (H100 989, A100 312)
       mfu=0.4,                 # assumed model FLOPs utilisation for the implied step time
+      memory_fraction=0.9,     # share of device memory XLA may use (the launchers set XLA_CLIENT_MEM_FRACTION=0.90)
   ))
   config.eval = ml_collections.ConfigDict(dict(
       every_steps=0,           # held-out loss per source every this many steps (0 = only at phase ends)
@@ -168,23 +175,78 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+# The least value of each count or interval (phases are checked by heal_jax.train.phases, the model by
+# ModelConfig, the mesh by heal_jax.parallel.mesh, dedup by heal_jax.data.dedup, plan by `heal-jax plan`).
+MINIMUM = {
+    "distributed.num_processes": 0, "distributed.initialization_timeout_s": 1,
+    "distributed.heartbeat_timeout_s": 1, "mesh.max_replicated_elements": 0,
+    "train.global_batch": 1, "train.micro_steps": 1, "train.max_bad_steps": 1, "train.z_loss": 0,
+    "train.weight_decay": 0, "train.b1": 0, "train.b2": 0, "train.eps": 0, "train.clip_norm": 0,
+    "checkpoint.every_steps": 1, "checkpoint.keep": 1, "checkpoint.keep_period": 0,
+    "metrics.every_steps": 1, "metrics.peak_tflops": 0,
+    "eval.every_steps": 0, "eval.holdout_examples": 0, "eval.batches": 1, "eval.task_limit": 0,
+    "eval.sample_note_tokens": 0, "data.num_shards": 0, "data.worker_count": 0,
+}
+_BELOW_ONE = ("train.b1", "train.b2")  # Adam's decay rates: in [0, 1)
+
+
+def _leaves(node: ml_collections.ConfigDict, prefix: str = ""):
+  for key, value in node.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Every float finite, every `MINIMUM` field at least its minimum; else ConfigError naming the key."""
+  values = dict(_leaves(config))
+  for key, value in values.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"config.{key}={value}: must be a finite number")
+  for key, least in MINIMUM.items():
+    if key in values and values[key] < least:
+      raise ConfigError(f"config.{key}={values[key]}: must be >= {least}")
+  for key in _BELOW_ONE:
+    if key in values and values[key] >= 1:
+      raise ConfigError(f"config.{key}={values[key]}: must be < 1")
+
+
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   """The single reader of `config.model`."""
   return ModelConfig.from_dict(config.model.to_dict())
 
 
+def _where(path: pathlib.Path, error: BaseException) -> str:
+  """"path:line" of the innermost frame of `error` inside the config file (else "path")."""
+  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+           if pathlib.Path(f.filename).resolve() == path.resolve()]
+  return f"{path}:{lines[-1]}" if lines else str(path)
+
+
 def _load_module(path: pathlib.Path):
+  if path.is_dir():
+    raise ConfigError(f"config file {path} is a directory; name a .py file in it")
   if not path.is_file():
     raise ConfigError(f"config file {path} not found")
+  if path.suffix != ".py":
+    raise ConfigError(f"config file {path} is not a Python file (.py)")
   spec = importlib.util.spec_from_file_location(f"heal_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
   except SyntaxError as e:
     raise ConfigError(f"config file {path}:{e.lineno}: {e.msg}") from None
+  except Exception as e:  # pylint: disable=broad-except  # an import error or any bug in the file
+    raise ConfigError(f"config file {_where(path, e)}: {type(e).__name__}: {e}") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path} has no get_config()")
   return module
+
+
+def _optional_fields() -> set[str]:
+  """Keys whose default in `base_config()` is None: the only fields an override may set to None."""
+  return {key for key, value in _leaves(base_config()) if value is None}
 
 
 def _parse_value(key: str, raw: str, current: Any, field_type: type | None) -> Any:
@@ -196,8 +258,12 @@ def _parse_value(key: str, raw: str, current: Any, field_type: type | None) -> A
       if raw.lower() in ("false", "0", "no"):
         return False
       raise ValueError(raw)
+    if raw == "None":
+      if key in _optional_fields():  # e.g. model.head_dim (None: hidden_size // num_heads)
+        return None
+      raise ValueError(raw)
     if target is int:
-      return None if raw == "None" else int(raw)
+      return int(raw)
     if target is float:
       return float(raw)
     if target is str:
@@ -210,6 +276,8 @@ def _parse_value(key: str, raw: str, current: Any, field_type: type | None) -> A
 def apply_override(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
   """Sets `config.<key>` from its command-line string; unknown keys raise ConfigError."""
   parts = key.split(".")
+  if not all(parts):
+    raise ConfigError(f"--config.{key}={raw}: empty key")
   node = config
   for i, part in enumerate(parts[:-1]):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
@@ -230,7 +298,13 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   """Loads `path.py[:arg]` and applies `--config.k=v` (or `k=v`) overrides, then locks it."""
   path, _, arg = spec.partition(":")
   module = _load_module(pathlib.Path(path))
-  config = module.get_config(arg) if arg else module.get_config()
+  if arg and not inspect.signature(module.get_config).parameters:
+    raise ConfigError(f"config file {path} has no presets; ':{arg}' given")
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # pylint: disable=broad-except  # e.g. an unknown preset
+    call = f"get_config({arg!r})" if arg else "get_config()"
+    raise ConfigError(f"config file {_where(pathlib.Path(path), e)}: {call} failed: {type(e).__name__}: {e}") from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
   config.lock()
@@ -240,6 +314,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     if not eq:
       raise ConfigError(f"override {item!r} must look like --config.key=value")
     apply_override(config, key, raw)
+  check_ranges(config)
   return config
 
 

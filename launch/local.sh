@@ -30,19 +30,20 @@ die() {
   exit 2
 }
 
-[[ $# -ge 1 ]] || usage
+[[ $# -ge 1 && "$1" != "-h" && "$1" != "--help" ]] || usage
 nproc="$1"
 shift
 [[ "$nproc" =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer, got '$nproc'"
 
 gpus_per_process=""
 cpu_devices=4
+cpu_devices_given=""
 port=""
 kill_grace=5
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --gpus-per-process) [[ $# -ge 2 ]] || usage; gpus_per_process="$2"; shift 2 ;;
-    --cpu-devices) [[ $# -ge 2 ]] || usage; cpu_devices="$2"; shift 2 ;;
+    --cpu-devices) [[ $# -ge 2 ]] || usage; cpu_devices="$2"; cpu_devices_given=1; shift 2 ;;
     --port) [[ $# -ge 2 ]] || usage; port="$2"; shift 2 ;;
     --kill-grace) [[ $# -ge 2 ]] || usage; kill_grace="$2"; shift 2 ;;
     --) shift; break ;;
@@ -53,13 +54,14 @@ done
 [[ $# -ge 1 ]] || die "no command after --"
 [[ -z "$gpus_per_process" || "$gpus_per_process" =~ ^[1-9][0-9]*$ ]] || die "--gpus-per-process must be a positive integer"
 [[ "$cpu_devices" =~ ^[1-9][0-9]*$ ]] || die "--cpu-devices must be a positive integer"
+[[ -z "$gpus_per_process" || -z "$cpu_devices_given" ]] || die "--cpu-devices applies to CPU mode, not with --gpus-per-process"
 [[ "$kill_grace" =~ ^[0-9]+$ ]] || die "--kill-grace must be a whole number of seconds"
 
 if [[ -z "$port" ]]; then
   # A port free now (the coordinator binds it a moment later; --port avoids the small race).
   port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 fi
-[[ "$port" =~ ^[0-9]+$ ]] || die "bad port '$port'"
+[[ "$port" =~ ^[0-9]+$ ]] && (( port >= 1 && port <= 65535 )) || die "bad port '$port' (1-65535)"
 
 gpu_list=()
 if [[ -n "$gpus_per_process" ]]; then

@@ -40,3 +40,9 @@ def test_help_lists_every_subcommand(capsys):
   for words in cli._PASSTHROUGH:  # pylint: disable=protected-access
     groups[words[:-1]].print_help()
     assert words[-1] in capsys.readouterr().out, words
+
+
+def test_overrides_to_a_command_without_a_config_are_refused(tmp_path, capsys):
+  assert cli.main(["data", "synth", "--out", str(tmp_path / "c"), "--config.bogus=1"]) == 2
+  assert "this command reads no config; --config.bogus=1 has nothing to override" in capsys.readouterr().err
+  assert not (tmp_path / "c").exists()

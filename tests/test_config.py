@@ -39,6 +39,17 @@ def test_overrides_are_typed():
     ("--config.model.num_layers=three", "--config.model.num_layers=three: not a valid int"),
     ("--config.model.scan_layers=maybe", "not a valid bool"),
     ("--config.model=3", "config key model is a group"),
+    ("--config.seed=None", "--config.seed=None: not a valid int"),  # only optional fields take None
+    ("--config.train.global_batch=None", "--config.train.global_batch=None: not a valid int"),
+    ("--config.=1", "--config.=1: empty key"),
+    ("--config.checkpoint.keep=0", r"config.checkpoint.keep=0: must be >= 1"),
+    ("--config.checkpoint.every_steps=0", r"config.checkpoint.every_steps=0: must be >= 1"),
+    ("--config.metrics.every_steps=0", r"config.metrics.every_steps=0: must be >= 1"),
+    ("--config.train.global_batch=-8", r"config.train.global_batch=-8: must be >= 1"),
+    ("--config.train.micro_steps=0", r"config.train.micro_steps=0: must be >= 1"),
+    ("--config.train.z_loss=nan", r"config.train.z_loss=nan: must be a finite number"),
+    ("--config.phases.pretrain.peak_lr=inf", r"config.phases.pretrain.peak_lr=inf: must be a finite number"),
+    ("--config.train.b2=1", r"config.train.b2=1.0: must be < 1"),
 ])
 def test_bad_overrides_name_the_key(override, message):
   with pytest.raises(config_lib.ConfigError, match=message):
@@ -80,3 +91,29 @@ def test_hf_config_both_rope_styles():
   assert from_hf_config(to_hf_config(new)) == new
   with pytest.raises(ModelConfigError, match="rope_scaling.rope_type='dynamic' is not supported"):
     from_hf_config({**base, "rope_scaling": {"type": "dynamic", "factor": 2.0}})
+
+
+def test_none_sets_an_optional_field():
+  config = config_lib.load_config(str(CONFIGS / "tiny.py"), ["--config.model.head_dim=16", "--config.model.head_dim=None"])
+  assert config.model.head_dim is None
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+  not_py = tmp_path / "c.txt"
+  not_py.write_text("def get_config(): pass\n")
+  with pytest.raises(config_lib.ConfigError, match=f"config file {not_py} is not a Python file"):
+    config_lib.load_config(str(not_py))
+  with pytest.raises(config_lib.ConfigError, match=f"config file {tmp_path} is a directory"):
+    config_lib.load_config(str(tmp_path))
+  broken = tmp_path / "broken.py"
+  broken.write_text("import os\nimport heal_jax.no_such_module\n")
+  with pytest.raises(config_lib.ConfigError, match=f"config file {broken}:2: ModuleNotFoundError: No module named"):
+    config_lib.load_config(str(broken))
+  with pytest.raises(config_lib.ConfigError, match=f"config file {CONFIGS / 'tiny.py'} has no presets; ':big' given"):
+    config_lib.load_config(f"{CONFIGS / 'tiny.py'}:big")
+  presets = tmp_path / "presets.py"
+  presets.write_text("from heal_jax import config as c\n\ndef get_config(arg):\n"
+                     "  return {'a': c.base_config()}[arg]\n")
+  with pytest.raises(config_lib.ConfigError, match=f"config file {presets}:4: get_config\\('b'\\) failed: KeyError"):
+    config_lib.load_config(f"{presets}:b")
+  assert config_lib.load_config(f"{presets}:a").seed == 0

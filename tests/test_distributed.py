@@ -37,3 +37,13 @@ def test_bad_topologies_name_the_setting():
     distributed.detect(_cfg(), {"HEAL_COORDINATOR_ADDRESS": "h:1"})
   with pytest.raises(ValueError, match="config.distributed"):
     distributed.detect(_cfg(coordinator_address="c:9", num_processes=2, process_id=5), {})
+  with pytest.raises(ValueError, match=r"HEAL_COORDINATOR_ADDRESS='localhost': expected host:port"):
+    distributed.detect(_cfg(), {"HEAL_COORDINATOR_ADDRESS": "localhost", "HEAL_NUM_PROCESSES": "2",
+                                "HEAL_PROCESS_ID": "0"})
+  with pytest.raises(ValueError, match=r"config.distributed.coordinator_address='c:99999': expected host:port"):
+    distributed.detect(_cfg(coordinator_address="c:99999", num_processes=2, process_id=0), {})
+  with pytest.raises(ValueError, match="HEAL_NUM_PROCESSES=2 is set but HEAL_COORDINATOR_ADDRESS is not"):
+    distributed.detect(_cfg(), {"HEAL_NUM_PROCESSES": "2", "HEAL_PROCESS_ID": "1", "HEAL_COORDINATOR_ADRESS": "h:1"})
+  with pytest.raises(ValueError, match="num_processes=4 needs config.distributed.coordinator_address"):
+    distributed.detect(_cfg(num_processes=4, process_id=0), {})
+  assert distributed.detect(_cfg(), {"HEAL_NUM_PROCESSES": "1"}).source == "single process"

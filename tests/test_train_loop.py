@@ -56,6 +56,8 @@ def test_the_train_step_compiles_once_per_run_fresh_and_resumed(data_root, tmp_p
     ("--config.phases.pretrain.weights=general=1,pubmed=1", "unknown source 'pubmed'"),
     ("--config.model.attention_impl=flash", "attention_impl='flash' is not one of"),
     ("--config.mesh.fsdp=3", "does not fit"),
+    ("--config.phases.pretrain.warmup_steps=-5", "warmup_steps must be >= 0"),
+    ("--config.train.global_batch=12", "must be a multiple of the data x fsdp devices"),
 ])
 def test_a_bad_setting_fails_before_the_work_directory_is_touched(data_root, tmp_path, override, message):
   config = train_helpers.load(data_root, 2, (override, "--config.data.bootstrap=synthetic",

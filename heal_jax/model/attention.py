@@ -83,11 +83,11 @@ def _per_shard(kernel, q, k, v, q_seg, kv_seg):
                        check_vma=False)(q, k, v, q_seg, kv_seg)
 
 
-def resolve_impl(impl: str) -> str:
-  """Maps 'auto' to the best implementation for the default backend."""
+def resolve_impl(impl: str, platform: str | None = None) -> str:
+  """Maps 'auto' to the best implementation for `platform` (default: jax's default backend)."""
   if impl != "auto":
     return impl
-  platform = jax.default_backend()
+  platform = platform or jax.default_backend()
   if platform == "gpu":
     return "pallas"
   if platform == "tpu":

@@ -31,11 +31,25 @@ class Topology:
   source: str
 
 
+def _check_address(address: str, where: str) -> str:
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise ValueError(f"{where}={address!r}: expected host:port (port 1-65535)")
+  return address
+
+
 def detect(config_distributed: Any, env: Mapping[str, str] | None = None) -> Topology:
-  """The topology by the rules of the module docstring (pure: reads `env`, starts nothing)."""
+  """The topology by the rules of the module docstring (pure: reads `env`, starts nothing).
+
+  A process count above 1 without a coordinator address is an error: run alone, each process would
+  train as a single-process job in the same work directory.
+  """
   env = os.environ if env is None else env
   d = config_distributed
+  if d.num_processes > 1 and not d.coordinator_address:
+    raise ValueError(f"config.distributed.num_processes={d.num_processes} needs config.distributed.coordinator_address")
   if d.coordinator_address:
+    _check_address(d.coordinator_address, "config.distributed.coordinator_address")
     if d.num_processes < 1 or not 0 <= d.process_id < d.num_processes:
       raise ValueError(f"config.distributed: process_id={d.process_id} num_processes={d.num_processes} "
                        "do not describe a process of the job")
@@ -44,7 +58,11 @@ def detect(config_distributed: Any, env: Mapping[str, str] | None = None) -> Top
     return Topology(None, int(env["SLURM_NTASKS"]), int(env.get("SLURM_PROCID", "0")), "slurm")
   for prefix in ("HEAL_", "JAX_"):
     addr = env.get(f"{prefix}COORDINATOR_ADDRESS")
+    if not addr and env.get(f"{prefix}NUM_PROCESSES", "1").strip() not in ("", "0", "1"):
+      raise ValueError(f"{prefix}NUM_PROCESSES={env[f'{prefix}NUM_PROCESSES']} is set but {prefix}COORDINATOR_ADDRESS "
+                       "is not: every process would train alone")
     if addr:
+      _check_address(addr, f"{prefix}COORDINATOR_ADDRESS")
       try:
         n, pid = int(env[f"{prefix}NUM_PROCESSES"]), int(env[f"{prefix}PROCESS_ID"])
       except (KeyError, ValueError):

@@ -172,7 +172,6 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   step0 = int(state.step)
   if step0 == phase.start:  # a new phase: fresh optimizer state for its schedule
     state = jax.jit(lambda s: s.replace(opt_state=tx.init(s.params)), out_shardings=st_shard)(state)
-  phases_lib.check_batch(phase, config.train.micro_steps, run.mesh.shape["data"] * run.mesh.shape["fsdp"])
   spec = _spec(run, phase)
   it = pipeline.BatchIterator(run.data.train, spec, jax.process_index(), jax.process_count())
   shards_PxS = np.asarray(multihost_utils.process_allgather(np.asarray(it.shards, np.int32))).reshape(
@@ -294,6 +293,8 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   phases = phases_lib.from_config(config)
   base_cfg = config_lib.model_config(config)
   mesh = mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES}, devices)
+  for phase in phases:
+    phases_lib.check_batch(phase, config.train.micro_steps, mesh.shape["data"] * mesh.shape["fsdp"])
   lock = _lock(workdir)
   try:
     return _train_locked(config, workdir, phases, base_cfg, mesh)

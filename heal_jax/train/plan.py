@@ -2,9 +2,12 @@
 
 For every phase of the config, the train step is compiled ahead of time (nothing is allocated:
 abstract inputs) against a mesh of `plan.devices` fake CPU devices, with the run's shardings, remat
-and micro-batching. Reported per device: parameters and optimizer state (exact, from the
+and micro-batching; `attention_impl="auto"` is planned as it runs on a GPU (our Pallas kernel,
+compiled here in interpret mode: memory linear in the sequence length, not XLA's L x L scores).
+Reported per device: parameters and optimizer state (exact, from the
 shardings), activations and temporaries (XLA's memory analysis of the compiled step: the CPU
-backend's buffer assignment, an estimate of the GPU one), the total against plan.device_memory_gb;
+backend's buffer assignment, an estimate of the GPU one), the total against the usable memory,
+plan.memory_fraction of plan.device_memory_gb;
 model FLOPs per step (PaLM's count, see heal_jax.train.metrics) and XLA's FLOP count of the
 compiled per-device program; and the step time implied by plan.mfu of plan.peak_tflops.
 The last line printed is one JSON object: per_device_bytes, flops_per_step, fits, phases.
@@ -51,8 +54,10 @@ def plan_phase(config: Any, phase: Any, mesh: Any) -> dict[str, Any]:
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   from heal_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from heal_jax.train import metrics, optimizer as opt_lib, phases as phases_lib, state as state_lib, step as step_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax.model import attention  # pylint: disable=import-outside-toplevel
 
   cfg = phases_lib.model_config(config_lib.model_config(config), phase)
+  cfg = cfg.replace(attention_impl=attention.resolve_impl(cfg.attention_impl, "gpu"))
   tx = opt_lib.make_optimizer(phase.optimizer)
   p_shard = state_lib.param_shardings(cfg, mesh)
   abstract = jax.eval_shape(lambda: state_lib.new_state(state_lib.unboxed_init(cfg, jax.random.PRNGKey(0)), tx,
@@ -90,8 +95,9 @@ def check_plan_config(plan: Any) -> None:
   for key in ("devices", "device_memory_gb", "peak_tflops", "mfu"):
     if not plan[key] > 0:
       raise ValueError(f"config.plan.{key}={plan[key]!r} must be > 0")
-  if plan.mfu > 1:
-    raise ValueError(f"config.plan.mfu={plan.mfu!r} is a fraction of the peak: at most 1")
+  for key in ("mfu", "memory_fraction"):
+    if not 0 < plan[key] <= 1:
+      raise ValueError(f"config.plan.{key}={plan[key]!r} is a fraction: in (0, 1]")
 
 
 def run_plan(config: Any) -> dict[str, Any]:
@@ -102,7 +108,7 @@ def run_plan(config: Any) -> dict[str, Any]:
   devices = jax.devices()[:config.plan.devices]
   mesh = mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES}, devices)
   rows = [plan_phase(config, p, mesh) for p in phases_lib.from_config(config)]
-  limit = config.plan.device_memory_gb * 1024**3
+  limit = config.plan.device_memory_gb * config.plan.memory_fraction * 1024**3
   worst = max(rows, key=lambda r: r["per_device_bytes"])
   cfg = config_lib.model_config(config)
   total_tokens = sum(p.steps * r["tokens_per_step"] for p, r in zip(phases_lib.from_config(config), rows))
@@ -116,7 +122,8 @@ def run_plan(config: Any) -> dict[str, Any]:
 def _table(result: dict[str, Any], config: Any) -> str:
   gib = lambda b: f"{b / 1024**3:8.2f}"
   lines = [f"plan: {result['params'] / 1e9:.2f}B parameters on {result['devices']} devices, mesh {result['mesh']}, "
-           f"{config.plan.device_memory_gb:g} GiB each, peak {config.plan.peak_tflops:g} TFLOP/s, "
+           f"{config.plan.device_memory_gb:g} GiB each ({result['device_memory_bytes'] / 1024**3:.1f} usable), "
+           f"peak {config.plan.peak_tflops:g} TFLOP/s, "
            f"assumed MFU {config.plan.mfu:.0%}",
            "phase        seq  batch  params GiB  optim GiB  activ GiB   total GiB  TFLOP/step  step s",
            "-" * 92]
@@ -133,11 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   """`heal-jax plan --config CONFIG [--config.x=y ...]`."""
   argv = list(sys.argv[1:] if argv is None else argv)
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-  overrides, rest = config_lib.split_overrides(argv)
   parser = argparse.ArgumentParser(prog="heal-jax plan", description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True)
-  args = parser.parse_args(rest)
   try:
+    overrides, rest = config_lib.split_overrides(argv)
+    args = parser.parse_args(rest)
     config = config_lib.load_config(args.config, overrides)
     check_plan_config(config.plan)
     child = _ensure_devices(config.plan.devices, argv)
