@@ -45,3 +45,21 @@ def test_an_unknown_flag_would_be_caught():
   probe = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; print(float(jnp.ones(3).sum()))"],
                          env=env, capture_output=True, text=True, timeout=120, check=False)
   assert probe.returncode != 0 and "Unknown flag" in probe.stderr, probe.stderr[-2000:]
+
+
+def test_k8s_wrapper_passes_overrides_and_exit_status(tmp_path):
+  import yaml  # pylint: disable=import-outside-toplevel
+  spec = yaml.safe_load((REPO / "launch" / "k8s-jobset.yaml").read_text())
+  script = spec["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+  stub = tmp_path / "heal-jax"  # prints its arguments, one per line, and exits 3
+  stub.write_text("#!/bin/bash\nprintf '%s\\n' \"$@\"\nexit 3\n")
+  stub.chmod(0o755)
+  env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", CONFIG="configs/heal_13b.py", WORKDIR="/w",
+             OVERRIDES="--config.checkpoint.every_steps=250 --config.seed=1")
+  out = subprocess.run(["/bin/bash", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+  assert out.returncode == 3
+  assert out.stdout.splitlines() == ["train", "--config", "configs/heal_13b.py", "--workdir", "/w",
+                                     "--config.checkpoint.every_steps=250", "--config.seed=1"]
+  env.pop("OVERRIDES")
+  out = subprocess.run(["/bin/bash", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+  assert out.stdout.splitlines() == ["train", "--config", "configs/heal_13b.py", "--workdir", "/w"]
