@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pathlib
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -15,12 +17,29 @@ from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
 from heal_jax.model.config import ModelConfig
 
 
+class _DropReadOnlyNotice(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "Given directory is read only" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_read_only() -> Iterator[None]:
+  """Drops orbax's warning that a manager we open read-only on purpose is read-only."""
+  logger, notice = logging.getLogger("absl"), _DropReadOnlyNotice()
+  logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notice)
+
+
 def newest_step(workdir: pathlib.Path) -> tuple[ModelConfig, pathlib.Path, int]:
   """(model config of the checkpoint's phase, its state directory, step) of the newest completed step."""
-  mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS,
-                               options=ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                                                    save_interval_steps=0),
-                               item_names=("state", "data", "meta"))
+  with _quiet_read_only():
+    mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS,
+                                 options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                                      save_interval_steps=0),
+                                 item_names=("state", "data", "meta"))
   step = mngr.latest_step()
   if step is None:
     raise CheckpointError(f"{workdir}: no completed checkpoint in {WORKDIR_CHECKPOINTS}/")
