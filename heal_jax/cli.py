@@ -166,13 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
   from heal_jax.train.workdir_lock import WorkdirInUse  # pylint: disable=import-outside-toplevel
   argv = list(sys.argv[1:] if argv is None else argv)
-  for n in (2, 1):
-    if tuple(argv[:n]) in _PASSTHROUGH:
-      import importlib  # pylint: disable=import-outside-toplevel
-      module, drop, _ = _PASSTHROUGH[tuple(argv[:n])]
-      return importlib.import_module(module).main(argv[drop:])
   try:
     overrides, rest = config_lib.split_overrides(argv)
+    for n in (2, 1):
+      if tuple(rest[:n]) in _PASSTHROUGH:  # its module parses its own arguments, overrides included
+        import importlib  # pylint: disable=import-outside-toplevel
+        module, drop, _ = _PASSTHROUGH[tuple(rest[:n])]
+        return importlib.import_module(module).main(rest[drop:] + overrides)
     args = build_parser().parse_args(rest)
     return args.handler(args, overrides)
   except (CheckpointError, config_lib.ConfigError, ValueError, WorkdirInUse) as e:

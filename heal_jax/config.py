@@ -188,6 +188,9 @@ MINIMUM = {
     "eval.sample_note_tokens": 0, "data.num_shards": 0, "data.worker_count": 0,
 }
 _BELOW_ONE = ("train.b1", "train.b2")  # Adam's decay rates: in [0, 1)
+# Zero would break training silently: eps=0 makes AdamW divide 0 by 0 where a gradient is 0 (unused
+# embedding rows), clip_norm=0 zeroes every update (to turn clipping off, give a large value).
+_ABOVE_ZERO = ("train.eps", "train.clip_norm")
 
 
 def _leaves(node: ml_collections.ConfigDict, prefix: str = ""):
@@ -210,6 +213,9 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
   for key in _BELOW_ONE:
     if key in values and values[key] >= 1:
       raise ConfigError(f"config.{key}={values[key]}: must be < 1")
+  for key in _ABOVE_ZERO:
+    if key in values and values[key] <= 0:
+      raise ConfigError(f"config.{key}={values[key]}: must be > 0")
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
@@ -251,16 +257,17 @@ def _optional_fields() -> set[str]:
 
 def _parse_value(key: str, raw: str, current: Any, field_type: type | None) -> Any:
   target = field_type if field_type is not None else (type(current) if current is not None else None)
+  if raw == "None":
+    optional = _optional_fields()  # e.g. model.head_dim (None: hidden_size // num_heads)
+    if key in optional:
+      return None
+    raise ConfigError(f"--config.{key}=None: only {', '.join(sorted(optional))} may be None")
   try:
     if target is bool:
       if raw.lower() in ("true", "1", "yes"):
         return True
       if raw.lower() in ("false", "0", "no"):
         return False
-      raise ValueError(raw)
-    if raw == "None":
-      if key in _optional_fields():  # e.g. model.head_dim (None: hidden_size // num_heads)
-        return None
       raise ValueError(raw)
     if target is int:
       return int(raw)

@@ -3,13 +3,14 @@
 #
 #   launch/local.sh N [--gpus-per-process K | --cpu-devices D] [--port P] [--kill-grace S] -- COMMAND [ARGS...]
 #
-#   launch/local.sh 2 -- heal-jax train --config configs/tiny.py --workdir runs/local2
+#   launch/local.sh 2 --cpu-devices 2 -- heal-jax train --config configs/tiny.py --workdir runs/local2
 #   launch/local.sh 2 --gpus-per-process 4 -- heal-jax train --config configs/llama2_7b.py --workdir /scratch/run
 #
 # CPU mode (default): each process gets JAX_PLATFORMS=cpu and D fake devices
 #   (XLA_FLAGS+=--xla_force_host_platform_device_count=D, default D=4).
 # GPU mode (--gpus-per-process K): process i gets GPUs i*K .. i*K+K-1 of this host (of
-#   CUDA_VISIBLE_DEVICES when it is set) through CUDA_VISIBLE_DEVICES.
+#   CUDA_VISIBLE_DEVICES when it is set) through CUDA_VISIBLE_DEVICES, and XLA_CLIENT_MEM_FRACTION=0.90
+#   unless set (the share `heal-jax plan` assumes, plan.memory_fraction).
 # Every process gets HEAL_COORDINATOR_ADDRESS=127.0.0.1:PORT (a free port unless --port),
 # HEAL_NUM_PROCESSES=N and HEAL_PROCESS_ID=i, which heal_jax/parallel/distributed.py reads; SLURM_*
 # variables are removed from the children so that running inside an allocation does not switch them
@@ -93,7 +94,8 @@ for ((i = 0; i < nproc; i++)); do
   if [[ -n "$gpus_per_process" ]]; then
     mine="$(IFS=','; echo "${gpu_list[*]:$((i * gpus_per_process)):$gpus_per_process}")"
     local_ids="$(seq -s, 0 $((gpus_per_process - 1)))"
-    env_args+=(CUDA_VISIBLE_DEVICES="$mine" JAX_LOCAL_DEVICE_IDS="$local_ids")
+    env_args+=(CUDA_VISIBLE_DEVICES="$mine" JAX_LOCAL_DEVICE_IDS="$local_ids"
+               XLA_CLIENT_MEM_FRACTION="${XLA_CLIENT_MEM_FRACTION:-0.90}")  # as slurm.sbatch; plan assumes it
   else
     env_args+=(JAX_PLATFORMS=cpu
                XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$cpu_devices")

@@ -46,3 +46,8 @@ def test_overrides_to_a_command_without_a_config_are_refused(tmp_path, capsys):
   assert cli.main(["data", "synth", "--out", str(tmp_path / "c"), "--config.bogus=1"]) == 2
   assert "this command reads no config; --config.bogus=1 has nothing to override" in capsys.readouterr().err
   assert not (tmp_path / "c").exists()
+
+
+def test_overrides_may_come_before_a_passthrough_subcommand(capsys):
+  assert cli.main(["--config.plan.mfu=2", "plan", "--config", TINY]) == 2
+  assert capsys.readouterr().err == "heal-jax plan: error: config.plan.mfu=2.0 is a fraction: in (0, 1]\n"

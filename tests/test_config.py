@@ -39,8 +39,10 @@ def test_overrides_are_typed():
     ("--config.model.num_layers=three", "--config.model.num_layers=three: not a valid int"),
     ("--config.model.scan_layers=maybe", "not a valid bool"),
     ("--config.model=3", "config key model is a group"),
-    ("--config.seed=None", "--config.seed=None: not a valid int"),  # only optional fields take None
-    ("--config.train.global_batch=None", "--config.train.global_batch=None: not a valid int"),
+    ("--config.seed=None", "--config.seed=None: only model.head_dim may be None"),
+    ("--config.init_from=None", "--config.init_from=None: only model.head_dim may be None"),
+    ("--config.train.eps=0", r"config.train.eps=0.0: must be > 0"),
+    ("--config.train.clip_norm=0", r"config.train.clip_norm=0.0: must be > 0"),
     ("--config.=1", "--config.=1: empty key"),
     ("--config.checkpoint.keep=0", r"config.checkpoint.keep=0: must be >= 1"),
     ("--config.checkpoint.every_steps=0", r"config.checkpoint.every_steps=0: must be >= 1"),

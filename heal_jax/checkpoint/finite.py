@@ -27,7 +27,8 @@ def _floating(tree: Any) -> list[tuple[str, Any]]:
 
 @jax.jit
 def _count_nonfinite(arrays: list[jax.Array]) -> list[jax.Array]:
-  return [jnp.sum(~jnp.isfinite(x), dtype=jnp.int32) for x in arrays]  # < 2**31 values per tensor
+  # float32: a stacked 13B kernel has more than 2**31 values; counts above 2**24 are approximate.
+  return [jnp.sum(~jnp.isfinite(x), dtype=jnp.float32) for x in arrays]
 
 
 def nonfinite_counts(tree: Any) -> dict[str, int]:
@@ -42,7 +43,7 @@ def nonfinite_counts(tree: Any) -> dict[str, int]:
   counts = {k: int(np.count_nonzero(~np.isfinite(x))) for k, x in on_host}
   if on_device:
     device_counts = _count_nonfinite([x for _, x in on_device])
-    counts.update({k: int(c) for (k, _), c in zip(on_device, device_counts)})
+    counts.update({k: int(round(float(c))) for (k, _), c in zip(on_device, device_counts)})
   return {k: counts[k] for k, _ in leaves if counts[k]}  # in the tree's order
 
 

@@ -15,7 +15,6 @@ import sys
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from heal_jax.checkpoint import finite, hf_mapping, params_store, safetensors_io
@@ -284,7 +283,9 @@ def _workdir_to_hf(workdir: pathlib.Path, dst: pathlib.Path, max_shard_bytes: in
   loaded = restore.load_model(workdir, dtype=dtype, scan_layers=False)
   staging = dst.parent / f".{dst.name}.from-workdir"
   with params_store.atomic_output_dir(staging, overwrite=True) as out:
-    params_store.write_checkpoint(out, jax.tree.map(jnp.asarray, loaded.params), loaded.cfg.replace(param_dtype=dtype),
+    cpu = jax.local_devices(backend="cpu")[0]  # host arrays (not GPU 0), which orbax writes without a copy
+    params = jax.tree.map(lambda x: jax.device_put(x, cpu), loaded.params)
+    params_store.write_checkpoint(out, params, loaded.cfg.replace(param_dtype=dtype),
                                   to_hf_config(loaded.cfg, dtype=dtype), dtype, loaded.tokenizer_dir,
                                   {"source": loaded.source})
   try:

@@ -11,7 +11,7 @@ evaluation, generation and export restore from):
 Parameters keep the dtype they were converted from (bf16 stays bf16), so a round trip is
 bitwise exact and the checkpoint is no larger than its source.
 
-Readers of whole tensors (`load_params`: eval, generation, export from a work directory;
+Readers of whole tensors (`load_params`: eval and generation of a converted checkpoint;
 `read_tensor`: `orbax-to-hf`) check each tensor against its CRC-32, so a flipped bit on disk is an
 error naming the tensor instead of a silently different model. `restore_sharded` (training's
 `init_from`, where each process reads only its own blocks) cannot, and checks finiteness only.

@@ -92,10 +92,16 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, iterator: Any, meta
             force=True)
 
 
-def has_completed_step(workdir: pathlib.Path) -> bool:
-  """Whether WORKDIR holds a completed checkpoint (orbax names one by its step; one being written is not)."""
+def completed_steps(workdir: pathlib.Path) -> list[int]:
+  """Steps of WORKDIR's completed checkpoints, ascending (orbax names one by its step only once it is
+  complete; one being written has another name), read from the directory without opening orbax."""
   steps = pathlib.Path(workdir) / WORKDIR_CHECKPOINTS
-  return steps.is_dir() and any(p.name.isdigit() for p in steps.iterdir())
+  return sorted(int(p.name) for p in steps.iterdir() if p.name.isdigit()) if steps.is_dir() else []
+
+
+def has_completed_step(workdir: pathlib.Path) -> bool:
+  """Whether WORKDIR holds a completed checkpoint."""
+  return bool(completed_steps(workdir))
 
 
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:

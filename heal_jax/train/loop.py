@@ -293,8 +293,10 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   phases = phases_lib.from_config(config)
   base_cfg = config_lib.model_config(config)
   mesh = mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES}, devices)
+  done = (checkpointing.completed_steps(workdir) or [0])[-1]
   for phase in phases:
-    phases_lib.check_batch(phase, config.train.micro_steps, mesh.shape["data"] * mesh.shape["fsdp"])
+    if phase.end > done:  # a finished phase may have used another device count
+      phases_lib.check_batch(phase, config.train.micro_steps, mesh.shape["data"] * mesh.shape["fsdp"])
   lock = _lock(workdir)
   try:
     return _train_locked(config, workdir, phases, base_cfg, mesh)
@@ -303,17 +305,21 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
 
 
 def _lock(workdir: pathlib.Path) -> workdir_lock.WorkdirLock:
-  """Process 0 locks the work directory; if another trainer holds it, every process raises WorkdirInUse."""
-  lock, busy = workdir_lock.WorkdirLock(None), ""
+  """Process 0 locks the work directory. If it cannot (another trainer holds it, or any error such
+  as a read-only path), every process raises: process 0 its own error, the others WorkdirInUse."""
+  lock, failure = workdir_lock.WorkdirLock(None), None
   if jax.process_index() == 0:
     try:
       lock = workdir_lock.acquire(workdir, lambda line: print(f"[train] {line}", file=sys.stderr, flush=True))
-    except workdir_lock.WorkdirInUse as e:
-      busy = str(e)
-  if jax.process_count() > 1 and int(multihost_utils.broadcast_one_to_all(np.int32(bool(busy)))):
-    busy = busy or f"process 0 found work directory {workdir} in use by another heal-jax train"
-  if busy:
-    raise workdir_lock.WorkdirInUse(busy)
+    except Exception as e:  # pylint: disable=broad-except  # re-raised below, after telling the others
+      failure = e
+  failed = failure is not None
+  if jax.process_count() > 1:
+    failed = bool(int(multihost_utils.broadcast_one_to_all(np.int32(failed))))
+  if failure is not None:
+    raise failure
+  if failed:
+    raise workdir_lock.WorkdirInUse(f"process 0 could not lock work directory {workdir} (its log says why)")
   return lock
 
 
