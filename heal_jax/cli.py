@@ -77,6 +77,9 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
   except loop.TrainingHalted as e:
     print(f"heal-jax: training halted: {e}", file=sys.stderr)
     return 3
+  except loop.Process0Failed as e:
+    print(f"heal-jax: error: {e}", file=sys.stderr)
+    return 2
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:
     print(json.dumps(summary))

@@ -119,3 +119,34 @@ def test_sigterm_to_a_two_process_run_saves_one_agreed_step(data_root, tmp_path)
   assert '"status": "preempted"' in out
   step = int(out.split('"step": ')[-1].split("}")[0])
   assert f"step {step}" in restore.load_model(workdir).source
+
+
+def test_a_failure_on_process_0_alone_stops_both_at_once(data_root, tmp_path):
+  """Process 0 cannot lock the work directory (this test holds it): both exit 2 with their messages,
+  without process 1 waiting for a collective that process 0 never joins."""
+  from heal_jax.train import workdir_lock  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "busy"
+  lock = workdir_lock.acquire(workdir, print)
+  try:
+    start = time.time()
+    procs = _start(workdir, train_helpers.overrides(data_root, 2, MESH))
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    elapsed = time.time() - start
+  finally:
+    lock.release()
+  assert [p.returncode for p in procs] == [2, 2], errs
+  assert "is in use by another heal-jax train" in errs[0]
+  assert f"process 0 could not lock work directory {workdir}; its log says why" in errs[1]
+  assert elapsed < 25, elapsed  # well under the 30 s a peer waits before a collective times out
+  # The same for a failure inside process 0's bootstrap: a work directory with a checkpoint and another
+  # tokenizer is refused there (process 1 used to wait at a barrier until the coordinator vanished).
+  (workdir / "checkpoints" / "1").mkdir(parents=True)
+  (workdir / "tokenizer").mkdir()
+  (workdir / "tokenizer" / "tokenizer.model").write_bytes(b"another tokenizer")
+  start = time.time()
+  procs = _start(workdir, train_helpers.overrides(data_root, 2, MESH))
+  errs = [p.communicate(timeout=120)[1] for p in procs]
+  assert [p.returncode for p in procs] == [2, 2], errs
+  assert "differs from the tokenizer this work directory was trained with" in errs[0]
+  assert "process 0 could not prepare the work directory (bundled corpus, tokenizer); its log says why" in errs[1]
+  assert time.time() - start < 25

@@ -14,7 +14,7 @@ import pathlib
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -28,6 +28,10 @@ from heal_jax.parallel import mesh as mesh_lib
 from heal_jax.train import checkpointing, init as init_lib, metrics as metrics_lib
 from heal_jax.train import optimizer as optimizer_lib, phases as phases_lib, state as state_lib, step as step_lib
 from heal_jax.train import workdir_lock
+
+
+class Process0Failed(RuntimeError):
+  """A step only process 0 runs (lock, bootstrap, sample note) failed there; its log says why."""
 
 
 class TrainingHalted(RuntimeError):
@@ -304,13 +308,14 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
     lock.release()
 
 
-def _lock(workdir: pathlib.Path) -> workdir_lock.WorkdirLock:
-  """Process 0 locks the work directory. If it cannot (another trainer holds it, or any error such
-  as a read-only path), every process raises: process 0 its own error, the others WorkdirInUse."""
-  lock, failure = workdir_lock.WorkdirLock(None), None
+def _on_process_0(what: str, fn: Callable[[], Any]) -> Any:
+  """Runs fn on process 0 only (None elsewhere); then all processes meet, and if fn raised, every
+  process raises: process 0 its own error, the others Process0Failed, instead of waiting on a
+  collective that process 0 never reaches."""
+  result, failure = None, None
   if jax.process_index() == 0:
     try:
-      lock = workdir_lock.acquire(workdir, lambda line: print(f"[train] {line}", file=sys.stderr, flush=True))
+      result = fn()
     except Exception as e:  # pylint: disable=broad-except  # re-raised below, after telling the others
       failure = e
   failed = failure is not None
@@ -319,8 +324,15 @@ def _lock(workdir: pathlib.Path) -> workdir_lock.WorkdirLock:
   if failure is not None:
     raise failure
   if failed:
-    raise workdir_lock.WorkdirInUse(f"process 0 could not lock work directory {workdir} (its log says why)")
-  return lock
+    raise Process0Failed(f"process 0 could not {what}; its log says why")
+  return result
+
+
+def _lock(workdir: pathlib.Path) -> workdir_lock.WorkdirLock:
+  """Process 0 locks the work directory (another trainer holding it is an error on every process)."""
+  log = lambda line: print(f"[train] {line}", file=sys.stderr, flush=True)
+  lock = _on_process_0(f"lock work directory {workdir}", lambda: workdir_lock.acquire(workdir, log))
+  return lock or workdir_lock.WorkdirLock(None)
 
 
 def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Phase], base_cfg: ModelConfig,
@@ -328,10 +340,10 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
   """`train` once the work directory is this run's."""
   primary = jax.process_index() == 0
   writer = metrics_lib.MetricWriter(workdir, primary)
-  if primary:
+  def bootstrap():
     mixture.bootstrap(config, workdir, writer.log)
     mixture.keep_tokenizer(config, workdir, checkpointing.has_completed_step(workdir))
-  multihost_utils.sync_global_devices("heal-jax bootstrap")
+  _on_process_0("prepare the work directory (bundled corpus, tokenizer)", bootstrap)
   data = mixture.load(config, workdir, config.eval.holdout_examples)
   for name, counts in data.counts.items():
     writer.log(f"source {name}: {counts}")
@@ -375,9 +387,7 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
     if config.eval.sample_note_tokens > 0 and jax.process_count() > 1:
       writer.log("sample note skipped: it runs in single-process runs only")
     elif config.eval.sample_note_tokens > 0:
-      if primary:
-        summary["sample_note"] = sample_note(config, workdir, config.eval.sample_note_tokens, writer.log)
-      multihost_utils.sync_global_devices("heal-jax sample note")  # the others wait here, not at shutdown
+      summary["sample_note"] = sample_note(config, workdir, config.eval.sample_note_tokens, writer.log)
     return summary
   finally:
     mngr.wait_until_finished()
