@@ -142,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
   demo.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/demo"))
   demo.set_defaults(handler=_demo)
 
-  train = sub.add_parser("train", help="train (or resume) every phase of a config in a work directory")
+  train = sub.add_parser(
+      "train", help="train (or resume) every phase of a config in a work directory",
+      description="Trains every phase of CONFIG in WORKDIR, resuming from its newest checkpoint if it has one. "
+                  "Exit status: 0 done, or preempted by SIGTERM after saving; 2 a bad config, input or checkpoint, "
+                  "or WORKDIR in use by another trainer; 3 halted after train.max_bad_steps non-finite steps in a "
+                  "row (the newest checkpoint is the last good state).")
   train.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py; then --config.x=y overrides")
   train.add_argument("--workdir", required=True, type=pathlib.Path)
   train.set_defaults(handler=_train)
