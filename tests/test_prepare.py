@@ -168,3 +168,36 @@ def test_aci_bench_conversations(corpus, shared_data, tmp_path, capsys):
   np.testing.assert_array_equal(got[0]["tokens"], tokens)
   np.testing.assert_array_equal(got[0]["loss_mask"], mask)
   assert tok.decode(got[0]["tokens"][got[0]["loss_mask"] == 1]).strip() == note.strip()
+
+
+def test_training_reads_prepared_data_only_as_it_was_prepared(corpus, tmp_path):
+  """mixture.load refuses another tokenizer, other raw files and a truncated shard, each by name; it
+  needs no raw file where there is none (prepared data copied to a cluster without the raw data)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  from heal_jax.data import mixture  # pylint: disable=import-outside-toplevel
+  corpus_dir, tok_dir = corpus
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  shutil.copy(corpus_dir / "medical.jsonl", raw / "medical.jsonl")
+  config = _config(tok_dir, medical=(str(raw / "*.jsonl"), "document", 1.0))
+  config.model.vocab_size = 800
+  prepare.prepare(config, tmp_path / "prep")
+  config.data.prepared_dir = str(tmp_path / "prep")
+  assert len(mixture.load(config, tmp_path / "w", 0).train["medical"]) == 40
+  other_tok = tmp_path / "tok2"  # same corpus, another vocabulary size: other token ids
+  tokenizer_lib.train_tokenizer([corpus_dir / "general.jsonl"], other_tok, vocab_size=700)
+  config.data.tokenizer = str(other_tok)
+  with pytest.raises(prepare.DataError, match=rf"prepared_dir={tmp_path / 'prep'} was tokenized with {tok_dir} "
+                     rf"\(800 pieces\), not with config.data.tokenizer {other_tok} \(700 pieces"):
+    mixture.load(config, tmp_path / "w", 0)
+  config.data.tokenizer = str(tok_dir)
+  (raw / "more.jsonl").write_text((corpus_dir / "general.jsonl").read_text())  # the glob now matches 2 files
+  with pytest.raises(prepare.DataError, match=r"source 'medical' was prepared from other files .* now only: "
+                     r"\[\('more.jsonl'"):
+    mixture.load(config, tmp_path / "w", 0)
+  shutil.rmtree(raw)  # no raw data here at all: the prepared data is used as it is
+  assert len(mixture.load(config, tmp_path / "w", 0).train["medical"]) == 40
+  shard = next((tmp_path / "prep" / "medical").rglob("*.array_record-00000-of-00001"))
+  shard.write_bytes(shard.read_bytes()[:len(shard.read_bytes()) // 2])
+  with pytest.raises(prepare.DataError, match=rf"{shard}: 0 records, dataset_info.json says 40 \(truncated"):
+    mixture.load(config, tmp_path / "w", 0)

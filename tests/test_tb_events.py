@@ -77,3 +77,17 @@ def test_negative_step_and_unicode_tag_round_trip(tmp_path):
   assert event.step == -1 and event.summary.value[0].tag == "héal/é" and event.summary.value[0].simple_value == 3.0
   values = {v.tag: v.simple_value for v in _event_class().FromString(records[2]).summary.value}
   assert values["ppl"] == np.inf and values["low"] == -np.inf and np.isnan(values["nll"])
+
+
+def test_a_half_written_metrics_row_is_dropped_on_resume(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  writer = metrics.MetricWriter(tmp_path)
+  writer.write(1, {"loss": 2.0})
+  writer.close()
+  with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+    f.write('{"step": 2, "kind": "tra')  # a run killed inside a write
+  writer = metrics.MetricWriter(tmp_path)  # as a resumed run opens it
+  writer.write(2, {"loss": 1.5})
+  writer.close()
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["loss"]) for r in rows] == [(1, 2.0), (2, 1.5)]

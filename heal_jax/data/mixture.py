@@ -67,6 +67,14 @@ def keep_tokenizer(config: Any, workdir: pathlib.Path, trained: bool) -> None:
   params_store.copy_tokenizer(tok_dir, work_tok)
 
 
+def _present_files(src: sources_lib.Source) -> list[pathlib.Path] | None:
+  """The source's raw files, or None where its paths match nothing here (prepared data only)."""
+  try:
+    return sources_lib.files(src)
+  except sources_lib.DataError:
+    return None
+
+
 def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
   """Reads config.data (the single reader of its source, tokenizer and prepared_dir fields)."""
   tok_dir = resolve(config.data.tokenizer, workdir)
@@ -77,10 +85,14 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
     raise ValueError(f"tokenizer {tok_dir} has {tok.vocab_size} pieces, more than config.model.vocab_size="
                      f"{config.model.vocab_size}")
   train, heldout, counts = {}, {}, {}
-  for src in sources_lib.from_config(config.data.sources, workdir=str(workdir)):
-    if config.data.prepared_dir:
-      from heal_jax.data import prepare  # pylint: disable=import-outside-toplevel
-      ds = prepare.open_prepared(resolve(config.data.prepared_dir, workdir), src.name)
+  prepared = resolve(config.data.prepared_dir, workdir) if config.data.prepared_dir else None
+  srcs = sources_lib.from_config(config.data.sources, workdir=str(workdir), require_files=prepared is None)
+  if prepared is not None:
+    from heal_jax.data import prepare  # pylint: disable=import-outside-toplevel
+    prepare.check_prepared(prepared, tok_dir, tok.vocab_size, {s.name: _present_files(s) for s in srcs})
+  for src in srcs:
+    if prepared is not None:
+      ds = prepare.open_prepared(prepared, src.name)
       counts[src.name] = {"examples": len(ds)}
     else:
       skipped: list[dict[str, str]] = []

@@ -14,17 +14,23 @@ Output (default `config.data.prepared_dir`):
                                                  tokens_written, target_tokens; read = written +
                                                  invalid + duplicates_exact + duplicates_near;
                                                  per source also "skipped": the first 20 invalid
-                                                 records as {"where": "FILE:LINE", "reason"}.
+                                                 records as {"where": "FILE:LINE", "reason"}, and
+                                                 "files": [[path, bytes], ...] it was read from;
+                                                 the tokenizer's path, vocab_size and sha256.
   OUT/<source>/heal_prepared/1.0.0/...           the TFDS dataset of that source (split "train").
 The output appears all at once: everything is written to a hidden sibling directory that is renamed
 to OUT at the end and removed if anything fails, so a failed prepare leaves no half-written OUT.
-Training reads it with `open_prepared(OUT, name)` (set `config.data.prepared_dir` to OUT).
+Training reads it with `open_prepared(OUT, name)` (set `config.data.prepared_dir` to OUT), after
+`check_prepared`: the run's tokenizer must be the one that encoded it, each source's raw files (where
+they are present: the raw data need not be copied to the cluster) must be the ones it was read from
+(same names and sizes), and every shard file must hold the records its dataset_info.json lists.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+import hashlib
 import json
 import os
 import pathlib
@@ -97,7 +103,16 @@ def _prepare_source(source: sources.Source, data_dir: pathlib.Path, on_error: st
   duplicates = counts["duplicates_exact"] + counts["duplicates_near"]
   assert counts["read"] == counts["written"] + counts["invalid"] + duplicates, counts
   return {**counts, "kind": source.kind, "weight": source.weight,
-          "files": [str(p) for p in sources.files(source)], "skipped": skipped}
+          "files": [[str(p), _size(p)] for p in sources.files(source)], "skipped": skipped}
+
+
+def _size(path: pathlib.Path) -> int:
+  """Bytes of a file; of every file under a directory (a TFDS source's version directory)."""
+  return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def tokenizer_sha256(tokenizer_dir: pathlib.Path) -> str:
+  return hashlib.sha256((tokenizer_dir / tokenizer_lib.MODEL_FILE).read_bytes()).hexdigest()
 
 
 def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None,
@@ -141,6 +156,7 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
                               totals["duplicates_near"]), totals
     report = {
         "out_dir": str(out), "tokenizer": str(tok_dir), "vocab_size": tokenizer.vocab_size,
+        "tokenizer_sha256": tokenizer_sha256(tok_dir),
         "on_error": data.on_error, "normalization": "NFC",
         "dedup": {**data.dedup.to_dict(), "scope": "across sources, in source-name order; first kept"},
         "sources": per_source, "totals": totals,
@@ -199,8 +215,48 @@ class PreparedSource:
     return f"PreparedSource({self.directory!r}, len={self._len})"
 
 
+def read_report(out_dir: pathlib.Path) -> dict[str, Any]:
+  path = pathlib.Path(out_dir) / REPORT
+  try:
+    report = json.loads(path.read_text(encoding="utf-8"))
+  except FileNotFoundError:
+    raise DataError(f"data.prepared_dir={out_dir}: no {REPORT}; not a `heal-jax data prepare` output") from None
+  except (OSError, ValueError) as e:
+    raise DataError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+  if not isinstance(report, dict) or not isinstance(report.get("sources"), dict):
+    raise DataError(f"{path}: no \"sources\" object")
+  return report
+
+
+def check_prepared(out_dir: pathlib.Path, tokenizer_dir: pathlib.Path, vocab_size: int,
+                   raw_files: Mapping[str, list[pathlib.Path] | None]) -> None:
+  """`out_dir` was prepared with this tokenizer and, for each source of `raw_files` whose files are
+  present (None: not on this machine, not compared), from files of the same names and sizes.
+  DataError saying what differs and to re-run `heal-jax data prepare` otherwise."""
+  report = read_report(out_dir)
+  redo = "; run `heal-jax data prepare` again (or point data.prepared_dir elsewhere)"
+  sha = report.get("tokenizer_sha256")
+  if (sha is not None and sha != tokenizer_sha256(tokenizer_dir)) or report.get("vocab_size") != vocab_size:
+    raise DataError(f"data.prepared_dir={out_dir} was tokenized with {report.get('tokenizer')} "
+                    f"({report.get('vocab_size')} pieces), not with config.data.tokenizer {tokenizer_dir} "
+                    f"({vocab_size} pieces, different file){redo}")
+  for name, files in raw_files.items():
+    recorded = report["sources"].get(name, {}).get("files")
+    if files is None or recorded is None:
+      continue
+    then = sorted((pathlib.Path(f[0]).name, f[1]) if isinstance(f, list) else (pathlib.Path(f).name, None)
+                  for f in recorded)
+    now = sorted((p.name, _size(p) if then and then[0][1] is not None else None) for p in files)
+    if then != now:
+      gone, new = sorted(set(then) - set(now)), sorted(set(now) - set(then))
+      raise DataError(f"data.prepared_dir={out_dir}: source {name!r} was prepared from other files than "
+                      f"data.sources.{name}.paths matches now (prepared only: {gone[:3]}; now only: {new[:3]}, "
+                      f"as (name, bytes)){redo}")
+
+
 def open_prepared(out_dir: str | os.PathLike, source_name: str) -> PreparedSource:
-  """The prepared examples of `source_name` in `out_dir` (a `prepare` output). DataError if absent."""
+  """The prepared examples of `source_name` in `out_dir` (a `prepare` output), its shard files checked.
+  DataError if absent or damaged."""
   out_dir = pathlib.Path(out_dir)
   directory = tfds_builder.version_dir(out_dir / source_name)
   if not (directory / "dataset_info.json").is_file():
@@ -208,6 +264,12 @@ def open_prepared(out_dir: str | os.PathLike, source_name: str) -> PreparedSourc
     names = sorted(json.loads(report.read_text(encoding="utf-8"))["sources"]) if report.is_file() else []
     raise DataError(f"data.prepared_dir={out_dir}: no prepared source {source_name!r} "
                     f"(prepared: {', '.join(names) or 'none'}); run `heal-jax data prepare`")
+  try:
+    tfds_builder.check_shards(directory)
+  except (ValueError, KeyError, StopIteration) as e:
+    detail = str(e) if isinstance(e, ValueError) else f"{directory}/dataset_info.json: no {tfds_builder.SPLIT!r} split"
+    raise DataError(f"data.prepared_dir={out_dir}, source {source_name!r}: {detail}; run `heal-jax data prepare` "
+                    "again") from None
   return PreparedSource(directory)
 
 

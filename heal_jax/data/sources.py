@@ -122,8 +122,10 @@ def files(source: Source) -> list[pathlib.Path]:
   return sorted(found)
 
 
-def from_config(sources_cfg: Mapping[str, Any], workdir: str | None = None) -> list[Source]:
-  """Validated sources of `config.data.sources`, sorted by name, each with at least one file.
+def from_config(sources_cfg: Mapping[str, Any], workdir: str | None = None,
+                require_files: bool = True) -> list[Source]:
+  """Validated sources of `config.data.sources`, sorted by name, each with at least one file (unless
+  not `require_files`: training from prepared data needs no raw file).
 
   `{workdir}` in paths is replaced by `workdir`. Raises DataError naming `data.sources.NAME.FIELD`
   for no sources, an unknown kind or format, a weight <= 0 (a zero-weight source), a bad field map,
@@ -148,7 +150,7 @@ def from_config(sources_cfg: Mapping[str, Any], workdir: str | None = None) -> l
       raise DataError(f"{key}.fields: {e}") from None
     source = Source(name=name, paths=globs, kind=str(cfg.get("kind", "")), weight=cfg.get("weight", 0.0),
                     format=fmt, fields=fields)
-    for path in files(source):
+    for path in files(source) if require_files else ():
       fmt = _file_format(source, path)
       if fmt == "text" and source.kind != "document":
         raise DataError(f"{key}.format: {path} is a text file (one document a line) but kind is {source.kind!r}")

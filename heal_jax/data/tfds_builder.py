@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 import contextlib
+import json
 import pathlib
 import sys
 import tempfile
@@ -76,6 +77,28 @@ def write(examples: Iterable[Mapping[str, np.ndarray]], data_dir: str | pathlib.
 def version_dir(data_dir: str | pathlib.Path) -> pathlib.Path:
   """Where `write` put the dataset of `data_dir`."""
   return pathlib.Path(data_dir) / NAME / str(HealPrepared.VERSION)
+
+
+def check_shards(directory: str | pathlib.Path) -> int:
+  """Every shard file that the version directory's dataset_info.json lists is there and holds the
+  records it says (a truncated copy reads as fewer); returns the number of examples. ValueError
+  naming the file otherwise."""
+  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+  directory = pathlib.Path(directory)
+  info = json.loads((directory / "dataset_info.json").read_text(encoding="utf-8"))
+  split = next(s for s in info["splits"] if s["name"] == SPLIT)
+  lengths = [int(n) for n in split["shardLengths"]]
+  for i, expected in enumerate(lengths):
+    path = directory / f"{NAME}-{SPLIT}.array_record-{i:05d}-of-{len(lengths):05d}"
+    if not path.is_file():
+      raise ValueError(f"{path}: missing (dataset_info.json lists {len(lengths)} shard files)")
+    try:
+      found = array_record_module.ArrayRecordReader(str(path)).num_records()
+    except Exception as e:  # pylint: disable=broad-except  # the reader raises RuntimeError and others
+      raise ValueError(f"{path}: not a readable ArrayRecord file ({type(e).__name__}: {e})") from None
+    if found != expected:
+      raise ValueError(f"{path}: {found} records, dataset_info.json says {expected} (truncated or replaced?)")
+  return sum(lengths)
 
 
 def open_split(directory: str | pathlib.Path):

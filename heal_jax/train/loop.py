@@ -272,8 +272,14 @@ def sample_note(config: Any, workdir: pathlib.Path, max_new_tokens: int, log) ->
   from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
   from heal_jax.data import sources as sources_lib, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
   from heal_jax.infer import decode  # pylint: disable=import-outside-toplevel
-  conv = [s for s in sources_lib.from_config(config.data.sources, workdir=str(workdir)) if s.kind == "conversation"]
+  conv = [s for s in sources_lib.from_config(config.data.sources, workdir=str(workdir), require_files=False)
+          if s.kind == "conversation"]
   if not conv:
+    return None
+  try:
+    sources_lib.files(conv[0])
+  except sources_lib.DataError as e:  # training read prepared data; the raw files are elsewhere
+    log(f"sample note skipped: {e}")
     return None
   prompt, reference = sources_lib.load_texts(conv[0], config.data.on_error)[0][-1]
   loaded = restore.load_model(workdir, dtype="float32", scan_layers=False)

@@ -43,6 +43,18 @@ def device_peak_flops(override_tflops: float = 0.0) -> float | None:
   return None
 
 
+def _drop_partial_row(path: pathlib.Path, log) -> None:
+  """Cuts a row a killed run left half-written at the end of `path`, so appended rows stay parseable."""
+  if not path.is_file():
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+      f.truncate(keep)
+      log(f"{path}: dropped a half-written last row ({len(data) - keep} bytes) of an interrupted run")
+
+
 class MetricWriter:
   """Scalars to metrics.jsonl and to TensorBoard event files in WORKDIR/tensorboard (written by
   `tb_events`, so without TensorFlow); log lines to the console; clu's parameter overview."""
@@ -55,6 +67,7 @@ class MetricWriter:
       return
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    _drop_partial_row(workdir / "metrics.jsonl", self.log)
     self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
     self._tb = tb_events.EventFileWriter(workdir / "tensorboard")
 
