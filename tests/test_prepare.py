@@ -201,3 +201,42 @@ def test_training_reads_prepared_data_only_as_it_was_prepared(corpus, tmp_path):
   shard.write_bytes(shard.read_bytes()[:len(shard.read_bytes()) // 2])
   with pytest.raises(prepare.DataError, match=rf"{shard}: 0 records, dataset_info.json says 40 \(truncated"):
     mixture.load(config, tmp_path / "w", 0)
+
+
+def test_an_output_that_is_not_a_prepare_output_is_never_replaced(corpus, tmp_path):
+  _, tok_dir = corpus
+  config = _config(tok_dir, general=(str(corpus[0] / "general.jsonl"), "document", 1.0))
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("keep me")
+  with pytest.raises(prepare.DataError, match=f"{mine} is not empty and not a `data prepare` output"):
+    prepare.prepare(config, mine, overwrite=True)
+  assert (mine / "notes.txt").read_text() == "keep me"
+  (tmp_path / "f").write_text("x")
+  with pytest.raises(prepare.DataError, match="is a file, not a directory"):
+    prepare.prepare(config, tmp_path / "f", overwrite=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "mine"]  # no staging directory left
+
+
+def test_sigterm_during_prepare_leaves_no_staging_directory(corpus, tmp_path):
+  import signal  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  corpus_dir, tok_dir = corpus
+  big = tmp_path / "big.jsonl"  # enough records that prepare is still running when the signal comes
+  big.write_text("".join(json.dumps({"text": f"record {i} " + "word " * 50 + str(i)}) + "\n" for i in range(200000)))
+  cfg = tmp_path / "cfg.py"
+  cfg.write_text("from heal_jax import config as c\n\ndef get_config():\n  config = c.base_config()\n"
+                 f"  config.data.tokenizer = {str(tok_dir)!r}\n"
+                 f"  config.data.sources.big = c.source_config({str(big)!r}, 'document', 1.0)\n  return config\n")
+  proc = subprocess.Popen([sys.executable, "-m", "heal_jax.cli", "data", "prepare", "--config", str(cfg),
+                           "--out", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.time() + 60
+  while time.time() < deadline and not any(p.name.startswith(".out.partial") for p in tmp_path.iterdir()):
+    time.sleep(0.05)
+  assert any(p.name.startswith(".out.partial") for p in tmp_path.iterdir()), "prepare never started writing"
+  proc.send_signal(signal.SIGTERM)
+  proc.communicate(timeout=60)
+  assert proc.returncode == 143
+  assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out") or p.name == "out"]

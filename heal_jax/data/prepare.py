@@ -35,6 +35,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import sys
 import uuid
 from typing import Any
@@ -126,8 +127,13 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
   log = log or (lambda message: None)
   data = config.data
   out = _resolve(out_dir or data.prepared_dir, workdir, "--out / data.prepared_dir")
-  if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-    raise DataError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+  if out.exists() and not out.is_dir():
+    raise DataError(f"--out {out} is a file, not a directory")
+  if out.is_dir() and any(out.iterdir()):
+    if not (out / REPORT).is_file():
+      raise DataError(f"{out} is not empty and not a `data prepare` output (no {REPORT}); refusing to replace it")
+    if not overwrite:
+      raise DataError(f"{out} already exists and is not empty; pass --overwrite to replace it")
   source_list = sources.from_config(data.sources, None if workdir is None else str(workdir))
   if data.on_error not in sources.ON_ERROR:
     raise DataError(f"data.on_error: {data.on_error!r}; expected one of {', '.join(sources.ON_ERROR)}")
@@ -171,7 +177,7 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
 
 def _publish(partial: pathlib.Path, out: pathlib.Path) -> None:
   """Renames `partial` to `out`, replacing an existing `out` only after the rename target is free."""
-  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+  if out.is_dir() and any(out.iterdir()):
     old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
     out.rename(old)
     partial.rename(out)
@@ -310,6 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--fields", default="", help="OURS=THEIRS,... for sources without a field map")
   parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
   argv = list(sys.argv[1:] if argv is None else argv)
+  # SIGTERM unwinds like an error, so the hidden staging directory is removed (exit status 143).
+  try:
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+  except ValueError:  # not the main thread
+    previous = None
   try:
     overrides, rest = config_lib.split_overrides(argv)
     args = parser.parse_args(rest)
@@ -321,5 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ValueError, OSError) as e:
     print(f"heal-jax data prepare: error: {e}", file=sys.stderr)
     return 2
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
   print(json.dumps(report, indent=2))
   return 0
