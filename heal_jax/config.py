@@ -67,8 +67,8 @@ def source_config(paths: str, kind: str, weight: float, format: str = "",  # pyl
 
   paths: comma-separated globs; `{workdir}` is replaced by the run's work directory.
   kind: document | conversation | instruction (see heal_jax.data.check.KIND_FIELDS).
-  weight: sampling weight in the mixture (phases may override it); must be > 0. Weights count
-    windows (examples cut to at most seq_len tokens), not tokens: see README "Data".
+  weight: this source's share of the training tokens, relative to the others (phases may override
+    it); must be > 0.
   format: jsonl | text | csv | arrayrecord | tfds ("" = from the file suffix). For tfds, paths is
     "NAME[:SPLIT]@DATA_DIR" of a dataset prepared on disk.
   fields: "ours=theirs,..." to read our field names from other columns (e.g. "conversation=dialogue").

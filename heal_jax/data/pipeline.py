@@ -7,7 +7,7 @@ output). For one data shard:
   `MixSplit`: source_i[shard::num_shards] read in a seeded order reshuffled every epoch, forever;
      split examples longer than seq_len into windows of seq_len that overlap by one token (that
      token is context of the next window, a target of the previous one: every token is a target
-     exactly once, nothing is dropped); mix the sources by weight (weights count windows)
+     exactly once, nothing is dropped); mix the sources by weight (weights are token shares)
   -> first-fit pack into the rows_per_shard rows of a batch, with segment ids (0 = padding) and
      positions restarting at 0 for each document (`PackBatch`).
 
@@ -112,10 +112,11 @@ class MixSplit(grain.IterDataset):
   (4 bytes per example read here: 1.5 GB for all of C4's 365M documents in one process, a quarter
   of that per process on four). Each example gets the
   loss-mask policy, is split (`split_example`) and its windows are tagged with the source id. Mixing
-  is deterministic: the next window comes from the source with the fewest windows emitted per unit
-  of weight (ties to the lowest index), so every prefix of the stream is within one window per
-  source of the weights. Elements: {"tokens": int32[n], "loss_mask": int32[n], "source": int}.
-  State: per source, windows emitted, examples read, and windows already taken from the last one.
+  is deterministic and counts tokens: the next window comes from the source with the fewest tokens
+  emitted per unit of weight (ties to the lowest index), so in every prefix of the stream each
+  source's tokens are within one window (<= seq_len tokens) of its weight's share, however long its
+  documents are. Elements: {"tokens": int32[n], "loss_mask": int32[n], "source": int}.
+  State: per source, tokens emitted, examples read, and windows already taken from the last one.
   """
 
   def __init__(self, sources: Sequence[Source], weights: Sequence[float], source_ids: Sequence[int],
@@ -149,7 +150,7 @@ class _MixSplitIterator(grain.DatasetIterator):
         raise ValueError(f"source {ds.source_ids[i]} has {len(ds.sources[i])} examples: none for the reader "
                          f"starting at example {ds.offset} with stride {ds.stride} (data shards x workers)")
     n = len(ds.sources)
-    self._emitted, self._reads, self._taken = [0] * n, [0] * n, [0] * n
+    self._tokens, self._reads, self._taken = [0] * n, [0] * n, [0] * n
     self._pending = [[] for _ in range(n)]
     self._orders = [(-1, None)] * n  # per source: (epoch, its permutation)
 
@@ -174,20 +175,20 @@ class _MixSplitIterator(grain.DatasetIterator):
 
   def __next__(self) -> dict:
     w = self._ds.weights
-    i = min(range(len(w)), key=lambda j: ((self._emitted[j] + 1) / w[j], j))
+    i = min(range(len(w)), key=lambda j: (self._tokens[j] / w[j], j))
     if not self._pending[i]:
       self._pending[i] = self._windows(i, self._reads[i])
       self._reads[i] += 1
     window = self._pending[i].pop(0)
     self._taken[i] = self._taken[i] + 1 if self._pending[i] else 0
-    self._emitted[i] += 1
+    self._tokens[i] += len(window["tokens"])
     return window
 
   def get_state(self) -> dict:
-    return {"emitted": list(self._emitted), "reads": list(self._reads), "taken": list(self._taken)}
+    return {"tokens": list(self._tokens), "reads": list(self._reads), "taken": list(self._taken)}
 
   def set_state(self, state):
-    self._emitted, self._reads, self._taken = (list(state[k]) for k in ("emitted", "reads", "taken"))
+    self._tokens, self._reads, self._taken = (list(state[k]) for k in ("tokens", "reads", "taken"))
     self._pending = [self._windows(i, self._reads[i] - 1)[taken:] if taken else []
                      for i, taken in enumerate(self._taken)]
 
@@ -356,6 +357,7 @@ class BatchIterator:
 def _spec_key(spec: PipelineSpec) -> str:
   d = dataclasses.asdict(spec)  # worker_count too: each Grain worker reads its own slice of the data
   d["weights"] = sorted(d["weights"].items())
+  d["mixing"] = "tokens"  # states of heal-jax before 2026-11-27 mixed by windows: not resumable here
   return json.dumps(d, sort_keys=True)
 
 
