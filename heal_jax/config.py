@@ -67,8 +67,8 @@ def source_config(paths: str, kind: str, weight: float, format: str = "",  # pyl
 
   paths: comma-separated globs; `{workdir}` is replaced by the run's work directory.
   kind: document | conversation | instruction (see heal_jax.data.check.KIND_FIELDS).
-  weight: this source's share of the training tokens, relative to the others (phases may override
-    it); must be > 0.
+  weight: this source's share of the tokens read for training, relative to the others (prompts
+    included; the trainer's share/<source> counts target tokens); phases may override it; > 0.
   format: jsonl | text | csv | arrayrecord | tfds ("" = from the file suffix). For tfds, paths is
     "NAME[:SPLIT]@DATA_DIR" of a dataset prepared on disk.
   fields: "ours=theirs,..." to read our field names from other columns (e.g. "conversation=dialogue").

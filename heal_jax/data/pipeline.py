@@ -112,10 +112,12 @@ class MixSplit(grain.IterDataset):
   (4 bytes per example read here: 1.5 GB for all of C4's 365M documents in one process, a quarter
   of that per process on four). Each example gets the
   loss-mask policy, is split (`split_example`) and its windows are tagged with the source id. Mixing
-  is deterministic and counts tokens: the next window comes from the source with the fewest tokens
-  emitted per unit of weight (ties to the lowest index), so in every prefix of the stream each
-  source's tokens are within one window (<= seq_len tokens) of its weight's share, however long its
-  documents are. Elements: {"tokens": int32[n], "loss_mask": int32[n], "source": int}.
+  is deterministic and counts tokens: the next window comes from the source whose tokens emitted,
+  plus one virtual window of seq_len, are fewest per unit of weight (ties to the lowest index; the
+  virtual window keeps a source of tiny weight from being read first), so in every prefix of the
+  stream a source is within a few windows of its weight's share of the tokens (at most about seq_len
+  tokens plus one window ahead, n - 1 windows behind, n sources), however long its documents are. An empty window counts as one
+  token, so a source of empty examples cannot be picked forever. Elements: {"tokens": int32[n], "loss_mask": int32[n], "source": int}.
   State: per source, tokens emitted, examples read, and windows already taken from the last one.
   """
 
@@ -167,7 +169,7 @@ class _MixSplitIterator(grain.DatasetIterator):
       mask = np.asarray(element["loss_mask"], np.int32)
     else:  # every token after BOS is a target
       mask = np.ones(len(tokens), np.int32)
-      mask[0] = 0
+      mask[:1] = 0
     windows = split_example({"tokens": tokens, "loss_mask": mask}, ds.seq_len)
     for w in windows:
       w["source"] = ds.source_ids[i]
@@ -175,13 +177,14 @@ class _MixSplitIterator(grain.DatasetIterator):
 
   def __next__(self) -> dict:
     w = self._ds.weights
-    i = min(range(len(w)), key=lambda j: (self._tokens[j] / w[j], j))
+    virtual = self._ds.seq_len
+    i = min(range(len(w)), key=lambda j: ((self._tokens[j] + virtual) / w[j], j))
     if not self._pending[i]:
       self._pending[i] = self._windows(i, self._reads[i])
       self._reads[i] += 1
     window = self._pending[i].pop(0)
     self._taken[i] = self._taken[i] + 1 if self._pending[i] else 0
-    self._tokens[i] += len(window["tokens"])
+    self._tokens[i] += max(len(window["tokens"]), 1)
     return window
 
   def get_state(self) -> dict:
@@ -344,8 +347,9 @@ class BatchIterator:
       saved, now = json.loads(state["spec"]), json.loads(_spec_key(self.spec))
       changed = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}"
                           for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
-      older = " (fields missing from the saved state: it was written by an earlier heal-jax)" if set(now) - set(
-          saved) else ""
+      older = (" (fields missing from the saved state: it was written by an earlier heal-jax; to go on from its "
+               "parameters, train in a new --workdir with --config.init_from=THIS_WORKDIR, which starts the "
+               "optimizer state and the data afresh)") if set(now) - set(saved) else ""
       raise ValueError(f"data iterator state belongs to a different pipeline ({changed}){older}; the order of "
                        "the data depends on these, so a run resumes only with the same ones")
     for s, it in zip(self.shards, self._iters):

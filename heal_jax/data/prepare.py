@@ -29,6 +29,7 @@ they are present: the raw data need not be copied to the cluster) must be the on
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 import hashlib
 import json
@@ -128,7 +129,7 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
   data = config.data
   out = _resolve(out_dir or data.prepared_dir, workdir, "--out / data.prepared_dir")
   if out.exists() and not out.is_dir():
-    raise DataError(f"--out {out} is a file, not a directory")
+    raise DataError(f"output {out} is a file, not a directory")
   if out.is_dir() and any(out.iterdir()):
     if not (out / REPORT).is_file():
       raise DataError(f"{out} is not empty and not a `data prepare` output (no {REPORT}); refusing to replace it")
@@ -168,7 +169,12 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
         "sources": per_source, "totals": totals,
     }
     (partial / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    _publish(partial, out)
+    blocked = {signal.SIGTERM, signal.SIGINT}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # the renames finish once begun
+    try:
+      _publish(partial, out)
+    finally:
+      signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)
     raise
@@ -254,7 +260,7 @@ def check_prepared(out_dir: pathlib.Path, tokenizer_dir: pathlib.Path, vocab_siz
                   for f in recorded)
     now = sorted((p.name, _size(p) if then and then[0][1] is not None else None) for p in files)
     if then != now:
-      gone, new = sorted(set(then) - set(now)), sorted(set(now) - set(then))
+      gone, new = sorted((Counter(then) - Counter(now)).elements()), sorted((Counter(now) - Counter(then)).elements())
       raise DataError(f"data.prepared_dir={out_dir}: source {name!r} was prepared from other files than "
                       f"data.sources.{name}.paths matches now (prepared only: {gone[:3]}; now only: {new[:3]}, "
                       f"as (name, bytes)){redo}")
@@ -272,9 +278,8 @@ def open_prepared(out_dir: str | os.PathLike, source_name: str) -> PreparedSourc
                     f"(prepared: {', '.join(names) or 'none'}); run `heal-jax data prepare`")
   try:
     tfds_builder.check_shards(directory)
-  except (ValueError, KeyError, StopIteration) as e:
-    detail = str(e) if isinstance(e, ValueError) else f"{directory}/dataset_info.json: no {tfds_builder.SPLIT!r} split"
-    raise DataError(f"data.prepared_dir={out_dir}, source {source_name!r}: {detail}; run `heal-jax data prepare` "
+  except ValueError as e:
+    raise DataError(f"data.prepared_dir={out_dir}, source {source_name!r}: {e}; run `heal-jax data prepare` "
                     "again") from None
   return PreparedSource(directory)
 
@@ -319,8 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   # SIGTERM unwinds like an error, so the hidden staging directory is removed (exit status 143).
   try:
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    installed = True
   except ValueError:  # not the main thread
-    previous = None
+    previous, installed = None, False
   try:
     overrides, rest = config_lib.split_overrides(argv)
     args = parser.parse_args(rest)
@@ -333,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"heal-jax data prepare: error: {e}", file=sys.stderr)
     return 2
   finally:
-    if previous is not None:
-      signal.signal(signal.SIGTERM, previous)
+    if installed:  # (None: a handler not set from Python, which cannot be put back; the default then)
+      signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
   print(json.dumps(report, indent=2))
   return 0

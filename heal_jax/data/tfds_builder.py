@@ -85,9 +85,13 @@ def check_shards(directory: str | pathlib.Path) -> int:
   naming the file otherwise."""
   from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
   directory = pathlib.Path(directory)
-  info = json.loads((directory / "dataset_info.json").read_text(encoding="utf-8"))
-  split = next(s for s in info["splits"] if s["name"] == SPLIT)
-  lengths = [int(n) for n in split["shardLengths"]]
+  try:
+    info = json.loads((directory / "dataset_info.json").read_text(encoding="utf-8"))
+    split = next(s for s in info["splits"] if s["name"] == SPLIT)
+    lengths = [int(n) for n in split["shardLengths"]]
+  except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:
+    raise ValueError(f"{directory / 'dataset_info.json'}: no readable {SPLIT!r} split with shard lengths "
+                     f"({type(e).__name__}: {e})") from None
   for i, expected in enumerate(lengths):
     path = directory / f"{NAME}-{SPLIT}.array_record-{i:05d}-of-{len(lengths):05d}"
     if not path.is_file():
