@@ -356,14 +356,15 @@ def build_report(workdir: pathlib.Path | None, out_dir: pathlib.Path,
   if workdir is None and not ablation:
     raise ReportError("give a work directory, ablation arms, or both")
   out_dir = pathlib.Path(out_dir)
+  run = load_run(workdir) if workdir is not None else None  # read everything before writing anything
+  arms = {name: load_run(path) for name, path in ablation.items()} if ablation else None
   out_dir.mkdir(parents=True, exist_ok=True)
   lines = ["# heal-jax training report", ""]
-  if workdir is not None:
-    run = load_run(workdir)
+  if run is not None:
     lines += [f"Work directory: `{_shown(workdir, out_dir)}`", ""]
     lines += run_section(run, out_dir)
-  if ablation:
-    lines += ablation_section({name: load_run(path) for name, path in ablation.items()}, out_dir)
+  if arms:
+    lines += ablation_section(arms, out_dir)
   lines += ["Numbers only: this report holds no training or evaluation text.", ""]
   path = out_dir / "report.md"
   path.write_text("\n".join(lines), encoding="utf-8")

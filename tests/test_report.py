@@ -123,3 +123,9 @@ def test_phases_resume_and_mfu(tmp_path):
   with pytest.raises(report.ReportError, match=r"metrics.jsonl:2: malformed"):
     report.build_report(workdir, tmp_path / "out2")
   assert report.main(["--workdir", str(tmp_path / "missing")]) == 1
+
+
+def test_a_missing_work_directory_is_an_error_that_writes_nothing(tmp_path, capsys):
+  assert report.main(["--workdir", str(tmp_path / "typo")]) == 1
+  assert "typo" in capsys.readouterr().err
+  assert not (tmp_path / "typo").exists()
