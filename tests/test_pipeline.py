@@ -260,3 +260,42 @@ def test_a_tiny_weight_is_not_read_first_and_empty_examples_do_not_stall_the_mix
   assert {next(mixed)["source"] for _ in range(200)} == {0, 1}
   mixed = iter(pipeline.MixSplit([empty], [1.0], [0], [1], seq_len=64, keep_mask=False))  # (BOS masked: none)
   assert len(next(mixed)["tokens"]) == 0
+
+
+def _children(pid: int) -> set[int]:
+  out = set()
+  for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+    try:
+      fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    if int(fields[1]) == pid and fields[0] != "Z":  # (ppid, state)
+      out.add(int(stat.parent.name))
+  return out
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_grain_workers_die_with_a_killed_trainer():
+  import signal  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  code = ("import sys; sys.path.insert(0, {repo!r}); from tests.test_pipeline import _sources; "
+          "from heal_jax.data import pipeline; "
+          "spec = pipeline.PipelineSpec(seq_len=32, global_batch=4, weights={{'a': 1, 'b': 1}}, seed=1, worker_count=2); "
+          "it = pipeline.BatchIterator(_sources(), spec); next(it); print('reading', flush=True)\n"
+          "while True: next(it)").format(repo=str(pathlib.Path(__file__).resolve().parents[1]))
+  proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+  try:
+    assert proc.stdout.readline().strip() == "reading"
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, workers
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  deadline = time.time() + 10
+  while time.time() < deadline and any(pathlib.Path(f"/proc/{w}").exists() and
+                                       "Z" not in pathlib.Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1][:3]
+                                       for w in workers if pathlib.Path(f"/proc/{w}").exists()):
+    time.sleep(0.2)
+  alive = [w for w in workers if pathlib.Path(f"/proc/{w}").exists()
+           and "Z" not in pathlib.Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1][:3]]
+  assert not alive, f"grain workers {alive} outlived the SIGKILLed trainer"

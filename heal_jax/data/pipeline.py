@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import sys
 from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import grain
@@ -309,8 +312,22 @@ def shard_dataset(sources: Mapping[str, Source], source_names: list[str], spec: 
     from absl import flags  # pylint: disable=import-outside-toplevel
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we are not an absl app
       flags.FLAGS.mark_as_parsed()
-    batched = batched.mp_prefetch(grain.MultiprocessingOptions(num_workers=spec.worker_count))
+    batched = batched.mp_prefetch(grain.MultiprocessingOptions(num_workers=spec.worker_count),
+                                  worker_init_fn=_die_with_parent)
   return batched
+
+
+def _die_with_parent(worker_index: int, worker_count: int) -> None:
+  """Grain worker start-up: on Linux the worker gets SIGKILL when the process that started it dies,
+  however it dies (a SIGKILLed trainer used to leave its workers running for minutes)."""
+  del worker_index, worker_count
+  if not sys.platform.startswith("linux"):
+    return
+  import ctypes  # pylint: disable=import-outside-toplevel
+  pr_set_pdeathsig = 1
+  ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+  if os.getppid() == 1:  # the parent died before the line above
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class BatchIterator:
