@@ -29,8 +29,9 @@ def get_config():
   config.phases.extend = config_lib.phase_config(
       steps=20, seq_len=1024, global_batch=4, weights="general=1,medical=1,clinical=1",
       rope_scaling_factor=8.0, peak_lr=1e-3, warmup_steps=5)
+  # Weights are token shares: two thirds of this phase's tokens are conversation -> note examples.
   config.phases.instruct = config_lib.phase_config(
-      steps=110, seq_len=1024, global_batch=4, weights="instructions=3,clinical=1", rope_scaling_factor=8.0,
+      steps=110, seq_len=1024, global_batch=4, weights="instructions=1,clinical=2", rope_scaling_factor=8.0,
       instruction_tuning=True, peak_lr=3e-3, warmup_steps=10)
   config.checkpoint.every_steps = 50
   config.metrics.every_steps = 20
