@@ -301,7 +301,8 @@ def run_section(run: RunData, out_dir: pathlib.Path) -> list[str]:
                     "" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%", _fmt(s["loss"])]
                    for p, s in zip(run.phases, stats)])
   sources = run.sources("loss")
-  lines += ["## Final losses per source", "", "At the end of each phase: train = the last logged training batch, "
+  lines += ["## Final losses per source", "", "At the end of each phase (for a phase still running, at its newest "
+            "logged step): train = the last logged training batch, "
             "held-out = the last evaluation on held-out examples (mean nats per target token).", ""]
   header = ["source"] + [f"{p.name} {kind}" for p in run.phases for kind in ("train", "held-out")]
   lines += _table(header, [[src] + [_fmt(s[f"{kind}/{src}"]) for s in stats for kind in ("train", "heldout")]
