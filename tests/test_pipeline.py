@@ -155,39 +155,83 @@ def test_state_of_another_spec_is_refused():
                                                                      weights={"a": 1, "b": 1}, seed=1, worker_count=2))
   with pytest.raises(ValueError, match="worker_count: saved 0, now 2"):
     workers.set_state(state)
+  older = dict(state, spec=json.dumps({k: v for k, v in json.loads(state["spec"]).items() if k != "order"}))
+  with pytest.raises(ValueError, match="order: saved None, now 'shared-stream'.*earlier heal-jax.*init_from"):
+    pipeline.BatchIterator(_sources(), spec).set_state(older)
 
 
-def test_each_epoch_reads_every_example_of_the_shard_once_in_a_new_order():
-  """Source a (300 examples) read from shard 1 of 3: 100 examples per epoch, each exactly once per
-  epoch, the two epochs in different orders; the weighted mix emits a's and b's tokens 2:1 in every
-  prefix (within one window)."""
-  srcs = {"a": _source(300, 10**6, 0, max_len=10), "b": _source(200, 2 * 10**6, 1, max_len=10)}
-  ds = pipeline.MixSplit([srcs["a"], srcs["b"]], [2.0, 1.0], [0, 1], [7, 8], seq_len=64, keep_mask=True,
-                         offset=1, stride=3)
-  it = iter(ds)
-  windows = [next(it) for _ in range(450)]  # a's share of windows depends on lengths: about 2/3
+def _example_ids(ds: pipeline.MixSplit, count: int, source: int = 0, base: int = 10**6) -> list[int]:
+  """Ids (`_source` numbering) of the examples behind the first `count` windows of source `source`."""
+  it, ids = iter(ds), []
+  while len(ids) < count:
+    w = next(it)
+    if w["source"] == source:
+      ids.append((int(w["tokens"][0]) - base) // 1000)
+  return ids
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 65, 1000, 4099])
+def test_permuted_index_is_a_permutation_new_every_epoch(n):
+  orders = [[pipeline.permuted_index(j, n, seed, epoch) for j in range(n)] for seed, epoch in [(3, 0), (3, 1), (4, 0)]]
+  for order in orders:
+    assert sorted(order) == list(range(n))
+  if n >= 7:
+    assert orders[0] != orders[1] and orders[0] != orders[2]
+  with pytest.raises(IndexError):
+    pipeline.permuted_index(n, n, 3, 0)
+
+
+def test_the_shards_share_each_epoch_and_the_mix_keeps_token_shares():
+  """Source a (300 examples) read by shards 0..2 of 3: the first 100 examples of each shard together
+  are every example once (epoch 0), the next 100 every example once again in a new order; the
+  weighted mix emits a's and b's tokens 2:1 in every prefix (within one window)."""
+  srcs = [_source(300, 10**6, 0, max_len=10), _source(200, 2 * 10**6, 1, max_len=10)]
+  per_shard = [_example_ids(pipeline.MixSplit(srcs, [2.0, 1.0], [0, 1], [7, 8], seq_len=64, keep_mask=True,
+                                              offset=shard, stride=3), 200) for shard in range(3)]
+  epoch1 = [i for ids in per_shard for i in ids[:100]]
+  epoch2 = [i for ids in per_shard for i in ids[100:]]
+  assert sorted(epoch1) == sorted(epoch2) == list(range(300))
+  assert per_shard[0][:100] != per_shard[0][100:]
+  it = iter(pipeline.MixSplit(srcs, [2.0, 1.0], [0, 1], [7, 8], seq_len=64, keep_mask=True, offset=1, stride=3))
+  windows = [next(it) for _ in range(450)]
   sources = np.array([w["source"] for w in windows])
   lengths = np.array([len(w["tokens"]) for w in windows])
   tokens_a, tokens_b = np.cumsum(lengths * (sources == 0)), np.cumsum(lengths * (sources == 1))
   # The virtual window of seq_len tokens offsets the 2:1 balance by at most seq_len, windows by 2 x their size.
   assert np.all(np.abs(tokens_a - 2 * tokens_b) <= 64 + 2 * lengths.max())
-  a_ids = [(int(w["tokens"][0]) - 10**6) // 1000 for w in windows if w["source"] == 0]
-  assert len(a_ids) >= 200
-  epoch1, epoch2 = a_ids[:100], a_ids[100:200]
-  assert sorted(epoch1) == sorted(epoch2) == list(range(1, 300, 3))
-  assert epoch1 != epoch2
+
+
+def test_a_small_source_is_read_evenly_by_more_readers_than_it_has_examples():
+  """67 examples, 4 shards x 2 workers = 8 readers, 201 reads each: 1608 = 24 epochs of 67, so every
+  example is read exactly 24 times (per-reader subsets of 8 or 9 examples would read some 9/8 as
+  often); 5 examples over the same 8 readers still work (each reader reads all of them over time)."""
+  src = _source(67, 10**6, 0, max_len=10)
+  counts = np.zeros(67, int)
+  for shard in range(4):
+    for worker in range(2):
+      ds = pipeline.MixSplit([src], [1.0], [0], [3], seq_len=64, keep_mask=True, offset=shard, stride=4)
+      ds.set_slice(slice(worker, None, 2))
+      np.add.at(counts, _example_ids(ds, 201), 1)
+  assert counts.tolist() == [24] * 67
+  tiny = _source(5, 10**6, 0, max_len=10)
+  for reader in range(8):
+    assert set(_example_ids(pipeline.MixSplit([tiny], [1.0], [0], [3], 64, True, offset=reader, stride=8), 40)) \
+        == set(range(5))
 
 
 def test_worker_slices_partition_the_shard():
-  """Grain's worker processes narrow a shard with set_slice(i::W): two workers read disjoint halves."""
+  """Grain's worker processes narrow a shard with set_slice(i::W): the two workers of shard 0 of 2
+  read positions 0, 4, 8, ... and 2, 6, 10, ... of the shared stream: disjoint within an epoch."""
   src = _source(120, 10**6, 0, max_len=10)
   seen = []
   for worker in range(2):
     ds = pipeline.MixSplit([src], [1.0], [0], [3], seq_len=64, keep_mask=True, offset=0, stride=2)
     ds.set_slice(slice(worker, None, 2))
-    it = iter(ds)
-    seen.append({(int(next(it)["tokens"][0]) - 10**6) // 1000 for _ in range(30)})
-  assert seen[0] == set(range(0, 120, 4)) and seen[1] == set(range(2, 120, 4))
+    assert (ds.offset, ds.stride) == (2 * worker, 4)
+    seen.append(_example_ids(ds, 30))
+  assert seen[0] == [pipeline.permuted_index(4 * k, 120, 3, 0) for k in range(30)]
+  assert seen[1] == [pipeline.permuted_index(4 * k + 2, 120, 3, 0) for k in range(30)]
+  assert not set(seen[0]) & set(seen[1])
   with pytest.raises(ValueError, match="strided slices"):
     pipeline.MixSplit([src], [1.0], [0], [3], 64, True).set_slice(slice(0, 10, 1))
 

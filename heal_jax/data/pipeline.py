@@ -4,8 +4,8 @@ Each source is a random-access source (`Source`) of encoded examples `{"tokens":
 "loss_mask": int32[n]}` (tokenized online from raw files, or read from `heal-jax data prepare`
 output). For one data shard:
 
-  `MixSplit`: source_i[shard::num_shards] read in a seeded order reshuffled every epoch, forever;
-     split examples longer than seq_len into windows of seq_len that overlap by one token (that
+  `MixSplit`: each source read as one endless stream, epoch after epoch of a seeded permutation
+     (a new one every epoch), of which this shard takes every num_shards-th element; split examples longer than seq_len into windows of seq_len that overlap by one token (that
      token is context of the next window, a target of the previous one: every token is a target
      exactly once, nothing is dropped); mix the sources by weight (weights are token shares)
   -> first-fit pack into the rows_per_shard rows of a batch, with segment ids (0 = padding) and
@@ -21,6 +21,7 @@ every checkpoint; restoring it continues with exactly the batch an uninterrupted
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -104,17 +105,57 @@ def split_example(example: Mapping[str, np.ndarray], seq_len: int) -> list[dict[
   return windows
 
 
+_M64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+  """splitmix64's finalizer: a bijective scramble of a 64-bit integer."""
+  x = (x + 0x9E3779B97F4A7C15) & _M64
+  x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+  x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+  return x ^ (x >> 31)
+
+
+@functools.lru_cache(maxsize=64)
+def _round_keys(seed: int, epoch: int) -> tuple[int, ...]:
+  return tuple(_mix64((seed & _M64) ^ _mix64((epoch & _M64) ^ _mix64(r + 1))) for r in range(4))
+
+
+def permuted_index(j: int, n: int, seed: int, epoch: int) -> int:
+  """Element j of a pseudo-random permutation of range(n) drawn from (seed, epoch), 0 <= j < n.
+
+  A 4-round Feistel network on the smallest domain of 2^(2h) >= n indices (h bits per half) with
+  round keys from (seed, epoch), walked until the value falls below n (fewer than 4 rounds of the
+  network on average): a bijection of range(n), computed per index in a few microseconds.
+  """
+  if not 0 <= j < n:
+    raise IndexError(f"index {j} is outside range({n})")
+  h = max(1, ((n - 1).bit_length() + 1) // 2)
+  mask = (1 << h) - 1
+  keys = _round_keys(seed, epoch)
+  x = j
+  while True:
+    left, right = x >> h, x & mask
+    for key in keys:
+      left, right = right, left ^ (_mix64(right ^ key) & mask)
+    x = (left << h) | right
+    if x < n:
+      return x
+
+
 class MixSplit(grain.IterDataset):
   """One data shard's endless weighted mix of shuffled examples, each split to <= seq_len tokens.
 
-  Fused in one iterator over the raw random-access sources (Grain's per-stage iterators, its
-  per-read stats and its per-index Feistel shuffle together cost more than tokenizing here). The
-  examples of source i read here are `sources[i][offset::stride]` (offset = shard, stride =
-  num_shards; Grain worker processes narrow them further through `set_slice`), epoch after epoch,
-  each epoch in the order of a permutation drawn from (seeds[i], epoch) and kept for that epoch
-  (4 bytes per example read here: 1.5 GB for all of C4's 365M documents in one process, a quarter
-  of that per process on four). Each example gets the
-  loss-mask policy, is split (`split_example`) and its windows are tagged with the source id. Mixing
+  Fused in one iterator over the raw random-access sources (Grain's per-stage iterators and per-read
+  stats cost more than tokenizing here). Order: source i of n examples is one endless stream whose
+  position g holds example `permuted_index(g % n, n, seeds[i], g // n)` (a new permutation every
+  epoch, computed per index, so nothing of size n is held). This reader takes positions
+  offset, offset + stride, offset + 2 * stride, ... (offset = shard, stride = num_shards; Grain
+  worker processes narrow them further through `set_slice`). The readers of a run thus share every
+  epoch, each example read once per epoch by one of them: every example is read equally often
+  however many readers there are (with per-reader subsets, 67 examples over 32 readers of 2 or 3
+  each were read 1.5x as often in one subset as in another), and a source smaller than the number of
+  readers is still read whole. Each example gets the loss-mask policy, is split (`split_example`) and its windows are tagged with the source id. Mixing
   is deterministic and counts tokens: the next window comes from the source whose tokens emitted,
   plus one virtual window of seq_len, are fewest per unit of weight (ties to the lowest index; the
   virtual window keeps a source of tiny weight from being read first), so in every prefix of the
@@ -149,24 +190,18 @@ class _MixSplitIterator(grain.DatasetIterator):
   def __init__(self, ds: MixSplit):
     super().__init__()
     self._ds = ds
-    self._lengths = [len(range(ds.offset, len(s), ds.stride)) for s in ds.sources]
-    for i, n in enumerate(self._lengths):
-      if not n:
-        raise ValueError(f"source {ds.source_ids[i]} has {len(ds.sources[i])} examples: none for the reader "
-                         f"starting at example {ds.offset} with stride {ds.stride} (data shards x workers)")
+    for i, s in enumerate(ds.sources):
+      if not len(s):
+        raise ValueError(f"source {ds.source_ids[i]} has no examples")
     n = len(ds.sources)
     self._tokens, self._reads, self._taken = [0] * n, [0] * n, [0] * n
     self._pending = [[] for _ in range(n)]
-    self._orders = [(-1, None)] * n  # per source: (epoch, its permutation)
 
   def _windows(self, i: int, k: int) -> list[dict]:
+    """The windows of this reader's k-th example of source i."""
     ds = self._ds
-    epoch, j = divmod(k, self._lengths[i])
-    if self._orders[i][0] != epoch:
-      order = np.arange(self._lengths[i], dtype=np.int32 if self._lengths[i] < 2**31 else np.int64)
-      np.random.default_rng([ds.seeds[i], epoch]).shuffle(order)
-      self._orders[i] = (epoch, order)
-    element = ds.sources[i][ds.offset + ds.stride * int(self._orders[i][1][j])]
+    epoch, j = divmod(ds.offset + ds.stride * k, len(ds.sources[i]))
+    element = ds.sources[i][permuted_index(j, len(ds.sources[i]), ds.seeds[i], epoch)]
     tokens = np.asarray(element["tokens"], np.int32)
     if ds.keep_mask:
       mask = np.asarray(element["loss_mask"], np.int32)
@@ -299,9 +334,8 @@ def shard_dataset(sources: Mapping[str, Source], source_names: list[str], spec: 
   for name, weight in sorted(spec.weights.items()):  # by name: the state is positional, the spec key sorted
     if name not in sources:
       raise ValueError(f"mixture weight for unknown source {name!r}; sources: {sorted(sources)}")
-    if len(sources[name]) <= shard:
-      raise ValueError(f"source {name!r} has fewer examples ({len(sources[name])}) than data shards "
-                       f"({spec.num_shards})")
+    if not len(sources[name]):
+      raise ValueError(f"source {name!r} has no examples")
     parts.append(sources[name])
     weights.append(float(weight))
     ids.append(source_names.index(name))
@@ -379,6 +413,7 @@ def _spec_key(spec: PipelineSpec) -> str:
   d = dataclasses.asdict(spec)  # worker_count too: each Grain worker reads its own slice of the data
   d["weights"] = sorted(d["weights"].items())
   d["mixing"] = "tokens"  # states of heal-jax before 2026-11-27 mixed by windows: not resumable here
+  d["order"] = "shared-stream"  # ... or read per-reader subsets of each source (until 2026-11-27)
   return json.dumps(d, sort_keys=True)
 
 
