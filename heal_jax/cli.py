@@ -26,6 +26,8 @@ def _convert_hf_to_orbax(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _convert_orbax_to_hf(args: argparse.Namespace, overrides: list[str]) -> int:
   _no_overrides(overrides)
+  if not 0 < args.max_shard_gb < 1024:  # NaN fails too
+    raise ValueError(f"--max-shard-gb must be in (0, 1024), got {args.max_shard_gb}")
   from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
   summary = hf_convert.orbax_to_hf(args.src, args.dst, max_shard_bytes=int(args.max_shard_gb * 1024**3),
                                    overwrite=args.overwrite, dtype=args.dtype)
@@ -124,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
   o2h = csub.add_parser("orbax-to-hf", help="heal-jax checkpoint or training work directory -> HF directory")
   o2h.add_argument("src", type=pathlib.Path)
   o2h.add_argument("dst", type=pathlib.Path)
-  o2h.add_argument("--max-shard-gb", type=float, default=5.0)
+  o2h.add_argument("--max-shard-gb", type=float, default=5.0,
+                   help="largest safetensors shard in GiB (default 5, as transformers)")
   o2h.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
                    help="dtype of an export from a work directory (default bfloat16)")
   o2h.add_argument("--overwrite", action="store_true")

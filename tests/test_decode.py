@@ -54,8 +54,9 @@ def _scanned(cfg, params):
   return cfg.replace(scan_layers=True), hf_mapping.stack_layers(params, cfg.num_layers)
 
 
-def _greedy_by_full_forward(cfg, params, prompts, n):
-  """Greedy continuations recomputing each whole sequence every step (right-padded to one shape)."""
+def _greedy_by_full_forward(cfg, params, prompts, n, limit=None):
+  """Greedy continuations recomputing each whole sequence every step (right-padded to one shape),
+  picking among ids below `limit` (all when None)."""
   forward = jax.jit(lambda p, t: llama.Llama(cfg).apply({"params": p}, t))
   out = []
   for prompt in prompts:
@@ -63,7 +64,7 @@ def _greedy_by_full_forward(cfg, params, prompts, n):
     for _ in range(n):
       buf = np.zeros((1, 32), np.int32)
       buf[0, :len(seq)] = seq
-      seq.append(int(np.argmax(forward(params, jnp.asarray(buf))[0, len(seq) - 1])))
+      seq.append(int(np.argmax(forward(params, jnp.asarray(buf))[0, len(seq) - 1, :limit])))
     out.append(seq[len(prompt):])
   return out
 
@@ -107,6 +108,39 @@ def test_greedy_kv_decoding_equals_full_recompute(model, prompts, greedy_fn, sca
     got = decode.run(greedy_fn, p, prompts, pad_multiple=8)
   assert got == _greedy_by_full_forward(cfg, p, prompts, NEW)
   assert len({tuple(g) for g in got}) == len(got)
+
+
+def test_vocab_limit_keeps_ids_the_tokenizer_lacks_out(model, prompts):
+  """The last 2 x 16 ids get lm_head columns of +-1000 along each hidden unit: unlimited greedy
+  decoding picks them every step; limited to the ids below them it equals the full-forward argmax
+  over the allowed ids."""
+  cfg, p = model
+  limit = cfg.vocab_size - 2 * 16
+  head = np.array(p["lm_head"]["kernel"])
+  eye = np.eye(cfg.hidden_size, 16, dtype=head.dtype) * 1000
+  head[:, limit:] = np.concatenate([eye, -eye], axis=1)
+  padded = {**p, "lm_head": {"kernel": jnp.asarray(head)}}
+  free = decode.run(decode.make_generate_fn(cfg, NEW), padded, prompts)
+  assert all(t >= limit for row in free for t in row)
+  limited = decode.run(decode.make_generate_fn(cfg, NEW, vocab_limit=limit), padded, prompts)
+  assert limited == _greedy_by_full_forward(cfg, padded, prompts, NEW, limit=limit)
+  with pytest.raises(ValueError, match="vocab_limit"):
+    decode.make_generate_fn(cfg, NEW, vocab_limit=cfg.vocab_size + 1)
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(checkpoint, tmp_path):
+  from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
+  cfg = restore.load_model(checkpoint).cfg.replace(vocab_size=256)
+  random_init.write_random_checkpoint(cfg, tmp_path / "small", seed=0, tokenizer_dir=checkpoint / "tokenizer")
+  with pytest.raises(CheckpointError, match=r"tokenizer.model has \d+ pieces but the model's vocabulary is 256"):
+    restore.load_model(tmp_path / "small")
+  (checkpoint / "tokenizer" / "tokenizer_config.json").rename(tmp_path / "saved.json")
+  try:
+    (checkpoint / "tokenizer" / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="tokenizer_config.json: cannot be read as JSON"):
+      restore.load_model(checkpoint)
+  finally:
+    (tmp_path / "saved.json").replace(checkpoint / "tokenizer" / "tokenizer_config.json")
 
 
 def test_sampling_is_reproducible_and_top_k_1_is_greedy(model, prompts, greedy_fn):
@@ -155,6 +189,11 @@ def test_truncate_at_stop_and_normalize_conversation():
       "[doctor] Hi there.\n[patient] I have a cough since Monday.\n[patient_guest] he does.")
   with pytest.raises(ValueError, match="line 1"):
     generate.normalize_conversation("hello\nDoctor: hi")
+  # MTS-Dialog's other speakers keep their own turns; a byte-order mark is not part of line 1; a
+  # colon after a word that names no role continues the turn.
+  mts = "\ufeffDoctor: How did he fall?\nGuest_family: He slipped on ice.\nBP: 120/80.\nGuest_clinican: Noted."
+  assert generate.normalize_conversation(mts) == (
+      "[doctor] How did he fall?\n[guest_family] He slipped on ice. BP: 120/80.\n[guest_clinican] Noted.")
 
 
 def test_generate_main_end_to_end(checkpoint, tmp_path, capsys):
@@ -184,6 +223,8 @@ def test_generate_main_errors_exit_2(checkpoint, tmp_path, capsys):
   assert "not a turn" in capsys.readouterr().err
   assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(conv), "--top-p", "0"]) == 2
   assert "top-p" in capsys.readouterr().err
+  assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(conv), "--temperature", "nan"]) == 2
+  assert "temperature" in capsys.readouterr().err
   assert generate.main(["--checkpoint", str(checkpoint)]) == 2
 
 

@@ -4,6 +4,7 @@ import json
 import pathlib
 import struct
 
+import jax
 import numpy as np
 import pytest
 import sentencepiece as spm
@@ -11,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from heal_jax import cli
-from heal_jax.checkpoint import hf_convert, hf_mapping, params_store, safetensors_io
+from heal_jax.checkpoint import hf_convert, hf_mapping, params_store, restore, safetensors_io
 from heal_jax.checkpoint.errors import CheckpointError
 from tests import hf_reference
 
@@ -188,8 +189,8 @@ BAD_INPUTS = {
                                                                      "rope_theta": 10000.0}),
                          "rope_parameters.rope_type='yarn' is not supported"),
     "truncated_file": (_truncate, "truncated"),
-    "tied_but_head_present": (lambda p: _edit_config(p, tie_word_embeddings=True),
-                              "unexpected tensor lm_head.weight"),
+    "tied_but_head_differs": (lambda p: _edit_config(p, tie_word_embeddings=True),
+                              "lm_head.weight in"),
     "no_config": (lambda p: (p / "config.json").unlink(), "config.json is missing"),
 }
 
@@ -296,6 +297,53 @@ def test_pickle_weights_refused_unless_allowed(tmp_path):
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   for name, x in _tensors(tmp_path / "out").items():
     assert x.tobytes() == state[name].tobytes(), name
+
+
+def test_tied_checkpoint_that_also_stores_its_head_converts(tmp_path):
+  """torch.save(state_dict) of a tied model stores lm_head.weight as a copy of the embedding: it is
+  skipped when equal bit for bit, and the result equals the checkpoint without it."""
+  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  _edit_config(src, tie_word_embeddings=True)
+  _rewrite_single_file(src, lambda t: t.__setitem__("lm_head.weight", t["model.embed_tokens.weight"].copy()))
+  hf_convert.hf_to_orbax(src, tmp_path / "ck")
+  _rewrite_single_file(src, lambda t: t.pop("lm_head.weight"))
+  hf_convert.hf_to_orbax(src, tmp_path / "ck_without")
+  a, b = restore.load_model(tmp_path / "ck").params, restore.load_model(tmp_path / "ck_without").params
+  assert jax.tree.all(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b))
+
+
+@pytest.mark.parametrize("case", ["legacy_format", "truncated", "nested"])
+def test_pickle_weights_damaged_or_old_formats(tmp_path, case):
+  """The pre-1.6 torch.save format cannot be memory-mapped: read without mapping, equal to the
+  safetensors conversion; a damaged file or a nested training checkpoint is an error naming the file."""
+  model = hf_reference.hf_llama()
+  src = tmp_path / "hf"
+  src.mkdir()
+  model.config.save_pretrained(src)
+  weights = src / "pytorch_model.bin"
+  if case == "nested":
+    torch.save({"state_dict": model.state_dict()}, weights)
+  else:
+    torch.save(model.state_dict(), weights, _use_new_zipfile_serialization=case != "legacy_format")
+  if case == "truncated":
+    weights.write_bytes(weights.read_bytes()[:1000])
+  if case == "legacy_format":
+    hf_convert.hf_to_orbax(src, tmp_path / "ck", allow_pickle=True)
+    hf_convert.hf_to_orbax(_save_hf(model, tmp_path / "st"), tmp_path / "ck_st")
+    a, b = restore.load_model(tmp_path / "ck").params, restore.load_model(tmp_path / "ck_st").params
+    assert jax.tree.all(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b))
+    return
+  message = "cannot be read as PyTorch weights" if case == "truncated" else "entry 'state_dict' is not a tensor"
+  with pytest.raises(CheckpointError, match=f"pytorch_model.bin: {message}"):
+    hf_convert.hf_to_orbax(src, tmp_path / "ck", allow_pickle=True)
+  _assert_no_output(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("size", ["0", "-1", "nan", "inf"])
+def test_max_shard_size_must_be_a_positive_number(tmp_path, size, capsys):
+  assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "ck"), str(tmp_path / "out"), "--max-shard-gb", size]) == 2
+  assert "--max-shard-gb must be in (0, 1024)" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
 
 
 def test_export_of_damaged_checkpoint_leaves_nothing(tmp_path):

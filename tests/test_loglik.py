@@ -158,6 +158,17 @@ def test_rolling_windows_cover_each_token_once():
       assert list(w.inputs) == stream[start:start + len(w.inputs)]
       assert list(w.targets) == stream[start + 1:start + 1 + len(w.targets)]
   assert not perplexity.rolling_windows([], 1, 8)
+  for bad in (0, -5):  # -5 used to loop forever, growing the window list until memory ran out
+    with pytest.raises(ValueError, match="max_length must be >= 1"):
+      perplexity.rolling_windows(ids, 1, bad)
+
+
+def test_max_length_below_one_is_refused_before_loading(tmp_path, capsys):
+  texts = tmp_path / "t.jsonl"
+  texts.write_text('{"text": "a"}\n')
+  for task in ("perplexity", "pubmedqa"):
+    assert run.main([task, "--checkpoint", str(tmp_path / "none"), "--data", str(texts), "--max-length", "0"]) == 2
+    assert "--max-length must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_run_main_writes_rows(setup, shared_data, tmp_path, capsys):

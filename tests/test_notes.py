@@ -205,10 +205,25 @@ def test_cli_end_to_end(tmp_path, capsys):
 def test_cli_errors_name_the_id_file_and_line(tmp_path, capsys):
   pred = _write_jsonl(tmp_path / "pred.jsonl", [{"id": "a", "text": "x"}, {"id": "zz9", "text": "y"}])
   ref = _write_jsonl(tmp_path / "ref.jsonl", [{"id": "a", "text": "x"}])
-  assert notes.main(["--predictions", pred, "--references", ref]) == 1
+  assert notes.main(["--predictions", pred, "--references", ref]) == 2
   err = capsys.readouterr().err
   assert "'zz9'" in err and "pred.jsonl" in err and "ref.jsonl" in err
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"id": "a", "text": "x"}\n\n{"id": "b", "text": \n')
-  assert notes.main(["--predictions", str(bad), "--references", ref]) == 1
+  assert notes.main(["--predictions", str(bad), "--references", ref]) == 2
   assert f"{bad}:3: malformed JSON" in capsys.readouterr().err
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("\n")
+  assert notes.main(["--predictions", str(empty), "--references", ref]) == 2
+  assert f"{empty}: no records" in capsys.readouterr().err
+  latin1 = tmp_path / "latin1.jsonl"
+  latin1.write_bytes('{"id": "a", "text": "x"}\n{"id": "b", "text": "caf\u00e9"}\n'.encode("latin-1"))
+  assert notes.main(["--predictions", str(latin1), "--references", ref]) == 2
+  assert f"{latin1}:2: not UTF-8" in capsys.readouterr().err
+  bom = tmp_path / "bom.jsonl"  # as Windows tools save UTF-8
+  bom.write_bytes(b"\xef\xbb\xbf" + b'{"id": "a", "text": "x"}\n')
+  assert notes.read_jsonl(bom) == {"a": "x"}
+  blocked = tmp_path / "file"
+  blocked.write_text("")
+  assert notes.main(["--predictions", pred, "--references", ref, "--output", str(blocked / "rows.jsonl")]) == 2
+  assert "rows.jsonl" in capsys.readouterr().err

@@ -92,7 +92,7 @@ def test_bad_cells_name_the_row(tmp_path, capsys, cells, message):
   _fill(sheet, {"a": ("0", "0", "0"), "b": cells})
   with pytest.raises(notes.ReviewError, match=message):
     notes.read_review_sheet(sheet)
-  assert notes.main(["--read-review", str(sheet)]) == 1
+  assert notes.main(["--read-review", str(sheet)]) == 2
   assert "row 3" in capsys.readouterr().err
 
 

@@ -82,14 +82,36 @@ def _pickle_sources(files: list[pathlib.Path]) -> dict[str, SourceTensor]:
 
   out: dict[str, SourceTensor] = {}
   for f in files:
-    state = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+    state = _torch_load(torch, f)
     for name, t in state.items():
+      if name in out:
+        raise CheckpointError(f"tensor {name} appears in both {out[name].where} and {f}")
       dtype = np.dtype(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16 else to_numpy(t[:0]).dtype
       # torch.load(mmap=True) maps the file: the numpy view of a tensor is read as it is used, so
       # it serves as both the whole tensor and the unread view
       read = lambda t=t: to_numpy(t)  # pylint: disable=unnecessary-lambda-assignment
       out[name] = SourceTensor(name, dtype, tuple(t.shape), str(f), read, read)
   return out
+
+
+def _torch_load(torch: Any, f: pathlib.Path) -> dict[str, Any]:
+  """{name: tensor} of a torch.save file, memory-mapped when its format allows; errors name the file."""
+  try:
+    try:
+      state = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError as e:
+      if "_use_new_zipfile_serialization" not in str(e):
+        raise
+      state = torch.load(f, map_location="cpu", weights_only=True)  # the pre-1.6 format cannot be mapped
+  except Exception as e:  # pylint: disable=broad-except  # torch raises many types for damaged files
+    raise CheckpointError(f"{f}: cannot be read as PyTorch weights ({type(e).__name__}: {e})") from None
+  if not isinstance(state, dict):
+    raise CheckpointError(f"{f}: holds type {type(state).__name__}, expected a dict of tensor name -> tensor")
+  for name, t in state.items():
+    if not isinstance(t, torch.Tensor):
+      raise CheckpointError(f"{f}: entry {name!r} is not a tensor (type {type(t).__name__}; weights nested in a "
+                            "training checkpoint, e.g. under 'state_dict', are not read: save the model's state_dict)")
+  return state
 
 
 def _weight_files(src: pathlib.Path, allow_pickle: bool) -> tuple[list[pathlib.Path], bool]:
@@ -145,6 +167,18 @@ def open_hf(src: pathlib.Path, allow_pickle: bool = False) -> HFCheckpoint:
   return HFCheckpoint(src, hf_config, cfg, tensors)
 
 
+def _check_tied_copy(ckpt: HFCheckpoint, head: SourceTensor) -> None:
+  """With tie_word_embeddings, lm_head.weight may be stored too (torch.save of a state_dict always
+  has it); it is skipped when it equals model.embed_tokens.weight bit for bit, refused otherwise."""
+  embed = ckpt.tensors.get("model.embed_tokens.weight")
+  same = (embed is not None and embed.shape == head.shape and embed.dtype == head.dtype
+          and np.array_equal(embed.view().view(np.uint8), head.view().view(np.uint8)))
+  if not same:
+    raise CheckpointError(f"{ckpt.path}: tensor lm_head.weight in {head.where} differs from "
+                          "model.embed_tokens.weight, but config.json has tie_word_embeddings=true (one matrix "
+                          "for both): fix the config or drop the tensor")
+
+
 def validate(ckpt: HFCheckpoint) -> str:
   """Checks names, shapes and dtypes against the config; returns the common dtype name."""
   cfg = ckpt.cfg
@@ -158,8 +192,10 @@ def validate(ckpt: HFCheckpoint) -> str:
       continue
     if name.endswith(hf_mapping.IGNORED_HF_SUFFIXES):
       continue
-    hint = " (config.json has tie_word_embeddings=true)" if name == "lm_head.weight" else ""
-    raise CheckpointError(f"{ckpt.path}: unexpected tensor {name} in {t.where}{hint}")
+    if name == "lm_head.weight" and cfg.tie_word_embeddings:
+      _check_tied_copy(ckpt, t)
+      continue
+    raise CheckpointError(f"{ckpt.path}: unexpected tensor {name} in {t.where}")
   dtypes = set()
   for spec in specs:
     t = ckpt.tensors[spec.hf_name]

@@ -34,9 +34,37 @@ class LoadedModel:
 
 
 def _add_bos(tokenizer_dir: pathlib.Path | None) -> bool:
-  if tokenizer_dir is None or not (tokenizer_dir / "tokenizer_config.json").is_file():
+  path = None if tokenizer_dir is None else tokenizer_dir / "tokenizer_config.json"
+  if path is None or not path.is_file():
     return True
-  return bool(json.loads((tokenizer_dir / "tokenizer_config.json").read_text()).get("add_bos_token", True))
+  try:
+    config = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"{path}: cannot be read as JSON: {e}") from None
+  if not isinstance(config, dict):
+    raise CheckpointError(f"{path}: not a JSON object")
+  return bool(config.get("add_bos_token", True))
+
+
+def _tokenizer_dir(path: pathlib.Path, cfg: ModelConfig) -> pathlib.Path | None:
+  """path/tokenizer when it holds tokenizer.model, checked to fit the model's embedding table.
+
+  A tokenizer with more pieces than cfg.vocab_size would feed ids past the table (JAX clamps them:
+  silently wrong scores and notes), so it is refused. Fewer pieces are allowed (vocabularies padded
+  for speed, or with added tokens): generation then never produces the ids beyond the tokenizer's.
+  """
+  tok = path / WORKDIR_TOKENIZER
+  if not (tok / "tokenizer.model").is_file():
+    return None
+  from heal_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
+  try:
+    pieces = Tokenizer(tok).vocab_size
+  except (OSError, RuntimeError) as e:  # sentencepiece raises RuntimeError/OSError on a damaged model file
+    raise CheckpointError(f"{tok / 'tokenizer.model'}: cannot be loaded: {e}") from None
+  if pieces > cfg.vocab_size:
+    raise CheckpointError(f"{tok / 'tokenizer.model'} has {pieces} pieces but the model's vocabulary is "
+                          f"{cfg.vocab_size}: ids past the embedding table; is this the model's tokenizer?")
+  return tok
 
 
 def is_workdir(path: pathlib.Path) -> bool:
@@ -57,14 +85,12 @@ def load_model(path: str | pathlib.Path, dtype: Any = None, **cfg_overrides: Any
   if (path / params_store.MANIFEST).is_file():
     cfg = params_store.model_config(path).replace(**cfg_overrides)
     params = params_store.load_params(path, cfg, dtype)
-    tok = path / "tokenizer"
-    tok = tok if (tok / "tokenizer.model").is_file() else None
+    tok = _tokenizer_dir(path, cfg)
     return LoadedModel(cfg, params, tok, _add_bos(tok), str(path))
   if is_workdir(path):
     from heal_jax.checkpoint import workdir_restore  # pylint: disable=import-outside-toplevel
     cfg, params, step = workdir_restore.newest_params(path, dtype, **cfg_overrides)
-    tok = path / WORKDIR_TOKENIZER
-    tok = tok if (tok / "tokenizer.model").is_file() else None
+    tok = _tokenizer_dir(path, cfg)
     return LoadedModel(cfg, params, tok, _add_bos(tok), f"{path} step {step}")
   raise CheckpointError(f"{path}: neither a converted checkpoint ({params_store.MANIFEST}) nor a "
                         f"training work directory ({WORKDIR_CHECKPOINTS}/)")

@@ -86,6 +86,18 @@ def harness_window(context_ids: Sequence[int], continuation_ids: Sequence[int], 
   return Window(tuple(kept[:-1]), tuple(kept[1:]), len(continuation_ids))
 
 
+def resolve_max_length(cfg: ModelConfig, max_length: int | None) -> int:
+  """The context length to score with: `max_length`, or cfg.max_position_embeddings when None.
+
+  Raises ValueError below 1 (a window must read at least one token).
+  """
+  if max_length is None:
+    return cfg.max_position_embeddings
+  if max_length < 1:
+    raise ValueError(f"max_length must be >= 1, got {max_length}")
+  return max_length
+
+
 def default_buckets(max_length: int, smallest: int = 128) -> tuple[int, ...]:
   """Powers of two from `smallest` below `max_length`, then `max_length` itself."""
   out, n = [], smallest
@@ -170,7 +182,7 @@ def score(cfg: ModelConfig, params: Any, tokenizer: TokenizerLike, requests: Seq
 
   max_length defaults to cfg.max_position_embeddings; buckets to default_buckets(max_length).
   """
-  max_length = max_length or cfg.max_position_embeddings
+  max_length = resolve_max_length(cfg, max_length)
   windows = [harness_window(*encode_pair(tokenizer, c, x, add_bos), max_length) for c, x in requests]
   return score_windows(cfg, params, windows, batch_size, buckets or default_buckets(max_length))
 

@@ -57,6 +57,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import sys
 from typing import Any, Mapping, Sequence
@@ -212,10 +213,17 @@ class InputError(ValueError):
 
 
 def read_jsonl(path: pathlib.Path) -> dict[str, str]:
-  """{"id": ..., "text": ...} lines -> {str(id): text}; errors name the file and line."""
+  """{"id": ..., "text": ...} lines (UTF-8, a leading byte-order mark allowed) -> {str(id): text}.
+
+  Errors name the file and line; a file without any record is an error too.
+  """
   out: dict[str, str] = {}
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
+  with open(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+      except UnicodeDecodeError as e:
+        raise InputError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start})") from None
       if not line.strip():
         continue
       try:
@@ -228,6 +236,8 @@ def read_jsonl(path: pathlib.Path) -> dict[str, str]:
       if key in out:
         raise InputError(f"{path}:{n}: duplicate id {key!r}")
       out[key] = record["text"]
+  if not out:
+    raise InputError(f"{path}: no records")
   return out
 
 
@@ -362,25 +372,44 @@ def _write_rows(path: pathlib.Path, rows: Sequence[Mapping[str, Any]]) -> None:
       f.write(json.dumps(row) + "\n")
 
 
+def _error(message: str) -> int:
+  print(f"heal-jax eval notes: error: {message}", file=sys.stderr)
+  return 2
+
+
+def _check_writable(path: pathlib.Path) -> None:
+  """Creates path's folder and checks that a file can be written there (before any scoring)."""
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise OSError(f"{path}: cannot create its folder: {e}") from None
+  if path.is_dir() or not os.access(path.parent, os.W_OK):
+    raise OSError(f"{path}: cannot write a file there")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  """CLI entry point; returns the exit status."""
+  """CLI entry point; returns the exit status (2 for bad input or an unwritable output)."""
   parser = _parser()
   args = parser.parse_args(argv)
   if args.read_review:
     if args.predictions or args.references or args.conversations or args.review_sheet:
       parser.error("--read-review takes no --predictions, --references, --conversations or --review-sheet")
     try:
+      if args.output:
+        _check_writable(args.output)
       summary, rows = read_review_sheet(args.read_review)
+      if args.output:
+        _write_rows(args.output, rows)
     except (OSError, InputError) as e:
-      print(f"heal-jax eval notes: error: {e}", file=sys.stderr)
-      return 1
-    if args.output:
-      _write_rows(args.output, rows)
+      return _error(str(e))
     print(json.dumps(summary))
     return 0
   if not (args.predictions and args.references):
     parser.error("--predictions and --references are required (unless --read-review)")
   try:
+    for out in (args.output, args.review_sheet):
+      if out:
+        _check_writable(out)
     predictions = read_jsonl(args.predictions)
     references = read_jsonl(args.references)
     conversations = read_jsonl(args.conversations) if args.conversations else None
@@ -390,22 +419,20 @@ def main(argv: Sequence[str] | None = None) -> int:
       if conversations is not None and key not in conversations:
         raise InputError(f"id {key!r} from {args.predictions} is missing from {args.conversations}")
   except (OSError, InputError) as e:
-    print(f"heal-jax eval notes: error: {e}", file=sys.stderr)
-    return 1
+    return _error(str(e))
   unmatched = len(set(references) - set(predictions))
   if unmatched:
     print(f"heal-jax eval notes: {unmatched} reference(s) have no prediction; scoring the {len(predictions)} "
           "predicted notes", file=sys.stderr)
-  if args.review_sheet:
-    try:
+  try:
+    if args.review_sheet:
       sheet, instructions = write_review_sheet(args.review_sheet, predictions, references, conversations)
-    except OSError as e:
-      print(f"heal-jax eval notes: error: {e}", file=sys.stderr)
-      return 1
-    print(f"heal-jax eval notes: wrote the review sheet {sheet} and its rubric {instructions}", file=sys.stderr)
-  means, rows = evaluate_notes(predictions, references, conversations)
-  if args.output:
-    _write_rows(args.output, rows)
+      print(f"heal-jax eval notes: wrote the review sheet {sheet} and its rubric {instructions}", file=sys.stderr)
+    means, rows = evaluate_notes(predictions, references, conversations)
+    if args.output:
+      _write_rows(args.output, rows)
+  except OSError as e:
+    return _error(str(e))
   print(json.dumps(means))
   return 0
 

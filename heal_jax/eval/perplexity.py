@@ -41,7 +41,9 @@ def read_texts(path: str | pathlib.Path) -> list[str]:
 
 
 def rolling_windows(token_ids: Sequence[int], prefix_id: int, max_length: int) -> list[loglik.Window]:
-  """Disjoint prediction windows covering every token once (see the module docstring)."""
+  """Disjoint prediction windows covering every token once (see the module docstring); max_length >= 1."""
+  if max_length < 1:
+    raise ValueError(f"max_length must be >= 1, got {max_length}")
   ids = list(token_ids)
   if not ids:
     return []
@@ -60,7 +62,7 @@ def perplexity(cfg: ModelConfig, params: Any, tokenizer: loglik.TokenizerLike, t
                batch_size: int = 8, *, max_length: int | None = None,
                buckets: Sequence[int] | None = None) -> dict[str, Any]:
   """Token-weighted negative log-likelihood of `texts` (see the module docstring)."""
-  max_length = max_length or cfg.max_position_embeddings
+  max_length = loglik.resolve_max_length(cfg, max_length)
   windows = []
   for text in texts:
     windows.extend(rolling_windows(tokenizer.encode(text, add_bos=False), tokenizer.bos_id, max_length))

@@ -53,6 +53,8 @@ def _run(args: argparse.Namespace) -> dict:
     raise ValueError(f"--limit must be >= 1, got {args.limit}")
   if args.batch_size < 1:
     raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+  if args.max_length is not None and args.max_length < 1:
+    raise ValueError(f"--max-length must be >= 1, got {args.max_length}")
   if args.task == "perplexity":
     texts = perplexity.read_texts(args.data)[:args.limit]
   else:
@@ -67,6 +69,10 @@ def _run(args: argparse.Namespace) -> dict:
   if model.tokenizer_dir is None:
     raise ValueError(f"{args.checkpoint}: no tokenizer/ directory with tokenizer.model")
   tokenizer = Tokenizer(model.tokenizer_dir)
+  if args.max_length is not None and args.max_length > model.cfg.max_position_embeddings:
+    print(f"heal-jax eval {args.task}: warning: --max-length {args.max_length} is beyond the model's "
+          f"max_position_embeddings {model.cfg.max_position_embeddings}: positions it was not trained on",
+          file=sys.stderr)
   if args.task == "perplexity":
     return perplexity.perplexity(model.cfg, model.params, tokenizer, texts, args.batch_size,
                                  max_length=args.max_length)

@@ -51,20 +51,28 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_multiple: int = 64,
 
 
 def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling = Sampling(),
-                     eos_id: int | None = None, stop_on_eos: bool = True) -> GenerateFn:
+                     eos_id: int | None = None, stop_on_eos: bool = True,
+                     vocab_limit: int | None = None) -> GenerateFn:
   """A jitted `(params, tokens_BxP, pad_B, rng) -> (new_tokens_BxN, steps)`, N = max_new_tokens.
 
   params: the `Llama(cfg)` parameter tree (stacked when cfg.scan_layers).
   tokens_BxP, pad_B: from `left_pad`.
   rng: a PRNG key; token t of every row is drawn with `fold_in(rng, t)` (unused when greedy).
+  vocab_limit: only ids below it are produced (the tokenizer's size, for a model whose vocabulary
+    is padded past its tokenizer); None: any id of the model's vocabulary.
   Returns the new tokens (columns from `steps` on are 0: the loop stopped because every row had
   finished; tokens after a row's EOS are whatever the model produced) and the number of steps run.
   One program is compiled per (B, P) shape.
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if vocab_limit is not None and not 0 < vocab_limit <= cfg.vocab_size:
+    raise ValueError(f"vocab_limit must be in [1, {cfg.vocab_size}], got {vocab_limit}")
   model = llama.Llama(cfg)
   check_eos = stop_on_eos and eos_id is not None
+
+  def pick(logits_BxV, rng):
+    return sampling_lib.sample(logits_BxV[:, :vocab_limit], rng, sampling)
 
   def generate(params, tokens_BxP, pad_B, rng):
     b, p = tokens_BxP.shape
@@ -75,7 +83,7 @@ def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling =
     logits_Bx1xV, cache = model.apply(
         {"params": params}, tokens_BxP, cache_segment_ids_BxS[:, :p], positions_BxP, cache=cache,
         cache_index=0, cache_segment_ids_BxS=cache_segment_ids_BxS, last_only=True)
-    token_B = sampling_lib.sample(logits_Bx1xV[:, 0], jax.random.fold_in(rng, 0), sampling)
+    token_B = pick(logits_Bx1xV[:, 0], jax.random.fold_in(rng, 0))
     out_BxN = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(token_B)
     done_B = (token_B == eos_id) if check_eos else jnp.zeros((b,), bool)
 
@@ -90,7 +98,7 @@ def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling =
           {"params": params}, token_B[:, None], jnp.ones((b, 1), jnp.int32),
           (slot - pad_B)[:, None], cache=cache, cache_index=slot,
           cache_segment_ids_BxS=cache_segment_ids_BxS)
-      token_B = sampling_lib.sample(logits_Bx1xV[:, 0], jax.random.fold_in(rng, t), sampling)
+      token_B = pick(logits_Bx1xV[:, 0], jax.random.fold_in(rng, t))
       out_BxN = jax.lax.dynamic_update_slice(out_BxN, token_B[:, None], (0, t))
       if check_eos:
         done_B = done_B | (token_B == eos_id)
@@ -129,12 +137,12 @@ def run(generate_fn: GenerateFn, params: Any, prompts: Sequence[Sequence[int]], 
 
 def generate(cfg: ModelConfig, params: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              sampling: Sampling = Sampling(), seed: int = 0, eos_id: int | None = None,
-             stop_on_eos: bool = True, pad_multiple: int = 64) -> list[list[int]]:
+             stop_on_eos: bool = True, pad_multiple: int = 64, vocab_limit: int | None = None) -> list[list[int]]:
   """Generates for a batch of token-id prompts in one call; returns new tokens without the EOS.
 
   Compiles a fresh program each call: to generate many batches, keep a `make_generate_fn` result
   and call `run` with it.
   """
-  fn = make_generate_fn(cfg, max_new_tokens, sampling, eos_id, stop_on_eos)
+  fn = make_generate_fn(cfg, max_new_tokens, sampling, eos_id, stop_on_eos, vocab_limit)
   return run(fn, params, prompts, seed=seed, eos_id=eos_id if stop_on_eos else None,
              pad_multiple=pad_multiple)

@@ -3,10 +3,12 @@
   heal-jax generate --checkpoint DIR --conversation FILE [--max-new-tokens N] [--seed S]
                     [--temperature T] [--top-k K] [--top-p P]
 
-FILE is plain text, one turn per line, as `[doctor] ...` / `[patient] ...` (ACI-Bench and the synthetic
-corpus; other bracketed speakers such as `[patient_guest]` are kept) or `Doctor: ...` / `Patient: ...`,
-which is rewritten to the bracketed form. A line without a speaker continues the turn above it; blank
-lines are dropped; `-` reads standard input. The model input is the instruction-tuning prompt,
+FILE is plain text (UTF-8, a leading byte-order mark allowed), one turn per line, as `[doctor] ...` /
+`[patient] ...` (ACI-Bench and the synthetic corpus; other bracketed speakers such as `[patient_guest]`
+are kept) or `Doctor: ...` / `Patient: ...`, which is rewritten to the bracketed form; in that form the
+other speakers of MTS-Dialog (`Guest_family:`, `Guest_clinician:`, and labels naming a nurse,
+clinician, family member or guest) are kept as speakers too. A line without a speaker continues the
+turn above it; blank lines are dropped; `-` reads standard input. The model input is the instruction-tuning prompt,
 `format_instruction(note_prompt(conversation))[0]`, encoded with BOS as in training. Default is greedy
 decoding; `--temperature` > 0 samples (with `--top-k`, `--top-p`) reproducibly for a `--seed`.
 The note is printed to stdout; errors go to stderr with exit status 2.
@@ -34,7 +36,9 @@ DEFAULT_MAX_NEW_TOKENS = 512
 # A note ends at EOS; a model that runs on into a new prompt is cut there.
 STOP_STRINGS = ("\n### Instruction:", "\n### Response:")
 _BRACKETED = re.compile(r"^\[([^\]\s]+)\]\s*(.*)$")
-_COLON = re.compile(r"^(doctor|patient)\s*:\s*(.*)$", re.IGNORECASE)
+# One-word role labels only, so that a continuation line such as "BP: 120/80" is not taken for a speaker.
+_COLON = re.compile(r"^((?:[a-z]+_)?(?:doctor|patient|guest|gest|clinician|clinican|nurse|family)(?:_[a-z]+)?)"
+                    r"\s*:\s*(.*)$", re.IGNORECASE)
 
 
 def normalize_conversation(text: str) -> str:
@@ -43,7 +47,7 @@ def normalize_conversation(text: str) -> str:
   Raises ValueError when the first non-blank line has no speaker or no turn is found.
   """
   turns: list[list[str]] = []
-  for n, line in enumerate(text.splitlines(), 1):
+  for n, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
     line = line.strip()
     if not line:
       continue
@@ -54,7 +58,7 @@ def normalize_conversation(text: str) -> str:
       turns[-1][1] = f"{turns[-1][1]} {line}".strip()
     else:
       raise ValueError(f"line {n} is not a turn: expected '[doctor] ...', '[patient] ...', "
-                       f"'Doctor: ...' or 'Patient: ...', got {line[:60]!r}")
+                       f"'Doctor: ...', 'Patient: ...' or another role such as 'Guest_family: ...', got {line[:60]!r}")
   if not turns:
     raise ValueError("no conversation turns found (the text is empty)")
   return "\n".join(f"[{speaker}] {said}".rstrip() for speaker, said in turns)
@@ -95,7 +99,8 @@ def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
         f" {longest} tokens and the model's context is {context}")
     max_new_tokens = context - longest
   params = jax.device_put(loaded.params)
-  fn = decode.make_generate_fn(loaded.cfg, max_new_tokens, sampling, tokenizer.eos_id)
+  fn = decode.make_generate_fn(loaded.cfg, max_new_tokens, sampling, tokenizer.eos_id,
+                               vocab_limit=tokenizer.vocab_size)
   batch_size = min(batch_size, len(prompts))
   notes = []
   for i, start in enumerate(range(0, len(prompts), batch_size)):

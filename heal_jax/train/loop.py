@@ -285,7 +285,8 @@ def sample_note(config: Any, workdir: pathlib.Path, max_new_tokens: int, log) ->
   loaded = restore.load_model(workdir, dtype="float32", scan_layers=False)
   tok = tokenizer_lib.Tokenizer(loaded.tokenizer_dir)
   ids = tok.encode(prompt, add_bos=True)
-  new = decode.generate(loaded.cfg, loaded.params, [ids], max_new_tokens=max_new_tokens, eos_id=tok.eos_id)[0]
+  new = decode.generate(loaded.cfg, loaded.params, [ids], max_new_tokens=max_new_tokens, eos_id=tok.eos_id,
+                        vocab_limit=tok.vocab_size)[0]
   note = tok.decode(new).strip()
   del reference  # data never goes to the log; only the model's own output does
   log(f"sample note from held-out conversation of {conv[0].name!r} ({len(ids)} prompt tokens; the model was "
