@@ -191,9 +191,10 @@ def test_truncate_at_stop_and_normalize_conversation():
     generate.normalize_conversation("hello\nDoctor: hi")
   # MTS-Dialog's other speakers keep their own turns; a byte-order mark is not part of line 1; a
   # colon after a word that names no role continues the turn.
-  mts = "\ufeffDoctor: How did he fall?\nGuest_family: He slipped on ice.\nBP: 120/80.\nGuest_clinican: Noted."
+  mts = ("\ufeffDoctor: How did he fall?\nGuest_family: He slipped on ice.\nBP: 120/80.\nFamily: none.\n"
+         "Guest_clinican: Noted.")
   assert generate.normalize_conversation(mts) == (
-      "[doctor] How did he fall?\n[guest_family] He slipped on ice. BP: 120/80.\n[guest_clinican] Noted.")
+      "[doctor] How did he fall?\n[guest_family] He slipped on ice. BP: 120/80. Family: none.\n[guest_clinican] Noted.")
 
 
 def test_generate_main_end_to_end(checkpoint, tmp_path, capsys):

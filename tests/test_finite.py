@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import torch
 
@@ -66,17 +63,14 @@ def test_hf_weights_with_inf_are_refused_by_conversion(tmp_path):
 
 def test_a_resume_from_a_step_with_nan_names_it_and_the_step_before(tmp_path_factory, tmp_path):
   data_root = train_helpers.make_corpus(tmp_path_factory.mktemp("finite_data"))
-  config = train_helpers.load(data_root, 2, ("--config.checkpoint.every_steps=1",))
   workdir = tmp_path / "w"
-  loop.train(config, workdir)
-  state_dir = workdir / "checkpoints" / "2" / "state"
-  with ocp.StandardCheckpointer() as ckpt:  # step 2's state again, with a NaN in a weight and its Adam moment
-    state = ckpt.restore(state_dir)
+
+  def poison(state):  # a NaN in a weight and in its Adam moment
     for parent in (state["params"], state["opt_state"][1][0]["mu"]):
       parent["embed"]["embedding"] = np.array(parent["embed"]["embedding"])
       parent["embed"]["embedding"][0, 0] = np.nan
-    shutil.rmtree(state_dir)
-    ckpt.save(state_dir, state)
+
+  state_dir = train_helpers.two_steps_with_step_2_edited(data_root, workdir, poison)
   longer = train_helpers.load(data_root, 3, ("--config.checkpoint.every_steps=1",))  # so that step 2 is restored
   with pytest.raises(CheckpointError, match=rf"{state_dir.parent}'s state holds NaN/Inf in params/embed/embedding \(1 of 65,536 float32 values\), "
                      r"opt_state/1/0/mu/embed/embedding \(1 of .* remove that directory to resume from step 1$"):

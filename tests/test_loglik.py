@@ -5,7 +5,6 @@ checkpoint and exported to HF; the reference reads the HF export with AutoTokeni
 """
 
 import json
-import pathlib
 
 import numpy as np
 import pytest

@@ -1,6 +1,7 @@
 """Rule-based HEAL rubric (missed / incorrect / irrelevant information) and the `eval notes` CLI."""
 
 import json
+import pathlib
 
 import pytest
 
@@ -227,3 +228,6 @@ def test_cli_errors_name_the_id_file_and_line(tmp_path, capsys):
   blocked.write_text("")
   assert notes.main(["--predictions", pred, "--references", ref, "--output", str(blocked / "rows.jsonl")]) == 2
   assert "rows.jsonl" in capsys.readouterr().err
+  before = pathlib.Path(pred).read_bytes()
+  assert notes.main(["--predictions", pred, "--references", ref, "--output", pred]) == 2  # would overwrite its input
+  assert "is also an input" in capsys.readouterr().err and pathlib.Path(pred).read_bytes() == before

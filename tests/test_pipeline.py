@@ -101,14 +101,23 @@ def test_instruction_loss_mask_covers_exactly_the_response(tmp_path):
   assert doc_mask[0] == 0 and doc_mask[1:].all()
 
 
+def _resume_sources():
+  """Short documents, long ones (60-150 tokens: split into windows at seq_len 48) and a source of 3
+  (many epochs in a few batches), so saved states fall inside split documents and across epochs."""
+  return {"a": _source(300, 10**6, 0), "long": _source(20, 4 * 10**6, 3, min_len=60, max_len=150),
+          "tiny": _source(3, 5 * 10**6, 4)}
+
+
+_RESUME_WEIGHTS = {"a": 2, "long": 1, "tiny": 1}
+
 _RESUME_SCRIPT = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from tests.test_pipeline import _sources
+from tests.test_pipeline import _RESUME_WEIGHTS, _resume_sources
 from heal_jax.data import pipeline
-spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights={"a": 2, "b": 1, "c": 1}, seed=5, num_shards=2,
+spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights=_RESUME_WEIGHTS, seed=5, num_shards=2,
                              worker_count=int(sys.argv[3]))
-it = pipeline.BatchIterator(_sources(), spec)
+it = pipeline.BatchIterator(_resume_sources(), spec)
 it.set_state(json.loads(open(sys.argv[2]).read()))
 print(json.dumps([{k: v.tolist() for k, v in next(it).items()} for _ in range(5)]))
 """
@@ -116,9 +125,9 @@ print(json.dumps([{k: v.tolist() for k, v in next(it).items()} for _ in range(5)
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_state_restored_in_a_new_process_gives_the_same_next_batches(tmp_path, workers):
-  spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights={"a": 2, "b": 1, "c": 1}, seed=5, num_shards=2,
+  spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights=_RESUME_WEIGHTS, seed=5, num_shards=2,
                                worker_count=workers)
-  it = pipeline.BatchIterator(_sources(), spec)
+  it = pipeline.BatchIterator(_resume_sources(), spec)
   for _ in range(7):
     next(it)
   (tmp_path / "state.json").write_text(json.dumps(it.get_state()))
@@ -127,6 +136,25 @@ def test_state_restored_in_a_new_process_gives_the_same_next_batches(tmp_path, w
   out = subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, str(repo), str(tmp_path / "state.json"), str(workers)],
                        capture_output=True, text=True, check=True, cwd=repo)
   assert json.loads(out.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_every_saved_state_resumes_exactly_inside_documents_and_across_epochs():
+  spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights=_RESUME_WEIGHTS, seed=5, num_shards=2)
+  it = pipeline.BatchIterator(_resume_sources(), spec)
+  states, batches = [], []
+  for _ in range(30):
+    states.append(it.get_state())
+    batches.append(next(it))
+  names = sorted(_RESUME_WEIGHTS)  # state lists are in source-name order
+  shard_states = [shard["parent"] for state in states for shard in state["shards"].values()]
+  assert any(st["taken"][names.index("long")] > 0 for st in shard_states)  # saved inside a split document
+  assert max(st["reads"][names.index("tiny")] for st in shard_states) > 3  # and past tiny's first epoch
+  for start in range(0, 30, 3):
+    resumed = pipeline.BatchIterator(_resume_sources(), spec)
+    resumed.set_state(states[start])
+    for expected in batches[start:start + 4]:
+      got = next(resumed)
+      assert all(np.array_equal(got[k], expected[k]) for k in pipeline.BATCH_KEYS), start
 
 
 def test_two_processes_partition_each_global_batch_exactly():
@@ -139,6 +167,8 @@ def test_two_processes_partition_each_global_batch_exactly():
     assert a["tokens"].shape == b["tokens"].shape == (4, 32)
     for k in pipeline.BATCH_KEYS:
       np.testing.assert_array_equal(g[k], np.concatenate([a[k], b[k]]))  # nothing missing, no overlap
+    # Distinct examples: these 10 batches stay in every source's first epoch (past it, the two
+    # shards' readers may drift apart and meet the same example in one batch).
     ids_a = set(a["tokens"][a["segment_ids"] > 0].tolist())
     ids_b = set(b["tokens"][b["segment_ids"] > 0].tolist())
     assert not ids_a & ids_b
@@ -170,13 +200,41 @@ def _example_ids(ds: pipeline.MixSplit, count: int, source: int = 0, base: int =
   return ids
 
 
+def _mix64_reference(x: int) -> int:
+  x = (x + 0x9E3779B97F4A7C15) % 2**64
+  x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+  x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
+  return x ^ (x >> 31)
+
+
+def _permuted_index_reference(j: int, n: int, seed: int, epoch: int) -> int:
+  """The documented network with Python integers, one index at a time."""
+  h = max(1, ((n - 1).bit_length() + 1) // 2)
+  keys = [_mix64_reference(seed ^ _mix64_reference(epoch ^ _mix64_reference(r + 1))) for r in range(4)]
+  x = j
+  while True:
+    left, right = x >> h, x % 2**h
+    for key in keys:
+      left, right = right, left ^ (_mix64_reference(right ^ key) % 2**h)
+    x = (left << h) | right
+    if x < n:
+      return x
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 65, 1000, 4099])
-def test_permuted_index_is_a_permutation_new_every_epoch(n):
-  orders = [[pipeline.permuted_index(j, n, seed, epoch) for j in range(n)] for seed, epoch in [(3, 0), (3, 1), (4, 0)]]
-  for order in orders:
-    assert sorted(order) == list(range(n))
+def test_permuted_indices_are_a_permutation_new_every_epoch(n):
+  j = np.tile(np.arange(n), 3)
+  epochs = np.repeat([0, 1, 5], n)
+  got = pipeline.permuted_indices(j, n, 3, epochs).reshape(3, n)
+  for order in got:
+    assert sorted(order.tolist()) == list(range(n))
   if n >= 7:
-    assert orders[0] != orders[1] and orders[0] != orders[2]
+    other_seed = pipeline.permuted_indices(np.arange(n), n, 4, np.zeros(n, int))
+    assert got[0].tolist() != got[1].tolist() and got[0].tolist() != other_seed.tolist()
+  picks = np.random.default_rng(n).integers(0, 3 * n, 20)
+  expected = [_permuted_index_reference(int(j[p]), n, 3, int(epochs[p])) for p in picks]
+  assert [int(got.reshape(-1)[p]) for p in picks] == expected
+  assert pipeline.permuted_index(n - 1, n, 3, 5) == int(got[2, n - 1])
   with pytest.raises(IndexError):
     pipeline.permuted_index(n, n, 3, 0)
 

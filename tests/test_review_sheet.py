@@ -109,6 +109,12 @@ def test_cli_writes_the_sheet_and_still_scores(tmp_path, capsys):
   assert sheet.is_file() and sheet.with_suffix(".instructions.txt").is_file()
   with open(sheet, encoding="utf-8-sig", newline="") as f:
     assert [r["conversation"] for r in csv.DictReader(f)] == ["", "", ""]
+  filled = sheet.read_bytes()  # as if clinicians had filled it in: never written over
+  assert notes.main(["--predictions", str(paths["pred"]), "--references", str(paths["ref"]),
+                     "--review-sheet", str(sheet)]) == 2
+  assert "exists (a review sheet may already be filled in)" in capsys.readouterr().err
+  assert notes.main(["--read-review", str(sheet), "--output", str(sheet)]) == 2
+  assert "is also an input" in capsys.readouterr().err and sheet.read_bytes() == filled
   with pytest.raises(SystemExit):
     notes.main(["--read-review", str(sheet), "--predictions", str(paths["pred"])])
   with pytest.raises(SystemExit):

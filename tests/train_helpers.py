@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import signal
 import subprocess
 import time
@@ -43,6 +44,21 @@ TINY = pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
 
 def load(data_root: pathlib.Path, steps: int = 20, extra: tuple[str, ...] = ()):
   return config_lib.load_config(str(TINY), overrides(data_root, steps, extra))
+
+
+def two_steps_with_step_2_edited(data_root: pathlib.Path, workdir: pathlib.Path, edit) -> pathlib.Path:
+  """Trains 2 steps (a checkpoint each) into `workdir`, then rewrites step 2's saved state with
+  `edit(state)` applied (past every check the trainer makes). Returns step 2's state directory."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from heal_jax.train import loop  # pylint: disable=import-outside-toplevel
+  loop.train(load(data_root, 2, ("--config.checkpoint.every_steps=1",)), workdir)
+  state_dir = workdir / "checkpoints" / "2" / "state"
+  with ocp.StandardCheckpointer() as ckpt:
+    state = ckpt.restore(state_dir)
+    edit(state)
+    shutil.rmtree(state_dir)
+    ckpt.save(state_dir, state)
+  return state_dir
 
 
 def losses(workdir: pathlib.Path) -> dict[int, float]:

@@ -84,8 +84,8 @@ def load_model(path: str | pathlib.Path, dtype: Any = None, **cfg_overrides: Any
   path = pathlib.Path(path)
   if (path / params_store.MANIFEST).is_file():
     cfg = params_store.model_config(path).replace(**cfg_overrides)
+    tok = _tokenizer_dir(path, cfg)  # before the weights: a mismatch is reported at once
     params = params_store.load_params(path, cfg, dtype)
-    tok = _tokenizer_dir(path, cfg)
     return LoadedModel(cfg, params, tok, _add_bos(tok), str(path))
   if is_workdir(path):
     from heal_jax.checkpoint import workdir_restore  # pylint: disable=import-outside-toplevel

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from heal_jax.checkpoint import finite, hf_mapping
+from heal_jax.checkpoint import fingerprint, finite, hf_mapping
 from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
 from heal_jax.model.config import ModelConfig
@@ -33,8 +33,20 @@ def _quiet_read_only() -> Iterator[None]:
     logger.removeFilter(notice)
 
 
-def newest_step(workdir: pathlib.Path) -> tuple[ModelConfig, pathlib.Path, int]:
-  """(model config of the checkpoint's phase, its state directory, step) of the newest completed step."""
+class StoredStep(NamedTuple):
+  """A completed training checkpoint: its phase's model config, state directory, step, and the
+  fingerprints saved with it (None for checkpoints written before them; see `fingerprint`)."""
+  cfg: ModelConfig
+  state_dir: pathlib.Path
+  step: int
+  fingerprints: dict[str, Any] | None
+
+
+_GO_BACK = "remove that step's directory to use the step before it"
+
+
+def newest_step(workdir: pathlib.Path) -> StoredStep:
+  """The newest completed step of a work directory."""
   with _quiet_read_only():
     mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS,
                                  options=ocp.CheckpointManagerOptions(read_only=True, create=False,
@@ -50,7 +62,7 @@ def newest_step(workdir: pathlib.Path) -> tuple[ModelConfig, pathlib.Path, int]:
     cfg = ModelConfig.from_dict(meta["model"])
   except (KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f"{state_dir.parent}/meta: no valid model config ({type(e).__name__}: {e})") from None
-  return cfg, state_dir, int(step)
+  return StoredStep(cfg, state_dir, int(step), meta.get("fingerprints"))
 
 
 def _restore_params(state_dir: pathlib.Path, make_args) -> dict:
@@ -69,26 +81,31 @@ def _restore_params(state_dir: pathlib.Path, make_args) -> dict:
   return restored["params"]
 
 
-def params_sharded(state_dir: pathlib.Path, shardings: Any, dtype: Any) -> dict:
-  """The params of a step's state directory (see `newest_step`) as jax arrays placed by `shardings`
-  (a tree in the checkpoint's own layout, scanned or not), cast to `dtype` on read: each process
-  reads only its own blocks."""
+def params_sharded(stored: StoredStep, shardings: Any, dtype: Any) -> dict:
+  """The params of a step (see `newest_step`) as jax arrays placed by `shardings` (a tree in the
+  checkpoint's own layout, scanned or not), cast to `dtype` on read: each process reads only its
+  own blocks. Checked against the step's fingerprints where not cast."""
+  state_dir = stored.state_dir
 
   def make_args(params_meta):
     if jax.tree.structure(params_meta) != jax.tree.structure(shardings):
       raise CheckpointError(f"{state_dir}: stored parameters do not match the model's parameter tree")
     return jax.tree.map(lambda _, sh: ocp.ArrayRestoreArgs(sharding=sh, dtype=dtype), params_meta, shardings)
-  return _restore_params(state_dir, make_args)
+  params = _restore_params(state_dir, make_args)
+  fingerprint.require_match(params, stored.fingerprints, f"{state_dir.parent} (params)", "params/", _GO_BACK)
+  return params
 
 
 def newest_params(workdir: pathlib.Path, dtype: Any = None, **cfg_overrides: Any) -> tuple[ModelConfig, dict, int]:
   """(model config of the checkpoint's phase, numpy params, step) of the newest completed step."""
-  cfg, state_dir, step = newest_step(workdir)
+  cfg, state_dir, step, saved = newest_step(workdir)
   params = _restore_params(
       state_dir, lambda meta: jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta))
+  params = _to_numpy(params, None)
+  finite.require_finite(params, f"{state_dir.parent} (params)", f"{_GO_BACK}, or export an earlier run")
+  fingerprint.require_match(params, saved, f"{state_dir.parent} (params)", "params/",
+                            f"{_GO_BACK}, or export an earlier run")
   params = _to_numpy(params, dtype)
-  finite.require_finite(params, f"{state_dir.parent} (params)",
-                        "remove that step's directory to use the step before it, or export an earlier run")
   if cfg.scan_layers and not cfg_overrides.get("scan_layers", True):
     params = hf_mapping.unstack_layers(params, cfg.num_layers)
   elif not cfg.scan_layers and cfg_overrides.get("scan_layers", False):

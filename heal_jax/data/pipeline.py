@@ -5,9 +5,10 @@ Each source is a random-access source (`Source`) of encoded examples `{"tokens":
 output). For one data shard:
 
   `MixSplit`: each source read as one endless stream, epoch after epoch of a seeded permutation
-     (a new one every epoch), of which this shard takes every num_shards-th element; split examples longer than seq_len into windows of seq_len that overlap by one token (that
-     token is context of the next window, a target of the previous one: every token is a target
-     exactly once, nothing is dropped); mix the sources by weight (weights are token shares)
+     (a new one every epoch), of which this shard takes every num_shards-th element; split
+     examples longer than seq_len into windows of seq_len that overlap by one token (that token is
+     context of the next window, a target of the previous one: every token is a target exactly
+     once, nothing is dropped); mix the sources by weight (weights are token shares)
   -> first-fit pack into the rows_per_shard rows of a batch, with segment ids (0 = padding) and
      positions restarting at 0 for each document (`PackBatch`).
 
@@ -108,8 +109,13 @@ def split_example(example: Mapping[str, np.ndarray], seq_len: int) -> list[dict[
 _M64 = (1 << 64) - 1
 
 
-def _mix64(x: int) -> int:
-  """splitmix64's finalizer: a bijective scramble of a 64-bit integer."""
+def _mix64(x):
+  """splitmix64's finalizer, a bijective scramble of 64-bit integers: Python ints or uint64 arrays."""
+  if isinstance(x, np.ndarray):
+    x = x + np.uint64(0x9E3779B97F4A7C15)  # uint64 arrays wrap mod 2^64
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
   x = (x + 0x9E3779B97F4A7C15) & _M64
   x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
   x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
@@ -121,47 +127,67 @@ def _round_keys(seed: int, epoch: int) -> tuple[int, ...]:
   return tuple(_mix64((seed & _M64) ^ _mix64((epoch & _M64) ^ _mix64(r + 1))) for r in range(4))
 
 
-def permuted_index(j: int, n: int, seed: int, epoch: int) -> int:
-  """Element j of a pseudo-random permutation of range(n) drawn from (seed, epoch), 0 <= j < n.
+def permuted_indices(j: np.ndarray, n: int, seed: int, epoch: np.ndarray) -> np.ndarray:
+  """Elements j of pseudo-random permutations of range(n), one per (seed, epoch): int64 array.
 
-  A 4-round Feistel network on the smallest domain of 2^(2h) >= n indices (h bits per half) with
-  round keys from (seed, epoch), walked until the value falls below n (fewer than 4 rounds of the
-  network on average): a bijection of range(n), computed per index in a few microseconds.
+  j, epoch: int arrays of one shape, 0 <= j < n. A 4-round Feistel network on the smallest domain of
+  2^(2h) >= n indices (h bits per half) with round keys from (seed, epoch), walked until the value
+  falls below n (fewer than 4 passes of the network on average): a bijection of range(n) for each
+  epoch, computed per index (nothing of size n), vectorized over the array.
   """
+  j, epoch = np.asarray(j, np.int64), np.asarray(epoch, np.int64)
+  if j.size and not (0 <= j.min() and j.max() < n):
+    raise IndexError(f"indices outside range({n})")
+  h = max(1, ((n - 1).bit_length() + 1) // 2)
+  mask, shift = np.uint64((1 << h) - 1), np.uint64(h)
+  epochs, which = np.unique(epoch, return_inverse=True)
+  keys = np.array([_round_keys(seed, int(e)) for e in epochs], np.uint64)[which.reshape(-1)]  # [size, 4]
+  x = j.reshape(-1).astype(np.uint64)
+  todo = np.arange(x.size)
+  while todo.size:
+    left, right = x[todo] >> shift, x[todo] & mask
+    for r in range(4):
+      left, right = right, left ^ (_mix64(right ^ keys[todo, r]) & mask)
+    x[todo] = (left << shift) | right
+    todo = todo[x[todo] >= np.uint64(n)]
+  return x.astype(np.int64).reshape(j.shape)
+
+
+def permuted_index(j: int, n: int, seed: int, epoch: int) -> int:
+  """`permuted_indices` of one index."""
   if not 0 <= j < n:
     raise IndexError(f"index {j} is outside range({n})")
-  h = max(1, ((n - 1).bit_length() + 1) // 2)
-  mask = (1 << h) - 1
-  keys = _round_keys(seed, epoch)
-  x = j
-  while True:
-    left, right = x >> h, x & mask
-    for key in keys:
-      left, right = right, left ^ (_mix64(right ^ key) & mask)
-    x = (left << h) | right
-    if x < n:
-      return x
+  return int(permuted_indices(np.array([j]), n, seed, np.array([epoch]))[0])
 
 
 class MixSplit(grain.IterDataset):
   """One data shard's endless weighted mix of shuffled examples, each split to <= seq_len tokens.
 
   Fused in one iterator over the raw random-access sources (Grain's per-stage iterators and per-read
-  stats cost more than tokenizing here). Order: source i of n examples is one endless stream whose
-  position g holds example `permuted_index(g % n, n, seeds[i], g // n)` (a new permutation every
-  epoch, computed per index, so nothing of size n is held). This reader takes positions
-  offset, offset + stride, offset + 2 * stride, ... (offset = shard, stride = num_shards; Grain
-  worker processes narrow them further through `set_slice`). The readers of a run thus share every
-  epoch, each example read once per epoch by one of them: every example is read equally often
-  however many readers there are (with per-reader subsets, 67 examples over 32 readers of 2 or 3
-  each were read 1.5x as often in one subset as in another), and a source smaller than the number of
-  readers is still read whole. Each example gets the loss-mask policy, is split (`split_example`) and its windows are tagged with the source id. Mixing
-  is deterministic and counts tokens: the next window comes from the source whose tokens emitted,
-  plus one virtual window of seq_len, are fewest per unit of weight (ties to the lowest index; the
-  virtual window keeps a source of tiny weight from being read first), so in every prefix of the
-  stream a source is within a few windows of its weight's share of the tokens (at most about seq_len
-  tokens plus one window ahead, n - 1 windows behind, n sources), however long its documents are. An empty window counts as one
-  token, so a source of empty examples cannot be picked forever. Elements: {"tokens": int32[n], "loss_mask": int32[n], "source": int}.
+  stats cost more than tokenizing here).
+
+  Order: a source of N examples is one endless stream whose position g holds example
+  `permuted_index(g % N, N, seed, g // N)` (a new permutation every epoch, computed per index in a
+  few microseconds, so nothing of size N is held). This reader takes positions offset,
+  offset + stride, offset + 2 * stride, ... (offset = shard, stride = num_shards; Grain worker
+  processes narrow them further through `set_slice`). So the readers of a run share every epoch:
+  each example is read once per epoch, by one of them, and a source smaller than the number of
+  readers is still read whole. Readers move through the stream at rates set by their document
+  lengths, so counts of reads agree up to that drift (one reader may be a few examples into the
+  next epoch while another finishes this one, and one example can then appear twice in a global
+  batch); with per-reader subsets (before 2026-11-27), 67 examples over 32 readers of 2 or 3 each
+  were read 1.5x as often in one subset as in another, however long the run.
+
+  Each example gets the loss-mask policy, is split (`split_example`) and its windows are tagged with
+  the source id. Mixing is deterministic and counts tokens: the next window comes from the source
+  whose tokens emitted, plus one virtual window of seq_len, are fewest per unit of weight (ties to
+  the lowest index; the virtual window keeps a source of tiny weight from being read first), so in
+  every prefix of the stream a source is within a few windows of its weight's share of the tokens
+  (at most about seq_len tokens plus one window ahead, k - 1 windows behind, for k sources), however
+  long its documents are. An empty window counts as one token, so a source of empty examples cannot
+  be picked forever.
+
+  Elements: {"tokens": int32[n], "loss_mask": int32[n], "source": int}.
   State: per source, tokens emitted, examples read, and windows already taken from the last one.
   """
 
@@ -173,8 +199,8 @@ class MixSplit(grain.IterDataset):
     self.offset, self.stride = offset, stride
 
   def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
-    """Reads only [sl] of this dataset's examples of every source (Grain's in-place slicing of a
-    worker process's copy)."""
+    """Reads only [sl] of this reader's stream positions, in every source (Grain's in-place slicing
+    of a worker process's copy)."""
     if sequential_slice or sl.stop is not None or (sl.step or 1) < 1:
       raise ValueError(f"MixSplit supports strided slices [start::step] only, got {sl} "
                        f"(sequential={sequential_slice})")
@@ -183,6 +209,9 @@ class MixSplit(grain.IterDataset):
 
   def __iter__(self):
     return _MixSplitIterator(self)
+
+
+_BLOCK = 4096  # stream positions of a source whose examples are computed at once
 
 
 class _MixSplitIterator(grain.DatasetIterator):
@@ -196,12 +225,23 @@ class _MixSplitIterator(grain.DatasetIterator):
     n = len(ds.sources)
     self._tokens, self._reads, self._taken = [0] * n, [0] * n, [0] * n
     self._pending = [[] for _ in range(n)]
+    self._blocks = [(0, np.zeros(0, np.int64))] * n  # per source: (first read k, example indices)
+
+  def _example(self, i: int, k: int) -> int:
+    """Index into source i of this reader's k-th example (stream positions computed _BLOCK at a time)."""
+    start, block = self._blocks[i]
+    if not start <= k < start + len(block):
+      ds, n = self._ds, len(self._ds.sources[i])
+      g = ds.offset + ds.stride * np.arange(k, k + _BLOCK, dtype=np.int64)
+      block = permuted_indices(g % n, n, ds.seeds[i], g // n)
+      start = k
+      self._blocks[i] = (start, block)
+    return int(block[k - start])
 
   def _windows(self, i: int, k: int) -> list[dict]:
     """The windows of this reader's k-th example of source i."""
     ds = self._ds
-    epoch, j = divmod(ds.offset + ds.stride * k, len(ds.sources[i]))
-    element = ds.sources[i][permuted_index(j, len(ds.sources[i]), ds.seeds[i], epoch)]
+    element = ds.sources[i][self._example(i, k)]
     tokens = np.asarray(element["tokens"], np.int32)
     if ds.keep_mask:
       mask = np.asarray(element["loss_mask"], np.int32)

@@ -377,8 +377,14 @@ def _error(message: str) -> int:
   return 2
 
 
-def _check_writable(path: pathlib.Path) -> None:
-  """Creates path's folder and checks that a file can be written there (before any scoring)."""
+def _check_writable(path: pathlib.Path, inputs: Sequence[pathlib.Path | None]) -> None:
+  """Checks, before any scoring, that `path` is none of the input files and can be written (its
+  folder is created)."""
+  for given in inputs:
+    if given is not None and path.exists() and given.exists() and path.samefile(given):
+      raise OSError(f"{path} is also an input ({given}): it would be overwritten; choose another output")
+  if path.exists() and not os.access(path, os.W_OK):
+    raise OSError(f"{path}: not writable")
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
   except OSError as e:
@@ -396,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       parser.error("--read-review takes no --predictions, --references, --conversations or --review-sheet")
     try:
       if args.output:
-        _check_writable(args.output)
+        _check_writable(args.output, [args.read_review])
       summary, rows = read_review_sheet(args.read_review)
       if args.output:
         _write_rows(args.output, rows)
@@ -407,9 +413,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not (args.predictions and args.references):
     parser.error("--predictions and --references are required (unless --read-review)")
   try:
-    for out in (args.output, args.review_sheet):
-      if out:
-        _check_writable(out)
+    inputs = [args.predictions, args.references, args.conversations]
+    if args.output:
+      _check_writable(args.output, inputs)
+    if args.review_sheet:
+      _check_writable(args.review_sheet, inputs)
+      if args.review_sheet.exists():  # it may hold clinicians' counts by now
+        raise OSError(f"{args.review_sheet} exists (a review sheet may already be filled in): remove it or "
+                      "choose another name")
     predictions = read_jsonl(args.predictions)
     references = read_jsonl(args.references)
     conversations = read_jsonl(args.conversations) if args.conversations else None

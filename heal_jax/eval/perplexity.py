@@ -18,7 +18,6 @@ Result: {"nll_per_token": -sum(log p) / tokens (token-weighted over all texts, i
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any

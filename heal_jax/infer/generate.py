@@ -6,8 +6,8 @@
 FILE is plain text (UTF-8, a leading byte-order mark allowed), one turn per line, as `[doctor] ...` /
 `[patient] ...` (ACI-Bench and the synthetic corpus; other bracketed speakers such as `[patient_guest]`
 are kept) or `Doctor: ...` / `Patient: ...`, which is rewritten to the bracketed form; in that form the
-other speakers of MTS-Dialog (`Guest_family:`, `Guest_clinician:`, and labels naming a nurse,
-clinician, family member or guest) are kept as speakers too. A line without a speaker continues the
+other speakers of MTS-Dialog (`Guest_family:`, `Guest_clinician:`, any `Guest_...:` or `..._guest:`)
+are kept as speakers too. A line without a speaker continues the
 turn above it; blank lines are dropped; `-` reads standard input. The model input is the instruction-tuning prompt,
 `format_instruction(note_prompt(conversation))[0]`, encoded with BOS as in training. Default is greedy
 decoding; `--temperature` > 0 samples (with `--top-k`, `--top-p`) reproducibly for a `--seed`.
@@ -36,9 +36,9 @@ DEFAULT_MAX_NEW_TOKENS = 512
 # A note ends at EOS; a model that runs on into a new prompt is cut there.
 STOP_STRINGS = ("\n### Instruction:", "\n### Response:")
 _BRACKETED = re.compile(r"^\[([^\]\s]+)\]\s*(.*)$")
-# One-word role labels only, so that a continuation line such as "BP: 120/80" is not taken for a speaker.
-_COLON = re.compile(r"^((?:[a-z]+_)?(?:doctor|patient|guest|gest|clinician|clinican|nurse|family)(?:_[a-z]+)?)"
-                    r"\s*:\s*(.*)$", re.IGNORECASE)
+# Speaker labels of the datasets only (Gest_ is a typo in MTS-Dialog), so that a continuation line
+# such as "BP: 120/80." or "Family: mother had diabetes." is not taken for a new speaker.
+_COLON = re.compile(r"^(doctor|patient|(?:guest|gest)_[a-z]+|[a-z]+_guest)\s*:\s*(.*)$", re.IGNORECASE)
 
 
 def normalize_conversation(text: str) -> str:

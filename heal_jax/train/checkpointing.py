@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from heal_jax.checkpoint import finite
+from heal_jax.checkpoint import fingerprint, finite
 from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
 from heal_jax.model.config import ModelConfig
@@ -86,7 +86,11 @@ def manager(workdir: pathlib.Path, keep: int, keep_period: int, async_save: bool
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, iterator: Any, meta: dict[str, Any]) -> None:
-  """Starts an (async) save of step `step`; the state must not be donated before it is copied."""
+  """Starts an (async) save of step `step`; the state must not be donated before it is copied.
+
+  meta gets "fingerprints" (see `fingerprint`), computed here on the devices.
+  """
+  meta = {**meta, "fingerprints": fingerprint.fingerprints(state)}
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           data=DataStateSave(iterator), meta=ocp.args.JsonSave(meta)),
             force=True)
@@ -136,13 +140,16 @@ def check_resumable(mngr: ocp.CheckpointManager, step: int, cfg: ModelConfig) ->
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
   """The TrainState of `step`, laid out by the shardings in `abstract_state` (any mesh); a step that
-  cannot be read, or holds NaN/Inf (never saved by the trainer, whose guard skips such steps), is a
-  CheckpointError naming it and the step to go back to."""
+  cannot be read, holds NaN/Inf (never saved by the trainer, whose guard skips such steps) or
+  differs from the fingerprints saved with it is a CheckpointError naming it and the step to go
+  back to."""
   try:
     state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
   except Exception as e:  # pylint: disable=broad-except  # orbax and tensorstore raise many types
     raise _damaged(mngr, step, e) from e
-  finite.require_finite(state, f"{pathlib.Path(mngr.directory) / str(step)}'s state", _go_back(mngr, step))
+  where = f"{pathlib.Path(mngr.directory) / str(step)}'s state"
+  finite.require_finite(state, where, _go_back(mngr, step))
+  fingerprint.require_match(state, restore_meta(mngr, step).get("fingerprints"), where, hint=_go_back(mngr, step))
   return state
 
 

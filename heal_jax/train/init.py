@@ -112,7 +112,8 @@ def from_checkpoint(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any
   from heal_jax.checkpoint import params_store, restore, workdir_restore  # pylint: disable=import-outside-toplevel
   run_dir = not (path / params_store.MANIFEST).is_file() and restore.is_workdir(path)
   if run_dir:
-    stored_cfg, state_dir, _ = workdir_restore.newest_step(path)
+    stored = workdir_restore.newest_step(path)
+    stored_cfg = stored.cfg
   else:
     stored_cfg = params_store.model_config(path)  # CheckpointError naming the path if it is neither
   check_compatible(cfg, stored_cfg, str(path))
@@ -127,7 +128,7 @@ def from_checkpoint(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any
     source_shardings = {k: v for k, v in shardings.items() if not k.startswith("layers_")}
     source_shardings["layers"] = jax.tree.map(_stacked_sharding, shardings["layers_0"])
   if run_dir:
-    params = workdir_restore.params_sharded(state_dir, source_shardings, cfg.param_dtype)
+    params = workdir_restore.params_sharded(stored, source_shardings, cfg.param_dtype)
   else:
     params = params_store.restore_sharded(path, source_shardings, cfg.param_dtype)
   if stored_scanned != cfg.scan_layers:

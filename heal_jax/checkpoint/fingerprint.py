@@ -1,0 +1,105 @@
+"""Fingerprints of training checkpoints: damage that reads back finite (a flipped mantissa bit).
+
+`finite` catches NaN/Inf; this catches any changed bit. Each array of the train state gets two
+32-bit sums over its values' bit patterns (each value widened to uint32):
+
+  plain  = sum(bits) mod 2^32                                (any single flipped bit changes it)
+  hashed = sum(fmix32(bits ^ fmix32(flat_index))) mod 2^32   (values moved within the array change it,
+           but for a chance of 2^-32; fmix32 is MurmurHash3's finalizer, a bijection of uint32)
+
+computed where the arrays live by one jitted call (a sharded array stays sharded: each device sums
+its block and the partial sums are added; integer sums do not depend on the order of addition, so
+every process, mesh and backend gets the same numbers). The trainer stores them in each checkpoint's
+meta; readers that restore an array in its saved dtype recompute and compare (a cast on read, e.g.
+float32 weights read as bfloat16, cannot be compared and is not).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from heal_jax.checkpoint.errors import CheckpointError
+
+_LISTED = 3
+
+
+def _bits(x: jax.Array) -> jax.Array:
+  """The values' bit patterns widened to uint32 (same shape)."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _flat_index(shape: tuple[int, ...]) -> jax.Array:
+  """uint32 row-major flat index of every element, mod 2^32 (arrays may have more than 2^32)."""
+  index = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for d in reversed(range(len(shape))):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride % 2**32)
+    stride *= shape[d]
+  return index
+
+
+def _fmix32(x: jax.Array) -> jax.Array:
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+@jax.jit
+def _sums(arrays: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
+  # Scalars only: a scalar result is replicated, so every process holds it whole.
+  out = []
+  for x in arrays:
+    bits = _bits(x)
+    hashed = _fmix32(bits ^ _fmix32(_flat_index(x.shape)))
+    out.append((jnp.sum(bits, dtype=jnp.uint32), jnp.sum(hashed, dtype=jnp.uint32)))
+  return out
+
+
+def _leaves(tree: Any) -> list[tuple[str, Any]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return [(jax.tree_util.keystr(p, simple=True, separator="/"), x) for p, x in leaves if hasattr(x, "dtype")]
+
+
+def fingerprints(tree: Any) -> dict[str, list]:
+  """{leaf path ("params/layers_0/..."): [dtype name, plain, hashed]} for every array leaf.
+
+  jax arrays are summed where they are; numpy leaves on the host's CPU device.
+  """
+  leaves = _leaves(tree)
+  if not leaves:
+    return {}
+  cpu = jax.local_devices(backend="cpu")[0]
+  arrays = [x if isinstance(x, jax.Array) else jax.device_put(np.asarray(x), cpu) for _, x in leaves]
+  sums = [[int(np.asarray(s.addressable_data(0))) for s in pair] for pair in _sums(arrays)]
+  return {k: [np.dtype(x.dtype).name, *s] for (k, x), s in zip(leaves, sums)}
+
+
+def require_match(tree: Any, saved: Mapping[str, Any] | None, where: str, prefix: str = "",
+                  hint: str = "") -> int:
+  """Compares `tree`'s fingerprints with `saved` (from `fingerprints` of the tree it was read from).
+
+  prefix: the path of `tree` inside the saved tree ("params/" for the params of a train state).
+  Leaves absent from `saved` or read in another dtype are not compared; `saved` None (a checkpoint
+  written before fingerprints) compares nothing. Returns the number of leaves compared; raises
+  CheckpointError naming `where` and the first differing leaves.
+  """
+  if not saved:
+    return 0
+  now = fingerprints(tree)
+  compared = [k for k, v in now.items() if prefix + k in saved and saved[prefix + k][0] == v[0]]
+  bad = [prefix + k for k in compared if list(saved[prefix + k]) != now[k]]
+  if bad:
+    more = f" and {len(bad) - _LISTED} more" if len(bad) > _LISTED else ""
+    raise CheckpointError(f"{where}: {', '.join(bad[:_LISTED])}{more} differ from the fingerprints saved with "
+                          "the checkpoint: the data changed on disk after it was written"
+                          + (f"; {hint}" if hint else ""))
+  return len(compared)
