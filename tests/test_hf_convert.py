@@ -180,8 +180,6 @@ BAD_INPUTS = {
                        "tensor model.norm.weight has shape [65]"),
     "config_disagrees": (lambda p: _edit_config(p, num_key_value_heads=4),
                          "tensor model.layers.0.self_attn.k_proj.weight has shape [32, 64]"),
-    "dtype_mismatch": (lambda p: _edit_config(p, dtype="bfloat16"),
-                       "field dtype='bfloat16' but the weights are float32"),
     "mixed_dtypes": (lambda p: _rewrite_single_file(
         p, lambda t: t.__setitem__("model.norm.weight", t["model.norm.weight"].astype(np.float16))),
                      "mixed dtypes"),
@@ -297,6 +295,16 @@ def test_pickle_weights_refused_unless_allowed(tmp_path):
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   for name, x in _tensors(tmp_path / "out").items():
     assert x.tobytes() == state[name].tobytes(), name
+
+
+def test_a_stale_config_dtype_is_a_warning_and_the_weights_convert_as_stored(tmp_path):
+  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  _edit_config(src, dtype="bfloat16")  # transformers reads it as a loading default; the weights are float32
+  messages = []
+  summary = hf_convert.hf_to_orbax(src, tmp_path / "ck", log=messages.append)
+  assert any("says dtype='bfloat16' but the weights are float32" in m for m in messages)
+  assert summary["dtype"] == "float32"
+  assert restore.load_model(tmp_path / "ck").params["embed"]["embedding"].dtype == np.float32
 
 
 def test_tied_checkpoint_that_also_stores_its_head_converts(tmp_path):

@@ -215,10 +215,6 @@ def validate(ckpt: HFCheckpoint) -> str:
     first = {d: next(s.hf_name for s in specs if ckpt.tensors[s.hf_name].dtype.name == d) for d in dtypes}
     raise CheckpointError(f"{ckpt.path}: mixed dtypes: " + ", ".join(f"{n} is {d}" for d, n in sorted(first.items())))
   (dtype,) = dtypes
-  declared = ckpt.hf_config.get("dtype", ckpt.hf_config.get("torch_dtype"))
-  if declared is not None and declared != dtype:
-    raise CheckpointError(f"{ckpt.path}/config.json: field dtype={declared!r} but the weights are {dtype}"
-                          f" (e.g. tensor {specs[0].hf_name})")
   return dtype
 
 
@@ -228,6 +224,10 @@ def hf_to_orbax(src: pathlib.Path, dst: pathlib.Path, allow_pickle: bool = False
   log = log or (lambda msg: print(msg, file=sys.stderr))
   ckpt = open_hf(src, allow_pickle=allow_pickle)
   dtype = validate(ckpt)
+  declared = ckpt.hf_config.get("dtype", ckpt.hf_config.get("torch_dtype"))
+  if declared is not None and declared != dtype:  # a loading default in transformers, often stale
+    log(f"warning: {ckpt.path}/config.json says dtype={declared!r} but the weights are {dtype}; "
+        f"converting them as stored ({dtype})")
   specs = hf_mapping.tensor_specs(ckpt.cfg)
   has_tokenizer = any((ckpt.path / n).is_file() for n in params_store.TOKENIZER_FILES)
   if not has_tokenizer:
