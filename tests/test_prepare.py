@@ -203,6 +203,18 @@ def test_training_reads_prepared_data_only_as_it_was_prepared(corpus, tmp_path):
     mixture.load(config, tmp_path / "w", 0)
 
 
+def test_an_output_behind_a_symlink_is_written_where_the_link_points(corpus, tmp_path):
+  _, tok_dir = corpus
+  config = _config(tok_dir, general=(str(corpus[0] / "general.jsonl"), "document", 1.0))
+  (tmp_path / "big_storage").mkdir()
+  (tmp_path / "link").symlink_to(tmp_path / "big_storage")
+  prepare.prepare(config, tmp_path / "link")  # an empty directory behind the link
+  assert (tmp_path / "link").is_symlink() and (tmp_path / "big_storage" / prepare.REPORT).is_file()
+  prepare.prepare(config, tmp_path / "link", overwrite=True)  # a previous output behind it
+  assert (tmp_path / "link").is_symlink() and len(prepare.open_prepared(tmp_path / "link", "general")) > 0
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["big_storage", "link"]
+
+
 def test_an_output_that_is_not_a_prepare_output_is_never_replaced(corpus, tmp_path):
   _, tok_dir = corpus
   config = _config(tok_dir, general=(str(corpus[0] / "general.jsonl"), "document", 1.0))

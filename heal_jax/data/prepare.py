@@ -128,6 +128,8 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
   log = log or (lambda message: None)
   data = config.data
   out = _resolve(out_dir or data.prepared_dir, workdir, "--out / data.prepared_dir")
+  if out.is_symlink():  # a link to big storage: the output goes where it points, and the link stays
+    out = out.resolve()
   if out.exists() and not out.is_dir():
     raise DataError(f"output {out} is a file, not a directory")
   if out.is_dir() and any(out.iterdir()):
