@@ -11,7 +11,7 @@ import grain
 import numpy as np
 import pytest
 
-from heal_jax.data import examples, pipeline, synthetic, tokenizer
+from heal_jax.data import examples, permutation, pipeline, synthetic, tokenizer
 
 
 def _source(n: int, base: int, seed: int, min_len: int = 3, max_len: int = 40) -> grain.MapDataset:
@@ -200,45 +200,6 @@ def _example_ids(ds: pipeline.MixSplit, count: int, source: int = 0, base: int =
   return ids
 
 
-def _mix64_reference(x: int) -> int:
-  x = (x + 0x9E3779B97F4A7C15) % 2**64
-  x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
-  x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
-  return x ^ (x >> 31)
-
-
-def _permuted_index_reference(j: int, n: int, seed: int, epoch: int) -> int:
-  """The documented network with Python integers, one index at a time."""
-  h = max(1, ((n - 1).bit_length() + 1) // 2)
-  keys = [_mix64_reference(seed ^ _mix64_reference(epoch ^ _mix64_reference(r + 1))) for r in range(4)]
-  x = j
-  while True:
-    left, right = x >> h, x % 2**h
-    for key in keys:
-      left, right = right, left ^ (_mix64_reference(right ^ key) % 2**h)
-    x = (left << h) | right
-    if x < n:
-      return x
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 65, 1000, 4099])
-def test_permuted_indices_are_a_permutation_new_every_epoch(n):
-  j = np.tile(np.arange(n), 3)
-  epochs = np.repeat([0, 1, 5], n)
-  got = pipeline.permuted_indices(j, n, 3, epochs).reshape(3, n)
-  for order in got:
-    assert sorted(order.tolist()) == list(range(n))
-  if n >= 7:
-    other_seed = pipeline.permuted_indices(np.arange(n), n, 4, np.zeros(n, int))
-    assert got[0].tolist() != got[1].tolist() and got[0].tolist() != other_seed.tolist()
-  picks = np.random.default_rng(n).integers(0, 3 * n, 20)
-  expected = [_permuted_index_reference(int(j[p]), n, 3, int(epochs[p])) for p in picks]
-  assert [int(got.reshape(-1)[p]) for p in picks] == expected
-  assert pipeline.permuted_index(n - 1, n, 3, 5) == int(got[2, n - 1])
-  with pytest.raises(IndexError):
-    pipeline.permuted_index(n, n, 3, 0)
-
-
 def test_the_shards_share_each_epoch_and_the_mix_keeps_token_shares():
   """Source a (300 examples) read by shards 0..2 of 3: the first 100 examples of each shard together
   are every example once (epoch 0), the next 100 every example once again in a new order; the
@@ -287,8 +248,8 @@ def test_worker_slices_partition_the_shard():
     ds.set_slice(slice(worker, None, 2))
     assert (ds.offset, ds.stride) == (2 * worker, 4)
     seen.append(_example_ids(ds, 30))
-  assert seen[0] == [pipeline.permuted_index(4 * k, 120, 3, 0) for k in range(30)]
-  assert seen[1] == [pipeline.permuted_index(4 * k + 2, 120, 3, 0) for k in range(30)]
+  assert seen[0] == [permutation.permuted_index(4 * k, 120, 3, 0) for k in range(30)]
+  assert seen[1] == [permutation.permuted_index(4 * k + 2, 120, 3, 0) for k in range(30)]
   assert not set(seen[0]) & set(seen[1])
   with pytest.raises(ValueError, match="strided slices"):
     pipeline.MixSplit([src], [1.0], [0], [3], 64, True).set_slice(slice(0, 10, 1))
