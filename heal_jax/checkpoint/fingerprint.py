@@ -53,15 +53,46 @@ def _fmix32(x: jax.Array) -> jax.Array:
   return x ^ (x >> 16)
 
 
+def _terms(bits: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return jnp.sum(bits, dtype=jnp.uint32), jnp.sum(_fmix32(bits ^ _fmix32(index)), dtype=jnp.uint32)
+
+
 @jax.jit
 def _sums(arrays: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
-  # Scalars only: a scalar result is replicated, so every process holds it whole.
-  out = []
-  for x in arrays:
-    bits = _bits(x)
-    hashed = _fmix32(bits ^ _fmix32(_flat_index(x.shape)))
-    out.append((jnp.sum(bits, dtype=jnp.uint32), jnp.sum(hashed, dtype=jnp.uint32)))
-  return out
+  """Whole device arrays. Scalar results only: a scalar is replicated, so every process holds it.
+  (GPU backends fuse the elementwise work into the reductions; XLA:CPU keeps two uint32 temporaries
+  of the array's size, which is why host arrays go through `_chunk_sums` instead.)"""
+  return [_terms(_bits(x), _flat_index(x.shape)) for x in arrays]
+
+
+_HOST_CHUNK = 1 << 22  # elements of a host array summed at once (16 MB of float32)
+
+
+@jax.jit
+def _chunk_sums(chunk: jax.Array, start: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The sums of chunk[:valid], a 1-D piece of a flattened array starting at flat index `start`
+  (uint32, mod 2^32); the rest of the chunk is padding."""
+  position = jax.lax.iota(jnp.uint32, chunk.size)
+  keep = position < valid
+  bits = jnp.where(keep, _bits(chunk), jnp.uint32(0))
+  plain, hashed_all = _terms(bits, position + start)
+  hashed_pad = jnp.sum(jnp.where(keep, jnp.uint32(0), _fmix32(_fmix32(position + start))), dtype=jnp.uint32)
+  return plain, hashed_all - hashed_pad
+
+
+def _host_sums(x: np.ndarray, cpu: jax.Device) -> list[int]:
+  """The sums of a host array, `_HOST_CHUNK` elements at a time (little memory beside the array);
+  chunks are padded to a power of two so that few programs are compiled."""
+  flat = np.ascontiguousarray(x).reshape(-1)
+  plain = hashed = 0
+  for start in range(0, max(flat.size, 1), _HOST_CHUNK):
+    piece = flat[start:start + _HOST_CHUNK]
+    size = max(1024, 1 << max(0, (len(piece) - 1).bit_length()))
+    padded = np.zeros(size, flat.dtype)
+    padded[:len(piece)] = piece
+    p, h = _chunk_sums(jax.device_put(padded, cpu), np.uint32(start % 2**32), np.uint32(len(piece)))
+    plain, hashed = (plain + int(p)) % 2**32, (hashed + int(h)) % 2**32
+  return [plain, hashed]
 
 
 def _leaves(tree: Any) -> list[tuple[str, Any]]:
@@ -72,15 +103,20 @@ def _leaves(tree: Any) -> list[tuple[str, Any]]:
 def fingerprints(tree: Any) -> dict[str, list]:
   """{leaf path ("params/layers_0/..."): [dtype name, plain, hashed]} for every array leaf.
 
-  jax arrays are summed where they are; numpy leaves on the host's CPU device.
+  jax arrays are summed where they are, all in one call; numpy leaves on the host's CPU device, a
+  chunk at a time.
   """
   leaves = _leaves(tree)
-  if not leaves:
-    return {}
+  on_device = [(k, x) for k, x in leaves if isinstance(x, jax.Array)]
+  sums: dict[str, list[int]] = {}
+  if on_device:
+    pairs = _sums([x for _, x in on_device])
+    sums.update({k: [int(np.asarray(s.addressable_data(0))) for s in pair] for (k, _), pair in zip(on_device, pairs)})
   cpu = jax.local_devices(backend="cpu")[0]
-  arrays = [x if isinstance(x, jax.Array) else jax.device_put(np.asarray(x), cpu) for _, x in leaves]
-  sums = [[int(np.asarray(s.addressable_data(0))) for s in pair] for pair in _sums(arrays)]
-  return {k: [np.dtype(x.dtype).name, *s] for (k, x), s in zip(leaves, sums)}
+  for k, x in leaves:
+    if k not in sums:
+      sums[k] = _host_sums(np.asarray(x), cpu)
+  return {k: [np.dtype(x.dtype).name, *sums[k]] for k, x in leaves}
 
 
 def require_match(tree: Any, saved: Mapping[str, Any] | None, where: str, prefix: str = "",
