@@ -72,24 +72,30 @@ def test_a_flipped_mantissa_bit_or_two_swapped_values_are_seen():
   assert fingerprint.require_match({"w": w}, saved, "X", "params/") == 1
   assert fingerprint.require_match({"w": w.astype(np.float16)}, saved, "X", "params/") == 0  # read cast: not compared
   assert fingerprint.require_match({"w": flipped}, None, "X") == 0  # saved before fingerprints
+  with pytest.raises(CheckpointError, match="none of its arrays"):  # paths that match nothing are not a pass
+    fingerprint.require_match({"w": w}, saved, "X", "other/")
+  assert "x64" not in fingerprint.fingerprints({"x64": np.arange(3.0), "w": w})  # 8-byte leaves get none
 
 
 def test_a_changed_bit_in_a_saved_state_is_refused_by_every_reader(tmp_path_factory, tmp_path):
   data_root = train_helpers.make_corpus(tmp_path_factory.mktemp("fingerprint_data"))
   workdir = tmp_path / "w"
 
-  def flip(state):  # one weight 1 ulp off: still finite
-    embedding = np.array(state["params"]["embed"]["embedding"])
-    embedding.view(np.uint32)[3, 4] ^= 1
-    state["params"]["embed"]["embedding"] = embedding
+  def flip(state):  # one weight and one Adam moment 1 ulp off: still finite
+    for parent in (state["params"], state["opt_state"][1][0]["mu"]):
+      embedding = np.array(parent["embed"]["embedding"])
+      embedding.view(np.uint32)[3, 4] ^= 1
+      parent["embed"]["embedding"] = embedding
 
   state_dir = train_helpers.two_steps_with_step_2_edited(data_root, workdir, flip)
   longer = train_helpers.load(data_root, 3, ("--config.checkpoint.every_steps=1",))
-  with pytest.raises(CheckpointError, match=rf"{state_dir.parent}'s state: params/embed/embedding differ from the "
-                     r"fingerprints saved with the checkpoint.*remove that directory to resume from step 1$"):
+  with pytest.raises(CheckpointError, match=rf"{state_dir.parent}'s state: params/embed/embedding, "
+                     r"opt_state/1/0/mu/embed/embedding differ from the fingerprints saved with the checkpoint.*"
+                     r"remove that directory to resume from step 1$"):
     loop.train(longer, workdir)
   with pytest.raises(CheckpointError, match=r"checkpoints/2 \(params\): params/embed/embedding differ"):
     restore.load_model(workdir)  # as eval, generate and export read it
   init = train_helpers.load(data_root, 1, (f"--config.init_from={workdir}",))
-  with pytest.raises(CheckpointError, match=r"checkpoints/2 \(params\): params/embed/embedding differ"):
+  with pytest.raises(CheckpointError, match=r"checkpoints/2 \(params\): params/embed/embedding differ.*"
+                     r"or point init_from elsewhere$"):
     loop.train(init, tmp_path / "w2")

@@ -304,7 +304,21 @@ def test_a_stale_config_dtype_is_a_warning_and_the_weights_convert_as_stored(tmp
   summary = hf_convert.hf_to_orbax(src, tmp_path / "ck", log=messages.append)
   assert any("says dtype='bfloat16' but the weights are float32" in m for m in messages)
   assert summary["dtype"] == "float32"
-  assert restore.load_model(tmp_path / "ck").params["embed"]["embedding"].dtype == np.float32
+  loaded = restore.load_model(tmp_path / "ck")
+  assert loaded.params["embed"]["embedding"].dtype == np.float32 and loaded.cfg.param_dtype == "float32"
+
+
+def test_without_the_cpu_backend_conversion_says_how_to_add_it(tmp_path, monkeypatch):
+  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+
+  def no_cpu(backend=None):
+    raise RuntimeError(f"Unknown backend {backend}")
+
+  monkeypatch.setattr(jax, "local_devices", no_cpu)
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+  with pytest.raises(CheckpointError, match=r"JAX_PLATFORMS='cuda' leaves out; add it \(e.g. JAX_PLATFORMS=cuda,cpu\)"):
+    hf_convert.hf_to_orbax(src, tmp_path / "ck")
+  _assert_no_output(tmp_path / "ck")
 
 
 def test_tied_checkpoint_that_also_stores_its_head_converts(tmp_path):

@@ -213,6 +213,13 @@ def test_an_output_behind_a_symlink_is_written_where_the_link_points(corpus, tmp
   prepare.prepare(config, tmp_path / "link", overwrite=True)  # a previous output behind it
   assert (tmp_path / "link").is_symlink() and len(prepare.open_prepared(tmp_path / "link", "general")) > 0
   assert sorted(p.name for p in tmp_path.iterdir()) == ["big_storage", "link"]
+  (tmp_path / "unmounted").symlink_to(tmp_path / "mnt" / "big" / "prepared")
+  with pytest.raises(prepare.DataError, match=r"is a link to .*mnt/big/prepared, whose folder .* does not exist"):
+    prepare.prepare(config, tmp_path / "unmounted")
+  assert not (tmp_path / "mnt").exists()
+  (tmp_path / "loop").symlink_to(tmp_path / "loop")
+  with pytest.raises(prepare.DataError, match="loop"):
+    prepare.prepare(config, tmp_path / "loop")
 
 
 def test_an_output_that_is_not_a_prepare_output_is_never_replaced(corpus, tmp_path):

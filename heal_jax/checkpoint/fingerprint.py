@@ -7,11 +7,13 @@
   hashed = sum(fmix32(bits ^ fmix32(flat_index))) mod 2^32   (values moved within the array change it,
            but for a chance of 2^-32; fmix32 is MurmurHash3's finalizer, a bijection of uint32)
 
-computed where the arrays live by one jitted call (a sharded array stays sharded: each device sums
-its block and the partial sums are added; integer sums do not depend on the order of addition, so
-every process, mesh and backend gets the same numbers). The trainer stores them in each checkpoint's
-meta; readers that restore an array in its saved dtype recompute and compare (a cast on read, e.g.
-float32 weights read as bfloat16, cannot be compared and is not).
+Device arrays are summed where they live, by one jitted call (a sharded array stays sharded: each
+device sums its block and the partial sums are added); host (numpy) arrays with NumPy, a chunk at a
+time. Integer sums do not depend on the order of addition, so every process, mesh and backend gets
+the same numbers. The trainer stores them in each checkpoint's meta; readers that restore an array
+in its saved dtype recompute and compare (a cast on read, e.g. float32 weights read as bfloat16,
+cannot be compared and is not). Leaves of 8-byte dtypes (none in a train state without x64) get no
+fingerprint.
 """
 
 from __future__ import annotations
@@ -60,38 +62,35 @@ def _terms(bits: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
 @jax.jit
 def _sums(arrays: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
   """Whole device arrays. Scalar results only: a scalar is replicated, so every process holds it.
-  (GPU backends fuse the elementwise work into the reductions; XLA:CPU keeps two uint32 temporaries
-  of the array's size, which is why host arrays go through `_chunk_sums` instead.)"""
+  (XLA:CPU keeps two uint32 temporaries of each array's size; GPU backends are expected to fuse the
+  elementwise work into the reductions, not yet measured.)"""
   return [_terms(_bits(x), _flat_index(x.shape)) for x in arrays]
 
 
 _HOST_CHUNK = 1 << 22  # elements of a host array summed at once (16 MB of float32)
+_U32 = np.uint32
 
 
-@jax.jit
-def _chunk_sums(chunk: jax.Array, start: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The sums of chunk[:valid], a 1-D piece of a flattened array starting at flat index `start`
-  (uint32, mod 2^32); the rest of the chunk is padding."""
-  position = jax.lax.iota(jnp.uint32, chunk.size)
-  keep = position < valid
-  bits = jnp.where(keep, _bits(chunk), jnp.uint32(0))
-  plain, hashed_all = _terms(bits, position + start)
-  hashed_pad = jnp.sum(jnp.where(keep, jnp.uint32(0), _fmix32(_fmix32(position + start))), dtype=jnp.uint32)
-  return plain, hashed_all - hashed_pad
+def _fmix32_np(x: np.ndarray) -> np.ndarray:
+  """`_fmix32` on a uint32 NumPy array (array arithmetic wraps mod 2^32)."""
+  x = x ^ (x >> _U32(16))
+  x = x * _U32(0x85EBCA6B)
+  x = x ^ (x >> _U32(13))
+  x = x * _U32(0xC2B2AE35)
+  return x ^ (x >> _U32(16))
 
 
-def _host_sums(x: np.ndarray, cpu: jax.Device) -> list[int]:
-  """The sums of a host array, `_HOST_CHUNK` elements at a time (little memory beside the array);
-  chunks are padded to a power of two so that few programs are compiled."""
+def _host_sums(x: np.ndarray) -> list[int]:
+  """The two sums of a host array with NumPy, `_HOST_CHUNK` elements at a time (little memory
+  beside the array; no jax backend needed)."""
   flat = np.ascontiguousarray(x).reshape(-1)
+  unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32}[flat.dtype.itemsize]
   plain = hashed = 0
-  for start in range(0, max(flat.size, 1), _HOST_CHUNK):
-    piece = flat[start:start + _HOST_CHUNK]
-    size = max(1024, 1 << max(0, (len(piece) - 1).bit_length()))
-    padded = np.zeros(size, flat.dtype)
-    padded[:len(piece)] = piece
-    p, h = _chunk_sums(jax.device_put(padded, cpu), np.uint32(start % 2**32), np.uint32(len(piece)))
-    plain, hashed = (plain + int(p)) % 2**32, (hashed + int(h)) % 2**32
+  for start in range(0, flat.size, _HOST_CHUNK):
+    bits = flat[start:start + _HOST_CHUNK].view(unsigned).astype(np.uint32)
+    index = ((np.arange(len(bits), dtype=np.uint64) + np.uint64(start)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    plain = (plain + int(bits.sum(dtype=np.uint64))) % 2**32
+    hashed = (hashed + int(_fmix32_np(bits ^ _fmix32_np(index)).sum(dtype=np.uint64))) % 2**32
   return [plain, hashed]
 
 
@@ -101,21 +100,20 @@ def _leaves(tree: Any) -> list[tuple[str, Any]]:
 
 
 def fingerprints(tree: Any) -> dict[str, list]:
-  """{leaf path ("params/layers_0/..."): [dtype name, plain, hashed]} for every array leaf.
+  """{leaf path ("params/layers_0/..."): [dtype name, plain, hashed]} for every array leaf of 1-,
+  2- or 4-byte values.
 
-  jax arrays are summed where they are, all in one call; numpy leaves on the host's CPU device, a
-  chunk at a time.
+  jax arrays are summed where they are, all in one call; numpy leaves on the host with NumPy.
   """
-  leaves = _leaves(tree)
+  leaves = [(k, x) for k, x in _leaves(tree) if np.dtype(x.dtype).itemsize in (1, 2, 4)]
   on_device = [(k, x) for k, x in leaves if isinstance(x, jax.Array)]
   sums: dict[str, list[int]] = {}
   if on_device:
     pairs = _sums([x for _, x in on_device])
     sums.update({k: [int(np.asarray(s.addressable_data(0))) for s in pair] for (k, _), pair in zip(on_device, pairs)})
-  cpu = jax.local_devices(backend="cpu")[0]
   for k, x in leaves:
     if k not in sums:
-      sums[k] = _host_sums(np.asarray(x), cpu)
+      sums[k] = _host_sums(np.asarray(x))
   return {k: [np.dtype(x.dtype).name, *sums[k]] for k, x in leaves}
 
 
@@ -131,6 +129,9 @@ def require_match(tree: Any, saved: Mapping[str, Any] | None, where: str, prefix
   if not saved:
     return 0
   now = fingerprints(tree)
+  if now and not any(prefix + k in saved for k in now):  # a path format that changed would skip every check
+    raise CheckpointError(f"{where}: none of its arrays (e.g. {prefix + next(iter(now))}) is among the "
+                          f"{len(saved)} fingerprints saved with it (e.g. {next(iter(saved))})")
   compared = [k for k, v in now.items() if prefix + k in saved and saved[prefix + k][0] == v[0]]
   bad = [prefix + k for k in compared if list(saved[prefix + k]) != now[k]]
   if bad:

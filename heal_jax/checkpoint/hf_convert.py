@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import shutil
 import sys
@@ -41,6 +42,16 @@ class HFCheckpoint:
   hf_config: dict[str, Any]
   cfg: ModelConfig
   tensors: dict[str, SourceTensor]
+
+
+def _host_device() -> jax.Device:
+  """The host's CPU device, where conversions stage tensors (a 70B model would not fit one GPU)."""
+  try:
+    return jax.local_devices(backend="cpu")[0]
+  except RuntimeError:
+    raise CheckpointError(f"conversion stages tensors on jax's CPU backend, which JAX_PLATFORMS="
+                          f"{os.environ.get('JAX_PLATFORMS', '')!r} leaves out; add it (e.g. JAX_PLATFORMS=cuda,cpu) "
+                          "or unset JAX_PLATFORMS") from None
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
@@ -237,7 +248,7 @@ def hf_to_orbax(src: pathlib.Path, dst: pathlib.Path, allow_pickle: bool = False
         "train, eval and generate read; copy it into DST/tokenizer/ before using the checkpoint")
   params: dict[str, Any] = {}
   nbytes = 0
-  cpu = jax.local_devices(backend="cpu")[0]
+  cpu = _host_device()
   with params_store.atomic_output_dir(dst, overwrite, inputs=(ckpt.path,)) as out:
     for spec in specs:
       # One tensor at a time: read, relayout, move into a jax array; the numpy copies die here.
@@ -250,7 +261,7 @@ def hf_to_orbax(src: pathlib.Path, dst: pathlib.Path, allow_pickle: bool = False
     gen = ckpt.path / "generation_config.json"
     if gen.is_file():
       extra["generation_config"] = _read_json(gen)
-    params_store.write_checkpoint(out, params, ckpt.cfg, ckpt.hf_config, dtype,
+    params_store.write_checkpoint(out, params, ckpt.cfg.replace(param_dtype=dtype), ckpt.hf_config, dtype,
                                   ckpt.path if has_tokenizer else None, extra)
   return {"tensors": len(specs), "bytes": nbytes, "dtype": dtype, "params": ckpt.cfg.num_params()}
 
@@ -322,7 +333,7 @@ def _workdir_to_hf(workdir: pathlib.Path, dst: pathlib.Path, max_shard_bytes: in
   loaded = restore.load_model(workdir, dtype=dtype, scan_layers=False)
   staging = dst.parent / f".{dst.name}.from-workdir"
   with params_store.atomic_output_dir(staging, overwrite=True) as out:
-    cpu = jax.local_devices(backend="cpu")[0]  # host arrays (not GPU 0), which orbax writes without a copy
+    cpu = _host_device()  # host arrays (not GPU 0), which orbax writes without a copy
     params = jax.tree.map(lambda x: jax.device_put(x, cpu), loaded.params)
     params_store.write_checkpoint(out, params, loaded.cfg.replace(param_dtype=dtype),
                                   to_hf_config(loaded.cfg, dtype=dtype), dtype, loaded.tokenizer_dir,

@@ -92,7 +92,8 @@ def params_sharded(stored: StoredStep, shardings: Any, dtype: Any) -> dict:
       raise CheckpointError(f"{state_dir}: stored parameters do not match the model's parameter tree")
     return jax.tree.map(lambda _, sh: ocp.ArrayRestoreArgs(sharding=sh, dtype=dtype), params_meta, shardings)
   params = _restore_params(state_dir, make_args)
-  fingerprint.require_match(params, stored.fingerprints, f"{state_dir.parent} (params)", "params/", _GO_BACK)
+  fingerprint.require_match(params, stored.fingerprints, f"{state_dir.parent} (params)", "params/",
+                            f"{_GO_BACK} in that run, or point init_from elsewhere")
   return params
 
 

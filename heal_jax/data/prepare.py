@@ -129,7 +129,14 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
   data = config.data
   out = _resolve(out_dir or data.prepared_dir, workdir, "--out / data.prepared_dir")
   if out.is_symlink():  # a link to big storage: the output goes where it points, and the link stays
-    out = out.resolve()
+    try:
+      target = out.resolve(strict=False)
+    except RuntimeError as e:  # a symlink loop
+      raise DataError(f"--out / data.prepared_dir {out}: {e}") from None
+    if not target.parent.is_dir():  # e.g. storage that is not mounted: never create it here
+      raise DataError(f"--out / data.prepared_dir {out} is a link to {target}, whose folder {target.parent} "
+                      "does not exist")
+    out = target
   if out.exists() and not out.is_dir():
     raise DataError(f"output {out} is a file, not a directory")
   if out.is_dir() and any(out.iterdir()):

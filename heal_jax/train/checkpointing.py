@@ -96,6 +96,13 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, iterator: Any, meta
             force=True)
 
 
+def warm_up(state: Any) -> None:
+  """Compiles the fingerprint program of `save` for this state now: the first save may come on
+  SIGTERM, inside the scheduler's grace period, where a compile of many seconds would not fit. (A
+  resume compiles it already, when `restore_state` checks the fingerprints.)"""
+  fingerprint.fingerprints(state)
+
+
 def completed_steps(workdir: pathlib.Path) -> list[int]:
   """Steps of WORKDIR's completed checkpoints, ascending (orbax names one by its step only once it is
   complete; one being written has another name), read from the directory without opening orbax."""

@@ -381,6 +381,7 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
       else:
         params, how = init_lib.initial_params(config.init_from, cfg, p_shard, config.seed)
         state = state_lib.new_state(params, tx, jax.random.PRNGKey(config.seed))
+        checkpointing.warm_up(state)
         writer.log(f"initialised {cfg.num_params():,} parameters {how}; mesh {dict(mesh.shape)}")
         writer.parameter_overview(params)
     restored = latest
