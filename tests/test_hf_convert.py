@@ -368,6 +368,14 @@ def test_max_shard_size_must_be_a_positive_number(tmp_path, size, capsys):
   assert not (tmp_path / "out").exists()
 
 
+def test_a_converted_checkpoint_with_truncated_files_is_named(tmp_path):
+  hf_convert.hf_to_orbax(_save_hf(hf_reference.hf_llama(), tmp_path / "hf"), tmp_path / "ck")
+  for data_file in (p for p in (tmp_path / "ck" / "params").rglob("*") if p.is_file() and p.parent.name == "d"):
+    data_file.write_bytes(data_file.read_bytes()[:data_file.stat().st_size // 2])
+  with pytest.raises(CheckpointError, match=r"ck/params.* unreadable.*convert or export the checkpoint again"):
+    restore.load_model(tmp_path / "ck")
+
+
 def test_export_of_damaged_checkpoint_leaves_nothing(tmp_path):
   src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
   hf_convert.hf_to_orbax(src, tmp_path / "ck")

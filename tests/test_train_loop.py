@@ -58,6 +58,12 @@ def test_the_train_step_compiles_once_per_run_fresh_and_resumed(data_root, tmp_p
     ("--config.mesh.fsdp=3", "does not fit"),
     ("--config.phases.pretrain.warmup_steps=-5", "warmup_steps must be >= 0"),
     ("--config.train.global_batch=12", "must be a multiple of the data x fsdp devices"),
+    ("--config.phases.pretrain.weights=general=nan,medical=1", "weight nan; a weight is a finite number > 0"),
+    ("--config.phases.pretrain.weights=general=1,general=2", "'general' is given twice"),
+    ("--config.phase_order=pretrain,pretrain", r"names phase\(s\) \['pretrain'\] more than once"),
+    ("--config.phases.pretrain.schedule=bogus", "phases.pretrain.schedule='bogus'; expected one of cosine"),
+    ("--config.data.num_shards=3", "global batch 8 is not divisible by the data shards"),
+    ("--config.eval.tasks=pubmedqa=/nonexistent/pubmedqa", "/nonexistent/pubmedqa"),
 ])
 def test_a_bad_setting_fails_before_the_work_directory_is_touched(data_root, tmp_path, override, message):
   config = train_helpers.load(data_root, 2, (override, "--config.data.bootstrap=synthetic",
@@ -334,3 +340,26 @@ def test_a_second_trainer_on_a_busy_work_directory_is_refused(data_root, tmp_pat
   finally:
     lock.release()
   assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [workdir_lock.LOCK_NAME]  # nothing else written
+
+
+def test_damaged_checkpoint_files_are_named_with_the_step_to_go_back_to(data_root, tmp_path):
+  """A truncated or missing file of the newest step (its data state, or its arrays as eval and
+  export read them) is a CheckpointError naming it and the step before, not a raw traceback."""
+  from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "w"
+  loop.train(train_helpers.load(data_root, 2, ("--config.checkpoint.every_steps=1",)), workdir)
+  longer = train_helpers.load(data_root, 3, ("--config.checkpoint.every_steps=1",))
+  shard = workdir / "checkpoints" / "2" / "data" / "shard_0.json"
+  text = shard.read_text()
+  shard.write_text(text[:len(text) // 2])
+  with pytest.raises(CheckpointError, match=r"shard_0.json cannot be read.*remove that directory to resume from step 1"):
+    loop.train(longer, workdir)
+  shard.unlink()
+  with pytest.raises(CheckpointError, match=r"shard_0.json is missing.*remove that directory to resume from step 1"):
+    loop.train(longer, workdir)
+  shard.write_text(text)
+  state = workdir / "checkpoints" / "2" / "state"
+  for data_file in (p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"):  # the arrays' bytes
+    data_file.write_bytes(data_file.read_bytes()[:data_file.stat().st_size // 2])
+  with pytest.raises(CheckpointError, match=r"checkpoints/2 cannot be read .*remove that step's directory"):
+    restore.load_model(workdir)

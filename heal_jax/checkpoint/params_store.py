@@ -29,9 +29,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from heal_jax.checkpoint import finite, hf_mapping
+from heal_jax.checkpoint import errors, finite, hf_mapping
 from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.model.config import ModelConfig
+
+_REDO = "if a file of it is truncated or missing, convert or export the checkpoint again"
 
 MANIFEST = "heal_checkpoint.json"
 FORMAT = "heal-jax/params/v1"
@@ -167,10 +169,10 @@ def tensor_metadata(ckpt_dir: pathlib.Path) -> dict[hf_mapping.ParamPath, tuple[
   try:
     meta = _orbax().PyTreeCheckpointer().metadata(params_dir)
   except (OSError, ValueError) as e:
-    raise CheckpointError(f"{params_dir}: orbax metadata unreadable ({type(e).__name__}: {e})") from None
+    raise CheckpointError(f"{params_dir}: orbax metadata unreadable ({type(e).__name__}: {e}); {_REDO}") from None
   tree = getattr(meta.item_metadata, "tree", None) if meta is not None else None
   if tree is None:
-    raise CheckpointError(f"{params_dir}: orbax metadata (_METADATA) missing or unreadable")
+    raise CheckpointError(f"{params_dir}: orbax metadata (_METADATA) missing or unreadable; {_REDO}")
   return {path: (tuple(m.shape), np.dtype(m.dtype)) for path, m in hf_mapping.iter_paths(tree)}
 
 
@@ -183,7 +185,7 @@ def read_tensor(ckpt_dir: pathlib.Path, path: hf_mapping.ParamPath,
   args: dict[str, Any] = {}
   hf_mapping.set_path(item, path, 0)
   hf_mapping.set_path(args, path, ocp.RestoreArgs(restore_type=np.ndarray))
-  with ocp.PyTreeCheckpointer() as ckpt:
+  with errors.reading(str(_params_dir(ckpt_dir)), _REDO), ocp.PyTreeCheckpointer() as ckpt:
     restored = ckpt.restore(_params_dir(ckpt_dir),
                             args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True))
   tensor = hf_mapping.get_path(restored, path)
@@ -215,9 +217,8 @@ def load_params(ckpt_dir: pathlib.Path, cfg: ModelConfig, dtype: Any = None) -> 
   manifest = read_manifest(ckpt_dir)
   stored_cfg = model_config(ckpt_dir, manifest)
   check_params(ckpt_dir, stored_cfg.replace(scan_layers=False))
-  ckpt = _orbax().StandardCheckpointer()
-  params = ckpt.restore(_params_dir(ckpt_dir))
-  ckpt.close()
+  with errors.reading(str(_params_dir(ckpt_dir)), _REDO), _orbax().StandardCheckpointer() as ckpt:
+    params = ckpt.restore(_params_dir(ckpt_dir))
   for path, x in hf_mapping.iter_paths(params):
     _check_crc(ckpt_dir, manifest, path, x)
   if dtype is not None:
@@ -235,7 +236,7 @@ def restore_sharded(ckpt_dir: pathlib.Path, shardings: dict[str, Any], dtype: An
   check_params(ckpt_dir, model_config(ckpt_dir).replace(scan_layers=False))
   restore_args = _map_leaves(shardings, lambda sh: ocp.ArrayRestoreArgs(sharding=sh, dtype=dtype))
   item = _map_leaves(shardings, lambda _: 0)
-  with ocp.PyTreeCheckpointer() as ckpt:
+  with errors.reading(str(_params_dir(ckpt_dir)), _REDO), ocp.PyTreeCheckpointer() as ckpt:
     return ckpt.restore(_params_dir(ckpt_dir),
                         args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from heal_jax.checkpoint import fingerprint, finite, hf_mapping
+from heal_jax.checkpoint import errors, fingerprint, finite, hf_mapping
 from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
 from heal_jax.model.config import ModelConfig
@@ -67,17 +67,18 @@ def newest_step(workdir: pathlib.Path) -> StoredStep:
 
 def _restore_params(state_dir: pathlib.Path, make_args) -> dict:
   """The `params` subtree of a train-state checkpoint; make_args(metadata tree) -> RestoreArgs tree."""
-  # The handler's metadata: the item directory has no step-level _CHECKPOINT_METADATA to look for.
-  handler = ocp.PyTreeCheckpointHandler()
-  try:
-    params_meta = handler.metadata(state_dir).tree["params"]
-  finally:
-    handler.close()
-  with ocp.PyTreeCheckpointer() as ckpt:
-    item = {"params": jax.tree.map(lambda _: 0, params_meta)}
-    restore_args = {"params": make_args(params_meta)}
-    restored = ckpt.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
-                                                                   partial_restore=True))
+  with errors.reading(str(state_dir.parent), f"if a file of it is truncated or missing, {_GO_BACK}"):
+    # The handler's metadata: the item directory has no step-level _CHECKPOINT_METADATA to look for.
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      params_meta = handler.metadata(state_dir).tree["params"]
+    finally:
+      handler.close()
+    with ocp.PyTreeCheckpointer() as ckpt:
+      item = {"params": jax.tree.map(lambda _: 0, params_meta)}
+      restore_args = {"params": make_args(params_meta)}
+      restored = ckpt.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                                                     partial_restore=True))
   return restored["params"]
 
 

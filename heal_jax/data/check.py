@@ -82,6 +82,8 @@ def parse_pairs(spec: str, what: str = "item", expected: str = "name=value") -> 
     name, sep, value = item.partition("=")
     if not sep or not name.strip() or not value.strip():
       raise ValueError(f"bad {what} {item!r}: expected {expected}")
+    if name.strip() in pairs:
+      raise ValueError(f"{name.strip()!r} is given twice")
     pairs[name.strip()] = value.strip()
   return pairs
 

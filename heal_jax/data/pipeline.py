@@ -350,6 +350,10 @@ def _die_with_parent(worker_index: int, worker_count: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+class StateMismatch(ValueError):
+  """A saved data state that belongs to another pipeline (spec or shards differ)."""
+
+
 class BatchIterator:
   """This process's rows of every global batch: dict of int32 numpy arrays [B / P, L].
 
@@ -387,11 +391,11 @@ class BatchIterator:
       older = (" (fields missing from the saved state: it was written by an earlier heal-jax; to go on from its "
                "parameters, train in a new --workdir with --config.init_from=THIS_WORKDIR, which starts the "
                "optimizer state and the data afresh)") if set(now) - set(saved) else ""
-      raise ValueError(f"data iterator state belongs to a different pipeline ({changed}){older}; the order of "
+      raise StateMismatch(f"data iterator state belongs to a different pipeline ({changed}){older}; the order of "
                        "the data depends on these, so a run resumes only with the same ones")
     for s, it in zip(self.shards, self._iters):
       if str(s) not in state["shards"]:
-        raise ValueError(f"data iterator state has no shard {s}")
+        raise StateMismatch(f"data iterator state has no shard {s}")
       it.set_state(state["shards"][str(s)])
 
 

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from heal_jax.checkpoint import fingerprint, finite
 from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
+from heal_jax.data import pipeline
 from heal_jax.model.config import ModelConfig
 
 # Model fields that fix the shapes and dtypes of the saved arrays: a resume must keep them.
@@ -42,14 +43,20 @@ class DataStateHandler(ocp.CheckpointHandler):
   def restore(self, directory, args: "DataStateRestore"):
     it = args.iterator
     shards = {}
+    present = sorted(int(p.stem.split("_")[1]) for p in pathlib.Path(directory).glob("shard_*.json")
+                     if p.stem.split("_")[1].isdigit())  # one file per shard of the run that saved it
     for shard in it.shards:
       path = pathlib.Path(directory) / f"shard_{shard}.json"
       if not path.is_file():
-        saved = len(list(pathlib.Path(directory).glob("shard_*.json")))  # one file per shard of the run
+        if not present or present[-1] > shard:  # a file of a lower shard is gone: damage, not a new shard count
+          raise ValueError(f"{path} is missing")
         raise CheckpointError(f"{path}: the checkpoint has no data state for shard {shard}; it was saved with"
-                              f" data.num_shards={saved} (a run resumes with the data.num_shards it started with)")
-      saved = json.loads(path.read_text())
-      shards[str(shard)] = saved["state"]
+                              f" data.num_shards={len(present)} (a run resumes with the data.num_shards it started with)")
+      try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        shards[str(shard)] = saved["state"]
+      except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e})") from None
     it.set_state({"spec": saved["spec"], "shards": shards})
     return it
 
@@ -161,7 +168,14 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -
 
 
 def restore_data(mngr: ocp.CheckpointManager, step: int, iterator: Any) -> None:
-  mngr.restore(step, args=ocp.args.Composite(data=DataStateRestore(iterator)))
+  """Restores the data iterator of `step`; a missing or damaged state file is a CheckpointError
+  naming it and the step to go back to (a state of another pipeline stays the pipeline's error)."""
+  try:
+    mngr.restore(step, args=ocp.args.Composite(data=DataStateRestore(iterator)))
+  except (CheckpointError, pipeline.StateMismatch):
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # orbax raises many types
+    raise _damaged(mngr, step, e) from e
 
 
 def abstract(tree: Any) -> Any:

@@ -305,9 +305,15 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   base_cfg = config_lib.model_config(config)
   mesh = mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES}, devices)
   done = (checkpointing.completed_steps(workdir) or [0])[-1]
+  shards = config.data.num_shards or jax.process_count()
   for phase in phases:
     if phase.end > done:  # a finished phase may have used another device count
       phases_lib.check_batch(phase, config.train.micro_steps, mesh.shape["data"] * mesh.shape["fsdp"])
+      if phase.global_batch % shards:
+        raise ValueError(f"phase {phase.name}: global batch {phase.global_batch} is not divisible by the "
+                         f"data shards ({shards}, config.data.num_shards or one per process)")
+  if config.eval.tasks:  # read now: a wrong path would otherwise stop the run at the first phase's end
+    _task_examples(config.eval.tasks, config.eval.task_limit, workdir)
   lock = _lock(workdir)
   try:
     return _train_locked(config, workdir, phases, base_cfg, mesh)

@@ -9,6 +9,9 @@ import jax
 import optax
 
 
+SCHEDULES = ("cosine", "linear", "constant")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
   """One phase's optimizer: peak lr, schedule ('cosine' | 'linear' | 'constant') over `steps`."""
@@ -35,7 +38,7 @@ def learning_rate(spec: OptimizerSpec) -> optax.Schedule:
   elif spec.schedule == "constant":
     decay = optax.constant_schedule(spec.peak_lr)
   else:
-    raise ValueError(f"unknown learning-rate schedule {spec.schedule!r}; expected cosine, linear or constant")
+    raise ValueError(f"unknown learning-rate schedule {spec.schedule!r}; expected one of {', '.join(SCHEDULES)}")
   if spec.warmup_steps <= 0:
     return decay
   warmup = optax.linear_schedule(0.0, spec.peak_lr, spec.warmup_steps)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from heal_jax.data import check
 from heal_jax.model.config import ModelConfig
-from heal_jax.train.optimizer import OptimizerSpec
+from heal_jax.train.optimizer import SCHEDULES, OptimizerSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,9 @@ def from_config(config: Any) -> list[Phase]:
   names = [n.strip() for n in config.phase_order.split(",") if n.strip()]
   if not names:
     raise ValueError("config.phase_order is empty: name at least one phase of config.phases")
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise ValueError(f"config.phase_order names phase(s) {twice} more than once")
   unknown = [n for n in names if n not in config.phases]
   if unknown:
     raise ValueError(f"config.phase_order names unknown phase(s) {unknown}; config.phases has "
@@ -71,8 +75,9 @@ def from_config(config: Any) -> list[Phase]:
     for src, w in weights.items():
       if src not in sources:
         raise ValueError(f"{key}.weights: unknown source {src!r}; config.data.sources has {sorted(sources)}")
-      if w <= 0:
-        raise ValueError(f"{key}.weights: source {src!r} has weight {w}; leave it out instead of a zero weight")
+      if not 0 < w < math.inf:  # NaN fails too
+        raise ValueError(f"{key}.weights: source {src!r} has weight {w}; a weight is a finite number > 0 (leave a "
+                         "source out rather than give it weight 0)")
     if p.steps <= 0 or p.seq_len < 2:
       raise ValueError(f"{key}: steps must be > 0 and seq_len >= 2")
     if p.global_batch < 0 or p.warmup_steps < 0:
@@ -82,6 +87,8 @@ def from_config(config: Any) -> list[Phase]:
     opt = OptimizerSpec(peak_lr=p.peak_lr, steps=p.steps, warmup_steps=p.warmup_steps, schedule=p.schedule,
                         end_lr_ratio=p.end_lr_ratio, weight_decay=train.weight_decay, b1=train.b1,
                         b2=train.b2, eps=train.eps, clip_norm=train.clip_norm)
+    if p.schedule not in SCHEDULES:  # checked here, at start-up, not when the phase begins
+      raise ValueError(f"{key}.schedule={p.schedule!r}; expected one of {', '.join(SCHEDULES)}")
     phases.append(Phase(name, i, start, p.steps, p.seq_len, weights, p.rope_scaling_factor,
                         p.instruction_tuning, opt, p.global_batch or train.global_batch))
     start += p.steps
