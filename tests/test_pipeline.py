@@ -185,6 +185,12 @@ def test_state_of_another_spec_is_refused():
                                                                      weights={"a": 1, "b": 1}, seed=1, worker_count=2))
   with pytest.raises(ValueError, match="worker_count: saved 0, now 2"):
     workers.set_state(state)
+  fewer = {**_sources(), "a": _source(299, 10**6, 0)}  # e.g. a re-prepared source, or another holdout
+  with pytest.raises(pipeline.StateMismatch,
+                     match=r"examples: saved \{'a': 300, 'b': 200\}, now \{'a': 299, 'b': 200\}"):
+    pipeline.BatchIterator(fewer, spec).set_state(state)
+  unsized = dict(state, spec=json.dumps({k: v for k, v in json.loads(state["spec"]).items() if k != "examples"}))
+  pipeline.BatchIterator(fewer, spec).set_state(unsized)  # states saved before sizes were recorded still resume
   older = dict(state, spec=json.dumps({k: v for k, v in json.loads(state["spec"]).items() if k != "order"}))
   with pytest.raises(ValueError, match="order: saved None, now 'shared-stream'.*earlier heal-jax.*init_from"):
     pipeline.BatchIterator(_sources(), spec).set_state(older)

@@ -201,6 +201,14 @@ def test_init_from_a_work_directory(data_root, tmp_path):
   loop.train(config, tmp_path / "second")
   a, b = restore.load_model(first).params, restore.load_model(tmp_path / "second").params
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  from heal_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  other = tokenizer_lib.train_tokenizer([data_root / "corpus" / "general.jsonl"], tmp_path / "other_tok",
+                                        vocab_size=400)
+  config = train_helpers.load(data_root, 1, (f"--config.init_from={first}",
+                                             f"--config.data.tokenizer={other.path.parent}"))
+  with pytest.raises(ValueError, match=r"init_from .*first was trained with the tokenizer .*differs from "
+                     r"config.data.tokenizer"):
+    loop.train(config, tmp_path / "third")
 
 
 def test_init_from_an_hf_directory(data_root, tmp_path, capsys):
@@ -363,3 +371,21 @@ def test_damaged_checkpoint_files_are_named_with_the_step_to_go_back_to(data_roo
     data_file.write_bytes(data_file.read_bytes()[:data_file.stat().st_size // 2])
   with pytest.raises(CheckpointError, match=r"checkpoints/2 cannot be read .*remove that step's directory"):
     restore.load_model(workdir)
+
+
+def test_a_resume_keeps_the_phases_that_already_ran(data_root, tmp_path):
+  """Stopped inside the second phase: shortening or reshaping the finished first phase is refused
+  (it would move the second phase and rewrite config.json), lengthening the running one is not."""
+  two = ("--config.phase_order=pretrain,extend", "--config.phases.extend.steps=3",
+         "--config.phases.extend.seq_len=64", "--config.phases.extend.global_batch=8",
+         "--config.checkpoint.every_steps=1")
+  workdir = tmp_path / "w"
+  loop.train(train_helpers.load(data_root, 2, two + ("--config.phases.extend.steps=1",)), workdir)  # to step 3
+  for change, key in [("--config.phases.pretrain.steps=1", "config.phases.pretrain.steps: saved 2, now 1"),
+                      ("--config.phases.pretrain.seq_len=32", "config.phases.pretrain.seq_len: saved 64, now 32")]:
+    with pytest.raises(ValueError, match=rf"phase pretrain finished before step 3.*{key}.*new --workdir"):
+      loop.train(train_helpers.load(data_root, 2, two + (change,)), workdir)
+  config_json = (workdir / "config.json").read_text()
+  loop.train(train_helpers.load(data_root, 2, two), workdir)  # extend grows from 1 to 3 steps: allowed
+  assert restore.load_model(workdir).source.endswith("step 5")
+  assert config_json != (workdir / "config.json").read_text()  # rewritten by the allowed resume only

@@ -370,6 +370,7 @@ class BatchIterator:
     self.source_names = sorted(sources)
     per = spec.num_shards // process_count
     self.shards = list(range(process_index * per, (process_index + 1) * per))
+    self._examples = {name: len(sources[name]) for name in sorted(spec.weights)}  # what the state indexes
     self._iters = [iter(shard_dataset(sources, self.source_names, spec, s)) for s in self.shards]
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -379,20 +380,28 @@ class BatchIterator:
     parts = [next(it) for it in self._iters]
     return {k: np.concatenate([p[k] for p in parts]) for k in BATCH_KEYS}
 
+  def _key(self) -> str:
+    """The spec, and how many examples each mixed source has (a changed source or holdout would
+    silently give other examples at the same stream positions)."""
+    return json.dumps({**json.loads(_spec_key(self.spec)), "examples": self._examples}, sort_keys=True)
+
   def get_state(self) -> dict[str, Any]:
-    """JSON-able state: the spec it belongs to and one Grain state per shard."""
-    return {"spec": _spec_key(self.spec), "shards": {str(s): it.get_state() for s, it in zip(self.shards, self._iters)}}
+    """JSON-able state: the spec and source sizes it belongs to and one Grain state per shard."""
+    return {"spec": self._key(), "shards": {str(s): it.get_state() for s, it in zip(self.shards, self._iters)}}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
-    if state["spec"] != _spec_key(self.spec):
-      saved, now = json.loads(state["spec"]), json.loads(_spec_key(self.spec))
+    saved, now = json.loads(state["spec"]), json.loads(self._key())
+    if "examples" not in saved:  # saved before source sizes were recorded (2026-11-27)
+      now.pop("examples")
+    if saved != now:
       changed = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}"
                           for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
       older = (" (fields missing from the saved state: it was written by an earlier heal-jax; to go on from its "
                "parameters, train in a new --workdir with --config.init_from=THIS_WORKDIR, which starts the "
                "optimizer state and the data afresh)") if set(now) - set(saved) else ""
       raise StateMismatch(f"data iterator state belongs to a different pipeline ({changed}){older}; the order of "
-                       "the data depends on these, so a run resumes only with the same ones")
+                          "the data depends on these (examples: per source, after eval.holdout_examples), so a run "
+                          "resumes only with the same ones")
     for s, it in zip(self.shards, self._iters):
       if str(s) not in state["shards"]:
         raise StateMismatch(f"data iterator state has no shard {s}")

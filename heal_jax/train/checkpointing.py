@@ -51,7 +51,8 @@ class DataStateHandler(ocp.CheckpointHandler):
         if not present or present[-1] > shard:  # a file of a lower shard is gone: damage, not a new shard count
           raise ValueError(f"{path} is missing")
         raise CheckpointError(f"{path}: the checkpoint has no data state for shard {shard}; it was saved with"
-                              f" data.num_shards={len(present)} (a run resumes with the data.num_shards it started with)")
+                              f" data.num_shards={len(present)} (a run resumes with the data.num_shards it started"
+                              " with)")
       try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         shards[str(shard)] = saved["state"]

@@ -136,6 +136,18 @@ def from_checkpoint(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any
   return params
 
 
+def check_tokenizer(init_from: str, tokenizer_model: pathlib.Path) -> None:
+  """The model in `init_from` was trained with the run's tokenizer (`tokenizer_model`, the
+  sentencepiece file), where it carries one (DIR/tokenizer/ or an HF directory's tokenizer.model):
+  with another, every token id would silently mean another piece."""
+  src = pathlib.Path(init_from)
+  theirs = next((p for p in (src / "tokenizer" / "tokenizer.model", src / "tokenizer.model") if p.is_file()), None)
+  if theirs is not None and theirs.read_bytes() != pathlib.Path(tokenizer_model).read_bytes():
+    raise ValueError(f"config.init_from {src} was trained with the tokenizer {theirs}, which differs from "
+                     f"config.data.tokenizer ({tokenizer_model}): token ids would change meaning; train with "
+                     f"--config.data.tokenizer={theirs.parent}")
+
+
 def initial_params(init_from: str, cfg: ModelConfig, shardings: Any, seed: int) -> tuple[Any, str]:
   """(params, description). init_from: "" (scratch), an HF dir, a checkpoint or a work dir.
 

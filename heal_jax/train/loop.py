@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -365,6 +366,13 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
   run = _Run(config, workdir, mesh, data, sorted(data.train), mngr, writer, _Preemption(), base_cfg)
   try:
     latest = mngr.latest_step()
+    if latest is not None:
+      try:
+        saved_config = checkpointing.restore_meta(mngr, latest).get("config")
+      except Exception:  # pylint: disable=broad-except  # a damaged step: check_resumable names it below
+        saved_config = None
+      if saved_config:
+        phases_lib.check_history(phases_lib.from_config(ml_collections.ConfigDict(saved_config)), phases, latest)
     start = latest or 0
     phase = phases_lib.phase_at(phases, start)
     if phase is None:
@@ -385,6 +393,8 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
         state = checkpointing.restore_state(mngr, latest, target)
         writer.log(f"resumed from step {latest} (phase {phase.name})")
       else:
+        if config.init_from:
+          init_lib.check_tokenizer(config.init_from, run.data.tokenizer.path)
         params, how = init_lib.initial_params(config.init_from, cfg, p_shard, config.seed)
         state = state_lib.new_state(params, tx, jax.random.PRNGKey(config.seed))
         checkpointing.warm_up(state)

@@ -95,6 +95,35 @@ def from_config(config: Any) -> list[Phase]:
   return phases
 
 
+_RAN_WITH = ("steps", "seq_len", "weights", "rope_scaling_factor", "instruction_tuning", "global_batch")
+_OPTIMIZER_RAN_WITH = ("peak_lr", "warmup_steps", "schedule", "end_lr_ratio")
+
+
+def check_history(saved: list[Phase], now: list[Phase], step: int) -> None:
+  """A resume at `step` keeps what already ran: every phase that finished by `step` (as saved with
+  the checkpoint; not the last saved phase, which may be lengthened) is in `now` at the same place
+  with the same settings, and the phase running at `step` is the same phase. Else ValueError naming
+  the config keys (a changed finished phase would also move the phases after it, and config.json
+  and the report would describe a run that did not happen)."""
+  for old in saved:
+    if old.start > step or (old.start == step and old.index > 0):
+      break
+    new = next((p for p in now if p.index == old.index), None)
+    if new is None or new.name != old.name:
+      raise ValueError(f"config.phase_order: phase {old.index} was {old.name!r} in the run being resumed (at "
+                       f"step {step}), now {new.name if new else None!r}; a resume keeps the phases that already ran")
+    if old.end > step or old is saved[-1]:  # running (its settings are checked with the data state), or the
+      return                                 # last phase, done: it may be lengthened to train on
+    changed = [f"config.phases.{old.name}.{f}: saved {getattr(old, f)!r}, now {getattr(new, f)!r}"
+               for f in _RAN_WITH if getattr(old, f) != getattr(new, f)]
+    changed += [f"config.phases.{old.name}.{f}: saved {getattr(old.optimizer, f)!r}, now {getattr(new.optimizer, f)!r}"
+                for f in _OPTIMIZER_RAN_WITH if getattr(old.optimizer, f) != getattr(new.optimizer, f)]
+    if changed:
+      raise ValueError(f"phase {old.name} finished before step {step}, where this run resumes, with other settings: "
+                       f"{'; '.join(changed)}. A resume keeps the phases that already ran; to change them, train "
+                       "in a new --workdir with --config.init_from=THIS_WORKDIR")
+
+
 def phase_at(phases: list[Phase], step: int) -> Phase | None:
   """The phase that global step `step` (0-based, the next step to run) belongs to; None when done."""
   for phase in phases:
