@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -389,3 +390,29 @@ def test_a_resume_keeps_the_phases_that_already_ran(data_root, tmp_path):
   loop.train(train_helpers.load(data_root, 2, two), workdir)  # extend grows from 1 to 3 steps: allowed
   assert restore.load_model(workdir).source.endswith("step 5")
   assert config_json != (workdir / "config.json").read_text()  # rewritten by the allowed resume only
+
+
+def _drop_eval_rows(workdir: pathlib.Path, step: int) -> None:
+  """metrics.jsonl as a SIGTERM on the last step of a phase leaves it: the step saved, its eval not run."""
+  path = workdir / "metrics.jsonl"
+  rows = [line for line in path.read_text().splitlines()
+          if not (json.loads(line)["kind"] == "eval" and json.loads(line)["step"] == step)]
+  path.write_text("".join(row + "\n" for row in rows))
+
+
+def test_a_phase_end_eval_that_did_not_run_runs_on_resume(data_root, tmp_path, capsys):
+  evals = ("--config.eval.holdout_examples=4", "--config.checkpoint.every_steps=1")
+  workdir = tmp_path / "w"
+  loop.train(train_helpers.load(data_root, 2, evals), workdir)
+  expected = [r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+  assert [r["step"] for r in expected] == [2]
+  _drop_eval_rows(workdir, 2)
+  capsys.readouterr()
+  assert loop.train(train_helpers.load(data_root, 2, evals), workdir)["status"] == "done"  # all phases were done
+  assert "phase pretrain's held-out eval at step 2 did not run (stopped first); running it" in capsys.readouterr().err
+  again = [r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+  assert [r["step"] for r in again] == [2]
+  assert all(abs(again[0][k] - expected[0][k]) < 1e-6 for k in expected[0] if k.startswith("loss/"))
+  capsys.readouterr()
+  assert loop.train(train_helpers.load(data_root, 2, evals), workdir)["status"] == "done"  # nothing left to do
+  assert "nothing to do" in capsys.readouterr().err

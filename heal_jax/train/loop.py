@@ -247,13 +247,35 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
         status = "preempted"
         break
     if status == "done":
-      heldout = evaluate(run, state.params, cfg, phase)
-      if heldout:
-        run.writer.write(int(phase.end), heldout, kind="eval")
-        run.writer.log(f"{phase.name} held-out " + ", ".join(f"{k} {v:.4f}" for k, v in heldout.items()))
+      _phase_end_eval(run, state.params, cfg, phase)
   run.mngr.wait_until_finished()
   run.writer.log(f"phase {phase.name}: {time.time() - t_start:.1f} s")
   return state, status
+
+
+def _phase_end_eval(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) -> None:
+  heldout = evaluate(run, params, cfg, phase)
+  if heldout:
+    run.writer.write(int(phase.end), heldout, kind="eval")
+    run.writer.log(f"{phase.name} held-out " + ", ".join(f"{k} {v:.4f}" for k, v in heldout.items()))
+
+
+def _eval_row_missing(workdir: pathlib.Path, step: int) -> bool:
+  """Whether metrics.jsonl has no eval row at `step` (process 0 reads it; every process gets the answer)."""
+  missing = True
+  path = workdir / "metrics.jsonl"
+  if jax.process_index() == 0 and path.is_file():
+    for line in path.read_text(encoding="utf-8").splitlines():
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if isinstance(row, dict) and row.get("kind") == "eval" and row.get("step") == step:
+        missing = False
+        break
+  if jax.process_count() > 1:
+    missing = bool(int(multihost_utils.broadcast_one_to_all(np.int32(missing))))
+  return missing
 
 
 def _check_streak(metrics: dict[str, Any], limit: int) -> None:
@@ -375,9 +397,13 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
         phases_lib.check_history(phases_lib.from_config(ml_collections.ConfigDict(saved_config)), phases, latest)
     start = latest or 0
     phase = phases_lib.phase_at(phases, start)
-    if phase is None:
+    # A SIGTERM on a phase's last step saves that step and exits before the phase's held-out eval.
+    ended = next((p for p in phases if p.end == latest), None) if latest else None
+    eval_due = ended is not None and bool(data.heldout or config.eval.tasks) and _eval_row_missing(workdir, latest)
+    if phase is None and not eval_due:
       writer.log(f"all {len(phases)} phases are done (step {start}); nothing to do")
       return {"status": "done", "step": start}
+    phase = phase or ended  # all done but the last phase's eval: restore its state to run it
     cfg = phases_lib.model_config(base_cfg, phase)
     p_shard = state_lib.param_shardings(cfg, mesh)
     mesh_lib.check_no_large_replicated(jax.eval_shape(lambda: state_lib.unboxed_init(cfg, jax.random.PRNGKey(0))),
@@ -392,6 +418,10 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
         checkpointing.check_resumable(mngr, latest, cfg)
         state = checkpointing.restore_state(mngr, latest, target)
         writer.log(f"resumed from step {latest} (phase {phase.name})")
+        if eval_due:
+          writer.log(f"phase {ended.name}'s held-out eval at step {latest} did not run (stopped first); running it")
+          with nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
+            _phase_end_eval(run, state.params, phases_lib.model_config(base_cfg, ended), ended)
       else:
         if config.init_from:
           init_lib.check_tokenizer(config.init_from, run.data.tokenizer.path)
@@ -401,7 +431,7 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
         writer.log(f"initialised {cfg.num_params():,} parameters {how}; mesh {dict(mesh.shape)}")
         writer.parameter_overview(params)
     restored = latest
-    for phase in phases[phase.index:]:
+    for phase in phases[phase.index:] if phase.end > start else []:
       state, status = run_phase(run, phase, state, restored)
       restored = None
       if status == "preempted":
