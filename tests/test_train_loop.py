@@ -58,6 +58,7 @@ def test_the_train_step_compiles_once_per_run_fresh_and_resumed(data_root, tmp_p
     ("--config.model.attention_impl=flash", "attention_impl='flash' is not one of"),
     ("--config.mesh.fsdp=3", "does not fit"),
     ("--config.phases.pretrain.warmup_steps=-5", "warmup_steps must be >= 0"),
+    ("--config.phases.pretrain.warmup_steps=3", "warmup_steps=3 is more than the phase's steps=2"),
     ("--config.train.global_batch=12", "must be a multiple of the data x fsdp devices"),
     ("--config.phases.pretrain.weights=general=nan,medical=1", "weight nan; a weight is a finite number > 0"),
     ("--config.phases.pretrain.weights=general=1,general=2", "'general' is given twice"),
@@ -375,14 +376,15 @@ def test_damaged_checkpoint_files_are_named_with_the_step_to_go_back_to(data_roo
 
 
 def test_a_resume_keeps_the_phases_that_already_ran(data_root, tmp_path):
-  """Stopped inside the second phase: shortening or reshaping the finished first phase is refused
+  """Stopped inside the second phase: lengthening or reshaping the finished first phase is refused
   (it would move the second phase and rewrite config.json), lengthening the running one is not."""
   two = ("--config.phase_order=pretrain,extend", "--config.phases.extend.steps=3",
-         "--config.phases.extend.seq_len=64", "--config.phases.extend.global_batch=8",
+         "--config.phases.extend.warmup_steps=0", "--config.phases.extend.seq_len=64",
+         "--config.phases.extend.global_batch=8",
          "--config.checkpoint.every_steps=1")
   workdir = tmp_path / "w"
   loop.train(train_helpers.load(data_root, 2, two + ("--config.phases.extend.steps=1",)), workdir)  # to step 3
-  for change, key in [("--config.phases.pretrain.steps=1", "config.phases.pretrain.steps: saved 2, now 1"),
+  for change, key in [("--config.phases.pretrain.steps=3", "config.phases.pretrain.steps: saved 2, now 3"),
                       ("--config.phases.pretrain.seq_len=32", "config.phases.pretrain.seq_len: saved 64, now 32")]:
     with pytest.raises(ValueError, match=rf"phase pretrain finished before step 3.*{key}.*new --workdir"):
       loop.train(train_helpers.load(data_root, 2, two + (change,)), workdir)

@@ -30,7 +30,7 @@ def overrides(data_root: pathlib.Path, steps: int = 20, extra: tuple[str, ...] =
       "--config.data.bootstrap=", f"--config.data.tokenizer={data_root}/tokenizer",
       "--config.model.vocab_size=512", "--config.model.num_layers=2",
       "--config.phase_order=pretrain", "--config.phases.pretrain.steps=" + str(steps),
-      "--config.phases.pretrain.seq_len=64", "--config.phases.pretrain.warmup_steps=2",
+      "--config.phases.pretrain.seq_len=64", f"--config.phases.pretrain.warmup_steps={min(2, steps)}",
       "--config.train.global_batch=8", "--config.metrics.every_steps=1", "--config.eval.holdout_examples=0",
       "--config.data.num_shards=2", "--config.eval.sample_note_tokens=0",
   ]

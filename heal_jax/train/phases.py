@@ -82,6 +82,9 @@ def from_config(config: Any) -> list[Phase]:
       raise ValueError(f"{key}: steps must be > 0 and seq_len >= 2")
     if p.global_batch < 0 or p.warmup_steps < 0:
       raise ValueError(f"{key}: global_batch (0 = config.train.global_batch) and warmup_steps must be >= 0")
+    if p.warmup_steps > p.steps:
+      raise ValueError(f"{key}: warmup_steps={p.warmup_steps} is more than the phase's steps={p.steps}: the "
+                       "learning rate would never reach peak_lr")
     if p.peak_lr < 0 or not 0 <= p.end_lr_ratio <= 1 or p.rope_scaling_factor <= 0:
       raise ValueError(f"{key}: peak_lr must be >= 0, rope_scaling_factor > 0, end_lr_ratio in [0, 1]")
     opt = OptimizerSpec(peak_lr=p.peak_lr, steps=p.steps, warmup_steps=p.warmup_steps, schedule=p.schedule,
