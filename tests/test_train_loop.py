@@ -317,7 +317,7 @@ def test_a_resume_that_cannot_continue_says_why_and_changes_nothing(data_root, t
   data_files = sorted((damaged / "checkpoints" / "8" / "state").rglob("ocdbt.process_*/d/*"),
                       key=lambda p: p.stat().st_size)
   data_files[-1].write_bytes(data_files[-1].read_bytes()[:100])  # the biggest array file, truncated
-  with pytest.raises(CheckpointError, match=r"checkpoints/8 cannot be restored \(.*\); if a file of it is truncated"
+  with pytest.raises(CheckpointError, match=r"checkpoints/8 cannot be read \(.*\); if a file of it is truncated"
                                             r" or missing, remove that directory to resume from step 4"):
     loop.train(train_helpers.load(data_root, 12, ("--config.checkpoint.every_steps=4",)), damaged)
 

@@ -11,12 +11,13 @@ class CheckpointError(ValueError):
 
 
 @contextlib.contextmanager
-def reading(where: str, hint: str) -> Iterator[None]:
+def reading(where: str, hint: str, keep: tuple[type[Exception], ...] = ()) -> Iterator[None]:
   """Turns any failure of the orbax/tensorstore read inside into a one-line CheckpointError naming
-  `where` (a CheckpointError passes unchanged): their own errors are many types and lines long."""
+  `where` (a CheckpointError, or one of the types in `keep`, passes unchanged): their own errors are
+  many types and lines long."""
   try:
     yield
-  except CheckpointError:
+  except (CheckpointError, *keep):
     raise
   except Exception as e:  # pylint: disable=broad-except
     detail = (str(e).strip().splitlines() or [""])[0][:300]

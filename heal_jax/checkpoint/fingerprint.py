@@ -55,16 +55,17 @@ def _fmix32(x: jax.Array) -> jax.Array:
   return x ^ (x >> 16)
 
 
-def _terms(bits: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
-  return jnp.sum(bits, dtype=jnp.uint32), jnp.sum(_fmix32(bits ^ _fmix32(index)), dtype=jnp.uint32)
-
-
 @jax.jit
 def _sums(arrays: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
   """Whole device arrays. Scalar results only: a scalar is replicated, so every process holds it.
   (XLA:CPU keeps two uint32 temporaries of each array's size; GPU backends are expected to fuse the
   elementwise work into the reductions, not yet measured.)"""
-  return [_terms(_bits(x), _flat_index(x.shape)) for x in arrays]
+  out = []
+  for x in arrays:
+    bits = _bits(x)
+    out.append((jnp.sum(bits, dtype=jnp.uint32),
+                jnp.sum(_fmix32(bits ^ _fmix32(_flat_index(x.shape))), dtype=jnp.uint32)))
+  return out
 
 
 _HOST_CHUNK = 1 << 22  # elements of a host array summed at once (16 MB of float32)

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from heal_jax.checkpoint import fingerprint, finite
+from heal_jax.checkpoint import errors, fingerprint, finite
 from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
 from heal_jax.data import pipeline
@@ -132,20 +132,16 @@ def _go_back(mngr: ocp.CheckpointManager, step: int) -> str:
   return "remove that directory to " + (f"resume from step {max(earlier)}" if earlier else "start the run again")
 
 
-def _damaged(mngr: ocp.CheckpointManager, step: int, error: Exception) -> CheckpointError:
-  """A one-line error for a step that cannot be read: what failed, and how to go back a step."""
-  hint = "if a file of it is truncated or missing, " + _go_back(mngr, step)
-  detail = (str(error).strip().splitlines() or [""])[0][:400]
-  return CheckpointError(f"{pathlib.Path(mngr.directory) / str(step)} cannot be restored"
-                         f" ({type(error).__name__}: {detail}); {hint}")
+def _reading(mngr: ocp.CheckpointManager, step: int, keep: tuple[type[Exception], ...] = ()):
+  """Failures to read step `step` become one line naming it and how to go back a step."""
+  return errors.reading(str(pathlib.Path(mngr.directory) / str(step)),
+                        "if a file of it is truncated or missing, " + _go_back(mngr, step), keep)
 
 
 def check_resumable(mngr: ocp.CheckpointManager, step: int, cfg: ModelConfig) -> None:
   """Step `step` was saved with the shapes `cfg` implies; else CheckpointError naming each field."""
-  try:
+  with _reading(mngr, step):
     saved = restore_meta(mngr, step)["model"]
-  except Exception as e:  # pylint: disable=broad-except  # orbax and json raise many types
-    raise _damaged(mngr, step, e) from e
   now = cfg.to_dict()
   changed = [f"model.{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in SHAPE_FIELDS if saved.get(k) != now[k]]
   if changed:
@@ -158,10 +154,8 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -
   cannot be read, holds NaN/Inf (never saved by the trainer, whose guard skips such steps) or
   differs from the fingerprints saved with it is a CheckpointError naming it and the step to go
   back to."""
-  try:
+  with _reading(mngr, step):
     state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
-  except Exception as e:  # pylint: disable=broad-except  # orbax and tensorstore raise many types
-    raise _damaged(mngr, step, e) from e
   where = f"{pathlib.Path(mngr.directory) / str(step)}'s state"
   finite.require_finite(state, where, _go_back(mngr, step))
   fingerprint.require_match(state, restore_meta(mngr, step).get("fingerprints"), where, hint=_go_back(mngr, step))
@@ -171,12 +165,8 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -
 def restore_data(mngr: ocp.CheckpointManager, step: int, iterator: Any) -> None:
   """Restores the data iterator of `step`; a missing or damaged state file is a CheckpointError
   naming it and the step to go back to (a state of another pipeline stays the pipeline's error)."""
-  try:
+  with _reading(mngr, step, keep=(pipeline.StateMismatch,)):
     mngr.restore(step, args=ocp.args.Composite(data=DataStateRestore(iterator)))
-  except (CheckpointError, pipeline.StateMismatch):
-    raise
-  except Exception as e:  # pylint: disable=broad-except  # orbax raises many types
-    raise _damaged(mngr, step, e) from e
 
 
 def abstract(tree: Any) -> Any:
