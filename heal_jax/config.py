@@ -5,7 +5,8 @@ A config file is a Python file with `get_config() -> ConfigDict`, usually starti
 named presets takes one argument, `get_config(arg)`: `configs/ablations/base.py:ROOT` passes "ROOT"
 (big_vision style); a preset given to a file without presets is an error. Overrides are
 `--config.a.b=value`; the value is parsed to the type of the field it replaces, and an unknown key
-is an error that names it. Counts and intervals must be in range (`MINIMUM`) and every float
+is an error that names it, whether in an override or set by the config file itself (a typo such as
+`c.data.on_eror` would otherwise be ignored). Counts and intervals must be in range (`MINIMUM`) and every float
 finite, checked once the overrides are applied. The loaded config is locked: no code path can add a
 field later.
 """
@@ -194,6 +195,35 @@ _BELOW_ONE = ("train.b1", "train.b2")  # Adam's decay rates: in [0, 1)
 _ABOVE_ZERO = ("train.eps", "train.clip_norm")
 
 
+def _unknown_keys(node: Any, schema: ml_collections.ConfigDict, prefix: str = "") -> None:
+  """ConfigError for the first key under `node` that `schema` lacks, or a value where a group belongs."""
+  for key, value in node.items():
+    name = f"{prefix}{key}"
+    if key not in schema:
+      raise ConfigError(f"unknown config key: {name} (known here: {', '.join(sorted(schema.keys()))})")
+    if isinstance(schema[key], ml_collections.ConfigDict) != isinstance(value, ml_collections.ConfigDict):
+      raise ConfigError(f"config key {name} is a {'group' if isinstance(schema[key], ml_collections.ConfigDict) else 'value'}"
+                        f", got {type(value).__name__}")
+    if isinstance(value, ml_collections.ConfigDict) and schema[key].keys():
+      _unknown_keys(value, schema[key], f"{name}.")
+
+
+def check_known_keys(config: ml_collections.ConfigDict) -> None:
+  """Every key of a loaded config is one of `base_config()`'s, each `data.sources.NAME` holds only
+  `source_config` fields and each `phases.NAME` only `phase_config` fields; else ConfigError naming
+  the key (a config file's typo, e.g. `c.data.on_eror`, would otherwise be ignored)."""
+  _unknown_keys(config, base_config())
+  groups = [("data.sources", source_config("", "document", 1.0)), ("phases", phase_config(1, 1))]
+  for where, fields in groups:
+    parent = config
+    for part in where.split("."):
+      parent = parent.get(part) or ml_collections.ConfigDict()
+    for name, entry in parent.items():
+      if not isinstance(entry, ml_collections.ConfigDict):
+        raise ConfigError(f"config key {where}.{name} is a group, got {type(entry).__name__}")
+      _unknown_keys(entry, fields, f"{where}.{name}.")
+
+
 def _leaves(node: ml_collections.ConfigDict, prefix: str = ""):
   for key, value in node.items():
     if isinstance(value, ml_collections.ConfigDict):
@@ -315,6 +345,10 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     raise ConfigError(f"config file {_where(pathlib.Path(path), e)}: {call} failed: {type(e).__name__}: {e}") from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+  try:
+    check_known_keys(config)
+  except ConfigError as e:
+    raise ConfigError(f"config file {path}: {e}") from None
   config.lock()
   for item in overrides:
     item = item.removeprefix("--config.").removeprefix("config.")

@@ -119,3 +119,26 @@ def test_config_file_errors_name_the_file(tmp_path):
   with pytest.raises(config_lib.ConfigError, match=f"config file {presets}:4: get_config\\('b'\\) failed: KeyError"):
     config_lib.load_config(f"{presets}:b")
   assert config_lib.load_config(f"{presets}:a").seed == 0
+
+
+@pytest.mark.parametrize("line, message", [
+    ("c.data.on_eror = 'skip'", r"unknown config key: data.on_eror \(known here: .*on_error"),
+    ("c.data.dedup.treshold = 0.5", r"unknown config key: data.dedup.treshold"),
+    ("c.trian = ml_collections.ConfigDict()", r"unknown config key: trian"),
+    ("c.data.sources.notes.feilds = 'conversation=dialogue'", r"unknown config key: data.sources.notes.feilds"),
+    ("c.phases.pretrain.warmup = 10", r"unknown config key: phases.pretrain.warmup \(known here: .*warmup_steps"),
+    ("c.phases.extend = 5", r"config key phases.extend is a group, got int"),
+])
+def test_a_config_file_typo_is_an_unknown_key(tmp_path, line, message):
+  """A key a config file adds outside the schema is an error naming it (not ignored, not stored in
+  config.json next to the field it was meant to set)."""
+  path = tmp_path / "typo.py"
+  path.write_text("import ml_collections\nfrom heal_jax import config as config_lib\n\n"
+                  "def get_config():\n"
+                  "  c = config_lib.base_config()\n"
+                  "  c.data.sources.notes = config_lib.source_config('a.jsonl', 'conversation', 1.0)\n"
+                  "  c.phases.pretrain = config_lib.phase_config(steps=2, seq_len=8)\n"
+                  f"  {line}\n"
+                  "  return c\n")
+  with pytest.raises(config_lib.ConfigError, match=f"config file {path}: {message}"):
+    config_lib.load_config(str(path))
