@@ -50,6 +50,51 @@ def test_gzip_and_zstd_read_the_same(tmp_path):
   assert check.check_file(zst, "document")["problems"] == BAD_JSONL_PROBLEMS
 
 
+def test_truncated_or_foreign_zstd_is_a_file_error(tmp_path):
+  """zstandard's stream_reader ends quietly where a cut file ends; ours raises, after the records
+  before the cut, so a copy cut short is not read as a shorter corpus. Two frames read as one file."""
+  zstandard = pytest.importorskip("zstandard", reason="zstandard not installed")
+  records = b"".join(b'{"text": "record %d of the corpus"}\n' % i for i in range(20000))
+  frame = zstandard.ZstdCompressor().compress(records)
+  two = tmp_path / "two.jsonl.zst"
+  two.write_bytes(frame + zstandard.ZstdCompressor().compress(b'{"text": "last"}\n'))
+  assert check.check_file(two, "document")["valid"] == 20001
+  for cut in (len(frame) // 2, len(frame) - 1):
+    path = tmp_path / f"cut{cut}.jsonl.zst"
+    path.write_bytes(frame[:cut])
+    read = []
+    with pytest.raises(check.FileError, match="corrupt or truncated compressed data .the file ends inside a zstd frame"):
+      for n, record, _ in check.iter_records(path, "document"):
+        read.append(n)
+    assert len(read) < 20000 and read == list(range(1, len(read) + 1))
+  foreign = tmp_path / "foreign.jsonl.zst"
+  foreign.write_bytes(b'{"text": "not compressed"}\n')
+  with pytest.raises(check.FileError, match=r"foreign.jsonl.zst:1: corrupt .*not zstd data.* before the first record"):
+    check.check_file(foreign, "document")
+
+
+def test_json_documents_and_pathological_lines(tmp_path):
+  """A pretty-printed JSON document or a one-line array of objects is named as not JSON Lines (not one
+  "malformed JSON" per line); a line nested past the stack or with an integer past Python's digit
+  limit is one bad record, and the records around it are read."""
+  pretty = tmp_path / "pretty.json"
+  pretty.write_text(json.dumps({"1": {"text": "a"}}, indent=2))
+  array = tmp_path / "array.json"
+  array.write_text(json.dumps([{"text": "a"}, {"text": "b"}]))
+  for path in (pretty, array):
+    with pytest.raises(check.FileError, match=f"{path}:1: this is .*not JSON Lines"):
+      check.check_file(path, "document")
+  odd = tmp_path / "odd.jsonl"
+  odd.write_text('{"text": "one"}\n' + "[" * 100000 + "\n" + '{"text": "x", "n": ' + "9" * 5000 + "}\n"
+                 + '[{"text": "an array line after the first is one bad record"}]\n{"text": "two"}\n')
+  result = check.check_file(odd, "document")
+  assert (result["read"], result["valid"], result["invalid"]) == (5, 2, 3)
+  assert [p["line"] for p in result["problems"]] == [2, 3, 4]
+  assert result["problems"][0]["reason"].startswith("malformed JSON: RecursionError")
+  assert result["problems"][1]["reason"].startswith("malformed JSON: ValueError: Exceeds the limit")
+  assert result["problems"][2]["reason"] == "expected a JSON object, got list"
+
+
 def test_zstd_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
   zst = tmp_path / "docs.jsonl.zst"
   zst.write_bytes(b"\x28\xb5\x2f\xfd")

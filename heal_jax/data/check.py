@@ -42,7 +42,8 @@ Record = dict[str, str | None]
 
 class FileError(ValueError):
   """A problem with a file as a whole, which stops reading it: a CSV header without the needed
-  columns, a CSV quote that swallows the rows after it, corrupt or truncated compressed data. The
+  columns, a CSV quote that swallows the rows after it, corrupt or truncated compressed data, a JSON
+  document where JSON Lines belong. The
   records after it cannot be delimited, so it is never skipped and counted like a bad record."""
 
   def __init__(self, path: str | os.PathLike, line: int, reason: str):
@@ -71,8 +72,56 @@ def open_binary(path: str | os.PathLike) -> BinaryIO:
     except ImportError as e:
       raise ImportError(f"{path}: reading .zst files needs the zstandard package "
                         "(pip install zstandard)") from e
-    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return io.BufferedReader(_ZstdReader(path, zstandard))
   return open(path, "rb")
+
+
+class _ZstdReader(io.RawIOBase):
+  """A .zst file's decompressed bytes, frame after frame. Raises EOFError where the compressed bytes
+  end inside a frame (zstandard's stream_reader returns the bytes so far as if the file were whole)
+  and for bytes that are not zstd (its ZstdError is not an OSError or ValueError)."""
+
+  def __init__(self, path: pathlib.Path, zstandard):
+    super().__init__()
+    self._file = open(path, "rb")  # pylint: disable=consider-using-with  # closed by close()
+    self._zstd = zstandard
+    self._dctx = zstandard.ZstdDecompressor()
+    self._frame = self._dctx.decompressobj()
+    self._pending, self._offset = memoryview(b""), 0  # decompressed bytes not yet read, from offset
+    self._started = False  # inside a frame (some of its bytes fed, its end not reached)
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    while self._offset == len(self._pending):
+      chunk = self._file.read(1 << 20)
+      if not chunk:
+        if self._started:
+          raise EOFError("the file ends inside a zstd frame")
+        return 0
+      self._pending, self._offset = memoryview(self._decompress(chunk)), 0
+    n = min(len(buffer), len(self._pending) - self._offset)
+    buffer[:n] = self._pending[self._offset:self._offset + n]
+    self._offset += n
+    return n
+
+  def _decompress(self, chunk: bytes) -> bytes:
+    out = []
+    try:
+      while chunk:
+        out.append(self._frame.decompress(chunk))
+        self._started = not self._frame.eof
+        chunk = self._frame.unused_data if self._frame.eof else b""
+        if self._frame.eof:
+          self._frame = self._dctx.decompressobj()
+    except self._zstd.ZstdError as e:
+      raise EOFError(f"not zstd data: {e}") from None
+    return b"".join(out)
+
+  def close(self) -> None:
+    self._file.close()
+    super().close()
 
 
 def parse_pairs(spec: str, what: str = "item", expected: str = "name=value") -> dict[str, str]:
@@ -148,16 +197,27 @@ def _lines(path: pathlib.Path) -> Iterator[tuple[int, str | None, str | None]]:
 
 
 def _iter_jsonl(path, kind, columns):
+  first = True
   for n, line, problem in _lines(path):
     if problem:
       yield n, None, problem
       continue
+    if first and line.strip() in ("[", "{"):  # a pretty-printed document: every line would be "malformed"
+      raise FileError(path, n, "this is one JSON document, not JSON Lines (one object per line); convert it, "
+                      "e.g. jq -c '.[]' for an array")
+    was_first, first = first, False
     try:
       obj = json.loads(line)
     except json.JSONDecodeError as e:
       yield n, None, f"malformed JSON: {e.msg} at column {e.colno}"
       continue
+    except (ValueError, RecursionError) as e:  # an integer past Python's 4300 digits; nesting past the stack
+      yield n, None, f"malformed JSON: {type(e).__name__}: {str(e)[:200]}"
+      continue
     if not isinstance(obj, dict):
+      if was_first and isinstance(obj, list) and obj and all(isinstance(o, dict) for o in obj):
+        raise FileError(path, n, "this is a JSON array of objects, not JSON Lines (one object per line); "
+                        "convert it, e.g. jq -c '.[]'")
       yield n, None, f"expected a JSON object, got {type(obj).__name__}"
       continue
     yield (n, *_record(obj, kind, columns))
@@ -220,9 +280,9 @@ def iter_records(
     for line, record, reason in {"jsonl": _iter_jsonl, "text": _iter_text, "csv": _iter_csv}[fmt](
         path, kind, columns):
       yield line, record, reason
-  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-    raise FileError(path, line + 1, f"corrupt or truncated compressed data ({e}) after the record at line"
-                    f" {line}") from None
+  except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # EOFError also from _ZstdReader
+    where = f"after the record at line {line}" if line else "before the first record"
+    raise FileError(path, line + 1, f"corrupt or truncated compressed data ({e}) {where}") from None
 
 
 def check_file(path: str | os.PathLike, kind: str, fmt: str | None = None,
