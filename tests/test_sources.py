@@ -38,6 +38,21 @@ def test_from_config_resolves_workdir_sorts_and_lists_files(tmp_path):
   assert sources.files(srcs[1]) == [tmp_path / "b" / "1.jsonl.gz", tmp_path / "b" / "2.jsonl"]
 
 
+def test_file_names_with_glob_characters_or_commas_are_taken_as_they_are(tmp_path):
+  """An existing file is named by itself even when its name would glob to nothing ("[2024]" is a
+  character class) or split at its comma; a directory is refused with a glob to give instead."""
+  for name in ("export [2024].jsonl", "notes,v2.jsonl", "plain.jsonl"):
+    _jsonl(tmp_path / name, [{"text": "x"}])
+  cfg = _cfg(a=("{workdir}/export [2024].jsonl, {workdir}/plain.jsonl", "document", 1.0),
+             b=("{workdir}/notes,v2.jsonl", "document", 1.0))
+  a, b = sources.from_config(cfg, workdir=str(tmp_path))
+  assert sources.files(a) == [tmp_path / "export [2024].jsonl", tmp_path / "plain.jsonl"]
+  assert sources.files(b) == [tmp_path / "notes,v2.jsonl"]
+  with pytest.raises(DataError, match=rf"data.sources.d.paths: '{tmp_path}' matches no file \(a directory: give a "
+                                      rf"glob such as {tmp_path}/\*.jsonl\)"):
+    sources.from_config(_cfg(d=(str(tmp_path), "document", 1.0)))
+
+
 @pytest.mark.parametrize("entries, key, message", [
     ({}, "data.sources", "no sources"),
     ({"x": ("{workdir}/a.jsonl", "essay", 1.0)}, "data.sources.x.kind", "unknown kind 'essay'"),

@@ -115,9 +115,13 @@ def files(source: Source) -> list[pathlib.Path]:
     return [_tfds_dir(source)]
   found = set()
   for pattern in source.paths:
-    matches = [pathlib.Path(p) for p in glob.glob(pattern, recursive=True) if pathlib.Path(p).is_file()]
+    if pathlib.Path(pattern).is_file():  # a name holding glob characters, e.g. "export [2024].jsonl"
+      matches = [pathlib.Path(pattern)]
+    else:
+      matches = [pathlib.Path(p) for p in glob.glob(pattern, recursive=True) if pathlib.Path(p).is_file()]
     if not matches:
-      raise DataError(f"data.sources.{source.name}.paths: {pattern!r} matches no file")
+      hint = f" (a directory: give a glob such as {pattern.rstrip('/')}/*.jsonl)" if pathlib.Path(pattern).is_dir() else ""
+      raise DataError(f"data.sources.{source.name}.paths: {pattern!r} matches no file{hint}")
     found.update(matches)
   return sorted(found)
 
@@ -143,7 +147,8 @@ def from_config(sources_cfg: Mapping[str, Any], workdir: str | None = None,
         raise DataError(f"{key}.paths: {paths!r} uses {{workdir}} but no work directory was given")
       paths = paths.replace("{workdir}", str(workdir))
     fmt = str(cfg.get("format", "") or "")
-    globs = (paths.strip(),) if fmt == "tfds" else tuple(p.strip() for p in paths.split(",") if p.strip())
+    whole = fmt == "tfds" or pathlib.Path(paths.strip()).is_file()  # one file whose name has a comma
+    globs = (paths.strip(),) if whole else tuple(p.strip() for p in paths.split(",") if p.strip())
     try:
       fields = check.parse_fields(str(cfg.get("fields", "") or ""))
     except ValueError as e:
