@@ -6,7 +6,9 @@ It reads only numbers: WORKDIR/metrics.jsonl (train and eval rows, see heal_jax/
 WORKDIR/config.json (phase_order and phases.<name>.steps/seq_len/global_batch give the phase boundaries)
 and, for ablation arms, WORKDIR/eval_results.json. No training or evaluation text is ever read or written.
 The output directory holds report.md and its plots (loss.png, loss_per_source.png, mixture.png,
-throughput.png, eval_loss.png, ablation.png), linked by relative paths: copy the folder as a whole.
+throughput.png, eval_loss.png, ablation.png), linked by relative paths: copy the folder as a whole. A
+plot of these names that this report does not draw (no eval rows now, no arms) is removed, so the
+folder never shows an older report's plot.
 
 eval_results.json (optional, one per arm): a flat JSON object of metric name -> number, e.g.
   {"pubmedqa/acc": 0.552, "medqa/acc_norm": 0.311, "notes/missed_rate": 0.42}
@@ -27,6 +29,7 @@ import json
 import os
 import math
 import pathlib
+import re
 import statistics
 import sys
 from typing import Any, Mapping, Sequence
@@ -34,6 +37,9 @@ from typing import Any, Mapping, Sequence
 
 class ReportError(ValueError):
   """A missing or malformed input file."""
+
+
+PLOT_FILES = ("loss.png", "loss_per_source.png", "mixture.png", "throughput.png", "eval_loss.png", "ablation.png")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +71,8 @@ def read_metrics(path: pathlib.Path) -> tuple[list[dict[str, float]], list[dict[
   """(train rows, eval rows), each sorted by step with one row per step (the last written wins)."""
   if not path.is_file():
     raise ReportError(f"{path} not found: is this a heal-jax work directory?")
-  lines = path.read_text(encoding="utf-8").splitlines()
+  lines = _text(path).splitlines()
+  last_line = max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
   by_kind: dict[str, dict[int, dict[str, float]]] = {"train": {}, "eval": {}}
   for n, line in enumerate(lines, 1):
     if not line.strip():
@@ -73,8 +80,8 @@ def read_metrics(path: pathlib.Path) -> tuple[list[dict[str, float]], list[dict[
     try:
       row = json.loads(line)
       step, kind = int(row["step"]), row.get("kind", "train")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-      if n == len(lines):  # a write cut short by a crash
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError) as e:
+      if n == last_line:  # a write cut short by a crash
         print(f"heal-jax report: skipping the truncated last line of {path}", file=sys.stderr)
         continue
       raise ReportError(f"{path}:{n}: malformed metrics row ({e})") from e
@@ -84,8 +91,19 @@ def read_metrics(path: pathlib.Path) -> tuple[list[dict[str, float]], list[dict[
   return tuple([rows[s] for s in sorted(rows)] for rows in (by_kind["train"], by_kind["eval"]))
 
 
+def _text(path: pathlib.Path) -> str:
+  """The file's UTF-8 text; ReportError naming the file and line of a byte that is not UTF-8."""
+  data = path.read_bytes()
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    raise ReportError(f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x})") from None
+
+
 def read_phases(path: pathlib.Path, last_step: int) -> list[PhaseSpan]:
-  """Phase spans from config.json; without it, one phase "run" covering every logged step."""
+  """Phase spans from config.json; without it, one phase "run" covering every logged step, its row
+  length and batch unknown (0)."""
   if not path.is_file():
     return [PhaseSpan("run", 0, last_step, 0, 0)]
   try:
@@ -107,7 +125,7 @@ def read_eval_results(path: pathlib.Path) -> dict[str, float]:
   if not path.is_file():
     return {}
   try:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(_text(path))
   except json.JSONDecodeError as e:
     raise ReportError(f"{path}: malformed JSON: {e}") from e
   if not isinstance(data, dict):
@@ -288,7 +306,9 @@ def run_section(run: RunData, out_dir: pathlib.Path) -> list[str]:
   tokens = sum(s["tokens"] for s in stats)
   seconds = sum(s["time_s"] for s in stats)
   lines = ["## Summary", ""]
-  summary = [("steps run", f"{done} of {planned}"), ("tokens seen", f"{tokens:,.0f}"),
+  known = all(p.seq_len for p in run.phases)  # False without config.json
+  summary = [("steps run", f"{done} of {planned}" if known else f"{done} (planned: unknown, no config.json)"),
+             ("tokens seen", f"{tokens:,.0f}" if known else "unknown (no config.json)"),
              ("training time (s)", _fmt(seconds, 1)), ("final train loss", _fmt(_last(run.train, "loss")))]
   if run.train and len(run.train) > 1:
     summary.append(("wall-clock span of the log (s)", _fmt(run.train[-1]["time"] - run.train[0]["time"], 1)))
@@ -296,7 +316,8 @@ def run_section(run: RunData, out_dir: pathlib.Path) -> list[str]:
   lines += ["## Phases", ""]
   lines += _table(["phase", "steps", "seq_len", "batch", "tokens", "time (s)", "median tokens/s", "median MFU",
                    "final train loss"],
-                  [[p.name, f"{p.start}..{p.end}", str(p.seq_len), str(p.global_batch), f"{s['tokens']:,.0f}",
+                  [[p.name, f"{p.start}..{p.end}", str(p.seq_len or "?"), str(p.global_batch or "?"),
+                    f"{s['tokens']:,.0f}" if p.seq_len else "?",
                     _fmt(s["time_s"], 1), _fmt(s["tokens_per_s"], 0),
                     "" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%", _fmt(s["loss"])]
                    for p, s in zip(run.phases, stats)])
@@ -322,7 +343,8 @@ def run_section(run: RunData, out_dir: pathlib.Path) -> list[str]:
   for title, path in plots:
     lines += [f"### {title}", "", f"![{title}]({path.name})", ""]
   if not run.eval:
-    lines += ["No held-out evaluation rows (config.eval.holdout_examples was 0).", ""]
+    lines += ["No held-out evaluation rows yet (written at phase ends, and every config.eval.every_steps, "
+              "when config.eval.holdout_examples > 0).", ""]
   return lines
 
 
@@ -362,14 +384,22 @@ def build_report(workdir: pathlib.Path | None, out_dir: pathlib.Path,
   out_dir.mkdir(parents=True, exist_ok=True)
   lines = ["# heal-jax training report", ""]
   if run is not None:
-    lines += [f"Work directory: `{_shown(workdir, out_dir)}`", ""]
+    lines += [f"Work directory: `{pathlib.Path(workdir).resolve().name}` (`{_shown(workdir, out_dir)}` from this "
+              "folder)", ""]
     lines += run_section(run, out_dir)
   if arms:
     lines += ablation_section(arms, out_dir)
   lines += ["Numbers only: this report holds no training or evaluation text.", ""]
   path = out_dir / "report.md"
   path.write_text("\n".join(lines), encoding="utf-8")
+  for stale in set(PLOT_FILES) - set(plots_of(path)):
+    (out_dir / stale).unlink(missing_ok=True)
   return path
+
+
+def plots_of(report_md: pathlib.Path) -> list[str]:
+  """File names of the images report.md shows, in order."""
+  return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report_md.read_text(encoding="utf-8"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -395,7 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   arms = None
   if args.ablation:
     dirs = [pathlib.Path(d.strip()) for d in args.ablation.split(",") if d.strip()]
-    names = [n.strip() for n in args.names.split(",")] if args.names else [d.name for d in dirs]
+    names = [n.strip() for n in args.names.split(",")] if args.names else [d.resolve().name for d in dirs]
+    if any(not n or "|" in n for n in names):
+      parser.error(f"arm names must be non-empty and hold no '|' (a Markdown table column): {names}")
     if len(names) != len(dirs):
       parser.error(f"--names has {len(names)} names for {len(dirs)} --ablation directories")
     if len(set(names)) != len(names):
@@ -407,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (OSError, ReportError) as e:
     print(f"heal-jax report: error: {e}", file=sys.stderr)
     return 1
-  print(json.dumps({"report": str(path), "plots": sorted(p.name for p in path.parent.glob("*.png"))}))
+  print(json.dumps({"report": str(path), "plots": plots_of(path)}))
   return 0
 
 

@@ -129,3 +129,37 @@ def test_a_missing_work_directory_is_an_error_that_writes_nothing(tmp_path, caps
   assert report.main(["--workdir", str(tmp_path / "typo")]) == 1
   assert "typo" in capsys.readouterr().err
   assert not (tmp_path / "typo").exists()
+
+
+def test_without_config_eval_rows_or_utf8(tmp_path, capsys):
+  """No config.json: row length, batch, tokens and planned steps read as unknown, not 0. A plot the
+  report no longer draws is removed (an older report's eval_loss.png), while other PNGs stay. A byte
+  that is not UTF-8 is named by file and line; a truncated last row before a blank line is skipped."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  rows = [{"step": s, "kind": "train", "time": float(s), "loss": 3.0, "step_time_s": 1.0, "tokens_per_s": 8.0,
+           "loss/a": 3.0, "share/a": 1.0} for s in (1, 2)]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "k\n\n')
+  out = workdir / "report"
+  out.mkdir()
+  for name in ("eval_loss.png", "ablation.png", "mine.png"):
+    (out / name).write_bytes(PNG_SIGNATURE)
+  assert report.main(["--workdir", str(workdir)]) == 0
+  printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+  text = (out / "report.md").read_text()
+  assert "Work directory: `w` (`..` from this folder)" in text
+  assert "| steps run | 2 (planned: unknown, no config.json) |" in text
+  assert "| tokens seen | unknown (no config.json) |" in text
+  assert "| run | 0..2 | ? | ? | ? |" in text
+  assert "No held-out evaluation rows yet" in text
+  assert printed["plots"] == _check_pngs(text, out) and "eval_loss.png" not in printed["plots"]
+  assert sorted(p.name for p in out.glob("*.png")) == sorted(printed["plots"] + ["mine.png"])
+  (workdir / "metrics.jsonl").write_bytes(b'{"step": 1, "kind": "train"}\n{"step": 2, "note": "caf\xe9"}\n')
+  assert report.main(["--workdir", str(workdir)]) == 1
+  assert f"{workdir / 'metrics.jsonl'}:2: not UTF-8 (byte 0xe9)" in capsys.readouterr().err
+  (workdir / "metrics.jsonl").write_text('{"step": 1e400, "kind": "train"}\n{"step": 2, "kind": "train"}\n')
+  with pytest.raises(report.ReportError, match=r"metrics.jsonl:1: malformed metrics row"):
+    report.build_report(workdir, out)
+  with pytest.raises(SystemExit):  # an empty arm name (a trailing comma) would make an unnamed column
+    report.main(["--ablation", str(workdir), "--names", "a,", "--out", str(out)])
+  assert "arm names must be non-empty" in capsys.readouterr().err
