@@ -265,3 +265,14 @@ def test_aci_bench_train_csv(shared_data, capsys):
           "--fields", "conversation=dialogue,note=note"]
   assert check.main(argv) == 0
   assert json.loads(capsys.readouterr().out) == {"read": 67, "valid": 67, "invalid": 0, "problems": []}
+
+
+def test_problems_past_the_cap_are_counted_and_bad_fields_are_explained(tmp_path, capsys):
+  path = tmp_path / "many.jsonl"
+  path.write_text('{"txt": "wrong key"}\n' * (check.MAX_PROBLEMS + 7))
+  result = check.check_file(path, "document")
+  assert (result["invalid"], len(result["problems"]), result["problems_not_listed"]) == (
+      check.MAX_PROBLEMS + 7, check.MAX_PROBLEMS, 7)
+  with pytest.raises(SystemExit):
+    check.main([str(path), "--kind", "document", "--fields", "bogus"])
+  assert "bad field mapping 'bogus': expected OURS=THEIRS" in capsys.readouterr().err

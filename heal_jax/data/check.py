@@ -289,7 +289,8 @@ def check_file(path: str | os.PathLike, kind: str, fmt: str | None = None,
                fields: Mapping[str, str] | None = None) -> dict[str, Any]:
   """{"read", "valid", "invalid", "problems": [{"line", "reason"}]}; read = valid + invalid.
 
-  Problems keep the first `MAX_PROBLEMS`; the counts are never capped. Writes nothing. Raises FileError
+  Problems keep the first `MAX_PROBLEMS` (then "problems_not_listed" counts the rest); the counts are
+  never capped. Writes nothing. Raises FileError
   for a problem with the file as a whole (see `iter_records`).
   """
   read = valid = 0
@@ -300,7 +301,17 @@ def check_file(path: str | os.PathLike, kind: str, fmt: str | None = None,
       valid += 1
     elif len(problems) < MAX_PROBLEMS:
       problems.append({"line": line, "reason": reason})
-  return {"read": read, "valid": valid, "invalid": read - valid, "problems": problems}
+  result = {"read": read, "valid": valid, "invalid": read - valid, "problems": problems}
+  if read - valid > len(problems):
+    result["problems_not_listed"] = read - valid - len(problems)
+  return result
+
+
+def _fields_arg(spec: str) -> dict[str, str]:
+  try:
+    return parse_fields(spec)
+  except ValueError as e:  # argparse would print only "invalid parse_fields value"
+    raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -314,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("path", type=pathlib.Path)
   parser.add_argument("--kind", required=True, choices=tuple(KIND_FIELDS))
   parser.add_argument("--format", dest="fmt", choices=FORMATS, default=None)
-  parser.add_argument("--fields", type=parse_fields, default=None,
+  parser.add_argument("--fields", type=_fields_arg, default=None,
                       help="OURS=THEIRS, comma separated: conversation=dialogue,note=note")
   args = parser.parse_args(argv)
   try:
