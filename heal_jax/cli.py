@@ -177,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
   from heal_jax.train.workdir_lock import WorkdirInUse  # pylint: disable=import-outside-toplevel
   argv = list(sys.argv[1:] if argv is None else argv)
+  _quiet_closed_event_loop()
   try:
     overrides, rest = config_lib.split_overrides(argv)
     for n in (2, 1):
@@ -189,6 +190,21 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (CheckpointError, config_lib.ConfigError, ValueError, WorkdirInUse) as e:
     print(f"heal-jax: error: {e}", file=sys.stderr)
     return 2
+
+
+def _quiet_closed_event_loop() -> None:
+  """After a failed checkpoint read, orbax's reads still in flight finish on tensorstore threads and
+  call back into its closed asyncio loop; each prints an unraisable 'RuntimeError: Event loop is
+  closed' traceback around the one-line error (some before the error reaches `main`). Drops exactly
+  those, for the command's whole life; every other unraisable exception is printed as before."""
+  previous = sys.unraisablehook
+  if getattr(previous, "heal_jax_quiet", False):  # main() called again in one process
+    return
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  hook.heal_jax_quiet = True
+  sys.unraisablehook = hook
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The `heal-jax` command line: the Quickstart demo end to end, and error reporting."""
 
 import json
+import sys
 import pathlib
 
 from heal_jax import cli
@@ -51,3 +52,24 @@ def test_overrides_to_a_command_without_a_config_are_refused(tmp_path, capsys):
 def test_overrides_may_come_before_a_passthrough_subcommand(capsys):
   assert cli.main(["--config.plan.mfu=2", "plan", "--config", TINY]) == 2
   assert capsys.readouterr().err == "heal-jax plan: error: config.plan.mfu=2.0 is a fraction: in (0, 1]\n"
+
+
+def test_closed_event_loop_noise_is_dropped_and_nothing_else(tmp_path, monkeypatch):
+  """orbax's reads in flight after a failed restore call into its closed asyncio loop; the tracebacks
+  they print as unraisable exceptions are dropped; any other unraisable exception still reaches the
+  hook that was there before."""
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+  assert cli.main(["data", "check", str(tmp_path / "missing.jsonl"), "--kind", "document"]) == 2
+  cli.main(["data", "check", str(tmp_path / "missing.jsonl"), "--kind", "document"])  # installs once
+
+  class Raises:
+    def __init__(self, message):
+      self.message = message
+
+    def __del__(self):
+      raise RuntimeError(self.message)
+
+  Raises("Event loop is closed")  # pylint: disable=expression-not-assigned
+  Raises("something else")  # pylint: disable=expression-not-assigned
+  assert seen == ["something else"]
