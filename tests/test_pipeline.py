@@ -368,3 +368,26 @@ def test_grain_workers_die_with_a_killed_trainer():
   alive = [w for w in workers if pathlib.Path(f"/proc/{w}").exists()
            and "Z" not in pathlib.Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1][:3]]
   assert not alive, f"grain workers {alive} outlived the SIGKILLed trainer"
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_grain_workers_leave_no_shared_memory_and_stop_on_close():
+  """Batches come from the workers pickled, not in shared memory: a process that reads and exits (with
+  batches still prefetched) gets no resource-tracker 'leaked shared_memory' warning; close() stops
+  the worker processes."""
+  code = ("import os, sys; sys.path.insert(0, {repo!r}); from tests.test_pipeline import _sources, _children; "
+          "from heal_jax.data import pipeline\n"
+          "if __name__ == '__main__':\n"
+          "  spec = pipeline.PipelineSpec(seq_len=32, global_batch=4, weights={{'a': 1, 'b': 1}}, seed=1, worker_count=2)\n"
+          "  for close in (True, False):\n"
+          "    it = pipeline.BatchIterator(_sources(), spec)\n"
+          "    batches = [next(it) for _ in range(5)]\n"
+          "    if close:\n"
+          "      it.close(); it.close()\n"
+          "      workers = [c for c in _children(os.getpid())\n"
+          "                 if b'resource_tracker' not in open(f'/proc/{{c}}/cmdline', 'rb').read()]\n"
+          "      print('workers after close', len(workers), flush=True)\n"
+          ).format(repo=str(pathlib.Path(__file__).resolve().parents[1]))
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+  assert "workers after close 0" in out.stdout
+  assert "leaked shared_memory" not in out.stderr, out.stderr[-2000:]

@@ -7,6 +7,7 @@ it was: the result is bitwise the same as an uninterrupted run (CPU, fp32).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -200,7 +201,7 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   t_start, t_last, last_logged = time.time(), time.time(), step0
   pending = None
   status = "done"
-  with jax.set_mesh(run.mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES), contextlib.closing(it):
     for step in range(step0, phase.end):
       batch = _global_batch(next(it), batch_sharding, spec.global_batch)
       state, metrics = step_fn(state, batch)
