@@ -84,6 +84,9 @@ if command -v setsid > /dev/null 2>&1; then setsid_cmd=(setsid); else setsid_cmd
 mapfile -t slurm_vars < <(compgen -e | grep '^SLURM_' || true)
 
 prefix() {  # line by line, so nothing waits in a buffer (mawk buffers pipes)
+  # A terminal's Ctrl-C or hangup reaches this script's whole process group, these prefixers too:
+  # they must outlive it, or the trainers' next line of output is a broken pipe before they can save.
+  trap '' INT HUP TERM
   local line
   while IFS= read -r line || [[ -n "$line" ]]; do printf '[%s] %s\n' "$1" "$line"; done
 }
@@ -155,7 +158,7 @@ while ((${#done_pids[@]} < nproc)); do
   if [[ -n "$failed_at" ]] && ((SECONDS - failed_at >= kill_grace)); then
     signal_all KILL
   fi
-  sleep 0.1
+  sleep 0.1 || true  # killed by the terminal's signal to the group, it would end the script under set -e
 done
 wait  # the output prefixers
 exit "$status"

@@ -105,16 +105,20 @@ def test_killing_one_process_stops_the_other_with_a_clear_error(data_root, tmp_p
   procs[1].wait()
 
 
-def test_sigterm_to_a_two_process_run_saves_one_agreed_step(data_root, tmp_path):
-  """SIGTERM to launch/local.sh reaches both processes; they agree on a step, save it, exit 0."""
+@pytest.mark.parametrize("group_signal", [None, signal.SIGINT], ids=["sigterm", "ctrl_c_to_group"])
+def test_sigterm_to_a_two_process_run_saves_one_agreed_step(data_root, tmp_path, group_signal):
+  """SIGTERM to launch/local.sh, or a terminal's Ctrl-C (SIGINT to its whole process group, its output
+  prefixers included), reaches both processes as SIGTERM; they agree on a step, save it, exit 0."""
   from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / "term"
   cmd = ["bash", str(REPO / "launch" / "local.sh"), "2", "--cpu-devices", "4", "--",
          sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY), "--workdir", str(workdir),
          *train_helpers.overrides(data_root, 5000, MESH + ("--config.checkpoint.every_steps=5000",))]
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-  proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  out, err = train_helpers.sigterm_once_training(proc, workdir, start_timeout=300, exit_timeout=180)
+  proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=group_signal is not None)
+  out, err = train_helpers.sigterm_once_training(proc, workdir, start_timeout=300, exit_timeout=180,
+                                                 group_signal=group_signal)
   assert proc.returncode == 0, err[-3000:]
   assert '"status": "preempted"' in out
   step = int(out.split('"step": ')[-1].split("}")[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 import signal
@@ -67,12 +68,16 @@ def losses(workdir: pathlib.Path) -> dict[int, float]:
 
 
 def sigterm_once_training(proc: subprocess.Popen, workdir: pathlib.Path, start_timeout: float,
-                          exit_timeout: float) -> tuple[str, str]:
+                          exit_timeout: float, group_signal: int | None = None) -> tuple[str, str]:
   """Waits until `proc` has logged a step to WORKDIR/metrics.jsonl (at most start_timeout s), lets it
-  train 3 s more, sends SIGTERM and returns its (stdout, stderr) once it exits."""
+  train 3 s more, sends SIGTERM (or `group_signal` to its whole process group, as a terminal's Ctrl-C
+  does; start it with start_new_session=True) and returns its (stdout, stderr) once it exits."""
   deadline = time.time() + start_timeout
   while time.time() < deadline and not (workdir / "metrics.jsonl").is_file():
     time.sleep(0.2)
   time.sleep(3.0)
-  proc.send_signal(signal.SIGTERM)
+  if group_signal is None:
+    proc.send_signal(signal.SIGTERM)
+  else:
+    os.killpg(proc.pid, group_signal)
   return proc.communicate(timeout=exit_timeout)
