@@ -369,8 +369,8 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     if item.startswith("--config."):
       if "=" not in item:
         value = next(it, None)
-        if value is None:
-          raise ConfigError(f"{item} needs a value")
+        if value is None or value.startswith("--"):  # not `--config.a --workdir D`: a forgotten value
+          raise ConfigError(f"{item} needs a value (give {item}=VALUE)")
         item = f"{item}={value}"
       overrides.append(item)
     else:

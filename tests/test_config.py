@@ -76,6 +76,10 @@ def test_split_overrides():
       ["train", "--config", "c.py", "--config.seed=3", "--config.model.num_layers", "2", "--workdir", "w"])
   assert overrides == ["--config.seed=3", "--config.model.num_layers=2"]
   assert rest == ["train", "--config", "c.py", "--workdir", "w"]
+  for forgotten in (["--config.data.tokenizer", "--config.plan.devices=4"], ["--config.data.tokenizer", "--workdir", "w"],
+                    ["--config.data.tokenizer"]):
+    with pytest.raises(config_lib.ConfigError, match=r"--config.data.tokenizer needs a value \(give "):
+      config_lib.split_overrides(forgotten)
 
 
 def test_model_config_validation_names_fields():
@@ -83,6 +87,11 @@ def test_model_config_validation_names_fields():
     ModelConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=4, num_kv_heads=3)
   with pytest.raises(ModelConfigError, match="unknown model config key.*model.bogus"):
     ModelConfig.from_dict({"bogus": 1})
+  shape = dict(vocab_size=10, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=2, num_kv_heads=2)
+  for field, value in [("rms_norm_eps", -1e-5), ("rms_norm_eps", 0.0), ("rope_theta", -10000.0),
+                       ("rope_theta", float("nan")), ("head_dim", 0)]:
+    with pytest.raises(ModelConfigError, match=f"model.{field} must be positive"):
+      ModelConfig(**shape, **{field: value})
 
 
 def test_hf_config_both_rope_styles():

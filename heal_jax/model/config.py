@@ -57,6 +57,11 @@ class ModelConfig:
             f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads};"
             " set model.head_dim")
       object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+    if self.head_dim <= 0:
+      raise ConfigError(f"model.head_dim must be positive, got {self.head_dim}")
+    for name in ("rms_norm_eps", "rope_theta"):  # eps 0 divides a zero row by zero; theta <= 0 has no rotary
+      if not float(getattr(self, name)) > 0:
+        raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
     if self.head_dim % 2:
       raise ConfigError(f"model.head_dim={self.head_dim} must be even for rotary embeddings")
     if self.rope_scaling_factor < 1.0:
