@@ -187,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return importlib.import_module(module).main(rest[drop:] + overrides)
     args = build_parser().parse_args(rest)
     return args.handler(args, overrides)
-  except (CheckpointError, config_lib.ConfigError, ValueError, WorkdirInUse) as e:
+  except (CheckpointError, config_lib.ConfigError, ValueError, WorkdirInUse, OSError) as e:
+    # OSError: an output that cannot be written (read-only, a file where a folder belongs), a full disk.
     print(f"heal-jax: error: {e}", file=sys.stderr)
     return 2
 

@@ -25,6 +25,17 @@ def test_unknown_config_key_is_reported(tmp_path, capsys):
   assert not (tmp_path / "x").exists()
 
 
+def test_init_refuses_a_tokenizer_directory_without_a_model_and_an_unwritable_out(tmp_path, capsys):
+  (tmp_path / "empty").mkdir()
+  for tok in (tmp_path / "missing", tmp_path / "empty"):
+    assert cli.main(["init", "--config", TINY, "--out", str(tmp_path / "x"), "--tokenizer", str(tok)]) == 2
+    assert f"tokenizer directory {tok}: no tokenizer.model there" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+  (tmp_path / "a_file").write_text("")
+  assert cli.main(["init", "--config", TINY, "--out", str(tmp_path / "a_file" / "out")]) == 2
+  assert f"cannot create output directory {tmp_path / 'a_file' / 'out'}: File exists" in capsys.readouterr().err
+
+
 def test_passthrough_data_check(tmp_path, capsys):
   f = tmp_path / "d.jsonl"
   f.write_text('{"text": "fine"}\n{"text": ""}\n')

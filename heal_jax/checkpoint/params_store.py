@@ -55,10 +55,13 @@ def atomic_output_dir(dst: pathlib.Path, overwrite: bool = False,
   if dst.exists() and not overwrite:
     raise CheckpointError(f"output directory {dst} already exists (pass --overwrite to replace it)")
   check_not_an_input(dst, inputs)
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  staging = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-  shutil.rmtree(staging, ignore_errors=True)
-  staging.mkdir()
+  try:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+  except OSError as e:  # a file where a folder belongs, a read-only place: name the output, not the staging
+    raise CheckpointError(f"cannot create output directory {dst}: {e.strerror or e} ({e.filename})") from None
   try:
     yield staging
   except BaseException:

@@ -22,7 +22,11 @@ def random_params(cfg: ModelConfig, seed: int = 0) -> dict[str, Any]:
 
 def write_random_checkpoint(cfg: ModelConfig, out: pathlib.Path, seed: int = 0,
                             tokenizer_dir: pathlib.Path | None = None, overwrite: bool = False) -> dict[str, Any]:
-  """A heal-jax checkpoint directory (see params_store) holding freshly initialised weights."""
+  """A heal-jax checkpoint directory (see params_store) holding freshly initialised weights, and the
+  tokenizer files of `tokenizer_dir` (ValueError, before anything is written, if it has no
+  tokenizer.model)."""
+  if tokenizer_dir is not None and not (pathlib.Path(tokenizer_dir) / "tokenizer.model").is_file():
+    raise ValueError(f"tokenizer directory {tokenizer_dir}: no tokenizer.model there (give the directory holding it)")
   params = random_params(cfg, seed)
   with params_store.atomic_output_dir(out, overwrite) as staging:
     params_store.write_checkpoint(staging, params, cfg, to_hf_config(cfg), cfg.param_dtype, tokenizer_dir,
