@@ -10,7 +10,8 @@
 #   (XLA_FLAGS+=--xla_force_host_platform_device_count=D, default D=4).
 # GPU mode (--gpus-per-process K): process i gets GPUs i*K .. i*K+K-1 of this host (of
 #   CUDA_VISIBLE_DEVICES when it is set) through CUDA_VISIBLE_DEVICES, and XLA_CLIENT_MEM_FRACTION=0.90
-#   unless set (the share `heal-jax plan` assumes, plan.memory_fraction).
+#   unless it or its old name XLA_PYTHON_CLIENT_MEM_FRACTION is set (the share `heal-jax plan`
+#   assumes, plan.memory_fraction).
 # Every process gets HEAL_COORDINATOR_ADDRESS=127.0.0.1:PORT (a free port unless --port),
 # HEAL_NUM_PROCESSES=N and HEAL_PROCESS_ID=i, which heal_jax/parallel/distributed.py reads; SLURM_*
 # variables are removed from the children so that running inside an allocation does not switch them
@@ -97,8 +98,10 @@ for ((i = 0; i < nproc; i++)); do
   if [[ -n "$gpus_per_process" ]]; then
     mine="$(IFS=','; echo "${gpu_list[*]:$((i * gpus_per_process)):$gpus_per_process}")"
     local_ids="$(seq -s, 0 $((gpus_per_process - 1)))"
-    env_args+=(CUDA_VISIBLE_DEVICES="$mine" JAX_LOCAL_DEVICE_IDS="$local_ids"
-               XLA_CLIENT_MEM_FRACTION="${XLA_CLIENT_MEM_FRACTION:-0.90}")  # as slurm.sbatch; plan assumes it
+    env_args+=(CUDA_VISIBLE_DEVICES="$mine" JAX_LOCAL_DEVICE_IDS="$local_ids")
+    if [[ -z "${XLA_PYTHON_CLIENT_MEM_FRACTION:-}" ]]; then  # the old name; setting both is jaxlib's error
+      env_args+=(XLA_CLIENT_MEM_FRACTION="${XLA_CLIENT_MEM_FRACTION:-0.90}")  # as slurm.sbatch; plan assumes it
+    fi
   else
     env_args+=(JAX_PLATFORMS=cpu
                XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$cpu_devices")

@@ -63,3 +63,18 @@ def test_k8s_wrapper_passes_overrides_and_exit_status(tmp_path):
   env.pop("OVERRIDES")
   out = subprocess.run(["/bin/bash", "-c", script], env=env, capture_output=True, text=True, timeout=30)
   assert out.stdout.splitlines() == ["train", "--config", "configs/heal_13b.py", "--workdir", "/w"]
+
+
+def test_local_gpu_mode_sets_the_memory_fraction_under_one_name_only():
+  """jaxlib refuses XLA_CLIENT_MEM_FRACTION together with its deprecated name; a user's old-name value
+  is kept, else the new name gets 0.90 (what `heal-jax plan` assumes)."""
+  env = {k: v for k, v in os.environ.items() if "MEM_FRACTION" not in k}
+  env["CUDA_VISIBLE_DEVICES"] = "3"  # GPU mode needs to know the GPUs; `env` runs no GPU code
+  cmd = ["bash", str(REPO / "launch" / "local.sh"), "1", "--gpus-per-process", "1", "--", "env"]
+  fresh = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+  old = subprocess.run(cmd, env={**env, "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.8"}, capture_output=True, text=True,
+                       timeout=60, check=True).stdout
+  assert "[0] XLA_CLIENT_MEM_FRACTION=0.90" in fresh and "[0] CUDA_VISIBLE_DEVICES=3" in fresh
+  assert "[0] XLA_PYTHON_CLIENT_MEM_FRACTION=0.8" in old and "XLA_CLIENT_MEM_FRACTION" not in old
+  sbatch = (REPO / "launch" / "slurm.sbatch").read_text()
+  assert 'if [[ -z "${XLA_PYTHON_CLIENT_MEM_FRACTION:-}" ]]; then\n  export XLA_CLIENT_MEM_FRACTION=' in sbatch
