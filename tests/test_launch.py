@@ -7,6 +7,7 @@ upgrade that drops one must fail here first.
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 
@@ -63,6 +64,18 @@ def test_k8s_wrapper_passes_overrides_and_exit_status(tmp_path):
   env.pop("OVERRIDES")
   out = subprocess.run(["/bin/bash", "-c", script], env=env, capture_output=True, text=True, timeout=30)
   assert out.stdout.splitlines() == ["train", "--config", "configs/heal_13b.py", "--workdir", "/w"]
+  # Preempted (SIGTERM, forwarded): a trainer that saves and exits 0 makes the wrapper exit 143 (the
+  # JobSet restarts it); one that fails keeps its own status, not the 143 of the wait the trap cut short.
+  for trainer_rc, expected in ((0, 143), (7, 7)):
+    stub.write_text(f"#!{sys.executable}\nimport os, signal, time\n"  # exits the moment SIGTERM comes
+                    f"signal.signal(signal.SIGTERM, lambda *_: os._exit({trainer_rc}))\n"
+                    "print('started', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen(["/bin/bash", "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "started"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == expected, (trainer_rc, proc.returncode)
 
 
 def test_local_gpu_mode_sets_the_memory_fraction_under_one_name_only():
