@@ -161,7 +161,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   config.plan = ml_collections.ConfigDict(dict(   # `heal-jax plan`: the cluster to plan for
       devices=8,               # accelerators in the run (the fake CPU mesh gets this many devices)
-      device_memory_gb=80.0,   # memory per accelerator
+      device_memory_gb=80.0,   # memory per accelerator, GiB (an A100 80GB has 80 GiB)
       peak_tflops=989.0,       # dense bf16 peak per accelerator (H100 989, A100 312)
       mfu=0.4,                 # assumed model FLOPs utilisation for the implied step time
       memory_fraction=0.9,     # share of device memory XLA may use (the launchers set XLA_CLIENT_MEM_FRACTION=0.90)

@@ -10,7 +10,8 @@ backend's buffer assignment, an estimate of the GPU one), the total against the 
 plan.memory_fraction of plan.device_memory_gb;
 model FLOPs per step (PaLM's count, see heal_jax.train.metrics) and XLA's FLOP count of the
 compiled per-device program; and the step time implied by plan.mfu of plan.peak_tflops.
-The last line printed is one JSON object: per_device_bytes, flops_per_step, fits, phases.
+The last line printed is one JSON object: per_device_bytes, flops_per_step, fits, phases; the first
+two are those of the phase that needs the most memory per device (each phase's own are in phases).
 """
 
 from __future__ import annotations
@@ -150,7 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     child = _ensure_devices(config.plan.devices, argv)
     if child is not None:
       return child
-    result = run_plan(config)
+    try:
+      result = run_plan(config)
+    except ValueError as e:  # e.g. a batch the planned mesh cannot split
+      raise ValueError(f"{e} (planned for config.plan.devices={config.plan.devices}: give "
+                       "--config.plan.devices=N for the cluster the run is for)") from None
   except (ValueError, RuntimeError) as e:
     print(f"heal-jax plan: error: {e}", file=sys.stderr)
     return 2
