@@ -115,8 +115,11 @@ def test_sigterm_to_a_two_process_run_saves_one_agreed_step(data_root, tmp_path,
          sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY), "--workdir", str(workdir),
          *train_helpers.overrides(data_root, 5000, MESH + ("--config.checkpoint.every_steps=5000",))]
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  # A terminal's shell leaves SIGINT at its default; a test run in the background (nohup ... &) inherits
+  # it ignored, and a shell cannot trap a signal ignored on entry: restore it, as a terminal has it.
   proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=group_signal is not None)
+                          start_new_session=group_signal is not None,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   out, err = train_helpers.sigterm_once_training(proc, workdir, start_timeout=300, exit_timeout=180,
                                                  group_signal=group_signal)
   assert proc.returncode == 0, err[-3000:]

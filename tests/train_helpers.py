@@ -80,4 +80,12 @@ def sigterm_once_training(proc: subprocess.Popen, workdir: pathlib.Path, start_t
     proc.send_signal(signal.SIGTERM)
   else:
     os.killpg(proc.pid, group_signal)
-  return proc.communicate(timeout=exit_timeout)
+  try:
+    return proc.communicate(timeout=exit_timeout)
+  except subprocess.TimeoutExpired:
+    for _ in range(2):  # launch/local.sh: a second signal SIGKILLs the trainers, which would outlive the test
+      proc.send_signal(signal.SIGTERM)
+      time.sleep(0.5)
+    proc.kill()
+    proc.communicate(timeout=30)
+    raise
