@@ -60,6 +60,12 @@ XLA_FLAGS="$LAUNCH_FLAGS" timeout 80 "$PY" bench/train.py --gpu --layers 8 --ste
   --remat dots_no_batch --impls pallas,cudnn > "$OUT/train_gpu_flags.txt" 2>&1
 echo "train (launcher XLA flags: $LAUNCH_FLAGS) exit $?" >> "$OUT/train_gpu_flags.txt"
 
+# Issue 4: the checkpoint fingerprint's temporaries and time on the GPU (XLA:CPU keeps two uint32
+# copies of each array; a GPU should fuse them away). Appended to a file above: 8 files at most return.
+{ echo "--- bench/fingerprint.py --layers 2 --time"
+  timeout 60 "$PY" bench/fingerprint.py --layers 2 --time 2>&1 | grep -v -E "^W[0-9]|^E[0-9]"
+  echo "fingerprint exit ${PIPESTATUS[0]}"; } >> "$OUT/train_gpu_flags.txt"
+
 # The main job on the GPU through our kernel (packed rows, GQA, head_dim 32), when the wheels of
 # grain/ml-collections/clu were carried (see bench/gpu_tiny.sh).
 if compgen -G ".whl/*.whl" > /dev/null; then

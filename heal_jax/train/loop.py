@@ -29,7 +29,7 @@ from heal_jax.model.config import ModelConfig
 from heal_jax.parallel import mesh as mesh_lib
 from heal_jax.train import checkpointing, init as init_lib, metrics as metrics_lib
 from heal_jax.train import optimizer as optimizer_lib, phases as phases_lib, state as state_lib, step as step_lib
-from heal_jax.train import workdir_lock
+from heal_jax.train import setup, workdir_lock
 
 
 class Process0Failed(RuntimeError):
@@ -172,7 +172,6 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   cfg = phases_lib.model_config(run.base_cfg, phase)
   config = run.config
   tx = optimizer_lib.make_optimizer(phase.optimizer)
-  lr_fn = optimizer_lib.learning_rate(phase.optimizer)
   p_shard = state_lib.param_shardings(cfg, run.mesh)
   st_shard = state_lib.state_shardings(jax.eval_shape(lambda: state), p_shard, run.mesh)
   step0 = int(state.step)
@@ -190,8 +189,7 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   if jax.process_index() == 0:  # Only once the config is known to fit the work directory's checkpoints.
     (run.workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
   batch_sharding = mesh_lib.batch_sharding(run.mesh)
-  step_fn = step_lib.jit_train_step(cfg, tx, lr_fn, config.train.micro_steps, config.train.z_loss,
-                                    len(run.source_names), st_shard, batch_sharding)
+  step_fn = setup.phase_train_step(config, phase, cfg, tx, st_shard, run.mesh, len(run.source_names))
   run.writer.log(f"phase {phase.name} ({phase.index + 1}): steps {phase.start}..{phase.end}, seq_len "
                  f"{phase.seq_len}, rope x{phase.rope_scaling_factor}, weights {phase.weights}, "
                  f"instruction tuning {'on' if phase.instruction_tuning else 'off'}, from step {step0}")
@@ -327,12 +325,12 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   # A bad phase, model or mesh setting fails here, before anything is written to the work directory.
   phases = phases_lib.from_config(config)
   base_cfg = config_lib.model_config(config)
-  mesh = mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES}, devices)
+  mesh = setup.make_mesh(config, devices)
   done = (checkpointing.completed_steps(workdir) or [0])[-1]
   shards = config.data.num_shards or jax.process_count()
   for phase in phases:
     if phase.end > done:  # a finished phase may have used another device count
-      phases_lib.check_batch(phase, config.train.micro_steps, mesh.shape["data"] * mesh.shape["fsdp"])
+      setup.check_phase(config, phase, phases_lib.model_config(base_cfg, phase), mesh)
       if phase.global_batch % shards:
         raise ValueError(f"phase {phase.name}: global batch {phase.global_batch} is not divisible by the "
                          f"data shards ({shards}, config.data.num_shards or one per process)")
@@ -407,8 +405,6 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
     phase = phase or ended  # all done but the last phase's eval: restore its state to run it
     cfg = phases_lib.model_config(base_cfg, phase)
     p_shard = state_lib.param_shardings(cfg, mesh)
-    mesh_lib.check_no_large_replicated(jax.eval_shape(lambda: state_lib.unboxed_init(cfg, jax.random.PRNGKey(0))),
-                                       p_shard, config.mesh.max_replicated_elements)
     tx = optimizer_lib.make_optimizer(phase.optimizer)
     with jax.set_mesh(mesh):
       if latest is not None:

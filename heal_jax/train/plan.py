@@ -54,7 +54,7 @@ def plan_phase(config: Any, phase: Any, mesh: Any) -> dict[str, Any]:
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   from heal_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-  from heal_jax.train import metrics, optimizer as opt_lib, phases as phases_lib, state as state_lib, step as step_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax.train import metrics, optimizer as opt_lib, phases as phases_lib, setup, state as state_lib  # pylint: disable=import-outside-toplevel
   from heal_jax.model import attention  # pylint: disable=import-outside-toplevel
 
   cfg = phases_lib.model_config(config_lib.model_config(config), phase)
@@ -64,15 +64,13 @@ def plan_phase(config: Any, phase: Any, mesh: Any) -> dict[str, Any]:
   abstract = jax.eval_shape(lambda: state_lib.new_state(state_lib.unboxed_init(cfg, jax.random.PRNGKey(0)), tx,
                                                         jax.random.PRNGKey(0)))
   st_shard = state_lib.state_shardings(abstract, p_shard, mesh)
-  mesh_lib.check_no_large_replicated(abstract.params, p_shard, config.mesh.max_replicated_elements)
-  phases_lib.check_batch(phase, config.train.micro_steps, mesh.shape["data"] * mesh.shape["fsdp"])
+  setup.check_phase(config, phase, cfg, mesh)
   state_in = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, st_shard)
   b_shard = mesh_lib.batch_sharding(mesh)
   batch = {k: jax.ShapeDtypeStruct((phase.global_batch, phase.seq_len), jnp.int32, sharding=b_shard)
            for k in ("tokens", "segment_ids", "positions", "loss_mask", "source")}
   num_sources = max(len(config.data.sources), 1)
-  step_fn = step_lib.jit_train_step(cfg, tx, opt_lib.learning_rate(phase.optimizer), config.train.micro_steps,
-                                    config.train.z_loss, num_sources, st_shard, b_shard)
+  step_fn = setup.phase_train_step(config, phase, cfg, tx, st_shard, mesh, num_sources)
   with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
     compiled = step_fn.lower(state_in, batch).compile()
   mem = compiled.memory_analysis()
@@ -103,11 +101,10 @@ def check_plan_config(plan: Any) -> None:
 
 def run_plan(config: Any) -> dict[str, Any]:
   import jax  # pylint: disable=import-outside-toplevel
-  from heal_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-  from heal_jax.train import phases as phases_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax.train import phases as phases_lib, setup  # pylint: disable=import-outside-toplevel
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   devices = jax.devices()[:config.plan.devices]
-  mesh = mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES}, devices)
+  mesh = setup.make_mesh(config, devices)
   rows = [plan_phase(config, p, mesh) for p in phases_lib.from_config(config)]
   limit = config.plan.device_memory_gb * config.plan.memory_fraction * 1024**3
   worst = max(rows, key=lambda r: r["per_device_bytes"])

@@ -1,0 +1,38 @@
+"""What the trainer and `heal-jax plan` both build from a run config, so that the plan compiles
+exactly what the trainer runs: the device mesh, the checks of a phase against it, and the phase's
+jitted train step. The one reader of `config.mesh` and `config.train.{micro_steps, z_loss}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from heal_jax.model.config import ModelConfig
+from heal_jax.parallel import mesh as mesh_lib
+from heal_jax.train import optimizer as optimizer_lib
+from heal_jax.train import phases as phases_lib
+from heal_jax.train import state as state_lib
+from heal_jax.train import step as step_lib
+
+
+def make_mesh(config: Any, devices: list[Any] | None = None) -> jax.sharding.Mesh:
+  """The (data, fsdp, tensor) mesh of `config.mesh` over `devices` (default: all of them)."""
+  return mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES}, devices)
+
+
+def check_phase(config: Any, phase: phases_lib.Phase, cfg: ModelConfig, mesh: jax.sharding.Mesh) -> None:
+  """ValueError if the phase's batch does not split into micro-batches over the data x fsdp devices,
+  or if a parameter above config.mesh.max_replicated_elements would be replicated on every device."""
+  phases_lib.check_batch(phase, config.train.micro_steps, mesh.shape["data"] * mesh.shape["fsdp"])
+  shapes = jax.eval_shape(lambda: state_lib.unboxed_init(cfg, jax.random.PRNGKey(0)))
+  mesh_lib.check_no_large_replicated(shapes, state_lib.param_shardings(cfg, mesh), config.mesh.max_replicated_elements)
+
+
+def phase_train_step(config: Any, phase: phases_lib.Phase, cfg: ModelConfig, tx: optax.GradientTransformation,
+                     state_shardings: Any, mesh: jax.sharding.Mesh, num_sources: int):
+  """The jitted train step of `phase` (see step.jit_train_step), fed batches sharded over the mesh."""
+  return step_lib.jit_train_step(cfg, tx, optimizer_lib.learning_rate(phase.optimizer), config.train.micro_steps,
+                                 config.train.z_loss, num_sources, state_shardings, mesh_lib.batch_sharding(mesh))

@@ -1,0 +1,41 @@
+"""setup: the mesh and the phase checks that the trainer and `heal-jax plan` share."""
+
+import pathlib
+
+import jax
+import pytest
+
+from heal_jax import config as config_lib
+from heal_jax.train import phases as phases_lib, setup
+
+TINY = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py")
+
+
+def _phase(config, name):
+  phase = next(p for p in phases_lib.from_config(config) if p.name == name)
+  return phase, phases_lib.model_config(config_lib.model_config(config), phase)
+
+
+def test_mesh_from_config_fills_the_minus_one_axis():
+  config = config_lib.load_config(TINY, ["--config.mesh.data=2", "--config.mesh.fsdp=-1"])
+  mesh = setup.make_mesh(config, jax.devices()[:8])
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+
+
+def test_check_phase_batch_split_and_replicated_parameters():
+  """tiny's extend phase has 4 rows a step: 2 x 2 devices take them, 8 do not, nor 2 micro-steps of
+  2 rows over 4 devices. A mesh of data only replicates every parameter: refused above the limit."""
+  config = config_lib.load_config(TINY, ["--config.mesh.data=2", "--config.mesh.fsdp=2"])
+  phase, cfg = _phase(config, "extend")
+  setup.check_phase(config, phase, cfg, setup.make_mesh(config, jax.devices()[:4]))
+  wide = config_lib.load_config(TINY, ["--config.mesh.data=2", "--config.mesh.fsdp=4"])
+  with pytest.raises(ValueError, match=r"phase extend: global batch 4 / train.micro_steps=1 must be a multiple of "
+                                       r"the data x fsdp devices \(8\)"):
+    setup.check_phase(wide, phase, cfg, setup.make_mesh(wide, jax.devices()[:8]))
+  micro = config_lib.load_config(TINY, ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.train.micro_steps=2"])
+  with pytest.raises(ValueError, match=r"train.micro_steps=2 must be a multiple of the data x fsdp devices \(4\)"):
+    setup.check_phase(micro, phase, cfg, setup.make_mesh(micro, jax.devices()[:4]))
+  data_only = config_lib.load_config(TINY, ["--config.mesh.data=4", "--config.mesh.fsdp=1",
+                                            "--config.mesh.max_replicated_elements=1000"])
+  with pytest.raises(ValueError, match=r"parameter .* would be replicated on every device"):
+    setup.check_phase(data_only, phase, cfg, setup.make_mesh(data_only, jax.devices()[:4]))
