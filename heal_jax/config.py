@@ -158,6 +158,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.metrics = ml_collections.ConfigDict(dict(
       every_steps=10,          # log training metrics every this many steps
       peak_tflops=0.0,         # per-device dense bf16 peak for MFU (0 = from the device kind; none on CPU)
+      profile_steps=0,         # > 0: a jax profiler trace of this many steps into WORKDIR/profile
+      profile_after_step=5,    # ... starting after this global step (compilation stays out)
   ))
   config.plan = ml_collections.ConfigDict(dict(   # `heal-jax plan`: the cluster to plan for
       devices=8,               # accelerators in the run (the fake CPU mesh gets this many devices)
@@ -186,7 +188,7 @@ MINIMUM = {
     "train.global_batch": 1, "train.micro_steps": 1, "train.max_bad_steps": 1, "train.z_loss": 0,
     "train.weight_decay": 0, "train.b1": 0, "train.b2": 0, "train.eps": 0, "train.clip_norm": 0,
     "checkpoint.every_steps": 1, "checkpoint.keep": 1, "checkpoint.keep_period": 0,
-    "metrics.every_steps": 1, "metrics.peak_tflops": 0,
+    "metrics.every_steps": 1, "metrics.peak_tflops": 0, "metrics.profile_steps": 0, "metrics.profile_after_step": 0,
     "eval.every_steps": 0, "eval.holdout_examples": 0, "eval.batches": 1, "eval.task_limit": 0,
     "eval.sample_note_tokens": 0, "data.num_shards": 0, "data.worker_count": 0,
 }

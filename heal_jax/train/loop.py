@@ -29,7 +29,7 @@ from heal_jax.model.config import ModelConfig
 from heal_jax.parallel import mesh as mesh_lib
 from heal_jax.train import checkpointing, init as init_lib, metrics as metrics_lib
 from heal_jax.train import optimizer as optimizer_lib, phases as phases_lib, state as state_lib, step as step_lib
-from heal_jax.train import setup, workdir_lock
+from heal_jax.train import profiling, setup, workdir_lock
 
 
 class Process0Failed(RuntimeError):
@@ -199,11 +199,15 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   t_start, t_last, last_logged = time.time(), time.time(), step0
   pending = None
   status = "done"
+  profiler = profiling.StepProfiler(run.workdir / "profile" / f"process_{jax.process_index()}",
+                                    config.metrics.profile_after_step, config.metrics.profile_steps, run.writer.log)
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES), contextlib.closing(it):
     for step in range(step0, phase.end):
+      profiler.before_step(step)
       batch = _global_batch(next(it), batch_sharding, spec.global_batch)
       state, metrics = step_fn(state, batch)
       done = step + 1
+      profiler.after_step(done, state)
       if pending is not None:
         _check_streak(pending, config.train.max_bad_steps)
       pending = metrics
@@ -245,6 +249,7 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
         run.writer.log(f"SIGTERM: saved step {done}, exiting")
         status = "preempted"
         break
+    profiler.close(int(state.step), state)
     if status == "done":
       _phase_end_eval(run, state.params, cfg, phase)
   run.mngr.wait_until_finished()
