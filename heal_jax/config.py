@@ -66,8 +66,9 @@ def source_config(paths: str, kind: str, weight: float, format: str = "",  # pyl
                   fields: str = "") -> ml_collections.ConfigDict:
   """One data source (read by `heal_jax.data.sources.from_config`).
 
-  paths: comma-separated globs (a name that is an existing file is taken as it is, glob characters or
-    commas and all); `{workdir}` is replaced by the run's work directory.
+  paths: comma-separated globs; an entry that names an existing file is taken as it is (glob
+    characters in its name and all; a name with a comma only as the whole of paths); `{workdir}` is
+    replaced by the run's work directory.
   kind: document | conversation | instruction (see heal_jax.data.check.KIND_FIELDS).
   weight: this source's share of the tokens read for training, relative to the others (prompts
     included; the trainer's share/<source> counts target tokens); phases may override it; > 0.

@@ -163,5 +163,5 @@ while ((${#done_pids[@]} < nproc)); do
   fi
   sleep 0.1 || true  # killed by the terminal's signal to the group, it would end the script under set -e
 done
-wait  # the output prefixers
+wait || true  # the output prefixers (a Ctrl-C now would otherwise end the script with 130 under set -e)
 exit "$status"

@@ -50,23 +50,32 @@ def test_gzip_and_zstd_read_the_same(tmp_path):
   assert check.check_file(zst, "document")["problems"] == BAD_JSONL_PROBLEMS
 
 
-def test_truncated_or_foreign_zstd_is_a_file_error(tmp_path):
-  """zstandard's stream_reader ends quietly where a cut file ends; ours raises, after the records
-  before the cut, so a copy cut short is not read as a shorter corpus. Two frames read as one file."""
+def test_truncated_corrupt_or_foreign_zstd_is_a_file_error(tmp_path):
+  """zstandard's stream_reader ends quietly where a cut file ends; the frames' layout is walked before
+  reading, so a copy cut short is refused whole instead of read as a shorter corpus. Corrupt data
+  inside a frame stops reading after the records before it. Two frames read as one file."""
   zstandard = pytest.importorskip("zstandard", reason="zstandard not installed")
   records = b"".join(b'{"text": "record %d of the corpus"}\n' % i for i in range(20000))
   frame = zstandard.ZstdCompressor().compress(records)
+  second = zstandard.ZstdCompressor(write_checksum=True).compress(b'{"text": "last"}\n' * 3000)
   two = tmp_path / "two.jsonl.zst"
-  two.write_bytes(frame + zstandard.ZstdCompressor().compress(b'{"text": "last"}\n'))
-  assert check.check_file(two, "document")["valid"] == 20001
-  for cut in (len(frame) // 2, len(frame) - 1):
+  two.write_bytes(frame + second)
+  assert check.check_file(two, "document")["valid"] == 23000
+  for cut in (len(frame) // 2, len(frame) - 1, len(frame) + 3):
     path = tmp_path / f"cut{cut}.jsonl.zst"
-    path.write_bytes(frame[:cut])
-    read = []
-    with pytest.raises(check.FileError, match="corrupt or truncated compressed data .the file ends inside a zstd frame"):
-      for n, record, _ in check.iter_records(path, "document"):
-        read.append(n)
-    assert len(read) < 20000 and read == list(range(1, len(read) + 1))
+    path.write_bytes((frame + second)[:cut])
+    with pytest.raises(check.FileError, match=r":1: corrupt or truncated compressed data .the file ends inside a "
+                                              r"zstd frame. before the first record"):
+      list(check.iter_records(path, "document"))
+  corrupt = bytearray(frame + second)
+  corrupt[len(frame) + len(second) // 2] ^= 0xFF  # inside the second frame's compressed block
+  path = tmp_path / "corrupt.jsonl.zst"
+  path.write_bytes(bytes(corrupt))
+  read = []
+  with pytest.raises(check.FileError, match=r"corrupt zstd data: .* after the record at line"):
+    for n, _, _ in check.iter_records(path, "document"):
+      read.append(n)
+  assert read[:20000] == list(range(1, 20001))  # the first frame's records all came through
   foreign = tmp_path / "foreign.jsonl.zst"
   foreign.write_bytes(b'{"text": "not compressed"}\n')
   with pytest.raises(check.FileError, match=r"foreign.jsonl.zst:1: corrupt .*not zstd data.* before the first record"):
@@ -93,6 +102,12 @@ def test_json_documents_and_pathological_lines(tmp_path):
   assert result["problems"][0]["reason"].startswith("malformed JSON: RecursionError")
   assert result["problems"][1]["reason"].startswith("malformed JSON: ValueError: Exceeds the limit")
   assert result["problems"][2]["reason"] == "expected a JSON object, got list"
+  # A JSON Lines file whose first line alone looks like a document's start is one bad line, not refused.
+  for first in ("{", '[{"text": "an array"}]'):
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text(first + '\n{"text": "one"}\n{"text": "two"}\n')
+    result = check.check_file(lines, "document")
+    assert (result["read"], result["valid"], [p["line"] for p in result["problems"]]) == (3, 2, [1])
 
 
 def test_zstd_without_the_package_is_a_clear_error(tmp_path, monkeypatch):

@@ -148,14 +148,15 @@ def test_arrayrecord_json_records(tmp_path):
   from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
   path = tmp_path / "part.array_record-00000-of-00001"
   writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
-  for raw in (b'{"text": "first"}', b'{"text": ', b'\xff\xfe', b'{"text": "second"}'):
+  for raw in (b'{"text": "first"}', b'{"text": ', b'\xff\xfe', b'{"text": "second"}', b"[" * 100000,
+              b'{"text": "x", "n": ' + b"9" * 5000 + b"}"):
     writer.write(raw)
   writer.close()
   (src,) = sources.from_config(_cfg(a=(str(tmp_path / "*.array_record*"), "document", 1.0)))
   with pytest.raises(DataError, match=f"^{path}:2: malformed JSON"):
     sources.load_texts(src, "raise")
-  pairs, counts = sources.load_texts(src, "skip")
-  assert pairs == [("", "first"), ("", "second")] and counts == {"read": 4, "invalid": 2}
+  pairs, counts = sources.load_texts(src, "skip")  # nesting past the stack, a 5000-digit number: bad records
+  assert pairs == [("", "first"), ("", "second")] and counts == {"read": 6, "invalid": 4}
 
 
 def test_tfds_dataset_on_disk(tmp_path):

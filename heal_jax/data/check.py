@@ -77,51 +77,76 @@ def open_binary(path: str | os.PathLike) -> BinaryIO:
 
 
 class _ZstdReader(io.RawIOBase):
-  """A .zst file's decompressed bytes, frame after frame. Raises EOFError where the compressed bytes
-  end inside a frame (zstandard's stream_reader returns the bytes so far as if the file were whole)
-  and for bytes that are not zstd (its ZstdError is not an OSError or ValueError)."""
+  """A .zst file's decompressed bytes, frame after frame, in bounded pieces (zstandard's
+  stream_reader). That reader ends quietly where a cut file ends, as if the file were whole, so the
+  frames' layout is walked first (`check_zstd_frames`); and its ZstdError (corrupt data) is neither
+  an OSError nor a ValueError: both come out as EOFError, which `iter_records` names with the line."""
 
   def __init__(self, path: pathlib.Path, zstandard):
     super().__init__()
     self._file = open(path, "rb")  # pylint: disable=consider-using-with  # closed by close()
     self._zstd = zstandard
-    self._dctx = zstandard.ZstdDecompressor()
-    self._frame = self._dctx.decompressobj()
-    self._pending, self._offset = memoryview(b""), 0  # decompressed bytes not yet read, from offset
-    self._started = False  # inside a frame (some of its bytes fed, its end not reached)
+    try:
+      check_zstd_frames(self._file)
+    except EOFError:
+      self._file.close()
+      raise
+    self._file.seek(0)
+    self._reader = zstandard.ZstdDecompressor().stream_reader(self._file, read_across_frames=True, closefd=False)
 
   def readable(self) -> bool:
     return True
 
   def readinto(self, buffer) -> int:
-    while self._offset == len(self._pending):
-      chunk = self._file.read(1 << 20)
-      if not chunk:
-        if self._started:
-          raise EOFError("the file ends inside a zstd frame")
-        return 0
-      self._pending, self._offset = memoryview(self._decompress(chunk)), 0
-    n = min(len(buffer), len(self._pending) - self._offset)
-    buffer[:n] = self._pending[self._offset:self._offset + n]
-    self._offset += n
-    return n
-
-  def _decompress(self, chunk: bytes) -> bytes:
-    out = []
     try:
-      while chunk:
-        out.append(self._frame.decompress(chunk))
-        self._started = not self._frame.eof
-        chunk = self._frame.unused_data if self._frame.eof else b""
-        if self._frame.eof:
-          self._frame = self._dctx.decompressobj()
+      return self._reader.readinto(buffer)
     except self._zstd.ZstdError as e:
-      raise EOFError(f"not zstd data: {e}") from None
-    return b"".join(out)
+      raise EOFError(f"corrupt zstd data: {e}") from None
 
   def close(self) -> None:
-    self._file.close()
+    if not self.closed:
+      self._reader.close()
+      self._file.close()
     super().close()
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_SKIPPABLE = range(0x184D2A50, 0x184D2A60)
+
+
+def check_zstd_frames(f: BinaryIO) -> None:
+  """Walks the zstd frames of an open file (headers only: 3 bytes a block of at most 128 KiB) and
+  raises EOFError where the file ends inside a frame or bytes are not a frame. RFC 8878 section 3.1."""
+  size = os.fstat(f.fileno()).st_size
+  pos = 0
+
+  def read(at: int, n: int) -> bytes:
+    f.seek(at)
+    data = f.read(n)
+    if len(data) < n:
+      raise EOFError("the file ends inside a zstd frame")
+    return data
+
+  while pos < size:
+    magic = int.from_bytes(read(pos, 4), "little")
+    if magic in _ZSTD_SKIPPABLE:
+      pos += 8 + int.from_bytes(read(pos + 4, 4), "little")
+    elif magic == _ZSTD_MAGIC:
+      descriptor = read(pos + 4, 1)[0]
+      single_segment = (descriptor >> 5) & 1
+      pos += 5 + (1 - single_segment) + (0, 1, 2, 4)[descriptor & 3] + (single_segment, 2, 4, 8)[descriptor >> 6]
+      last = False
+      while not last:
+        header = int.from_bytes(read(pos, 3), "little")
+        last, kind = bool(header & 1), (header >> 1) & 3
+        if kind == 3:
+          raise EOFError(f"corrupt zstd data: reserved block type at byte {pos}")
+        pos += 3 + (1 if kind == 1 else header >> 3)  # an RLE block stores one byte
+      pos += 4 * ((descriptor >> 2) & 1)  # content checksum
+    else:
+      raise EOFError("not zstd data" if pos == 0 else f"corrupt zstd data: no frame starts at byte {pos}")
+    if pos > size:
+      raise EOFError("the file ends inside a zstd frame")
 
 
 def parse_pairs(spec: str, what: str = "item", expected: str = "name=value") -> dict[str, str]:
@@ -196,31 +221,46 @@ def _lines(path: pathlib.Path) -> Iterator[tuple[int, str | None, str | None]]:
         yield n, line, None
 
 
+def parse_json(text: str) -> tuple[Any, str | None]:
+  """(value, None), or (None, reason) for text that is not one JSON value: malformed, an integer
+  past Python's 4300 digits, nesting deeper than the stack. A bad record, never a crash."""
+  try:
+    return json.loads(text), None
+  except json.JSONDecodeError as e:
+    return None, f"malformed JSON: {e.msg} at column {e.colno}"
+  except (ValueError, RecursionError) as e:
+    return None, f"malformed JSON: {type(e).__name__}: {str(e)[:200]}"
+
+
 def _iter_jsonl(path, kind, columns):
+  held = None  # the first line, when it looks like the start of one JSON document: (n, reason)
   first = True
   for n, line, problem in _lines(path):
     if problem:
       yield n, None, problem
       continue
-    if first and line.strip() in ("[", "{"):  # a pretty-printed document: every line would be "malformed"
-      raise FileError(path, n, "this is one JSON document, not JSON Lines (one object per line); convert it, "
-                      "e.g. jq -c '.[]' for an array")
-    was_first, first = first, False
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      yield n, None, f"malformed JSON: {e.msg} at column {e.colno}"
-      continue
-    except (ValueError, RecursionError) as e:  # an integer past Python's 4300 digits; nesting past the stack
-      yield n, None, f"malformed JSON: {type(e).__name__}: {str(e)[:200]}"
-      continue
-    if not isinstance(obj, dict):
-      if was_first and isinstance(obj, list) and obj and all(isinstance(o, dict) for o in obj):
-        raise FileError(path, n, "this is a JSON array of objects, not JSON Lines (one object per line); "
-                        "convert it, e.g. jq -c '.[]'")
-      yield n, None, f"expected a JSON object, got {type(obj).__name__}"
+    obj, reason = parse_json(line)
+    if reason is None and not isinstance(obj, dict):
+      reason = f"expected a JSON object, got {type(obj).__name__}"
+    if first:
+      first = False
+      document = line.strip() in ("[", "{") or (isinstance(obj, list) and obj and all(isinstance(o, dict) for o in obj))
+      if document:  # decided by the next line: an object there means JSON Lines with one bad line
+        held = (n, reason)
+        continue
+    if held is not None:
+      if not isinstance(obj, dict):
+        raise FileError(path, held[0], "this is one JSON document (an object or array over several lines, or an "
+                        "array on one), not JSON Lines (one object per line); convert it, e.g. jq -c '.[]'")
+      yield held[0], None, held[1]
+      held = None
+    if reason is not None:
+      yield n, None, reason
       continue
     yield (n, *_record(obj, kind, columns))
+  if held is not None:  # the document's only line
+    raise FileError(path, held[0], "this is a JSON array on one line, not JSON Lines (one object per line); "
+                    "convert it, e.g. jq -c '.[]'")
 
 
 def _iter_text(path, kind, columns):

@@ -313,6 +313,9 @@ class _PackBatchIterator(grain.DatasetIterator):
       self._placed += 1
 
 
+_NEVER_SHARED_MEMORY = 1 << 62  # Grain's min_shm_size: arrays under it are copied, not shared
+
+
 def shard_dataset(sources: Mapping[str, Source], source_names: list[str], spec: PipelineSpec,
                   shard: int) -> grain.IterDataset:
   """One shard's stream of batches [rows_per_shard, seq_len] (keys `BATCH_KEYS`)."""
@@ -340,9 +343,6 @@ def shard_dataset(sources: Mapping[str, Source], source_names: list[str], spec: 
     batched = batched.mp_prefetch(grain.MultiprocessingOptions(num_workers=spec.worker_count),
                                   worker_init_fn=_die_with_parent)
   return batched
-
-
-_NEVER_SHARED_MEMORY = 1 << 62  # Grain's min_shm_size: arrays under it are copied, not shared
 
 
 def _die_with_parent(worker_index: int, worker_count: int) -> None:
@@ -385,8 +385,7 @@ class BatchIterator:
     return self
 
   def close(self) -> None:
-    """Stops Grain's worker processes and frees the batches they prefetched into shared memory (left
-    to Python's resource tracker, each would be a 'leaked shared_memory' warning at exit). Idempotent."""
+    """Stops Grain's worker processes now (not when the iterator is garbage collected). Idempotent."""
     for it in self._iters:
       getattr(it, "close", lambda: None)()
 

@@ -182,10 +182,9 @@ def _iter_arrayrecord(path: pathlib.Path, source: Source) -> Iterator[tuple[int,
         except UnicodeDecodeError as e:
           yield n, None, f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
           continue
-        try:
-          obj = json.loads(text)
-        except json.JSONDecodeError as e:
-          yield n, None, f"malformed JSON: {e.msg} at column {e.colno}"
+        obj, reason = check.parse_json(text)
+        if reason is not None:
+          yield n, None, reason
           continue
         yield (n, *_check_record(obj, source))
   finally:

@@ -17,6 +17,7 @@ two are those of the phase that needs the most memory per device (each phase's o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -47,6 +48,16 @@ def _sharded_bytes(tree: Any) -> int:
   return total
 
 
+@contextlib.contextmanager
+def _planned_devices(config: Any):
+  """A mesh or batch that does not fit says which device count was planned for."""
+  try:
+    yield
+  except ValueError as e:
+    raise ValueError(f"{e} (planned for config.plan.devices={config.plan.devices}: give "
+                     "--config.plan.devices=N for the cluster the run is for)") from None
+
+
 def plan_phase(config: Any, phase: Any, mesh: Any) -> dict[str, Any]:
   """Compiles one phase's train step for `mesh` and measures it (see the module docstring)."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -64,7 +75,8 @@ def plan_phase(config: Any, phase: Any, mesh: Any) -> dict[str, Any]:
   abstract = jax.eval_shape(lambda: state_lib.new_state(state_lib.unboxed_init(cfg, jax.random.PRNGKey(0)), tx,
                                                         jax.random.PRNGKey(0)))
   st_shard = state_lib.state_shardings(abstract, p_shard, mesh)
-  setup.check_phase(config, phase, cfg, mesh)
+  with _planned_devices(config):
+    setup.check_phase(config, phase, cfg, mesh)
   state_in = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, st_shard)
   b_shard = mesh_lib.batch_sharding(mesh)
   batch = {k: jax.ShapeDtypeStruct((phase.global_batch, phase.seq_len), jnp.int32, sharding=b_shard)
@@ -104,7 +116,8 @@ def run_plan(config: Any) -> dict[str, Any]:
   from heal_jax.train import phases as phases_lib, setup  # pylint: disable=import-outside-toplevel
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   devices = jax.devices()[:config.plan.devices]
-  mesh = setup.make_mesh(config, devices)
+  with _planned_devices(config):
+    mesh = setup.make_mesh(config, devices)
   rows = [plan_phase(config, p, mesh) for p in phases_lib.from_config(config)]
   limit = config.plan.device_memory_gb * config.plan.memory_fraction * 1024**3
   worst = max(rows, key=lambda r: r["per_device_bytes"])
@@ -148,11 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     child = _ensure_devices(config.plan.devices, argv)
     if child is not None:
       return child
-    try:
-      result = run_plan(config)
-    except ValueError as e:  # e.g. a batch the planned mesh cannot split
-      raise ValueError(f"{e} (planned for config.plan.devices={config.plan.devices}: give "
-                       "--config.plan.devices=N for the cluster the run is for)") from None
+    result = run_plan(config)
   except (ValueError, RuntimeError) as e:
     print(f"heal-jax plan: error: {e}", file=sys.stderr)
     return 2
