@@ -110,3 +110,18 @@ def test_bad_data_names_the_file(tmp_path, shared_data):
   (pub / "test_ground_truth.json").write_text("[1, 2]")
   with pytest.raises(tasks.DataError, match="test_ground_truth.json: expected a JSON object"):
     tasks.load_pubmedqa(pub)
+
+
+def test_limit_takes_a_seeded_random_subset_in_file_order(shared_data):
+  """PubMedQA's test split lists its 276 "yes" questions first: the first 20 are all "yes". A limit
+  takes a seeded random subset instead, in file order, the same every time."""
+  pub = tasks.load_task("pubmedqa", shared_data / "pubmedqa")[0]
+  assert {e.gold for e in pub[:20]} == {0}
+  picked = tasks.subset(pub, 20)
+  index = {e.id: i for i, e in enumerate(pub)}
+  positions = [index[e.id] for e in picked]
+  assert len(set(positions)) == 20 and positions == sorted(positions)
+  assert len({e.gold for e in picked}) > 1
+  assert [e.id for e in tasks.subset(pub, 20)] == [e.id for e in picked]
+  assert [e.id for e in tasks.subset(pub, 20, seed=1)] != [e.id for e in picked]
+  assert tasks.subset(pub, None) == pub and tasks.subset(pub, 10**6) == pub

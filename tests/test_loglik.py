@@ -181,13 +181,15 @@ def test_run_main_writes_rows(setup, shared_data, tmp_path, capsys):
   assert f"scoring {ckpt}\n" in captured.err  # which model was scored
   assert set(summary) == {"task", "n", "acc", "acc_norm"} and summary["task"] == "medqa" and summary["n"] == 5
   rows = [json.loads(line) for line in out.read_text().splitlines()]
-  assert [r["id"] for r in rows] == [0, 1, 2, 3, 4]
+  medqa = tasks.load_task("medqa", shared_data / MEDQA_FILE)[0]
+  assert [r["id"] for r in rows] == [e.id for e in tasks.subset(medqa, 5)]  # --limit: the seeded subset
   assert all(r["choices"] == ["A", "B", "C", "D"] and len(r["loglikelihoods"]) == 4 for r in rows)
-  assert rows[0]["gold"] == 1 and rows[0]["pred"] == int(np.argmax(rows[0]["loglikelihoods"]))
+  assert rows[0]["gold"] == medqa[rows[0]["id"]].gold and rows[0]["pred"] == int(np.argmax(rows[0]["loglikelihoods"]))
   assert summary["acc"] == np.mean([r["pred"] == r["gold"] for r in rows])
   assert run.main(["pubmedqa", "--checkpoint", str(ckpt), "--data", str(shared_data / "pubmedqa"),
                    "--limit", "2", "--num-fewshot", "1", "--output", str(out)]) == 0
-  assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["12377809", "26163474"]
+  pubmedqa = tasks.load_task("pubmedqa", shared_data / "pubmedqa")[0]
+  assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [e.id for e in tasks.subset(pubmedqa, 2)]
   capsys.readouterr()
   assert run.main(["pubmedqa", "--checkpoint", str(ckpt), "--data", str(tmp_path)]) == 2
   assert f"{tmp_path / 'ori_pqal.json'}: file not found" in capsys.readouterr().err

@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--checkpoint", required=True, type=pathlib.Path,
                  help="converted checkpoint or training work directory (newest step)")
   p.add_argument("--data", required=True, type=pathlib.Path)
-  p.add_argument("--limit", type=int, help="score only the first N questions or texts")
+  p.add_argument("--limit", type=int, help="score N questions, a seeded random subset in file order (PubMedQA's "
+                 "file lists all 'yes' first); for perplexity, the first N texts")
   p.add_argument("--output", type=pathlib.Path, help="JSONL file of per-question rows")
   p.add_argument("--num-fewshot", type=int, default=0)
   p.add_argument("--fewshot-data", type=pathlib.Path,
@@ -59,7 +60,7 @@ def _run(args: argparse.Namespace) -> dict:
     texts = perplexity.read_texts(args.data)[:args.limit]
   else:
     examples, pool = tasks.load_task(args.task, args.data, args.fewshot_data)
-    examples = examples[:args.limit]
+    examples = tasks.subset(examples, args.limit)
     contexts = tasks.fewshot_contexts(examples, pool, args.num_fewshot, args.seed)
   overrides = {"remat_policy": "none"}
   if args.dtype:

@@ -33,6 +33,8 @@ import random
 from typing import Any, Iterator
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 TARGET_DELIMITER = " "
 FEWSHOT_DELIMITER = "\n\n"
 PUBMEDQA_CHOICES = ("yes", "no", "maybe")
@@ -185,6 +187,18 @@ def load_task(task: str, data: str | pathlib.Path,
     examples = load_medqa(data)
     return examples, (load_medqa(fewshot_data) if fewshot_data else examples)
   raise DataError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+def subset(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:
+  """A seeded random `limit` of `examples`, kept in file order (all of them for None or >= len).
+
+  Random, not the first N: PubMedQA's test split lists its 276 "yes" questions first, so any first
+  N <= 276 holds one class only and measures nothing. The same (limit, seed) gives the same subset.
+  """
+  if limit is None or limit >= len(examples):
+    return list(examples)
+  keep = np.sort(np.random.default_rng(seed).choice(len(examples), limit, replace=False))
+  return [examples[i] for i in keep]
 
 
 def fewshot_contexts(examples: Sequence[Example], pool: Sequence[Example], num_fewshot: int,

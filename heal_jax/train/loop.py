@@ -134,11 +134,7 @@ def _task_examples(spec: str, limit: int, workdir: pathlib.Path) -> dict[str, li
   from heal_jax.eval import tasks as tasks_lib  # pylint: disable=import-outside-toplevel
   out = {}
   for name, path in phases_lib.parse_pairs(spec, "config.eval.tasks").items():
-    examples = tasks_lib.load_task(name, mixture.resolve(path, workdir))[0]
-    if limit and limit < len(examples):  # random, not the first N: PubMedQA's file lists all "yes" first
-      keep = np.sort(np.random.default_rng(0).choice(len(examples), limit, replace=False))
-      examples = [examples[i] for i in keep]
-    out[name] = examples
+    out[name] = tasks_lib.subset(tasks_lib.load_task(name, mixture.resolve(path, workdir))[0], limit or None)
   return out
 
 
@@ -185,7 +181,11 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
     run.writer.log(f"process {p}/{jax.process_count()} reads data shards {shards.tolist()} of {spec.num_shards} "
                    f"({spec.global_batch // spec.num_shards * len(shards)} of {spec.global_batch} rows per step)")
   if restored_step is not None and restored_step > phase.start:
-    checkpointing.restore_data(run.mngr, restored_step, it)
+    try:
+      checkpointing.restore_data(run.mngr, restored_step, it)
+    except BaseException:
+      it.close()  # its Grain workers, before the error (a refused data state) ends the run
+      raise
   if jax.process_index() == 0:  # Only once the config is known to fit the work directory's checkpoints.
     (run.workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
   batch_sharding = mesh_lib.batch_sharding(run.mesh)
