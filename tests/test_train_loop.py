@@ -418,3 +418,22 @@ def test_a_phase_end_eval_that_did_not_run_runs_on_resume(data_root, tmp_path, c
   capsys.readouterr()
   assert loop.train(train_helpers.load(data_root, 2, evals), workdir)["status"] == "done"  # nothing left to do
   assert "nothing to do" in capsys.readouterr().err
+
+
+def test_sample_note_uses_a_held_out_conversation_that_fits_the_context(data_root, tmp_path, capsys):
+  """The closing sample note is written from a held-out conversation whose prompt leaves room for
+  the new tokens in the model's context, or skipped with a reason when none fits at all (it used to
+  decode past the context and print an empty note)."""
+  from heal_jax.data import sources as sources_lib, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  base = ("--config.mesh.fsdp=1", "--config.eval.holdout_examples=3", "--config.eval.sample_note_tokens=8")
+  summary = loop.train(train_helpers.load(data_root, 1, base), tmp_path / "short", devices=jax.devices()[:1])
+  assert summary["sample_note"] is None  # 128 positions: every synthetic conversation is longer
+  assert "sample note skipped: every held-out conversation's prompt is longer than the model's 128 positions" in (
+      capsys.readouterr().err)
+  config = train_helpers.load(data_root, 1, base + ("--config.model.max_position_embeddings=4096",))
+  note = loop.train(config, tmp_path / "long", devices=jax.devices()[:1])["sample_note"]
+  (clinical,) = [s for s in sources_lib.from_config(config.data.sources) if s.name == "clinical"]
+  newest_prompt = sources_lib.load_texts(clinical, "raise")[0][-1][0]
+  tok = tokenizer_lib.Tokenizer(data_root / "tokenizer")
+  assert note["source"] == "clinical" and note["prompt_tokens"] == len(tok.encode(newest_prompt, add_bos=True))
+  assert "at most 8 new; the model has 4096 positions" in capsys.readouterr().err

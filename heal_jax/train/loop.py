@@ -292,9 +292,11 @@ def _check_streak(metrics: dict[str, Any], limit: int) -> None:
 def sample_note(config: Any, workdir: pathlib.Path, max_new_tokens: int, log) -> dict[str, Any] | None:
   """A note written greedily by the trained model from a held-out conversation (None if there is none).
 
-  The conversation is the last example of the first conversation source (held out of training when
-  eval.holdout_examples > 0); its prompt is the instruction-tuning template. Only the generated note is
-  logged, never the conversation or its reference note (the data may be patient data).
+  The conversation is the newest of the last max(eval.holdout_examples, 1) examples (the held-out
+  ones) of the conversation sources, in name order, whose prompt leaves room for `max_new_tokens`
+  in the model's context (max_position_embeddings); failing that, the shortest prompt that fits at
+  all, with fewer new tokens. Its prompt is the instruction-tuning template. Only the generated note
+  is logged, never the conversation or its reference note (the data may be patient data).
   """
   from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
   from heal_jax.data import sources as sources_lib, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
@@ -304,21 +306,30 @@ def sample_note(config: Any, workdir: pathlib.Path, max_new_tokens: int, log) ->
   if not conv:
     return None
   try:
-    sources_lib.files(conv[0])
+    for source in conv:
+      sources_lib.files(source)
   except sources_lib.DataError as e:  # training read prepared data; the raw files are elsewhere
     log(f"sample note skipped: {e}")
     return None
-  prompt, reference = sources_lib.load_texts(conv[0], config.data.on_error)[0][-1]
   loaded = restore.load_model(workdir, dtype="float32", scan_layers=False)
   tok = tokenizer_lib.Tokenizer(loaded.tokenizer_dir)
-  ids = tok.encode(prompt, add_bos=True)
-  new = decode.generate(loaded.cfg, loaded.params, [ids], max_new_tokens=max_new_tokens, eos_id=tok.eos_id,
+  context = loaded.cfg.max_position_embeddings
+  candidates = []  # (source name, prompt ids), newest first within each source
+  for source in conv:
+    pairs = sources_lib.load_texts(source, config.data.on_error)[0][-max(config.eval.holdout_examples, 1):]
+    candidates += [(source.name, tok.encode(prompt, add_bos=True)) for prompt, _ in reversed(pairs)]
+  fitting = [c for c in candidates if len(c[1]) < context]  # data never goes to the log, only the model's output
+  if not fitting:
+    log(f"sample note skipped: every held-out conversation's prompt is longer than the model's {context} positions")
+    return None
+  name, ids = next((c for c in fitting if len(c[1]) + max_new_tokens <= context), min(fitting, key=lambda c: len(c[1])))
+  new_tokens = min(max_new_tokens, context - len(ids))
+  new = decode.generate(loaded.cfg, loaded.params, [ids], max_new_tokens=new_tokens, eos_id=tok.eos_id,
                         vocab_limit=tok.vocab_size)[0]
   note = tok.decode(new).strip()
-  del reference  # data never goes to the log; only the model's own output does
-  log(f"sample note from held-out conversation of {conv[0].name!r} ({len(ids)} prompt tokens; the model was "
-      f"trained at {loaded.cfg.max_position_embeddings} positions), greedy:\n{note}")
-  return {"source": conv[0].name, "prompt_tokens": len(ids), "note": note}
+  log(f"sample note from held-out conversation of {name!r} ({len(ids)} prompt tokens, at most {new_tokens} new; "
+      f"the model has {context} positions), greedy:\n{note}")
+  return {"source": name, "prompt_tokens": len(ids), "note": note}
 
 
 def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) -> dict[str, Any]:
