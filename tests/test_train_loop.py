@@ -196,21 +196,34 @@ def test_tiny_recipe_learns_reproduces_and_exports(data_root, tmp_path):
 
 
 def test_init_from_a_work_directory(data_root, tmp_path):
-  """A run initialised from another run's work directory starts from its newest parameters."""
+  """A run initialised from another run's work directory starts from its newest parameters, or from
+  the step a WORKDIR/checkpoints/N path names (which eval, generate and export read too)."""
   first = tmp_path / "first"
-  loop.train(train_helpers.load(data_root, 4), first)
+  loop.train(train_helpers.load(data_root, 4, ("--config.checkpoint.every_steps=2",)), first)
   config = train_helpers.load(data_root, 1, (f"--config.init_from={first}", "--config.phases.pretrain.peak_lr=0.0"))
   loop.train(config, tmp_path / "second")
   a, b = restore.load_model(first).params, restore.load_model(tmp_path / "second").params
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  step_2 = restore.load_model(first / "checkpoints" / "2")
+  assert step_2.source == f"{first} step 2"
+  assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(step_2.params)))
+  config = train_helpers.load(data_root, 1, (f"--config.init_from={first / 'checkpoints' / '2'}",
+                                             "--config.phases.pretrain.peak_lr=0.0"))
+  loop.train(config, tmp_path / "from_2")
+  c = restore.load_model(tmp_path / "from_2").params
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(step_2.params), jax.tree.leaves(c)))
+  from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
+  with pytest.raises(CheckpointError, match=r"checkpoints/3: not a completed checkpoint \(completed steps: \[2, 4\]\)"):
+    restore.load_model(first / "checkpoints" / "3")
   from heal_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
   other = tokenizer_lib.train_tokenizer([data_root / "corpus" / "general.jsonl"], tmp_path / "other_tok",
                                         vocab_size=400)
-  config = train_helpers.load(data_root, 1, (f"--config.init_from={first}",
-                                             f"--config.data.tokenizer={other.path.parent}"))
-  with pytest.raises(ValueError, match=r"init_from .*first was trained with the tokenizer .*differs from "
-                     r"config.data.tokenizer"):
-    loop.train(config, tmp_path / "third")
+  for source in (first, first / "checkpoints" / "2"):
+    config = train_helpers.load(data_root, 1, (f"--config.init_from={source}",
+                                               f"--config.data.tokenizer={other.path.parent}"))
+    with pytest.raises(ValueError, match=r"init_from .*first was trained with the tokenizer .*differs from "
+                       r"config.data.tokenizer"):
+      loop.train(config, tmp_path / "third")
 
 
 def test_init_from_an_hf_directory(data_root, tmp_path, capsys):

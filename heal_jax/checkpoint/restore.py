@@ -67,15 +67,27 @@ def _tokenizer_dir(path: pathlib.Path, cfg: ModelConfig) -> pathlib.Path | None:
   return tok
 
 
+def workdir_and_step(path: pathlib.Path) -> tuple[pathlib.Path, int | None] | None:
+  """(work directory, None for its newest step) for WORKDIR, (work directory, N) for one of its step
+  directories WORKDIR/checkpoints/N; None for anything else."""
+  path = pathlib.Path(path)
+  if (path / WORKDIR_CHECKPOINTS).is_dir():
+    return path, None
+  if path.parent.name == WORKDIR_CHECKPOINTS and path.name.isdigit() and path.parent.is_dir():
+    return path.parent.parent, int(path.name)
+  return None
+
+
 def is_workdir(path: pathlib.Path) -> bool:
-  return (pathlib.Path(path) / WORKDIR_CHECKPOINTS).is_dir()
+  """A training work directory or one of its step directories."""
+  return workdir_and_step(path) is not None
 
 
 def load_model(path: str | pathlib.Path, dtype: Any = None, **cfg_overrides: Any) -> LoadedModel:
-  """Loads a converted checkpoint or a work directory's newest checkpoint.
+  """Loads a converted checkpoint, a work directory's newest checkpoint or one of its steps.
 
   Args:
-    path: checkpoint or work directory.
+    path: checkpoint, work directory, or a step of it (WORKDIR/checkpoints/N).
     dtype: cast parameters (e.g. "float32"); None keeps the stored dtype.
     cfg_overrides: ModelConfig fields to change for inference (e.g. attention_impl, compute_dtype,
       scan_layers=False); shapes cannot change.
@@ -87,10 +99,12 @@ def load_model(path: str | pathlib.Path, dtype: Any = None, **cfg_overrides: Any
     tok = _tokenizer_dir(path, cfg)  # before the weights: a mismatch is reported at once
     params = params_store.load_params(path, cfg, dtype)
     return LoadedModel(cfg, params, tok, _add_bos(tok), str(path))
-  if is_workdir(path):
+  found = workdir_and_step(path)
+  if found is not None:
     from heal_jax.checkpoint import workdir_restore  # pylint: disable=import-outside-toplevel
-    cfg, params, step = workdir_restore.newest_params(path, dtype, **cfg_overrides)
-    tok = _tokenizer_dir(path, cfg)
-    return LoadedModel(cfg, params, tok, _add_bos(tok), f"{path} step {step}")
-  raise CheckpointError(f"{path}: neither a converted checkpoint ({params_store.MANIFEST}) nor a "
-                        f"training work directory ({WORKDIR_CHECKPOINTS}/)")
+    workdir, step = found
+    cfg, params, step = workdir_restore.newest_params(workdir, dtype, step=step, **cfg_overrides)
+    tok = _tokenizer_dir(workdir, cfg)
+    return LoadedModel(cfg, params, tok, _add_bos(tok), f"{workdir} step {step}")
+  raise CheckpointError(f"{path}: neither a converted checkpoint ({params_store.MANIFEST}), a training work "
+                        f"directory ({WORKDIR_CHECKPOINTS}/) nor one of its steps ({WORKDIR_CHECKPOINTS}/N)")

@@ -45,14 +45,19 @@ class StoredStep(NamedTuple):
 _GO_BACK = "remove that step's directory to use the step before it"
 
 
-def newest_step(workdir: pathlib.Path) -> StoredStep:
-  """The newest completed step of a work directory."""
+def newest_step(workdir: pathlib.Path, step: int | None = None) -> StoredStep:
+  """The newest completed step of a work directory, or its completed step `step`."""
   with _quiet_read_only():
     mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS,
                                  options=ocp.CheckpointManagerOptions(read_only=True, create=False,
                                                                       save_interval_steps=0),
                                  item_names=("state", "data", "meta"))
-  step = mngr.latest_step()
+  completed = list(mngr.all_steps())
+  if step is not None and step not in completed:
+    mngr.close()
+    raise CheckpointError(f"{workdir}/{WORKDIR_CHECKPOINTS}/{step}: not a completed checkpoint (completed steps: "
+                          f"{sorted(completed) or 'none'})")
+  step = mngr.latest_step() if step is None else step
   if step is None:
     raise CheckpointError(f"{workdir}: no completed checkpoint in {WORKDIR_CHECKPOINTS}/")
   meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -98,9 +103,11 @@ def params_sharded(stored: StoredStep, shardings: Any, dtype: Any) -> dict:
   return params
 
 
-def newest_params(workdir: pathlib.Path, dtype: Any = None, **cfg_overrides: Any) -> tuple[ModelConfig, dict, int]:
-  """(model config of the checkpoint's phase, numpy params, step) of the newest completed step."""
-  cfg, state_dir, step, saved = newest_step(workdir)
+def newest_params(workdir: pathlib.Path, dtype: Any = None, step: int | None = None,
+                  **cfg_overrides: Any) -> tuple[ModelConfig, dict, int]:
+  """(model config of the checkpoint's phase, numpy params, step) of the newest completed step, or of
+  the completed step `step`."""
+  cfg, state_dir, step, saved = newest_step(workdir, step)
   params = _restore_params(
       state_dir, lambda meta: jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta))
   params = _to_numpy(params, None)

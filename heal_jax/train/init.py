@@ -106,13 +106,14 @@ def _convert_layout(params: dict[str, Any], num_layers: int, to_scanned: bool, s
 
 
 def from_checkpoint(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any:
-  """A converted checkpoint or another run's work directory (its newest step), read by orbax into
-  sharded arrays (each process reads its own blocks), cast to param_dtype on read; a scanned /
-  unscanned difference of layout is bridged on the devices."""
+  """A converted checkpoint or another run's work directory (its newest step, or the step of a
+  WORKDIR/checkpoints/N path), read by orbax into sharded arrays (each process reads its own
+  blocks), cast to param_dtype on read; a scanned / unscanned difference of layout is bridged on the
+  devices."""
   from heal_jax.checkpoint import params_store, restore, workdir_restore  # pylint: disable=import-outside-toplevel
   run_dir = not (path / params_store.MANIFEST).is_file() and restore.is_workdir(path)
   if run_dir:
-    stored = workdir_restore.newest_step(path)
+    stored = workdir_restore.newest_step(*restore.workdir_and_step(path))
     stored_cfg = stored.cfg
   else:
     stored_cfg = params_store.model_config(path)  # CheckpointError naming the path if it is neither
@@ -140,7 +141,9 @@ def check_tokenizer(init_from: str, tokenizer_model: pathlib.Path) -> None:
   """The model in `init_from` was trained with the run's tokenizer (`tokenizer_model`, the
   sentencepiece file), where it carries one (DIR/tokenizer/ or an HF directory's tokenizer.model):
   with another, every token id would silently mean another piece."""
+  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
   src = pathlib.Path(init_from)
+  src = (restore.workdir_and_step(src) or (src, None))[0]  # a step directory: its work directory's tokenizer
   theirs = next((p for p in (src / "tokenizer" / "tokenizer.model", src / "tokenizer.model") if p.is_file()), None)
   if theirs is not None and theirs.read_bytes() != pathlib.Path(tokenizer_model).read_bytes():
     raise ValueError(f"config.init_from {src} was trained with the tokenizer {theirs}, which differs from "
