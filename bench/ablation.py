@@ -219,8 +219,9 @@ def export_base(base: pathlib.Path, out: pathlib.Path) -> None:
 
 def _truncate_conversation(tokenizer, conversation: str, budget: int) -> tuple[str, int, int]:
   """The longest prefix of whole turns whose note prompt fits `budget` tokens: (text, turns kept, turns)."""
+  from heal_jax.data import templates  # pylint: disable=import-outside-toplevel
   from heal_jax.infer import generate  # pylint: disable=import-outside-toplevel
-  turns = generate.normalize_conversation(conversation).split("\n")
+  turns = templates.normalize_conversation(conversation).split("\n")
   lo, hi = 1, len(turns)
   while lo < hi:  # largest k with prompt(turns[:k]) <= budget
     mid = (lo + hi + 1) // 2

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from heal_jax.checkpoint import hf_mapping, random_init, restore
-from heal_jax.data import synthetic, tokenizer as tokenizer_lib
+from heal_jax.data import synthetic, templates, tokenizer as tokenizer_lib
 from heal_jax.infer import decode, generate, sampling as sampling_lib
 from heal_jax.model import llama
 from heal_jax.model.config import ModelConfig
@@ -185,16 +185,29 @@ def test_truncate_at_stop_and_normalize_conversation():
   assert decode.truncate_at_stop("note\n### Instruction: x", generate.STOP_STRINGS) == "note"
   assert decode.truncate_at_stop("abc", ("z", "")) == "abc"
   text = "Doctor: Hi there.\n\nPATIENT:  I have a cough\nsince Monday.\n[patient_guest] he does."
-  assert generate.normalize_conversation(text) == (
+  assert templates.normalize_conversation(text) == (
       "[doctor] Hi there.\n[patient] I have a cough since Monday.\n[patient_guest] he does.")
   with pytest.raises(ValueError, match="line 1"):
-    generate.normalize_conversation("hello\nDoctor: hi")
+    templates.normalize_conversation("hello\nDoctor: hi")
   # MTS-Dialog's other speakers keep their own turns; a byte-order mark is not part of line 1; a
   # colon after a word that names no role continues the turn.
   mts = ("\ufeffDoctor: How did he fall?\nGuest_family: He slipped on ice.\nBP: 120/80.\nFamily: none.\n"
          "Guest_clinican: Noted.")
-  assert generate.normalize_conversation(mts) == (
+  assert templates.normalize_conversation(mts) == (
       "[doctor] How did he fall?\n[guest_family] He slipped on ice. BP: 120/80. Family: none.\n[guest_clinican] Noted.")
+
+
+def test_training_shows_a_conversation_as_generation_does():
+  """A note-writing example's prompt is exactly the generation input for the same conversation, in
+  either accepted form (MTS-Dialog's `Doctor:` lines were trained as written and served as
+  `[doctor]` lines); text without turns is trained as written, not dropped."""
+  from heal_jax.data import examples  # pylint: disable=import-outside-toplevel
+  for conversation in ("Doctor: Hi there.\nPatient: I have a cough\nsince Monday.\n",
+                       "[doctor] hi\n\n[patient]   hello  \n", "\ufeffDoctor: ok\nGuest_family: he fell."):
+    prompt, target = examples.texts({"conversation": conversation, "note": "CHIEF COMPLAINT\n\nCough."}, "conversation")
+    assert prompt == generate.note_prompt_text(conversation) and target == "CHIEF COMPLAINT\n\nCough."
+  prompt, _ = examples.texts({"conversation": "The patient said she was fine.", "note": "n"}, "conversation")
+  assert prompt.endswith("Conversation:\nThe patient said she was fine.\n\n### Response:\n")
 
 
 def test_generate_main_end_to_end(checkpoint, tmp_path, capsys):

@@ -197,6 +197,13 @@ def test_training_reads_prepared_data_only_as_it_was_prepared(corpus, tmp_path):
     mixture.load(config, tmp_path / "w", 0)
   shutil.rmtree(raw)  # no raw data here at all: the prepared data is used as it is
   assert len(mixture.load(config, tmp_path / "w", 0).train["medical"]) == 40
+  report_path = tmp_path / "prep" / prepare.REPORT  # prepared before conversations were normalised
+  report = json.loads(report_path.read_text())
+  report_path.write_text(json.dumps({k: v for k, v in report.items() if k != "text_format"}))
+  with pytest.raises(prepare.DataError, match=r"holds examples made as before 2026-11-27, not as 'conversation "
+                                              r"turns normalised .*run `heal-jax data prepare` again"):
+    mixture.load(config, tmp_path / "w", 0)
+  report_path.write_text(json.dumps(report))
   shard = next((tmp_path / "prep" / "medical").rglob("*.array_record-00000-of-00001"))
   shard.write_bytes(shard.read_bytes()[:len(shard.read_bytes()) // 2])
   with pytest.raises(prepare.DataError, match=rf"{shard}: 0 records, dataset_info.json says 40 \(truncated"):

@@ -13,13 +13,19 @@ import numpy as np
 
 from heal_jax.data import templates
 
+# What `texts` makes of records. Data states and prepared data record it: tokens of another format
+# are other examples. Conversations became normalised [speaker] turns on 2026-11-27 (as generation
+# shows them; `Doctor:` lines were trained as written, served as `[doctor]`).
+TEXT_FORMAT = "conversation turns normalised (2026-11-27)"
+
 
 def texts(record: Mapping[str, str | None], kind: str) -> tuple[str, str]:
   """(prompt_text, target_text) of a validated record of `kind` (see data.check.KIND_FIELDS)."""
   if kind == "document":
     return "", record["text"]
   if kind == "conversation":
-    return templates.format_instruction(templates.note_prompt(record["conversation"]), record["note"])
+    conversation = templates.training_conversation(record["conversation"])
+    return templates.format_instruction(templates.note_prompt(conversation), record["note"])
   if kind == "instruction":
     return templates.format_instruction(record["prompt"], record["response"], record.get("explanation"))
   raise ValueError(f"unknown record kind {kind!r}")

@@ -426,6 +426,7 @@ def _spec_key(spec: PipelineSpec) -> str:
   d["weights"] = sorted(d["weights"].items())
   d["mixing"] = "tokens"  # states of heal-jax before 2026-11-27 mixed by windows: not resumable here
   d["order"] = "shared-stream"  # ... or read per-reader subsets of each source (until 2026-11-27)
+  d["text_format"] = examples.TEXT_FORMAT  # conversations as written (until 2026-11-27)
   return json.dumps(d, sort_keys=True)
 
 

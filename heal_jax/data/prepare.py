@@ -173,7 +173,7 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
     report = {
         "out_dir": str(out), "tokenizer": str(tok_dir), "vocab_size": tokenizer.vocab_size,
         "tokenizer_sha256": tokenizer_sha256(tok_dir),
-        "on_error": data.on_error, "normalization": "NFC",
+        "on_error": data.on_error, "normalization": "NFC", "text_format": examples.TEXT_FORMAT,
         "dedup": {**data.dedup.to_dict(), "scope": "across sources, in source-name order; first kept"},
         "sources": per_source, "totals": totals,
     }
@@ -256,6 +256,9 @@ def check_prepared(out_dir: pathlib.Path, tokenizer_dir: pathlib.Path, vocab_siz
   DataError saying what differs and to re-run `heal-jax data prepare` otherwise."""
   report = read_report(out_dir)
   redo = "; run `heal-jax data prepare` again (or point data.prepared_dir elsewhere)"
+  if report.get("text_format") != examples.TEXT_FORMAT:
+    raise DataError(f"data.prepared_dir={out_dir} holds examples made as {report.get('text_format') or 'before 2026-11-27'}"
+                    f", not as {examples.TEXT_FORMAT!r} (how generation shows conversations to the model){redo}")
   sha = report.get("tokenizer_sha256")
   if (sha is not None and sha != tokenizer_sha256(tokenizer_dir)) or report.get("vocab_size") != vocab_size:
     raise DataError(f"data.prepared_dir={out_dir} was tokenized with {report.get('tokenizer')} "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 import pathlib
-import re
 import sys
 
 import jax
@@ -35,38 +34,10 @@ from heal_jax.model.config import ConfigError
 DEFAULT_MAX_NEW_TOKENS = 512
 # A note ends at EOS; a model that runs on into a new prompt is cut there.
 STOP_STRINGS = ("\n### Instruction:", "\n### Response:")
-_BRACKETED = re.compile(r"^\[([^\]\s]+)\]\s*(.*)$")
-# Speaker labels of the datasets only (Gest_ is a typo in MTS-Dialog), so that a continuation line
-# such as "BP: 120/80." or "Family: mother had diabetes." is not taken for a new speaker.
-_COLON = re.compile(r"^(doctor|patient|(?:guest|gest)_[a-z]+|[a-z]+_guest)\s*:\s*(.*)$", re.IGNORECASE)
-
-
-def normalize_conversation(text: str) -> str:
-  """`[speaker] text` lines (speaker lower-cased), from either accepted form; see the module doc.
-
-  Raises ValueError when the first non-blank line has no speaker or no turn is found.
-  """
-  turns: list[list[str]] = []
-  for n, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
-    line = line.strip()
-    if not line:
-      continue
-    match = _BRACKETED.match(line) or _COLON.match(line)
-    if match:
-      turns.append([match.group(1).lower(), match.group(2).strip()])
-    elif turns:
-      turns[-1][1] = f"{turns[-1][1]} {line}".strip()
-    else:
-      raise ValueError(f"line {n} is not a turn: expected '[doctor] ...', '[patient] ...', "
-                       f"'Doctor: ...', 'Patient: ...' or another role such as 'Guest_family: ...', got {line[:60]!r}")
-  if not turns:
-    raise ValueError("no conversation turns found (the text is empty)")
-  return "\n".join(f"[{speaker}] {said}".rstrip() for speaker, said in turns)
-
-
 def note_prompt_text(conversation: str) -> str:
-  """The generation input for one conversation (either accepted form)."""
-  return templates.format_instruction(templates.note_prompt(normalize_conversation(conversation)))[0]
+  """The generation input for one conversation (either accepted form): the training prompt
+  (`templates.note_prompt`) of its normalised turns. Raises ValueError for text without turns."""
+  return templates.format_instruction(templates.note_prompt(templates.normalize_conversation(conversation)))[0]
 
 
 def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
@@ -146,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     text = (sys.stdin.read() if args.conversation == "-" else
             pathlib.Path(args.conversation).read_text(encoding="utf-8"))
-    normalize_conversation(text)
+    templates.normalize_conversation(text)
   except (OSError, UnicodeDecodeError, ValueError) as e:
     return _error(f"{args.conversation}: {e}")
   try:
