@@ -450,3 +450,15 @@ def test_sample_note_uses_a_held_out_conversation_that_fits_the_context(data_roo
   tok = tokenizer_lib.Tokenizer(data_root / "tokenizer")
   assert note["source"] == "clinical" and note["prompt_tokens"] == len(tok.encode(newest_prompt, add_bos=True))
   assert "at most 8 new; the model has 4096 positions" in capsys.readouterr().err
+
+
+def test_a_held_out_source_without_target_tokens_is_named(data_root, tmp_path, capsys):
+  """Instruction tuning at 64 tokens: one held-out batch of conversations is all prompt (hundreds of
+  tokens before the note), so that source has no loss; the log says so instead of dropping it."""
+  extra = ("--config.mesh.fsdp=1", "--config.eval.holdout_examples=2", "--config.eval.batches=1",
+           "--config.phases.pretrain.instruction_tuning=true", "--config.phases.pretrain.weights=clinical=1")
+  loop.train(train_helpers.load(data_root, 1, extra), tmp_path / "w", devices=jax.devices()[:1])
+  assert ("held-out: no target tokens from clinical in 1 batch(es) of 64 tokens (no loss reported for them)"
+          in capsys.readouterr().err)
+  evals = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+  assert not any("loss/clinical" in r for r in evals if r["kind"] == "eval")

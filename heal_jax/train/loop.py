@@ -126,6 +126,10 @@ def evaluate(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) 
       nll += np.asarray(a)
       count += np.asarray(b)
   out = {f"loss/{n}": float(nll[i] / count[i]) for i, n in enumerate(run.source_names) if count[i] > 0}
+  silent = [n for n in sorted(run.data.heldout) if count[run.source_names.index(n)] == 0]
+  if silent:  # e.g. instruction tuning on prompts longer than the batches read: no response token yet
+    run.writer.log(f"held-out: no target tokens from {', '.join(silent)} in {run.config.eval.batches} batch(es) "
+                   f"of {phase.seq_len} tokens (no loss reported for them); raise eval.batches or the phase's seq_len")
   return {**out, **evaluate_tasks(run, params, cfg)}
 
 
