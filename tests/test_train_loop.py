@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -388,7 +389,7 @@ def test_damaged_checkpoint_files_are_named_with_the_step_to_go_back_to(data_roo
     restore.load_model(workdir)
 
 
-def test_a_resume_keeps_the_phases_that_already_ran(data_root, tmp_path):
+def test_a_resume_keeps_the_phases_that_already_ran(data_root, tmp_path, capsys):
   """Stopped inside the second phase: lengthening or reshaping the finished first phase is refused
   (it would move the second phase and rewrite config.json), lengthening the running one is not."""
   two = ("--config.phase_order=pretrain,extend", "--config.phases.extend.steps=3",
@@ -402,7 +403,12 @@ def test_a_resume_keeps_the_phases_that_already_ran(data_root, tmp_path):
     with pytest.raises(ValueError, match=rf"phase pretrain finished before step 3.*{key}.*new --workdir"):
       loop.train(train_helpers.load(data_root, 2, two + (change,)), workdir)
   config_json = (workdir / "config.json").read_text()
+  capsys.readouterr()
   loop.train(train_helpers.load(data_root, 2, two), workdir)  # extend grows from 1 to 3 steps: allowed
+  found = re.search(r"phase extend now has 3 steps \(saved with 1, 1 of them run\): its learning-rate schedule is "
+                    r"recomputed over 3 steps, so the rate at step 3 is ([0-9.e+-]+) \(it was ([0-9.e+-]+)\)",
+                    capsys.readouterr().err)
+  assert found and float(found.group(1)) > float(found.group(2))  # the decay ended at step 3; stretched, it rises
   assert restore.load_model(workdir).source.endswith("step 5")
   assert config_json != (workdir / "config.json").read_text()  # rewritten by the allowed resume only
 

@@ -413,7 +413,11 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
       except Exception:  # pylint: disable=broad-except  # a damaged step: check_resumable names it below
         saved_config = None
       if saved_config:
-        phases_lib.check_history(phases_lib.from_config(ml_collections.ConfigDict(saved_config)), phases, latest)
+        saved_phases = phases_lib.from_config(ml_collections.ConfigDict(saved_config))
+        phases_lib.check_history(saved_phases, phases, latest)
+        resized = phases_lib.resized_note(saved_phases, phases, latest)
+        if resized:
+          writer.log(resized)
     start = latest or 0
     phase = phases_lib.phase_at(phases, start)
     # A SIGTERM on a phase's last step saves that step and exits before the phase's held-out eval.

@@ -8,7 +8,7 @@ from typing import Any
 
 from heal_jax.data import check
 from heal_jax.model.config import ModelConfig
-from heal_jax.train.optimizer import SCHEDULES, OptimizerSpec
+from heal_jax.train.optimizer import SCHEDULES, OptimizerSpec, learning_rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +125,20 @@ def check_history(saved: list[Phase], now: list[Phase], step: int) -> None:
       raise ValueError(f"phase {old.name} finished before step {step}, where this run resumes, with other settings: "
                        f"{'; '.join(changed)}. A resume keeps the phases that already ran; to change them, train "
                        "in a new --workdir with --config.init_from=THIS_WORKDIR")
+
+
+def resized_note(saved: list[Phase], now: list[Phase], step: int) -> str | None:
+  """What changes when the phase that reached `step` (running, or the last one, done) has another
+  number of steps now than when saved: its learning-rate schedule is recomputed over the new length,
+  so the rate at `step` moves (a cosine decay lengthened after it ended rises again). None if same."""
+  old = next((p for p in saved if p.start < step <= p.end), None)
+  new = next((p for p in now if old is not None and p.index == old.index), None)
+  if old is None or new is None or new.steps == old.steps:
+    return None
+  ran = step - old.start
+  was, will = float(learning_rate(old.optimizer)(ran)), float(learning_rate(new.optimizer)(ran))
+  return (f"phase {old.name} now has {new.steps} steps (saved with {old.steps}, {ran} of them run): its learning-rate "
+          f"schedule is recomputed over {new.steps} steps, so the rate at step {step} is {will:.2e} (it was {was:.2e})")
 
 
 def phase_at(phases: list[Phase], step: int) -> Phase | None:
