@@ -90,7 +90,7 @@ class _Run:
   writer: metrics_lib.MetricWriter
   preempt: _Preemption
   base_cfg: ModelConfig
-  task_examples: dict[str, list] | None = None
+  task_examples: dict[str, list]  # config.eval.tasks, read once at start
 
 
 def _spec(run: _Run, phase: phases_lib.Phase) -> pipeline.PipelineSpec:
@@ -147,8 +147,6 @@ def evaluate_tasks(run: _Run, params: Any, cfg: ModelConfig) -> dict[str, float]
   if not run.config.eval.tasks or jax.process_count() > 1:
     return {}
   from heal_jax.eval import loglik  # pylint: disable=import-outside-toplevel
-  if run.task_examples is None:
-    run.task_examples = _task_examples(run.config.eval.tasks, run.config.eval.task_limit, run.workdir)
   rows = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
   batch = -(-8 // rows) * rows  # at least 8 rows, split evenly over the batch devices
   out = {}
@@ -354,11 +352,11 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
       if phase.global_batch % shards:
         raise ValueError(f"phase {phase.name}: global batch {phase.global_batch} is not divisible by the "
                          f"data shards ({shards}, config.data.num_shards or one per process)")
-  if config.eval.tasks:  # read now: a wrong path would otherwise stop the run at the first phase's end
-    _task_examples(config.eval.tasks, config.eval.task_limit, workdir)
+  # Read now: a wrong path would otherwise stop the run at the first phase's end.
+  tasks = _task_examples(config.eval.tasks, config.eval.task_limit, workdir) if config.eval.tasks else {}
   lock = _lock(workdir)
   try:
-    return _train_locked(config, workdir, phases, base_cfg, mesh)
+    return _train_locked(config, workdir, phases, base_cfg, mesh, tasks)
   finally:
     lock.release()
 
@@ -391,7 +389,7 @@ def _lock(workdir: pathlib.Path) -> workdir_lock.WorkdirLock:
 
 
 def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Phase], base_cfg: ModelConfig,
-                  mesh: Any) -> dict[str, Any]:
+                  mesh: Any, tasks: dict[str, list]) -> dict[str, Any]:
   """`train` once the work directory is this run's."""
   primary = jax.process_index() == 0
   writer = metrics_lib.MetricWriter(workdir, primary)
@@ -404,7 +402,7 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
     writer.log(f"source {name}: {counts}")
   mngr = checkpointing.manager(workdir, config.checkpoint.keep, config.checkpoint.keep_period,
                                config.checkpoint.async_save)
-  run = _Run(config, workdir, mesh, data, sorted(data.train), mngr, writer, _Preemption(), base_cfg)
+  run = _Run(config, workdir, mesh, data, sorted(data.train), mngr, writer, _Preemption(), base_cfg, tasks)
   try:
     latest = mngr.latest_step()
     if latest is not None:
