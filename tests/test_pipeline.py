@@ -391,3 +391,14 @@ def test_grain_workers_leave_no_shared_memory_and_stop_on_close():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
   assert "workers after close 0" in out.stdout
   assert "leaked shared_memory" not in out.stderr, out.stderr[-2000:]
+
+
+def test_overlong_examples_counts_what_does_not_fit_a_row():
+  """Lengths 1..10 at seq_len 7: three are longer (8, 9, 10); a sample of 4 looks at indices 0, 3, 6, 9
+  (lengths 1, 4, 7, 10: one longer)."""
+  items = [{"tokens": np.zeros(n, np.int32), "loss_mask": np.ones(n, np.int32)} for n in range(1, 11)]
+  source = grain.MapDataset.source(items)
+  assert pipeline.overlong_examples(source, 7) == (3, 10, 10)
+  assert pipeline.overlong_examples(source, 7, sample=4) == (1, 4, 10)
+  assert pipeline.overlong_examples(source, 10) == (0, 10, 10)
+  assert pipeline.overlong_examples(grain.MapDataset.source([]), 7) == (0, 0, 0)

@@ -460,11 +460,21 @@ def test_sample_note_uses_a_held_out_conversation_that_fits_the_context(data_roo
 
 def test_a_held_out_source_without_target_tokens_is_named(data_root, tmp_path, capsys):
   """Instruction tuning at 64 tokens: one held-out batch of conversations is all prompt (hundreds of
-  tokens before the note), so that source has no loss; the log says so instead of dropping it."""
+  tokens before the note), so that source has no loss; the log says so instead of dropping it. The
+  phase start names the conversations that do not fit its rows."""
+  from heal_jax.data import examples, sources as sources_lib, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
   extra = ("--config.mesh.fsdp=1", "--config.eval.holdout_examples=2", "--config.eval.batches=1",
            "--config.phases.pretrain.instruction_tuning=true", "--config.phases.pretrain.weights=clinical=1")
   loop.train(train_helpers.load(data_root, 1, extra), tmp_path / "w", devices=jax.devices()[:1])
-  assert ("held-out: no target tokens from clinical in 1 batch(es) of 64 tokens (no loss reported for them)"
-          in capsys.readouterr().err)
+  err = capsys.readouterr().err
+  assert "held-out: no target tokens from clinical in 1 batch(es) of 64 tokens (no loss reported for them)" in err
+  # every training conversation is longer than the 64-token rows, and the log says so, with the longest
+  config = train_helpers.load(data_root, 1, extra)
+  (clinical,) = [s for s in sources_lib.from_config(config.data.sources) if s.name == "clinical"]
+  tok = tokenizer_lib.Tokenizer(data_root / "tokenizer")
+  lengths = [len(examples.encode(tok, *pair)[0]) for pair in sources_lib.load_texts(clinical, "raise")[0][:-2]]
+  assert min(lengths) > 64
+  assert (f"phase pretrain: {len(lengths):,} of {len(lengths):,} clinical examples are longer than seq_len 64 "
+          f"(longest {max(lengths):,} tokens); each is split into windows") in err
   evals = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
   assert not any("loss/clinical" in r for r in evals if r["kind"] == "eval")

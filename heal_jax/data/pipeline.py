@@ -106,6 +106,15 @@ def split_example(example: Mapping[str, np.ndarray], seq_len: int) -> list[dict[
   return windows
 
 
+def overlong_examples(source: Source, seq_len: int, sample: int = 512) -> tuple[int, int, int]:
+  """(examples longer than seq_len, examples looked at, longest length) among `sample` evenly spaced
+  examples of `source` (all of them when it has no more). Reads (and tokenizes) those examples."""
+  n = len(source)
+  indices = np.unique(np.linspace(0, n - 1, min(n, sample)).astype(np.int64)) if n else []
+  lengths = [len(source[int(i)]["tokens"]) for i in indices]
+  return sum(length > seq_len for length in lengths), len(lengths), max(lengths, default=0)
+
+
 class MixSplit(grain.IterDataset):
   """One data shard's endless weighted mix of shuffled examples, each split to <= seq_len tokens.
 

@@ -195,6 +195,8 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   run.writer.log(f"phase {phase.name} ({phase.index + 1}): steps {phase.start}..{phase.end}, seq_len "
                  f"{phase.seq_len}, rope x{phase.rope_scaling_factor}, weights {phase.weights}, "
                  f"instruction tuning {'on' if phase.instruction_tuning else 'off'}, from step {step0}")
+  if phase.instruction_tuning and jax.process_index() == 0:
+    _log_overlong(run, phase)
   peak = metrics_lib.device_peak_flops(config.metrics.peak_tflops)
   flops_token = metrics_lib.flops_per_token(cfg, phase.seq_len)
   rows_tokens = spec.global_batch * phase.seq_len
@@ -257,6 +259,19 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   run.mngr.wait_until_finished()
   run.writer.log(f"phase {phase.name}: {time.time() - t_start:.1f} s")
   return state, status
+
+
+def _log_overlong(run: _Run, phase: phases_lib.Phase) -> None:
+  """Names the instruction sources whose examples do not fit the phase's rows: those are split, and
+  the windows after the first train the response without the start of its prompt."""
+  for name in sorted(phase.weights):
+    source = run.data.train[name]
+    over, looked, longest = pipeline.overlong_examples(source, phase.seq_len)
+    if over:
+      of = f"{looked:,}" if looked == len(source) else f"{looked:,} sampled (of {len(source):,})"
+      run.writer.log(f"phase {phase.name}: {over:,} of {of} {name} examples are longer than seq_len {phase.seq_len} "
+                     f"(longest {longest:,} tokens); each is split into windows, and the windows after the first "
+                     "train the response without the start of its prompt. Raise the phase's seq_len to fit them")
 
 
 def _phase_end_eval(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) -> None:
