@@ -272,6 +272,26 @@ def test_main_prints_json_and_returns_exit_codes(tmp_path, capsys):
   assert "error:" in capsys.readouterr().err
 
 
+def test_several_files_are_each_checked_and_summed(tmp_path, capsys):
+  """A shell glob over a source's shards: every file is reported, a missing one among them does not
+  stop the others, and the sums are over the files read (1 + 2 records, 1 invalid)."""
+  a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+  a.write_text('{"text": "one"}\n', encoding="utf-8")
+  b.write_text('{"text": "two"}\n{"txt": "wrong key"}\n', encoding="utf-8")
+  assert check.main([str(a), str(b), "--kind", "document"]) == 1
+  out = json.loads(capsys.readouterr().out)
+  assert out["files"][str(b)]["problems"] == [{"line": 2, "reason": "missing field text"}]
+  assert (out["read"], out["valid"], out["invalid"], out["unreadable"]) == (3, 2, 1, [])
+  missing = tmp_path / "missing.jsonl"
+  assert check.main([str(missing), str(a), "--kind", "document"]) == 2
+  captured = capsys.readouterr()
+  out = json.loads(captured.out)
+  assert out["unreadable"] == [str(missing)] and "missing.jsonl" in out["files"][str(missing)]["error"]
+  assert (out["read"], out["valid"], out["invalid"]) == (1, 1, 0)
+  assert captured.err.startswith("error: ") and "missing.jsonl" in captured.err
+  assert check.main([str(a), str(a), "--kind", "document"]) == 0
+
+
 def test_aci_bench_train_csv(shared_data, capsys):
   path = shared_data / "aci-bench" / "challenge_data" / "train.csv"
   if not path.is_file():

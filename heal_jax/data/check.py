@@ -355,25 +355,41 @@ def _fields_arg(spec: str) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """`heal-jax data check PATH --kind K [--format F] [--fields a=b,...]`: prints the JSON report.
+  """`heal-jax data check PATH... --kind K [--format F] [--fields a=b,...]`: prints the JSON report.
 
-  Returns 0 when every record is valid and there is at least one, 1 otherwise, 2 when the file
-  cannot be read at all (missing file, bad options, .zst without zstandard) or has a problem as a
-  whole (`FileError`: printed as FILE:LINE: reason, no report).
+  One PATH: its report. Several (a shell glob over a source's shards): {"files": {PATH: report or
+  {"error": ...}}, "read", "valid", "invalid" (sums over the files read), "unreadable": [PATH, ...]};
+  every file is checked, whatever the others hold. Returns 0 when every record is valid and every
+  file has at least one, 1 otherwise, 2 when a file cannot be read at all (missing file, bad options,
+  .zst without zstandard) or has a problem as a whole (`FileError`: printed as FILE:LINE: reason).
   """
   parser = argparse.ArgumentParser(prog="heal-jax data check", description=__doc__.splitlines()[0])
-  parser.add_argument("path", type=pathlib.Path)
+  parser.add_argument("path", type=pathlib.Path, nargs="+")
   parser.add_argument("--kind", required=True, choices=tuple(KIND_FIELDS))
   parser.add_argument("--format", dest="fmt", choices=FORMATS, default=None)
   parser.add_argument("--fields", type=_fields_arg, default=None,
                       help="OURS=THEIRS, comma separated: conversation=dialogue,note=note")
   args = parser.parse_args(argv)
-  try:
-    result = check_file(args.path, args.kind, args.fmt, args.fields)
-  except (OSError, ValueError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(json.dumps(result, indent=2))
-  if result["read"] == 0:
-    print(f"error: {args.path}: no records (the file is empty or holds only blank lines)", file=sys.stderr)
-  return 0 if result["read"] > 0 and result["invalid"] == 0 else 1
+  reports: dict[str, dict[str, Any]] = {}
+  status = 0
+  for path in args.path:
+    try:
+      reports[str(path)] = check_file(path, args.kind, args.fmt, args.fields)
+    except (OSError, ValueError, ImportError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      reports[str(path)] = {"error": str(e)}
+      status = 2
+      continue
+    if reports[str(path)]["read"] == 0:
+      print(f"error: {path}: no records (the file is empty or holds only blank lines)", file=sys.stderr)
+    if reports[str(path)]["read"] == 0 or reports[str(path)]["invalid"]:
+      status = max(status, 1)
+  if len(args.path) == 1:
+    if "error" not in reports[str(args.path[0])]:
+      print(json.dumps(reports[str(args.path[0])], indent=2))
+    return status
+  read = [r for r in reports.values() if "error" not in r]
+  total = {k: sum(r[k] for r in read) for k in ("read", "valid", "invalid")}
+  print(json.dumps({"files": reports, **total, "unreadable": [p for p, r in reports.items() if "error" in r]},
+                   indent=2))
+  return status
