@@ -87,6 +87,45 @@ def test_round_trip_dedup_and_counts(corpus, tmp_path):
     prepare.open_prepared(tmp_path / "out", "nope")
 
 
+def test_online_training_reads_the_examples_prepare_writes(corpus, tmp_path):
+  """Reading raw files online, a run keeps, normalises (NFC) and encodes exactly what `data prepare`
+  writes: the same duplicates dropped (within and across sources) and the same tokens. Online runs
+  used to keep every duplicate and the decomposed accents that prepare composes."""
+  import unicodedata  # pylint: disable=import-outside-toplevel
+  from heal_jax.data import mixture  # pylint: disable=import-outside-toplevel
+  corpus_dir, tok_dir = corpus
+  general, inst = _lines(corpus_dir / "general.jsonl"), _lines(corpus_dir / "instructions.jsonl")
+  decomposed = json.dumps({"text": unicodedata.normalize("NFD", "Caf\u00e9 au lait, na\u00efve patient.")},
+                          ensure_ascii=False)
+  (tmp_path / "docs.jsonl").write_text("".join(general[:12]) + general[5] + decomposed + "\n" + "{broken\n",
+                                       encoding="utf-8")
+  (tmp_path / "inst.jsonl").write_text("".join(inst[:6]) + general[7].replace('"text"', '"prompt"').replace(
+      "}", ', "response": "x"}'), encoding="utf-8")
+  config = _config(tok_dir, docs=(str(tmp_path / "docs.jsonl"), "document", 1.0),
+                   inst=(str(tmp_path / "inst.jsonl"), "instruction", 1.0))
+  config.data.on_error = "skip"
+  config.model.vocab_size = 800
+  report = prepare.prepare(config, tmp_path / "prep")
+  online = mixture.load(config, tmp_path / "w", 2)
+  for name, want_written, want_dups in (("docs", 13, (1, 0)), ("inst", 6, (0, 1))):
+    counts = report["sources"][name]
+    assert counts["written"] == want_written
+    assert (counts["duplicates_exact"], counts["duplicates_near"]) == want_dups
+    assert {k: online.counts[name][k] for k in ("read", "invalid", "duplicates_exact", "duplicates_near")} == {
+        k: counts[k] for k in ("read", "invalid", "duplicates_exact", "duplicates_near")}
+    assert online.counts[name]["examples"] == want_written
+    prepared = prepare.open_prepared(tmp_path / "prep", name)
+    got = [online.train[name][i] for i in range(len(online.train[name]))] + [
+        online.heldout[name][i] for i in range(len(online.heldout[name]))]
+    assert len(got) == len(prepared) == want_written
+    for i, example in enumerate(got):
+      np.testing.assert_array_equal(example["tokens"], prepared[i]["tokens"])
+      np.testing.assert_array_equal(example["loss_mask"], prepared[i]["loss_mask"])
+  tok = tokenizer_lib.Tokenizer(tok_dir)
+  last = online.heldout["docs"][1]["tokens"]  # the decomposed document, composed as prepare writes it
+  assert tok.decode([int(t) for t in last[1:]]) == "Caf\u00e9 au lait, na\u00efve patient."
+
+
 def test_cross_source_exact_duplicate(corpus, tmp_path):
   corpus_dir, tok_dir = corpus
   general = _lines(corpus_dir / "general.jsonl")

@@ -139,7 +139,7 @@ def test_texts_of_every_kind_and_gzip(tmp_path):
   cfg = _cfg(d=(f"{tmp_path}/d.jsonl.gz", "document", 1.0), i=(f"{tmp_path}/i.jsonl", "instruction", 1.0),
              c=(f"{tmp_path}/c.jsonl", "conversation", 1.0, dict(fields="conversation=dialogue")))
   got = {s.name: sources.load_texts(s, "raise") for s in sources.from_config(cfg)}
-  assert got["d"] == ([("", "doc one")], {"read": 1, "invalid": 0})
+  assert got["d"] == ([("", "doc one")], {"read": 1, "invalid": 0, "duplicates_exact": 0, "duplicates_near": 0})
   assert got["i"][0] == [examples.texts({**inst, "explanation": None}, "instruction")]
   assert got["c"][0] == [examples.texts({"conversation": conv["dialogue"], "note": conv["note"]}, "conversation")]
 
@@ -156,7 +156,8 @@ def test_arrayrecord_json_records(tmp_path):
   with pytest.raises(DataError, match=f"^{path}:2: malformed JSON"):
     sources.load_texts(src, "raise")
   pairs, counts = sources.load_texts(src, "skip")  # nesting past the stack, a 5000-digit number: bad records
-  assert pairs == [("", "first"), ("", "second")] and counts == {"read": 6, "invalid": 4}
+  assert pairs == [("", "first"), ("", "second")] and counts == {"read": 6, "invalid": 4, "duplicates_exact": 0,
+                                                                 "duplicates_near": 0}
 
 
 def test_tfds_dataset_on_disk(tmp_path):
@@ -184,7 +185,9 @@ def test_tfds_dataset_on_disk(tmp_path):
              u=(f"tiny_text:test@{tmp_path}", "document", 1.0, dict(format="tfds")))
   t, u = sources.from_config(cfg)
   assert sources.files(t) == [tmp_path / "tiny_text" / "1.2.0"]
-  assert sources.load_texts(t, "raise") == ([("", "alpha doc"), ("", "beta doc")], {"read": 2, "invalid": 0})
+  assert sources.load_texts(t, "raise") == ([("", "alpha doc"), ("", "beta doc")],
+                                            {"read": 2, "invalid": 0, "duplicates_exact": 0, "duplicates_near": 0})
   with pytest.raises(DataError, match=r"\[test\]#1: empty text in field text"):
     sources.load_texts(u, "raise")
-  assert sources.load_texts(u, "skip") == ([("", "gamma doc")], {"read": 2, "invalid": 1})
+  assert sources.load_texts(u, "skip") == ([("", "gamma doc")],
+                                           {"read": 2, "invalid": 1, "duplicates_exact": 0, "duplicates_near": 0})

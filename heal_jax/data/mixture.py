@@ -1,6 +1,7 @@
 """A run's data: the bundled corpus bootstrap, the tokenizer, and one Grain source per config source.
 
-Sources are read either online (raw files tokenized as the pipeline reads them) or from
+Sources are read either online (raw files tokenized as the pipeline reads them; records normalised
+and deduplicated at start exactly as `heal-jax data prepare` does, `sources.kept_records`) or from
 `heal-jax data prepare` output (`config.data.prepared_dir`). The last `eval.holdout_examples` of
 every source (before shuffling) are held out of training for the periodic held-out loss.
 """
@@ -13,17 +14,19 @@ from typing import Any, Callable
 
 from heal_jax.checkpoint import params_store
 from heal_jax.checkpoint.restore import WORKDIR_TOKENIZER
-from heal_jax.data import pipeline, sources as sources_lib, synthetic, tokenizer as tokenizer_lib
+from heal_jax.data import dedup, pipeline, sources as sources_lib, synthetic, tokenizer as tokenizer_lib
 
 
 @dataclasses.dataclass
 class RunData:
   """train/heldout: source name -> MapDataset of {"tokens", "loss_mask"}; counts: per-source reading counts
-  (plus "first_skipped": places and reasons of up to 3 skipped records)."""
+  (plus "first_skipped": places and reasons of up to 3 skipped records); kinds: source name -> record
+  kind (document, conversation or instruction)."""
   train: dict[str, pipeline.Source]
   heldout: dict[str, pipeline.Source]
   tokenizer: tokenizer_lib.Tokenizer
   counts: dict[str, dict[str, Any]]
+  kinds: dict[str, str]
 
 
 def resolve(path: str, workdir: pathlib.Path) -> pathlib.Path:
@@ -90,13 +93,18 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
   if prepared is not None:
     from heal_jax.data import prepare  # pylint: disable=import-outside-toplevel
     prepare.check_prepared(prepared, tok_dir, tok.vocab_size, {s.name: _present_files(s) for s in srcs})
+  else:  # as `data prepare` would: one deduplicator across the sources, in name order
+    try:
+      deduplicator = dedup.Deduplicator.from_config(config.data.dedup)
+    except ValueError as e:
+      raise sources_lib.DataError(str(e)) from None
   for src in srcs:
     if prepared is not None:
       ds = prepare.open_prepared(prepared, src.name)
       counts[src.name] = {"examples": len(ds)}
     else:
       skipped: list[dict[str, str]] = []
-      pairs, read_counts = sources_lib.load_texts(src, config.data.on_error, skipped)
+      pairs, read_counts = sources_lib.load_texts(src, config.data.on_error, skipped, deduplicator)
       ds = pipeline.EncodedTexts(pairs, str(tok_dir))
       counts[src.name] = {**read_counts, "examples": len(pairs)}
       if skipped:  # Places and reasons only: no record text.
@@ -107,6 +115,6 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
     train[src.name] = pipeline.Slice(ds, 0, len(ds) - holdout) if holdout else ds
     if holdout:
       heldout[src.name] = pipeline.Slice(ds, len(ds) - holdout, len(ds))
-  return RunData(train, heldout, tok, counts)
+  return RunData(train, heldout, tok, counts, {src.name: src.kind for src in srcs})
 
 

@@ -63,22 +63,11 @@ def _resolve(path: str | os.PathLike, workdir: str | os.PathLike | None, key: st
   return pathlib.Path(path)
 
 
-def _dedup_text(record: sources.Record, kind: str) -> str:
-  """The record's own text (its fields in KIND_FIELDS order), without any template around it."""
-  required, optional = check.KIND_FIELDS[kind]
-  return "\n\n".join(record[f] for f in required + optional if record.get(f))
-
-
 def _examples(source: sources.Source, on_error: str, deduplicator: dedup.Deduplicator,
               tokenizer: tokenizer_lib.Tokenizer, counts: dict[str, int],
               skipped: list[dict[str, str]]) -> Iterator[dict[str, np.ndarray]]:
   """Encoded kept records of `source`; fills `counts` (COUNT_KEYS) and `skipped` as it goes."""
-  for record in sources.valid_records(source, on_error, counts, skipped):
-    record = {k: None if v is None else dedup.normalize_text(v) for k, v in record.items()}
-    decision = deduplicator.add(_dedup_text(record, source.kind))
-    if not decision.keep:
-      counts[f"duplicates_{decision.reason}"] += 1
-      continue
+  for record in sources.kept_records(source, on_error, deduplicator, counts, skipped):
     tokens_N, loss_mask_N = examples.encode(tokenizer, *examples.texts(record, source.kind))
     counts["written"] += 1
     counts["tokens_written"] += len(tokens_N)

@@ -20,7 +20,7 @@ import pathlib
 import re
 from typing import Any
 
-from heal_jax.data import check, examples
+from heal_jax.data import check, dedup, examples
 
 FORMATS = ("jsonl", "text", "csv", "arrayrecord", "tfds")
 ON_ERROR = ("raise", "skip")
@@ -272,13 +272,40 @@ def valid_records(source: Source, on_error: str, counts: dict[str, int],
     yield record
 
 
-def load_texts(source: Source, on_error: str,
-               skipped: list[dict[str, str]] | None = None) -> tuple[list[tuple[str, str]], dict[str, int]]:
-  """(prompt_text, target_text) of every valid record (`examples.texts`), and {"read", "invalid"}.
+def record_text(record: Record, kind: str) -> str:
+  """The record's own text (its fields in KIND_FIELDS order), without any template: what dedup compares."""
+  required, optional = check.KIND_FIELDS[kind]
+  return "\n\n".join(record[f] for f in required + optional if record.get(f))
 
-  read = len(pairs) + invalid. See `valid_records` for `on_error` and `skipped`.
+
+def kept_records(source: Source, on_error: str, deduplicator: dedup.Deduplicator | None,
+                 counts: dict[str, int], skipped: list[dict[str, str]] | None = None) -> Iterator[Record]:
+  """The valid records of `source` (`valid_records`), text fields in Unicode NFC, minus those
+  `deduplicator` (shared across a run's sources, taken in name order; None: keep all) finds to
+  repeat one kept before; counts["duplicates_exact"] and counts["duplicates_near"] count those.
+  The one path from records to examples: `data prepare` and online training both read it."""
+  counts.setdefault("duplicates_exact", 0)
+  counts.setdefault("duplicates_near", 0)
+  for record in valid_records(source, on_error, counts, skipped):
+    record = {k: None if v is None else dedup.normalize_text(v) for k, v in record.items()}
+    if deduplicator is not None:
+      decision = deduplicator.add(record_text(record, source.kind))
+      if not decision.keep:
+        counts[f"duplicates_{decision.reason}"] += 1
+        continue
+    yield record
+
+
+def load_texts(source: Source, on_error: str, skipped: list[dict[str, str]] | None = None,
+               deduplicator: dedup.Deduplicator | None = None) -> tuple[list[tuple[str, str]], dict[str, int]]:
+  """(prompt_text, target_text) of every kept record (`kept_records`, `examples.texts`), and
+  {"read", "invalid", "duplicates_exact", "duplicates_near"}.
+
+  read = len(pairs) + invalid + duplicates. See `valid_records` for `on_error` and `skipped`.
   """
-  counts = {"read": 0, "invalid": 0}
-  pairs = [examples.texts(record, source.kind) for record in valid_records(source, on_error, counts, skipped)]
-  assert counts["read"] == len(pairs) + counts["invalid"], counts
+  counts = {"read": 0, "invalid": 0, "duplicates_exact": 0, "duplicates_near": 0}
+  pairs = [examples.texts(record, source.kind)
+           for record in kept_records(source, on_error, deduplicator, counts, skipped)]
+  assert counts["read"] == (len(pairs) + counts["invalid"] + counts["duplicates_exact"] +
+                            counts["duplicates_near"]), counts
   return pairs, counts

@@ -306,35 +306,32 @@ def _check_streak(metrics: dict[str, Any], limit: int) -> None:
                          f"{limit}); halting. The newest checkpoint holds the last good state.")
 
 
-def sample_note(config: Any, workdir: pathlib.Path, max_new_tokens: int, log) -> dict[str, Any] | None:
+def sample_note(workdir: pathlib.Path, data: mixture.RunData, max_new_tokens: int,
+                log: Callable[[str], None]) -> dict[str, Any] | None:
   """A note written greedily by the trained model from a held-out conversation (None if there is none).
 
-  The conversation is the newest of the last max(eval.holdout_examples, 1) examples (the held-out
-  ones) of the conversation sources, in name order, whose prompt leaves room for `max_new_tokens`
+  The conversation is the newest held-out example (`data.heldout`; without a holdout, the last
+  example) of the conversation sources, in name order, whose prompt leaves room for `max_new_tokens`
   in the model's context (max_position_embeddings); failing that, the shortest prompt that fits at
-  all, with fewer new tokens. Its prompt is the instruction-tuning template. Only the generated note
-  is logged, never the conversation or its reference note (the data may be patient data).
+  all, with fewer new tokens. Its prompt is the example's tokens before its first target: the
+  instruction-tuning template, as trained (online or prepared). Only the generated note is logged,
+  never the conversation or its reference note (the data may be patient data).
   """
   from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
-  from heal_jax.data import sources as sources_lib, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
   from heal_jax.infer import decode  # pylint: disable=import-outside-toplevel
-  conv = [s for s in sources_lib.from_config(config.data.sources, workdir=str(workdir), require_files=False)
-          if s.kind == "conversation"]
+  conv = [name for name in sorted(data.kinds) if data.kinds[name] == "conversation"]
   if not conv:
     return None
-  try:
-    for source in conv:
-      sources_lib.files(source)
-  except sources_lib.DataError as e:  # training read prepared data; the raw files are elsewhere
-    log(f"sample note skipped: {e}")
-    return None
   loaded = restore.load_model(workdir, dtype="float32", scan_layers=False)
-  tok = tokenizer_lib.Tokenizer(loaded.tokenizer_dir)
+  tok = data.tokenizer
   context = loaded.cfg.max_position_embeddings
   candidates = []  # (source name, prompt ids), newest first within each source
-  for source in conv:
-    pairs = sources_lib.load_texts(source, config.data.on_error)[0][-max(config.eval.holdout_examples, 1):]
-    candidates += [(source.name, tok.encode(prompt, add_bos=True)) for prompt, _ in reversed(pairs)]
+  for name in conv:
+    held = data.heldout.get(name) or pipeline.Slice(data.train[name], len(data.train[name]) - 1,
+                                                    len(data.train[name]))
+    for i in reversed(range(len(held))):
+      example = held[i]
+      candidates.append((name, [int(t) for t in example["tokens"][:int(np.argmax(example["loss_mask"] > 0))]]))
   fitting = [c for c in candidates if len(c[1]) < context]  # data never goes to the log, only the model's output
   if not fitting:
     log(f"sample note skipped: every held-out conversation's prompt is longer than the model's {context} positions")
@@ -475,7 +472,7 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
     if config.eval.sample_note_tokens > 0 and jax.process_count() > 1:
       writer.log("sample note skipped: it runs in single-process runs only")
     elif config.eval.sample_note_tokens > 0:
-      summary["sample_note"] = sample_note(config, workdir, config.eval.sample_note_tokens, writer.log)
+      summary["sample_note"] = sample_note(workdir, run.data, config.eval.sample_note_tokens, writer.log)
     return summary
   finally:
     mngr.wait_until_finished()
