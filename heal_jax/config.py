@@ -23,11 +23,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from heal_jax.model.config import ModelConfig
-
-
-class ConfigError(ValueError):
-  """An unknown key or a value of the wrong type; the message names the key."""
+from heal_jax.model.config import ConfigError, ModelConfig  # one ConfigError for every config key
 
 
 def base_model_config() -> ml_collections.ConfigDict:

@@ -39,3 +39,17 @@ def test_check_phase_batch_split_and_replicated_parameters():
                                             "--config.mesh.max_replicated_elements=1000"])
   with pytest.raises(ValueError, match=r"parameter .* would be replicated on every device"):
     setup.check_phase(data_only, phase, cfg, setup.make_mesh(data_only, jax.devices()[:4]))
+
+
+def test_a_model_rope_scaling_is_refused_in_training_where_phases_set_it(tmp_path):
+  """--config.model.rope_scaling_factor=2 used to be accepted and silently replaced by each phase's
+  factor; training now refuses it, naming the phase field, before writing anything."""
+  from heal_jax.train import loop  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_config(TINY, ["--config.model.rope_scaling_factor=2"])
+  with pytest.raises(config_lib.ConfigError, match=r"config.model.rope_scaling_factor=2 is not used in training: "
+                                                   r"each phase sets its own \(config.phases.pretrain.rope_scaling"
+                                                   r"_factor=1\)"):
+    loop.train(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+  phase, cfg = _phase(config_lib.load_config(TINY, []), "extend")
+  assert cfg.rope_scaling_factor == phase.rope_scaling_factor == 8.0

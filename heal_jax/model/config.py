@@ -11,7 +11,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
-  """A model config that is inconsistent or unsupported; the message names the field."""
+  """A config key that is unknown, of the wrong type, inconsistent or unsupported; the message names it."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from heal_jax.data import check
-from heal_jax.model.config import ModelConfig
+from heal_jax.model.config import ConfigError, ModelConfig
 from heal_jax.train.optimizer import SCHEDULES, OptimizerSpec, learning_rate
 
 
@@ -150,7 +150,14 @@ def phase_at(phases: list[Phase], step: int) -> Phase | None:
 
 
 def model_config(base: ModelConfig, phase: Phase) -> ModelConfig:
-  """The model of a phase: its rope scaling, and a context at least the phase's seq_len."""
+  """The model of a phase: its rope scaling, and a context at least the phase's seq_len.
+
+  ConfigError if the base model sets a rope scaling of its own: in training, the phases set it.
+  """
+  if base.rope_scaling_factor != 1.0:
+    raise ConfigError(f"config.model.rope_scaling_factor={base.rope_scaling_factor:g} is not used in training: each "
+                      f"phase sets its own (config.phases.{phase.name}.rope_scaling_factor="
+                      f"{phase.rope_scaling_factor:g}); set it there and leave the model's at 1")
   return base.replace(rope_scaling_factor=phase.rope_scaling_factor,
                       max_position_embeddings=max(base.max_position_embeddings, phase.seq_len))
 
