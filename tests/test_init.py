@@ -149,3 +149,22 @@ def test_from_a_work_directory_in_either_layout(tmp_path, stored_scan, run_scan)
   for g, w, sh in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(shardings)):
     assert g.sharding == sh
     np.testing.assert_array_equal(np.asarray(g), w)
+
+
+def test_init_from_refuses_other_rope_theta_or_norm_eps_and_names_a_rope_scaling_change(hf_dir):
+  """The weights' rope_theta and rms_norm_eps must be the run's (they used to be silently replaced by
+  config.model's, changing every logit); a rope scaling change, context extension, is logged."""
+  path, _ = hf_dir
+  mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+  for field, value in (("rope_theta", 500000.0), ("rms_norm_eps", 1e-6)):
+    cfg = dataclasses.replace(CFG, **{field: value})
+    with pytest.raises(ValueError, match=rf"init_from {path} was trained with {field}={getattr(CFG, field):g}, but "
+                                         rf"config.model.{field} is {value:g}: every logit would change"):
+      init.initial_params(str(path), cfg, state_lib.param_shardings(cfg, mesh), 0)
+  cfg = dataclasses.replace(CFG, rope_scaling_factor=2.0)
+  params, how = init.initial_params(str(path), cfg, state_lib.param_shardings(cfg, mesh), 0)
+  assert how == f"from HF {path} (its rope scaling x1 becomes this phase's x2)"
+  same, how_same = init.initial_params(str(path), CFG, state_lib.param_shardings(CFG, mesh), 0)
+  assert how_same == f"from HF {path}"
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(same)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

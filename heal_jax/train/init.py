@@ -5,6 +5,7 @@ Every path ends with fp32 (param_dtype) master parameters laid out by the run's 
 
 from __future__ import annotations
 
+import math
 import pathlib
 from typing import Any
 
@@ -19,14 +20,27 @@ from heal_jax.train import state as state_lib
 
 _SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
                  "head_dim", "tie_word_embeddings")
+_TRAINED_WITH = ("rope_theta", "rms_norm_eps")
 
 
-def check_compatible(run_cfg: ModelConfig, ckpt_cfg: ModelConfig, source: str) -> None:
-  """Raises ValueError naming the first shape field where the checkpoint and config.model differ."""
+def check_compatible(run_cfg: ModelConfig, ckpt_cfg: ModelConfig, source: str,
+                     notes: list[str] | None = None) -> None:
+  """Raises ValueError naming the first field where the checkpoint and the run's model differ: a
+  shape, or a number the weights were trained with (rope_theta, rms_norm_eps), which would change
+  every logit without an error. A different rope scaling (context extension sets it per phase) is
+  allowed and described in `notes`."""
   for field in _SHAPE_FIELDS:
     if getattr(run_cfg, field) != getattr(ckpt_cfg, field):
       raise ValueError(f"init_from {source}: {field} is {getattr(ckpt_cfg, field)} there but "
                        f"config.model.{field} is {getattr(run_cfg, field)}")
+  for field in _TRAINED_WITH:
+    theirs, ours = getattr(ckpt_cfg, field), getattr(run_cfg, field)
+    if not math.isclose(theirs, ours, rel_tol=1e-6):
+      raise ValueError(f"init_from {source} was trained with {field}={theirs:g}, but config.model.{field} is "
+                       f"{ours:g}: every logit would change; set --config.model.{field}={theirs:g}")
+  if notes is not None and ckpt_cfg.rope_scaling_factor != run_cfg.rope_scaling_factor:
+    notes.append(f"its rope scaling x{ckpt_cfg.rope_scaling_factor:g} becomes this phase's "
+                 f"x{run_cfg.rope_scaling_factor:g}")
 
 
 class _Slices:
@@ -46,7 +60,7 @@ class _Slices:
     return np.stack([v[index[1:]] for v in self.views[index[0]]])
 
 
-def from_hf(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any:
+def from_hf(path: pathlib.Path, cfg: ModelConfig, shardings: Any, notes: list[str] | None = None) -> Any:
   """Reads an HF LLaMA directory (validated like the converter) into sharded arrays.
 
   Each process reads only the blocks its own devices hold: every tensor is memory-mapped and each
@@ -58,7 +72,7 @@ def from_hf(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any:
   from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
   ckpt = hf_convert.open_hf(path)
   hf_convert.validate(ckpt)
-  check_compatible(cfg, ckpt.cfg, str(path))
+  check_compatible(cfg, ckpt.cfg, str(path), notes)
   views: dict[str, Any] = {}
   for spec in hf_mapping.tensor_specs(ckpt.cfg):
     hf_mapping.set_path(views, spec.path, spec.view_ours(ckpt.tensors[spec.hf_name].view()))
@@ -105,7 +119,7 @@ def _convert_layout(params: dict[str, Any], num_layers: int, to_scanned: bool, s
   return out
 
 
-def from_checkpoint(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any:
+def from_checkpoint(path: pathlib.Path, cfg: ModelConfig, shardings: Any, notes: list[str] | None = None) -> Any:
   """A converted checkpoint or another run's work directory (its newest step, or the step of a
   WORKDIR/checkpoints/N path), read by orbax into sharded arrays (each process reads its own
   blocks), cast to param_dtype on read; a scanned / unscanned difference of layout is bridged on the
@@ -117,7 +131,7 @@ def from_checkpoint(path: pathlib.Path, cfg: ModelConfig, shardings: Any) -> Any
     stored_cfg = stored.cfg
   else:
     stored_cfg = params_store.model_config(path)  # CheckpointError naming the path if it is neither
-  check_compatible(cfg, stored_cfg, str(path))
+  check_compatible(cfg, stored_cfg, str(path), notes)
   stored_scanned = stored_cfg.scan_layers and run_dir  # converted checkpoints are stored unscanned
   if stored_scanned == cfg.scan_layers:
     source_shardings = shardings
@@ -160,13 +174,15 @@ def initial_params(init_from: str, cfg: ModelConfig, shardings: Any, seed: int) 
     return init(jax.random.PRNGKey(seed)), f"from scratch (seed {seed})"
   path = pathlib.Path(init_from)
   from heal_jax.checkpoint import finite, params_store, restore  # pylint: disable=import-outside-toplevel
+  notes: list[str] = []
   if (path / params_store.MANIFEST).is_file():  # a converted checkpoint comes first, as in load_model
-    params, how = from_checkpoint(path, cfg, shardings), f"from {path}"
+    params, how = from_checkpoint(path, cfg, shardings, notes), f"from {path}"
   elif restore.is_workdir(path):  # (a work directory has a config.json too: the run's config)
-    params, how = from_checkpoint(path, cfg, shardings), f"from work directory {path}"
+    params, how = from_checkpoint(path, cfg, shardings, notes), f"from work directory {path}"
   elif (path / "config.json").is_file():
-    params, how = from_hf(path, cfg, shardings), f"from HF {path}"
-  else:
-    params, how = from_checkpoint(path, cfg, shardings), f"from {path}"  # CheckpointError naming what is missing
+    params, how = from_hf(path, cfg, shardings, notes), f"from HF {path}"
+  else:  # CheckpointError naming what is missing
+    params, how = from_checkpoint(path, cfg, shardings, notes), f"from {path}"
+  how += "".join(f" ({note})" for note in notes)
   finite.require_finite(params, f"init_from {path} (read as {jax.numpy.dtype(cfg.param_dtype).name})")
   return params, how
