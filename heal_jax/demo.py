@@ -12,6 +12,7 @@ import pathlib
 import sys
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -42,8 +43,10 @@ def run_demo(config_path: str, workdir: pathlib.Path, overrides: list[str]) -> d
   params = params_store.load_params(workdir / "reimported", cfg)
   ours = np.asarray(llama.Llama(cfg).apply({"params": params}, jnp.asarray(tokens)))
   original = params_store.load_params(workdir / "init", cfg)
-  bitwise = all(np.asarray(a).tobytes() == np.asarray(b).tobytes() for a, b in
-                zip(_leaves(original), _leaves(params)))
+  before, after = _leaves(original), _leaves(params)
+  bitwise = before.keys() == after.keys() and all(
+      before[k].dtype == after[k].dtype and before[k].shape == after[k].shape and
+      before[k].tobytes() == after[k].tobytes() for k in before)
   result = {"params": init["params"], "vocab_size": tok.vocab_size, "prompt_tokens": int(tokens.shape[1]),
             "round_trip_bitwise": bitwise, "hf_dir": str(workdir / "hf"), "tensors": imported["tensors"]}
   try:
@@ -59,7 +62,6 @@ def run_demo(config_path: str, workdir: pathlib.Path, overrides: list[str]) -> d
   return result
 
 
-def _leaves(tree: Any) -> list[Any]:
-  if isinstance(tree, dict):
-    return [leaf for k in sorted(tree) for leaf in _leaves(tree[k])]
-  return [tree]
+def _leaves(tree: Any) -> dict[str, np.ndarray]:
+  """{path: array} of every leaf of a parameter tree."""
+  return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
