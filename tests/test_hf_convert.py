@@ -443,3 +443,66 @@ def test_a_flipped_bit_in_a_converted_checkpoint_is_named(tmp_path, capsys):
   assert cli.main(["convert", "orbax-to-hf", str(ck), str(tmp_path / "hf")]) == 2
   assert "does not match its CRC-32" in capsys.readouterr().err
   _assert_no_output(tmp_path / "hf")
+
+
+def test_export_writes_the_tokenizers_special_ids_and_keeps_a_chat_template(tmp_path, tokenizer_dir):
+  """A checkpoint made here (no HF config to inherit) is exported with its tokenizer's BOS/EOS ids, so
+  transformers' generate stops at EOS (it ran on past it); a chat template survives both directions."""
+  from heal_jax.checkpoint import random_init  # pylint: disable=import-outside-toplevel
+  from heal_jax.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
+  cfg = ModelConfig(vocab_size=90, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=4, num_kv_heads=2,
+                    max_position_embeddings=64, param_dtype="float32")
+  random_init.write_random_checkpoint(cfg, tmp_path / "ck", seed=1, tokenizer_dir=tokenizer_dir)
+  hf_convert.orbax_to_hf(tmp_path / "ck", tmp_path / "hf")
+  sp = spm.SentencePieceProcessor(model_file=str(tokenizer_dir / "tokenizer.model"))
+  config = json.loads((tmp_path / "hf" / "config.json").read_text())
+  generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+  assert (config["bos_token_id"], config["eos_token_id"]) == (sp.bos_id(), sp.eos_id()) == (1, 2)
+  assert "pad_token_id" not in config  # this tokenizer has no pad piece (pad_id -1)
+  assert (generation["bos_token_id"], generation["eos_token_id"]) == (1, 2)
+  model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+  with torch.no_grad():
+    model.lm_head.weight.zero_()
+    model.lm_head.weight[2, 0] = 1.0  # with positive hidden feature 0 after the final norm: EOS always wins
+    model.model.norm.weight.zero_()
+    model.model.norm.weight[0] = 1.0
+    hidden = model.model(torch.tensor([[1, 5, 6]])).last_hidden_state
+    assert hidden[0, -1, 0] > 0
+    out = model.generate(torch.tensor([[1, 5, 6]]), max_new_tokens=6, do_sample=False)
+  assert out[0, 3:].tolist() == [2]
+  template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+  (tmp_path / "hf" / "chat_template.jinja").write_text(template)
+  hf_convert.hf_to_orbax(tmp_path / "hf", tmp_path / "ck2")
+  hf_convert.orbax_to_hf(tmp_path / "ck2", tmp_path / "hf2")
+  assert (tmp_path / "hf2" / "chat_template.jinja").read_text() == template
+  assert AutoTokenizer.from_pretrained(tmp_path / "hf2").chat_template == template
+
+
+def test_an_output_behind_a_symlink_is_written_where_it_points(tmp_path):
+  """--overwrite onto a link to big storage replaces the folder it points to and keeps the link (it
+  used to fail after the whole conversion, leaving the staging folder behind)."""
+  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  (tmp_path / "big").mkdir()
+  (tmp_path / "big" / "ck").mkdir()
+  (tmp_path / "big" / "ck" / "old.txt").write_text("old")
+  (tmp_path / "ck").symlink_to(tmp_path / "big" / "ck")
+  hf_convert.hf_to_orbax(src, tmp_path / "ck", overwrite=True)
+  assert (tmp_path / "ck").is_symlink() and (tmp_path / "big" / "ck" / params_store.MANIFEST).is_file()
+  assert not (tmp_path / "big" / "ck" / "old.txt").exists()
+  assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["ck"]
+  (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "ck")
+  with pytest.raises(CheckpointError, match=r"output .*dangling is a link to .*nowhere/ck, whose folder .*nowhere "
+                                            r"does not exist"):
+    hf_convert.hf_to_orbax(src, tmp_path / "dangling")
+
+
+def test_a_work_directory_export_refuses_an_existing_output_before_loading(tmp_path, monkeypatch):
+  (tmp_path / "w" / "checkpoints").mkdir(parents=True)
+  (tmp_path / "out").mkdir()
+
+  def no_load(*args, **kwargs):
+    raise AssertionError("the model was loaded before the output was checked")
+
+  monkeypatch.setattr(restore, "load_model", no_load)
+  with pytest.raises(CheckpointError, match="output directory .*out already exists"):
+    hf_convert.orbax_to_hf(tmp_path / "w", tmp_path / "out")

@@ -266,10 +266,19 @@ def hf_to_orbax(src: pathlib.Path, dst: pathlib.Path, allow_pickle: bool = False
   return {"tensors": len(specs), "bytes": nbytes, "dtype": dtype, "params": ckpt.cfg.num_params()}
 
 
-def _generation_config(manifest: dict[str, Any]) -> dict[str, Any]:
+def _special_ids(tokenizer_dir: pathlib.Path) -> dict[str, int]:
+  """{bos,eos,pad}_token_id of the sentencepiece model in `tokenizer_dir` (those it has; none without one)."""
+  if not (tokenizer_dir / "tokenizer.model").is_file():
+    return {}
+  from heal_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  tok = tokenizer_lib.Tokenizer(tokenizer_dir)
+  ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+  return {k: v for k, v in ids.items() if v >= 0}
+
+
+def _generation_config(manifest: dict[str, Any], hf: dict[str, Any]) -> dict[str, Any]:
   if manifest.get("generation_config"):
     return manifest["generation_config"]
-  hf = manifest.get("hf_config", {})
   gen = {"_from_model_config": True}
   for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
     if hf.get(key) is not None:
@@ -319,9 +328,11 @@ def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int = DEF
       index = {"metadata": {"total_size": total}, "weight_map": weight_map}
       (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     hf_config = to_hf_config(cfg, base=manifest.get("hf_config"), dtype=manifest["dtype"])
+    for key, value in _special_ids(src / "tokenizer").items():  # a model trained here: stop at its EOS
+      hf_config.setdefault(key, value)
     (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     (out / "generation_config.json").write_text(
-        json.dumps(_generation_config(manifest), indent=2, sort_keys=True) + "\n")
+        json.dumps(_generation_config(manifest, hf_config), indent=2, sort_keys=True) + "\n")
     params_store.copy_tokenizer(src / "tokenizer", out)
   return {"tensors": len(specs), "bytes": total, "shards": len(shards), "dtype": manifest["dtype"]}
 
@@ -329,7 +340,7 @@ def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int = DEF
 def _workdir_to_hf(workdir: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int, overwrite: bool,
                    dtype: str) -> dict[str, Any]:
   from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
-  params_store.check_not_an_input(dst, (workdir,))
+  dst = params_store.check_output(dst, overwrite, (workdir,))  # before loading the model
   loaded = restore.load_model(workdir, dtype=dtype, scan_layers=False)
   staging = dst.parent / f".{dst.name}.from-workdir"
   with params_store.atomic_output_dir(staging, overwrite=True) as out:

@@ -38,7 +38,8 @@ _REDO = "if a file of it is truncated or missing, convert or export the checkpoi
 MANIFEST = "heal_checkpoint.json"
 FORMAT = "heal-jax/params/v1"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "added_tokens.json")
+                   "special_tokens_map.json", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json")  # transformers 5 / 4.4x chat templates
 
 
 @contextlib.contextmanager
@@ -49,12 +50,7 @@ def atomic_output_dir(dst: pathlib.Path, overwrite: bool = False,
   On any exception the staging directory is removed, so no partial output is left behind. `inputs`
   are the directories the block reads: replacing `dst` must not delete one of them.
   """
-  dst = pathlib.Path(dst)
-  if dst.exists() and not dst.is_dir():
-    raise CheckpointError(f"output {dst} exists and is not a directory")
-  if dst.exists() and not overwrite:
-    raise CheckpointError(f"output directory {dst} already exists (pass --overwrite to replace it)")
-  check_not_an_input(dst, inputs)
+  dst = check_output(dst, overwrite, inputs)
   try:
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = dst.parent / f".{dst.name}.partial-{os.getpid()}"
@@ -70,6 +66,27 @@ def atomic_output_dir(dst: pathlib.Path, overwrite: bool = False,
   if dst.exists():
     shutil.rmtree(dst)
   os.replace(staging, dst)
+
+
+def check_output(dst: pathlib.Path, overwrite: bool, inputs: tuple[pathlib.Path, ...] = ()) -> pathlib.Path:
+  """Where the output `dst` goes, checked before any work: a symbolic link (to big storage) is
+  followed, and stays; an existing `dst` needs `overwrite`, and must be a directory that is not
+  (and does not hold) one of `inputs`. CheckpointError naming `dst` otherwise."""
+  dst = pathlib.Path(dst)
+  if dst.is_symlink():
+    try:
+      target = dst.resolve(strict=False)
+    except RuntimeError as e:  # a symlink loop
+      raise CheckpointError(f"output {dst}: {e}") from None
+    if not target.parent.is_dir():
+      raise CheckpointError(f"output {dst} is a link to {target}, whose folder {target.parent} does not exist")
+    dst = target
+  if dst.exists() and not dst.is_dir():
+    raise CheckpointError(f"output {dst} exists and is not a directory")
+  if dst.exists() and not overwrite:
+    raise CheckpointError(f"output directory {dst} already exists (pass --overwrite to replace it)")
+  check_not_an_input(dst, inputs)
+  return dst
 
 
 def check_not_an_input(dst: pathlib.Path, inputs: tuple[pathlib.Path, ...]) -> None:
