@@ -78,7 +78,7 @@ def test_config_errors_name_the_key(tmp_path, entries, key, message):
 
 
 def test_workdir_needed():
-  with pytest.raises(DataError, match=r"data.sources.x.paths: .*\{workdir\}"):
+  with pytest.raises(DataError, match=r"data.sources.x.paths=.*uses \{workdir\} but no work directory was given"):
     sources.from_config(_cfg(x=("{workdir}/a.jsonl", "document", 1.0)))
 
 

@@ -29,8 +29,9 @@ class RunData:
   kinds: dict[str, str]
 
 
-def resolve(path: str, workdir: pathlib.Path) -> pathlib.Path:
-  return pathlib.Path(path.replace("{workdir}", str(workdir)))
+def resolve(path: str, workdir: pathlib.Path, key: str) -> pathlib.Path:
+  """The path of config key `key`, "{workdir}" replaced by the run's work directory."""
+  return pathlib.Path(sources_lib.with_workdir(path, workdir, key))
 
 
 def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) -> None:
@@ -43,7 +44,7 @@ def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) ->
   if not (corpus / "instructions.jsonl").is_file():
     files = synthetic.generate_corpus(corpus, seed=config.seed)
     log(f"wrote the bundled synthetic corpus: {', '.join(str(p.name) for p in files.values())}")
-  tok_dir = resolve(config.data.tokenizer, workdir)
+  tok_dir = resolve(config.data.tokenizer, workdir, "data.tokenizer")
   if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
     tok = tokenizer_lib.train_tokenizer([corpus / f"{t}.jsonl" for t in ("general", "medical", "clinical")],
                                         tok_dir, vocab_size=config.model.vocab_size)
@@ -56,7 +57,7 @@ def keep_tokenizer(config: Any, workdir: pathlib.Path, trained: bool) -> None:
   trained: the work directory has checkpoints, which were trained with the copy already there; a
   different tokenizer is then an error (token ids would silently change meaning).
   """
-  tok_dir = resolve(config.data.tokenizer, workdir)
+  tok_dir = resolve(config.data.tokenizer, workdir, "data.tokenizer")
   work_tok = workdir / WORKDIR_TOKENIZER
   if work_tok.resolve() == tok_dir.resolve() or not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
     return  # (a missing tokenizer is reported by `load`, on every process)
@@ -80,7 +81,7 @@ def _present_files(src: sources_lib.Source) -> list[pathlib.Path] | None:
 
 def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
   """Reads config.data (the single reader of its source, tokenizer and prepared_dir fields)."""
-  tok_dir = resolve(config.data.tokenizer, workdir)
+  tok_dir = resolve(config.data.tokenizer, workdir, "data.tokenizer")
   if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
     raise ValueError(f"config.data.tokenizer: no {tokenizer_lib.MODEL_FILE} in {tok_dir}")
   tok = tokenizer_lib.Tokenizer(tok_dir)
@@ -88,7 +89,7 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
     raise ValueError(f"tokenizer {tok_dir} has {tok.vocab_size} pieces, more than config.model.vocab_size="
                      f"{config.model.vocab_size}")
   train, heldout, counts = {}, {}, {}
-  prepared = resolve(config.data.prepared_dir, workdir) if config.data.prepared_dir else None
+  prepared = resolve(config.data.prepared_dir, workdir, "data.prepared_dir") if config.data.prepared_dir else None
   srcs = sources_lib.from_config(config.data.sources, workdir=str(workdir), require_files=prepared is None)
   if prepared is not None:
     from heal_jax.data import prepare  # pylint: disable=import-outside-toplevel

@@ -53,14 +53,9 @@ DataError = sources.DataError
 
 
 def _resolve(path: str | os.PathLike, workdir: str | os.PathLike | None, key: str) -> pathlib.Path:
-  path = str(path)
-  if not path:
+  if not str(path):
     raise DataError(f"{key} is empty: give a directory")
-  if "{workdir}" in path:
-    if workdir is None:
-      raise DataError(f"{key}={path!r} uses {{workdir}} but no work directory was given (--workdir)")
-    path = path.replace("{workdir}", str(workdir))
-  return pathlib.Path(path)
+  return pathlib.Path(sources.with_workdir(str(path), workdir, key))
 
 
 def _examples(source: sources.Source, on_error: str, deduplicator: dedup.Deduplicator,

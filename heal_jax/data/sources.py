@@ -16,6 +16,7 @@ import dataclasses
 import glob
 import json
 import math
+import os
 import pathlib
 import re
 from typing import Any
@@ -126,6 +127,16 @@ def files(source: Source) -> list[pathlib.Path]:
   return sorted(found)
 
 
+def with_workdir(value: str, workdir: str | os.PathLike | None, key: str) -> str:
+  """`value` (of config key `key`) with "{workdir}" replaced by the run's work directory; DataError
+  naming the key when it uses one and none was given."""
+  if "{workdir}" not in value:
+    return value
+  if workdir is None:
+    raise DataError(f"{key}={value!r} uses {{workdir}} but no work directory was given (--workdir)")
+  return value.replace("{workdir}", str(workdir))
+
+
 def from_config(sources_cfg: Mapping[str, Any], workdir: str | None = None,
                 require_files: bool = True) -> list[Source]:
   """Validated sources of `config.data.sources`, sorted by name, each with at least one file (unless
@@ -141,11 +152,7 @@ def from_config(sources_cfg: Mapping[str, Any], workdir: str | None = None,
   for name in sorted(sources_cfg.keys()):
     cfg = sources_cfg[name]
     key = f"data.sources.{name}"
-    paths = str(cfg.get("paths", "") or "")
-    if "{workdir}" in paths:
-      if workdir is None:
-        raise DataError(f"{key}.paths: {paths!r} uses {{workdir}} but no work directory was given")
-      paths = paths.replace("{workdir}", str(workdir))
+    paths = with_workdir(str(cfg.get("paths", "") or ""), workdir, f"{key}.paths")
     fmt = str(cfg.get("format", "") or "")
     whole = fmt == "tfds" or pathlib.Path(paths.strip()).is_file()  # one file whose name has a comma
     globs = (paths.strip(),) if whole else tuple(p.strip() for p in paths.split(",") if p.strip())

@@ -138,7 +138,7 @@ def _task_examples(spec: str, limit: int, workdir: pathlib.Path) -> dict[str, li
   from heal_jax.eval import tasks as tasks_lib  # pylint: disable=import-outside-toplevel
   out = {}
   for name, path in phases_lib.parse_pairs(spec, "config.eval.tasks").items():
-    out[name] = tasks_lib.subset(tasks_lib.load_task(name, mixture.resolve(path, workdir))[0], limit or None)
+    out[name] = tasks_lib.subset(tasks_lib.load_task(name, mixture.resolve(path, workdir, f"eval.tasks {name}"))[0], limit or None)
   return out
 
 
