@@ -158,7 +158,8 @@ def check_tokenizer(init_from: str, tokenizer_model: pathlib.Path) -> None:
   from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
   src = pathlib.Path(init_from)
   src = (restore.workdir_and_step(src) or (src, None))[0]  # a step directory: its work directory's tokenizer
-  theirs = next((p for p in (src / "tokenizer" / "tokenizer.model", src / "tokenizer.model") if p.is_file()), None)
+  from heal_jax.data.tokenizer import MODEL_FILE  # pylint: disable=import-outside-toplevel
+  theirs = next((p for p in (src / restore.WORKDIR_TOKENIZER / MODEL_FILE, src / MODEL_FILE) if p.is_file()), None)
   if theirs is not None and theirs.read_bytes() != pathlib.Path(tokenizer_model).read_bytes():
     raise ValueError(f"config.init_from {src} was trained with the tokenizer {theirs}, which differs from "
                      f"config.data.tokenizer ({tokenizer_model}): token ids would change meaning; train with "
