@@ -112,8 +112,12 @@ class Attention(nn.Module):
   packed: bool = True
 
   @nn.compact
-  def __call__(self, x_BxLxD, cos_BxLxDh, sin_BxLxDh, segment_ids_BxL, index_BxL, cache=None,
-               cache_index=None, cache_segment_ids_BxS=None):
+  def __call__(self, x_BxLxD: jax.Array, cos_BxLxDh: jax.Array, sin_BxLxDh: jax.Array, segment_ids_BxL: jax.Array,
+               index_BxL: jax.Array, cache: dict[str, jax.Array] | None = None, cache_index: jax.Array | None = None,
+               cache_segment_ids_BxS: jax.Array | None = None) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+    """x: [B, L, D] compute dtype; cos/sin: [B, L, Dh] float32 rotary angles; segment_ids (0 =
+    padding) and index (position within the document): [B, L] int32. Returns [B, L, D] (and the
+    updated cache when one is given; cache_index: scalar int32 slot of the first new token)."""
     cfg = self.cfg
     q = _dense((cfg.num_heads, cfg.head_dim), -1, ("embed", "q_heads", "head_dim"), cfg, "wq")(x_BxLxD)
     k = _dense((cfg.num_kv_heads, cfg.head_dim), -1, ("embed", "kv_heads", "head_dim"), cfg, "wk")(x_BxLxD)
@@ -151,7 +155,8 @@ class MLP(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD):
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    """[B, L, D] -> [B, L, D] (hidden F = intermediate_size in between)."""
     cfg = self.cfg
     gate = _dense(cfg.intermediate_size, -1, ("embed", "mlp"), cfg, "w_gate")(x_BxLxD)
     up = _dense(cfg.intermediate_size, -1, ("embed", "mlp"), cfg, "w_up")(x_BxLxD)
@@ -168,16 +173,18 @@ class DecoderLayer(nn.Module):
   packed: bool = True
 
   @nn.compact
-  def __call__(self, x_BxLxD, cos, sin, segment_ids_BxL, index_BxL, cache=None, cache_index=None,
-               cache_segment_ids_BxS=None):
+  def __call__(self, x_BxLxD: jax.Array, cos_BxLxDh: jax.Array, sin_BxLxDh: jax.Array, segment_ids_BxL: jax.Array,
+               index_BxL: jax.Array, cache: dict[str, jax.Array] | None = None, cache_index: jax.Array | None = None,
+               cache_segment_ids_BxS: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """Arguments as `Attention`'s; returns ([B, L, D], the updated cache or None)."""
     x_BxLxD = _constrain(x_BxLxD, ("batch", "act_len", "act_embed"))
     attention = Attention(self.cfg, self.packed, name="attention")
     normed_BxLxD = RMSNorm(self.cfg, name="attention_norm")(x_BxLxD)
     new_cache = None
     if cache is None:
-      h = attention(normed_BxLxD, cos, sin, segment_ids_BxL, index_BxL)
+      h = attention(normed_BxLxD, cos_BxLxDh, sin_BxLxDh, segment_ids_BxL, index_BxL)
     else:
-      h, new_cache = attention(normed_BxLxD, cos, sin, segment_ids_BxL, index_BxL, cache, cache_index,
+      h, new_cache = attention(normed_BxLxD, cos_BxLxDh, sin_BxLxDh, segment_ids_BxL, index_BxL, cache, cache_index,
                                cache_segment_ids_BxS)
     x_BxLxD = x_BxLxD + h
     x_BxLxD = x_BxLxD + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxLxD))
