@@ -163,7 +163,9 @@ def test_csv_rows_spanning_lines(tmp_path):
       b'5,"multi\nline\ndialogue","note"\n',          # 8-10 valid
   ]))
   fields = {"conversation": "dialogue"}
-  assert check.check_file(path, "conversation", fields=fields) == {
+  result = check.check_file(path, "conversation", fields=fields)
+  assert result.pop("conversations_without_turns")["lines"] == [8]  # "multi\nline\ndialogue": no speaker
+  assert result == {
       "read": 5, "valid": 2, "invalid": 3, "problems": [
           {"line": 4, "reason": "empty text in field note"},
           {"line": 5, "reason": "row has 2 columns, header has 3"},
@@ -311,3 +313,21 @@ def test_problems_past_the_cap_are_counted_and_bad_fields_are_explained(tmp_path
   with pytest.raises(SystemExit):
     check.main([str(path), "--kind", "document", "--fields", "bogus"])
   assert "bad field mapping 'bogus': expected OURS=THEIRS" in capsys.readouterr().err
+
+
+def test_conversations_without_recognised_turns_are_reported(tmp_path, capsys):
+  """`DR:`/`PT:` labels are not speaker turns (only [speaker], Doctor:, Patient:, Guest_*: are: a lab
+  line such as 'PT: 12.1 s' must stay text): such records are valid but reported, since training
+  shows them as written and generate refuses them."""
+  path = tmp_path / "c.jsonl"
+  path.write_text("\n".join(json.dumps(r) for r in (
+      {"conversation": "[doctor] hello\n[patient] cough", "note": "n"},
+      {"conversation": "DR: hello\nPT: cough", "note": "n"},
+      {"conversation": "Doctor: hi\nPatient: fever\nBP: 120/80", "note": "n"},
+      {"conversation": "just text", "note": "n"})) + "\n", encoding="utf-8")
+  result = check.check_file(path, "conversation")
+  assert (result["read"], result["valid"], result["invalid"]) == (4, 4, 0)
+  assert result["conversations_without_turns"]["count"] == 2
+  assert result["conversations_without_turns"]["lines"] == [2, 4]
+  assert check.main([str(path), "--kind", "conversation"]) == 0
+  assert json.loads(capsys.readouterr().out)["conversations_without_turns"]["count"] == 2

@@ -26,6 +26,8 @@ import sys
 from typing import Any, BinaryIO
 import zlib
 
+from heal_jax.data import templates
+
 KIND_FIELDS = {  # kind: (required fields, optional fields)
     "document": (("text",), ()),
     "conversation": (("conversation", "note"), ()),
@@ -327,24 +329,44 @@ def iter_records(
 
 def check_file(path: str | os.PathLike, kind: str, fmt: str | None = None,
                fields: Mapping[str, str] | None = None) -> dict[str, Any]:
-  """{"read", "valid", "invalid", "problems": [{"line", "reason"}]}; read = valid + invalid.
+  """{"read", "valid", "invalid", "problems": [{"line", "reason"}]}; read = valid + invalid; for
+  conversations whose speaker turns are not recognised (valid, but trained as written, see
+  templates.normalize_conversation) also "conversations_without_turns": {"count", "lines", "note"}.
 
   Problems keep the first `MAX_PROBLEMS` (then "problems_not_listed" counts the rest); the counts are
   never capped. Writes nothing. Raises FileError
   for a problem with the file as a whole (see `iter_records`).
   """
-  read = valid = 0
-  problems = []
-  for line, _, reason in iter_records(path, kind, fmt, fields):
+  read = valid = untaken = 0
+  problems, as_written = [], []
+  for line, record, reason in iter_records(path, kind, fmt, fields):
     read += 1
     if reason is None:
       valid += 1
+      if kind == "conversation" and not _has_turns(record["conversation"]):
+        untaken += 1
+        if len(as_written) < MAX_PROBLEMS:
+          as_written.append(line)
     elif len(problems) < MAX_PROBLEMS:
       problems.append({"line": line, "reason": reason})
   result = {"read": read, "valid": valid, "invalid": read - valid, "problems": problems}
   if read - valid > len(problems):
     result["problems_not_listed"] = read - valid - len(problems)
+  if untaken:
+    result["conversations_without_turns"] = {
+        "count": untaken, "lines": as_written,
+        "note": "valid, but no speaker turns were recognised ('[speaker] ...' lines, or 'Doctor:', 'Patient:', "
+                "'Guest_*:' labels): training shows them as written and `heal-jax generate` refuses such text; "
+                "rewrite the labels as [doctor] / [patient] turns"}
   return result
+
+
+def _has_turns(conversation: str) -> bool:
+  try:
+    templates.normalize_conversation(conversation)
+  except ValueError:
+    return False
+  return True
 
 
 def _fields_arg(spec: str) -> dict[str, str]:

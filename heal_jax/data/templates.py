@@ -33,8 +33,9 @@ def normalize_conversation(text: str) -> str:
     elif turns:
       turns[-1][1] = f"{turns[-1][1]} {line}".strip()
     else:
-      raise ValueError(f"line {n} is not a turn: expected '[doctor] ...', '[patient] ...', "
-                       f"'Doctor: ...', 'Patient: ...' or another role such as 'Guest_family: ...', got {line[:60]!r}")
+      raise ValueError(f"line {n} is not a turn: expected '[speaker] ...' (any speaker in brackets) or 'Doctor: ...', "
+                       f"'Patient: ...', 'Guest_family: ...', 'Family_guest: ...' (the only colon labels read: "
+                       f"'BP: 120/80' is text), got {line[:60]!r}")
   if not turns:
     raise ValueError("no conversation turns found (the text is empty)")
   return "\n".join(f"[{speaker}] {said}".rstrip() for speaker, said in turns)
