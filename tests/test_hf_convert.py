@@ -506,3 +506,20 @@ def test_a_work_directory_export_refuses_an_existing_output_before_loading(tmp_p
   monkeypatch.setattr(restore, "load_model", no_load)
   with pytest.raises(CheckpointError, match="output directory .*out already exists"):
     hf_convert.orbax_to_hf(tmp_path / "w", tmp_path / "out")
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_at_init_and_export(tmp_path, tokenizer_dir):
+  """init used to write a checkpoint with a 90-piece tokenizer for a 64-word model (that readers then
+  refused) and export to pass it on to transformers, which would index past the embedding table."""
+  from heal_jax.checkpoint import random_init  # pylint: disable=import-outside-toplevel
+  from heal_jax.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
+  small = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=4,
+                      num_kv_heads=2, max_position_embeddings=64, param_dtype="float32")
+  with pytest.raises(CheckpointError, match=r"tokenizer.model has 90 pieces but the model's vocabulary is 64"):
+    random_init.write_random_checkpoint(small, tmp_path / "ck", tokenizer_dir=tokenizer_dir)
+  assert not (tmp_path / "ck").exists()
+  random_init.write_random_checkpoint(small, tmp_path / "ck")
+  params_store.copy_tokenizer(tokenizer_dir, tmp_path / "ck" / "tokenizer")  # copied in by hand
+  with pytest.raises(CheckpointError, match=r"tokenizer.model has 90 pieces but the model's vocabulary is 64"):
+    hf_convert.orbax_to_hf(tmp_path / "ck", tmp_path / "hf")
+  _assert_no_output(tmp_path / "hf")

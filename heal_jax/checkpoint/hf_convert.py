@@ -304,6 +304,8 @@ def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int = DEF
   manifest = params_store.read_manifest(src)
   cfg = params_store.model_config(src, manifest).replace(scan_layers=False)
   params_store.check_params(src, cfg)
+  if (src / "tokenizer" / "tokenizer.model").is_file():  # an export transformers would feed ids past the table
+    restore.check_tokenizer_fits(src / "tokenizer", cfg.vocab_size)
   stored = params_store.tensor_metadata(src)
   specs = hf_mapping.tensor_specs(cfg)
   plan = [safetensors_io.PlannedTensor(s.hf_name, stored[s.path][1], s.hf_shape) for s in specs]

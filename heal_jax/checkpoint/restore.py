@@ -56,15 +56,21 @@ def _tokenizer_dir(path: pathlib.Path, cfg: ModelConfig) -> pathlib.Path | None:
   tok = path / WORKDIR_TOKENIZER
   if not (tok / "tokenizer.model").is_file():
     return None
-  from heal_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
-  try:
-    pieces = Tokenizer(tok).vocab_size
-  except (OSError, RuntimeError) as e:  # sentencepiece raises RuntimeError/OSError on a damaged model file
-    raise CheckpointError(f"{tok / 'tokenizer.model'}: cannot be loaded: {e}") from None
-  if pieces > cfg.vocab_size:
-    raise CheckpointError(f"{tok / 'tokenizer.model'} has {pieces} pieces but the model's vocabulary is "
-                          f"{cfg.vocab_size}: ids past the embedding table; is this the model's tokenizer?")
+  check_tokenizer_fits(tok, cfg.vocab_size)
   return tok
+
+
+def check_tokenizer_fits(tokenizer_dir: pathlib.Path, vocab_size: int) -> None:
+  """CheckpointError unless tokenizer_dir/tokenizer.model loads and has at most `vocab_size` pieces."""
+  from heal_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
+  model = pathlib.Path(tokenizer_dir) / "tokenizer.model"
+  try:
+    pieces = Tokenizer(tokenizer_dir).vocab_size
+  except (OSError, RuntimeError) as e:  # sentencepiece raises RuntimeError/OSError on a damaged model file
+    raise CheckpointError(f"{model}: cannot be loaded: {e}") from None
+  if pieces > vocab_size:
+    raise CheckpointError(f"{model} has {pieces} pieces but the model's vocabulary is {vocab_size}: ids past "
+                          "the embedding table; is this the model's tokenizer?")
 
 
 def workdir_and_step(path: pathlib.Path) -> tuple[pathlib.Path, int | None] | None:
