@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
   synth.add_argument("--seed", type=int, default=0)
   synth.set_defaults(handler=_data_synth)
   tok = dsub.add_parser("train-tokenizer", help="train a LLaMA-compatible sentencepiece model")
-  tok.add_argument("inputs", nargs="+", type=pathlib.Path, help="text or JSONL files, one sentence a line")
+  tok.add_argument("inputs", nargs="+", type=pathlib.Path, help="text files (one sentence a line) or .jsonl files (their string values)")
   tok.add_argument("--out", required=True, type=pathlib.Path)
   tok.add_argument("--vocab-size", type=int, default=32000)
   tok.set_defaults(handler=_data_train_tokenizer)

@@ -89,6 +89,21 @@ def test_training_is_deterministic_and_accepts_files(tmp_path, texts, trained):
   assert tok_lib.Tokenizer(tmp_path / "again").vocab_size == 1500  # a directory loads its model
 
 
+def test_a_jsonl_file_trains_on_its_string_values_not_its_syntax(tmp_path, texts, trained):
+  """The same texts as JSON lines give the same model as the plain texts (JSON syntax and escaped
+  newlines used to be learnt as pieces such as '{"' and '."}'); a line that is not JSON is named."""
+  _, out_dir = trained
+  rows = tmp_path / "rows.jsonl"
+  rows.write_text("".join(json.dumps({"text": t, "meta": {"tags": []}}) + "\n" for t in texts), encoding="utf-8")
+  got = tok_lib.train_tokenizer([rows], tmp_path / "from_jsonl", vocab_size=1500)
+  assert got.path.read_bytes() == (out_dir / "tokenizer.model").read_bytes()
+  pieces = {got.id_to_piece(i) for i in range(got.vocab_size)}
+  assert not any('"' in p or "{" in p for p in pieces)
+  (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"text": \n', encoding="utf-8")
+  with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON"):
+    tok_lib.train_tokenizer([tmp_path / "bad.jsonl"], tmp_path / "bad", vocab_size=300)
+
+
 def test_transformers_loads_it_as_llama_with_the_same_ids(trained, texts):
   """Texts that start with a space are left out: HF's Metaspace adds no dummy prefix before one."""
   tok, out_dir = trained

@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import re
+from typing import Any
 
 import sentencepiece as spm
 
@@ -153,13 +154,43 @@ def _chunk(line: str, max_bytes: int) -> Iterator[str]:
     yield " ".join(words)
 
 
+def _strings(value: Any) -> Iterator[str]:
+  """The string values inside a JSON value (not its keys), depth first."""
+  if isinstance(value, str):
+    yield value
+  elif isinstance(value, dict):
+    for v in value.values():
+      yield from _strings(v)
+  elif isinstance(value, list):
+    for v in value:
+      yield from _strings(v)
+
+
+def _file_texts(path: pathlib.Path) -> Iterator[str]:
+  """A training file's texts: of a .jsonl file the string values of each line's JSON value (so JSON
+  syntax and escapes such as \\n are not learnt as pieces); any other file as it is. ValueError
+  naming FILE:LINE for a line of a .jsonl file that is not JSON."""
+  text = path.read_text(encoding="utf-8")
+  if not path.name.endswith(".jsonl"):
+    yield text
+    return
+  from heal_jax.data import check  # pylint: disable=import-outside-toplevel
+  for n, line in enumerate(text.splitlines(), 1):
+    if line.strip():
+      value, reason = check.parse_json(line)
+      if reason is not None:
+        raise ValueError(f"{path}:{n}: {reason} (a .jsonl file holds one JSON value a line)")
+      yield from _strings(value)
+
+
 def _training_lines(texts_or_files: Iterable[str | os.PathLike], max_bytes: int) -> list[str]:
   lines = []
   for item in texts_or_files:
-    text = pathlib.Path(item).read_text(encoding="utf-8") if isinstance(item, os.PathLike) else item
-    for line in text.splitlines():
-      if line.strip():
-        lines.extend(_chunk(line, max_bytes))
+    texts = _file_texts(pathlib.Path(item)) if isinstance(item, os.PathLike) else (item,)
+    for text in texts:
+      for line in text.splitlines():
+        if line.strip():
+          lines.extend(_chunk(line, max_bytes))
   return lines
 
 
@@ -191,7 +222,8 @@ def train_tokenizer(texts_or_files: Iterable[str | os.PathLike], out_dir: str | 
   """Trains a LLaMA-style BPE sentencepiece model in-process and writes it with its HF config files.
 
   Args:
-    texts_or_files: `str` items are texts; `os.PathLike` items are UTF-8 text files. Either way each
+    texts_or_files: `str` items are texts; `os.PathLike` items are UTF-8 files, of text or, named
+      *.jsonl, of JSON lines whose string values are the texts. Either way each
       non-blank line is one training sentence (newlines are never inside pieces; they encode through
       byte fallback as <0x0A>, as in LLaMA). Lines over `max_sentence_length` bytes are cut at spaces.
     out_dir: created if needed; receives `tokenizer.model`, `tokenizer_config.json` (LlamaTokenizer,
