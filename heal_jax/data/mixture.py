@@ -48,7 +48,13 @@ def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) ->
   if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
     tok = tokenizer_lib.train_tokenizer([corpus / f"{t}.jsonl" for t in ("general", "medical", "clinical")],
                                         tok_dir, vocab_size=config.model.vocab_size)
-    log(f"trained a {tok.vocab_size}-piece sentencepiece tokenizer in {tok_dir}")
+    log(f"trained a {tok.vocab_size}-piece sentencepiece tokenizer in {tok_dir} on the bundled corpus")
+  theirs = sorted(name for name, src in config.data.sources.items()
+                  if not str(src.paths).startswith("{workdir}/corpus/"))
+  if theirs:
+    log(f"note: data.bootstrap='synthetic' with sources of your own ({', '.join(theirs)}): the tokenizer in {tok_dir} "
+        "is the bundled corpus's; for your data train one with `heal-jax data train-tokenizer` and set "
+        "data.bootstrap='' and data.tokenizer")
 
 
 def keep_tokenizer(config: Any, workdir: pathlib.Path, trained: bool) -> None:
@@ -81,6 +87,9 @@ def _present_files(src: sources_lib.Source) -> list[pathlib.Path] | None:
 
 def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
   """Reads config.data (the single reader of its source, tokenizer and prepared_dir fields)."""
+  if not config.data.tokenizer:
+    raise ValueError("config.data.tokenizer is empty: give the directory holding tokenizer.model (LLaMA's, or one "
+                     "trained with `heal-jax data train-tokenizer`)")
   tok_dir = resolve(config.data.tokenizer, workdir, "data.tokenizer")
   if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
     raise ValueError(f"config.data.tokenizer: no {tokenizer_lib.MODEL_FILE} in {tok_dir}")
