@@ -178,6 +178,18 @@ def test_cli_with_workdir_and_overrides(corpus, tmp_path, capsys):
   assert "{workdir}" in capsys.readouterr().err and not (tmp_path / "out2").exists()
 
 
+def test_the_tiny_config_prepares_into_an_empty_work_directory(tmp_path, capsys):
+  """data.bootstrap writes the bundled corpus and tokenizer first, as `train` does (prepare used to
+  fail on the missing corpus files)."""
+  assert prepare.main(["--config", "configs/tiny.py", "--workdir", str(tmp_path / "w"),
+                       "--config.data.dedup.near=false", "--out", str(tmp_path / "out")]) == 0
+  report = json.loads(capsys.readouterr().out)
+  assert (tmp_path / "w" / "tokenizer" / "tokenizer.model").is_file()
+  written = {k: v["written"] for k, v in report["sources"].items()}
+  assert written == {k: v["read"] - v["duplicates_exact"] for k, v in report["sources"].items()}
+  assert sum(written.values()) > 0 and set(written) == {"general", "medical", "clinical", "instructions"}
+
+
 def test_aci_bench_conversations(corpus, shared_data, tmp_path, capsys):
   """ACI-Bench dialogue/note CSV -> note-writing instructions, loss on the note only."""
   _, tok_dir = corpus

@@ -305,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   """`heal-jax data prepare --config CONFIG [--config.k=v ...] [--out DIR] [--workdir DIR]
   [--fields ours=theirs,...] [--overwrite]`: prints the JSON report.
 
-  --fields sets the field map of every source that has none and whose kind has all the named fields
+  A config with data.bootstrap (configs/tiny.py) first writes its corpus and tokenizer in --workdir,
+  as `heal-jax train` would. --fields sets the field map of every source that has none and whose kind has all the named fields
   (e.g. conversation=dialogue,note=note reaches the conversation sources only). Returns 0 on success,
   2 on a config or data error (printed to stderr; no output directory is left behind).
   """
@@ -329,8 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_lib.load_config(args.config, overrides)
     if args.fields:
       _apply_fields(config, args.fields)
-    report = prepare(config, args.out, args.workdir, overwrite=args.overwrite,
-                     log=lambda m: print(m, file=sys.stderr))
+    log = lambda m: print(m, file=sys.stderr)  # pylint: disable=unnecessary-lambda-assignment
+    if config.data.bootstrap and args.workdir is not None:  # e.g. configs/tiny.py: its corpus and tokenizer first
+      from heal_jax.data import mixture  # pylint: disable=import-outside-toplevel
+      mixture.bootstrap(config, args.workdir, log)
+    report = prepare(config, args.out, args.workdir, overwrite=args.overwrite, log=log)
   except (ValueError, OSError) as e:
     print(f"heal-jax data prepare: error: {e}", file=sys.stderr)
     return 2
