@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
   init.set_defaults(handler=_init)
 
   demo = sub.add_parser("demo", help="the embedded default end to end: corpus, tokenizer, tiny model, HF round trip")
-  demo.add_argument("--config", default="configs/tiny.py")
+  demo.add_argument("--config", default=str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py"),
+                    help="default: the repository's configs/tiny.py, wherever the command runs")
   demo.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/demo"))
   demo.set_defaults(handler=_demo)
 
