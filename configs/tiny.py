@@ -2,9 +2,10 @@
 
 A ~1M-parameter LLaMA (4 layers, GQA 4:2) on a synthetic three-tier corpus (general prose, trial
 abstracts, doctor-patient conversations with their SOAP notes) plus medical instructions with
-explanations: pretraining on equal thirds at 128 tokens, context extension to 1024 with linear
-position interpolation (factor 8), then instruction tuning (loss on responses only) at 1024, long
-enough for a whole conversation and its note.
+explanations: pretraining on equal thirds at 256 tokens, context extension to 2048 with linear
+position interpolation (factor 8), then instruction tuning (loss on responses only) at 2048, long
+enough for every synthetic conversation with its note (1,077-1,948 tokens; at 1024, before
+2026-11-27, none fitted and notes were trained apart from their conversations).
 """
 
 from heal_jax import config as config_lib
@@ -14,7 +15,7 @@ def get_config():
   config = config_lib.base_config()
   config.model.update(dict(
       vocab_size=1024, hidden_size=128, intermediate_size=352, num_layers=4, num_heads=4,
-      num_kv_heads=2, max_position_embeddings=128, param_dtype="float32", compute_dtype="float32",
+      num_kv_heads=2, max_position_embeddings=256, param_dtype="float32", compute_dtype="float32",
       attention_impl="xla"))
   config.data.bootstrap = "synthetic"
   config.data.tokenizer = "{workdir}/tokenizer"
@@ -24,14 +25,16 @@ def get_config():
   config.train.global_batch = 16
   config.phase_order = "pretrain,extend,instruct"
   config.phases.pretrain = config_lib.phase_config(
-      steps=150, seq_len=128, weights="general=1,medical=1,clinical=1", peak_lr=3e-3, warmup_steps=30)
-  # 128 -> 1024 positions (x8 linear interpolation): a whole conversation and its note fit in a row.
+      steps=150, seq_len=256, global_batch=8, weights="general=1,medical=1,clinical=1", peak_lr=3e-3,
+      warmup_steps=30)
+  # 256 -> 2048 positions (x8 linear interpolation): every synthetic conversation with its note
+  # (1,077-1,948 tokens) fits in a row, so no note is trained apart from its conversation.
   config.phases.extend = config_lib.phase_config(
-      steps=20, seq_len=1024, global_batch=4, weights="general=1,medical=1,clinical=1",
+      steps=20, seq_len=2048, global_batch=2, weights="general=1,medical=1,clinical=1",
       rope_scaling_factor=8.0, peak_lr=1e-3, warmup_steps=5)
   # Weights are token shares: two thirds of this phase's tokens are conversation -> note examples.
   config.phases.instruct = config_lib.phase_config(
-      steps=110, seq_len=1024, global_batch=4, weights="instructions=1,clinical=2", rope_scaling_factor=8.0,
+      steps=80, seq_len=2048, global_batch=2, weights="instructions=1,clinical=2", rope_scaling_factor=8.0,
       instruction_tuning=True, peak_lr=3e-3, warmup_steps=10)
   config.checkpoint.every_steps = 50
   config.metrics.every_steps = 20

@@ -23,20 +23,22 @@ def test_mesh_from_config_fills_the_minus_one_axis():
 
 
 def test_check_phase_batch_split_and_replicated_parameters():
-  """tiny's extend phase has 4 rows a step: 2 x 2 devices take them, 8 do not, nor 2 micro-steps of
+  """tiny's extend phase at 4 rows a step: 2 x 2 devices take them, 8 do not, nor 2 micro-steps of
   2 rows over 4 devices. A mesh of data only replicates every parameter: refused above the limit."""
-  config = config_lib.load_config(TINY, ["--config.mesh.data=2", "--config.mesh.fsdp=2"])
+  rows = "--config.phases.extend.global_batch=4"
+  config = config_lib.load_config(TINY, ["--config.mesh.data=2", "--config.mesh.fsdp=2", rows])
   phase, cfg = _phase(config, "extend")
   setup.check_phase(config, phase, cfg, setup.make_mesh(config, jax.devices()[:4]))
-  wide = config_lib.load_config(TINY, ["--config.mesh.data=2", "--config.mesh.fsdp=4"])
+  wide = config_lib.load_config(TINY, ["--config.mesh.data=2", "--config.mesh.fsdp=4", rows])
   with pytest.raises(ValueError, match=r"phase extend: global batch 4 / train.micro_steps=1 must be a multiple of "
                                        r"the data x fsdp devices \(8\)"):
     setup.check_phase(wide, phase, cfg, setup.make_mesh(wide, jax.devices()[:8]))
-  micro = config_lib.load_config(TINY, ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.train.micro_steps=2"])
+  micro = config_lib.load_config(TINY, ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.train.micro_steps=2",
+                                        rows])
   with pytest.raises(ValueError, match=r"train.micro_steps=2 must be a multiple of the data x fsdp devices \(4\)"):
     setup.check_phase(micro, phase, cfg, setup.make_mesh(micro, jax.devices()[:4]))
   data_only = config_lib.load_config(TINY, ["--config.mesh.data=4", "--config.mesh.fsdp=1",
-                                            "--config.mesh.max_replicated_elements=1000"])
+                                            "--config.mesh.max_replicated_elements=1000", rows])
   with pytest.raises(ValueError, match=r"parameter .* would be replicated on every device"):
     setup.check_phase(data_only, phase, cfg, setup.make_mesh(data_only, jax.devices()[:4]))
 

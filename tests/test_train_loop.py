@@ -446,8 +446,8 @@ def test_sample_note_uses_a_held_out_conversation_that_fits_the_context(data_roo
   from heal_jax.data import sources as sources_lib, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
   base = ("--config.mesh.fsdp=1", "--config.eval.holdout_examples=3", "--config.eval.sample_note_tokens=8")
   summary = loop.train(train_helpers.load(data_root, 1, base), tmp_path / "short", devices=jax.devices()[:1])
-  assert summary["sample_note"] is None  # 128 positions: every synthetic conversation is longer
-  assert "sample note skipped: every held-out conversation's prompt is longer than the model's 128 positions" in (
+  assert summary["sample_note"] is None  # 256 positions: every synthetic conversation is longer
+  assert "sample note skipped: every held-out conversation's prompt is longer than the model's 256 positions" in (
       capsys.readouterr().err)
   config = train_helpers.load(data_root, 1, base + ("--config.model.max_position_embeddings=4096",))
   note = loop.train(config, tmp_path / "long", devices=jax.devices()[:1])["sample_note"]
