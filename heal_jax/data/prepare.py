@@ -306,9 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   [--fields ours=theirs,...] [--overwrite]`: prints the JSON report.
 
   A config with data.bootstrap (configs/tiny.py) first writes its corpus and tokenizer in --workdir,
-  as `heal-jax train` would. --fields sets the field map of every source that has none and whose kind has all the named fields
-  (e.g. conversation=dialogue,note=note reaches the conversation sources only). Returns 0 on success,
-  2 on a config or data error (printed to stderr; no output directory is left behind).
+  as `heal-jax train` would. --fields sets the field map of every source that has none and whose
+  kind has all the named fields (e.g. conversation=dialogue,note=note reaches the conversation
+  sources only). Returns 0 on success, 2 on a config or data error (printed to stderr; no output
+  directory is left behind).
   """
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog="heal-jax data prepare", description=__doc__.splitlines()[0])

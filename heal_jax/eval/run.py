@@ -7,7 +7,8 @@
 For pubmedqa, --data is the directory holding ori_pqal.json and test_ground_truth.json. Multiple-choice
 tasks print {"task", "n", "acc", "acc_norm"} and write one row per question to --output in data order:
 {"id", "choices", "loglikelihoods", "pred", "gold"} plus "pred_norm" and "is_greedy". --limit N scores
-a seeded random N questions, in file order (perplexity: the first N texts). Errors print a message on stderr and exit with status 2.
+a seeded random N questions, in file order (perplexity: the first N texts). Errors print a message on
+stderr and exit with status 2.
 """
 
 from __future__ import annotations

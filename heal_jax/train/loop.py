@@ -93,8 +93,13 @@ class _Run:
   task_examples: dict[str, list]  # config.eval.tasks, read once at start
 
 
+def _num_shards(config: Any) -> int:
+  """Shards of every global batch: config.data.num_shards, or one per process."""
+  return config.data.num_shards or jax.process_count()
+
+
 def _spec(run: _Run, phase: phases_lib.Phase) -> pipeline.PipelineSpec:
-  num_shards = run.config.data.num_shards or jax.process_count()
+  num_shards = _num_shards(run.config)
   return pipeline.PipelineSpec(
       seq_len=phase.seq_len, global_batch=phase.global_batch, weights=phase.weights,
       instruction_tuning=phase.instruction_tuning, seed=run.config.seed + 1000 * phase.index,
@@ -138,13 +143,14 @@ def _task_examples(spec: str, limit: int, workdir: pathlib.Path) -> dict[str, li
   from heal_jax.eval import tasks as tasks_lib  # pylint: disable=import-outside-toplevel
   out = {}
   for name, path in phases_lib.parse_pairs(spec, "config.eval.tasks").items():
-    out[name] = tasks_lib.subset(tasks_lib.load_task(name, mixture.resolve(path, workdir, f"eval.tasks {name}"))[0], limit or None)
+    examples = tasks_lib.load_task(name, mixture.resolve(path, workdir, f"eval.tasks {name}"))[0]
+    out[name] = tasks_lib.subset(examples, limit or None)
   return out
 
 
 def evaluate_tasks(run: _Run, params: Any, cfg: ModelConfig) -> dict[str, float]:
   """PubMedQA/MedQA accuracy with the harness scorer (single-process runs; skipped otherwise)."""
-  if not run.config.eval.tasks or jax.process_count() > 1:
+  if not run.task_examples or jax.process_count() > 1:
     return {}
   from heal_jax.eval import loglik  # pylint: disable=import-outside-toplevel
   rows = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
@@ -357,7 +363,7 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   base_cfg = config_lib.model_config(config)
   mesh = setup.make_mesh(config, devices)
   done = (checkpointing.completed_steps(workdir) or [0])[-1]
-  shards = config.data.num_shards or jax.process_count()
+  shards = _num_shards(config)
   for phase in phases:
     if phase.end > done:  # a finished phase may have used another device count
       setup.check_phase(config, phase, phases_lib.model_config(base_cfg, phase), mesh)
@@ -432,7 +438,7 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
     phase = phases_lib.phase_at(phases, start)
     # A SIGTERM on a phase's last step saves that step and exits before the phase's held-out eval.
     ended = next((p for p in phases if p.end == latest), None) if latest else None
-    eval_due = ended is not None and bool(data.heldout or config.eval.tasks) and _eval_row_missing(workdir, latest)
+    eval_due = ended is not None and bool(data.heldout or tasks) and _eval_row_missing(workdir, latest)
     if phase is None and not eval_due:
       writer.log(f"all {len(phases)} phases are done (step {start}); nothing to do")
       return {"status": "done", "step": start}
