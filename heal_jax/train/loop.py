@@ -336,8 +336,9 @@ def sample_note(workdir: pathlib.Path, data: mixture.RunData, max_new_tokens: in
     held = data.heldout.get(name) or pipeline.Slice(data.train[name], len(data.train[name]) - 1,
                                                     len(data.train[name]))
     for i in reversed(range(len(held))):
-      example = held[i]
-      candidates.append((name, [int(t) for t in example["tokens"][:int(np.argmax(example["loss_mask"] > 0))]]))
+      targets = np.flatnonzero(np.asarray(held[i]["loss_mask"]) > 0)
+      if len(targets):  # the prompt: the tokens before the note's first
+        candidates.append((name, [int(t) for t in held[i]["tokens"][:targets[0]]]))
   fitting = [c for c in candidates if len(c[1]) < context]  # data never goes to the log, only the model's output
   if not fitting:
     log(f"sample note skipped: every held-out conversation's prompt is longer than the model's {context} positions")
