@@ -140,6 +140,44 @@ def test_contradictions_are_incorrect(old, new, reason):
   assert scores["irrelevant_rate"] == 0.0
 
 
+# Hand-written pairs for the failure modes a probe found on ACI-Bench notes (each missed before 2026-11-27).
+SECOND = """HISTORY OF PRESENT ILLNESS
+
+Mr. Lee is a 61-year-old male. He takes metformin 1000 mg twice daily and lisinopril 10 mg daily. He rates his
+pain 4 out of 10. He had an MR arthrogram of the left shoulder last year. MS was ruled out. She suspected a pinched
+nerve, his physical therapist said.
+
+REVIEW OF SYSTEMS
+
+Constitutional: Denies fever.
+
+PHYSICAL EXAM
+
+Left knee: tenderness. Examination of the right knee is normal.
+"""
+
+
+@pytest.mark.parametrize("old, new, reason", [
+    ("metformin 1000 mg", "metformin 10 mg", "quantity"),  # 10 mg is lisinopril's dose, not metformin's
+    ("Left knee: tenderness.", "Right knee: tenderness.", "laterality"),  # the note names both knees
+    ("Constitutional: Denies fever.", "Constitutional: Reports fever.", "negation"),  # a labelled ROS line
+    ("lisinopril 10 mg daily", "glipizide 10 mg daily", "drug"),  # a drug the lexicon lacked
+])
+def test_contradictions_beside_similar_statements_are_incorrect(old, new, reason):
+  prediction = SECOND.replace(old, new)
+  assert prediction != SECOND
+  _, incorrect, _ = _verdicts(prediction, SECOND, None)
+  assert [why for _, why in incorrect] == [reason]
+
+
+def test_abbreviations_and_other_people_do_not_set_the_patient_s_gender():
+  """MR (arthrogram) and MS (a disease) are not Mr./Ms.; "she" about a therapist, said in the reference, is
+  not the patient: the note scored against itself has no verdict at all."""
+  assert _verdicts(SECOND, SECOND, None) == ([], [], [])
+  sentence = facts.note_facts("An MR arthrogram was done. MS was ruled out. Ms. Lee agrees.")
+  assert [f.gender for f in sentence.facts] == [None, None, None] and sentence.gender == "female"  # from "Ms."
+
+
 def test_contradicting_the_conversation_is_incorrect():
   # The reference says nothing about chest pain; the conversation's "No" to the question does.
   missed, incorrect, irrelevant = _verdicts(REFERENCE + "He reports chest pain.\n")

@@ -63,6 +63,12 @@ _TOKEN = re.compile(r"\d0s\b|\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|%|[a-z]+|[,;:()]")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\s*\n\s*|\s*[\u2022\u00b7\u25aa\u25cf]\s*")
 _HEADER_LINE = re.compile(r"[A-Z][A-Z &/()-]{0,60}:?")  # "HISTORY OF PRESENT ILLNESS", "CC:", "PLAN"
 _LIST_MARKER = re.compile(r"^\s*\(?\d{1,2}[.)](?!\d)\s*")
+# Upper-case MR / MS / MRS without a period are abbreviations ("MR arthrogram", "MS diagnosed in 2010"),
+# not the titles Mr. / Ms. / Mrs. that carry a gender.
+_CAPS_ABBREVIATION = re.compile(r"\b(?:MRS|MR|MS)\b(?!\.)")
+_CAPS_EXPANSION = {"MR": "mrabbrev", "MS": "msabbrev", "MRS": "mrsabbrev"}  # one neutral word each (MS: multiple
+                                                                          # sclerosis, mental status, ...)
+_LABEL = re.compile(r"^\s*([A-Za-z][A-Za-z /&-]{0,40}):\s+(?=\S)")  # a leading "Label: " of a sentence
 _CLAUSE_SPLIT = re.compile(r"[,;]\s+|(?<=[A-Za-z]{3})/(?=[A-Za-z]{3})|"
                            r"\s+(?=(?:but|however|although|though|whereas|except)\b)", re.IGNORECASE)
 _DATE = re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})\b")
@@ -194,7 +200,7 @@ def _canonical_number(token: str) -> str:
 
 def normalize(text: str) -> list[str]:
   """Canonical tokens of a clause (step 3 of the module docstring)."""
-  text = text.lower().replace("\u2019", "'")
+  text = _CAPS_ABBREVIATION.sub(lambda m: _CAPS_EXPANSION[m.group(0)], text).lower().replace("\u2019", "'")
   text = re.sub(r"won't", "will not", text)
   text = re.sub(r"can't", "can not", text)
   text = re.sub(r"n't\b", " not", text)
@@ -282,11 +288,13 @@ def sentences(text: str) -> list[str]:
   return out
 
 
-def _split_at_negation(tokens: list[str]) -> list[list[str]]:
-  """Splits before a negation cue that follows content words ("pain without radiation")."""
+def _split_at_negation(tokens: list[str], label: int = 0) -> list[list[str]]:
+  """Splits before a negation cue that follows content words ("pain without radiation"); the first
+  `label` tokens (a "Constitutional:" label) stay with what follows them."""
   parts, start = [], 0
   for i, t in enumerate(tokens):
-    if t in lexicon.NEGATION_CUES and any(_is_content(x) or x[0].isdigit() for x in tokens[start:i]):
+    if (t in lexicon.NEGATION_CUES and i > label
+        and any(_is_content(x) or x[0].isdigit() for x in tokens[max(start, label):i])):
       parts.append(tokens[start:i])
       start = i
   return parts + [tokens[start:]]
@@ -296,17 +304,20 @@ def _sentence_facts(sentence: str, unit: int, polarity: bool | None = None) -> l
   """Facts of one sentence; `polarity` overrides negation detection (answered questions)."""
   facts, carried = [], False
   question = sentence.rstrip().endswith("?")
-  for clause in _CLAUSE_SPLIT.split(sentence):
-    for tokens in _split_at_negation(normalize(clause)):
+  for k, clause in enumerate(_CLAUSE_SPLIT.split(sentence)):
+    label_match = _LABEL.match(clause) if k == 0 else None  # "Constitutional: Denies fever"
+    label = len(normalize(label_match.group(1))) if label_match else 0
+    for n, tokens in enumerate(_split_at_negation(normalize(clause), label)):
       terms = content_terms(tokens)
       if not terms:
         continue
       if tokens[0] in lexicon.TERMINATORS or any(t in lexicon.AFFIRMING for t in tokens):
         carried = False
+      skip = label if n == 0 else 0
       cue = next((i for i, t in enumerate(tokens) if t in lexicon.NEGATION_CUES), None)
       negated = carried or cue is not None
-      if cue is not None:  # only a leading cue ("denies X, Y") carries over to the next clauses
-        carried = not any(_is_content(t) for t in tokens[:cue])
+      if cue is not None:  # only a leading cue ("denies X, Y"; after a label) carries over to the next clauses
+        carried = not any(_is_content(t) for t in tokens[skip:cue])
       if polarity is not None:
         negated = not polarity
       elif question:

@@ -148,7 +148,12 @@ humalog=insulin; novolog=insulin; epipen=epinephrine; narcan=naloxone; bactrim=s
 humira=adalimumab; plaquenil=hydroxychloroquine; medrol=methylprednisolone; robaxin=methocarbamol;
 phenergan=promethazine; reglan=metoclopramide; suboxone=buprenorphine; adderall=amphetamine;
 ritalin=methylphenidate; viagra=sildenafil; cialis=tadalafil; jardiance=empagliflozin; farxiga=dapagliflozin;
-januvia=sitagliptin; trulicity=dulaglutide
+januvia=sitagliptin; trulicity=dulaglutide; ultram=tramadol; zestril=lisinopril; prinivil=lisinopril;
+cozaar=losartan; victoza=liraglutide; metamucil=psyllium; miralax=polyethylene; colace=docusate;
+sudafed=pseudoephedrine; mucinex=guaifenesin; nasonex=mometasone; symbicort=budesonide; advair=fluticasone;
+spiriva=tiotropium; depakote=valproate; effexor=venlafaxine; cymbalta=duloxetine; proscar=finasteride;
+premarin=estrogen; estrace=estradiol; provera=medroxyprogesterone; kenalog=triamcinolone;
+macrobid=nitrofurantoin; tamiflu=oseltamivir; lamisil=terbinafine
 """)
 GENERICS = _set("""
 aspirin acetaminophen ibuprofen naproxen insulin metformin prednisone prednisolone methadone morphine oxycodone
@@ -162,7 +167,9 @@ risperidone haloperidol zolpidem diphenhydramine cetirizine loratadine fexofenad
 budesonide montelukast ondansetron promethazine metoclopramide sumatriptan topiramate levetiracetam phenytoin
 carbamazepine lamotrigine valproate doxycycline penicillin vancomycin cephalexin ceftriaxone nitrofurantoin
 sulfamethoxazole clindamycin acyclovir valacyclovir oseltamivir adalimumab infliximab steroid steroids cortisone
-hydrocortisone dexamethasone triamcinolone
+hydrocortisone dexamethasone triamcinolone glipizide glyburide glimepiride buspirone hydroxyzine benzonatate
+estradiol estrogen progesterone medroxyprogesterone norethindrone baclofen tizanidine ezetimibe fenofibrate
+isosorbide mupirocin terbinafine liraglutide psyllium docusate pseudoephedrine guaifenesin mometasone
 """)
 DRUG_SUFFIXES = ("pril", "sartan", "olol", "ilol", "alol", "dipine", "statin", "prazole", "tidine", "cillin",
                  "mycin", "micin", "cycline", "floxacin", "conazole", "nidazole", "triptan", "zepam", "zolam",

@@ -12,16 +12,20 @@ of a note; a turn together with the two turns before it in a conversation) holds
 - Missed: a reference fact not covered by the generated note.
     missed_rate = missed reference facts / reference facts (0 when the reference has no facts).
 - Incorrect: a generated fact that contradicts the source in one of these ways (checked in this order):
-    quantity: a number whose value the source never states with a compatible unit, while the source states
-      a different value with the same unit for the same anchor word (or any different age);
-    laterality: a side (left/right/bilateral) the source never gives for an overlapping anchor while it gives
-      the other side;
+    quantity: a number with a unit whose anchor word the source states with that unit only with other
+      values ("metformin 10 mg" where the source has "metformin 1000 mg", whatever else has 10 mg); else a
+      number whose value the source never states with a compatible unit, while the source states a
+      different value with the same unit for the same anchor word (or any different age);
+    laterality: a side (left/right/bilateral) that the source facts most like it (highest term Jaccard
+      among those giving a side for an overlapping anchor) do not give;
     negation: the source facts on the same topic (term Jaccard >= 0.5, or one term set of at least two terms
       inside the other) that are most similar to it (highest Jaccard) all have the opposite polarity ("denies
       chest pain" vs "reports chest pain"; "Any chest pain?" answered "No");
     drug: a drug name the source never mentions, in a fact whose other terms a source fact naming another
       drug covers (a substitution: "losartan 20 mg daily" for "lisinopril 20 mg daily");
-    gender: the clause's gender differs from the source's (reference first, else conversation descriptors).
+    gender: the clause's gender differs from the source's (reference first, else conversation descriptors)
+      and no source fact with that gender covers it ("she suspected a pinched nerve" about a clinician,
+      said so in the reference, is not the patient's gender).
     incorrect_rate = incorrect generated facts / generated facts.
 - Irrelevant: a generated fact that is not incorrect and is not supported: not covered by the source, or
   stating a number the source never states, or naming a drug the source never mentions.
@@ -102,6 +106,11 @@ def _quantity_verdict(fact: Fact, source: Sequence[Fact]) -> str | None:
   verdict = None
   pool = [q for f in source for q in f.quantities]
   for value, unit, anchor in fact.quantities:
+    own = [v for v, u, a in pool if unit is not None and u == unit and anchor is not None and a == anchor]
+    if own:  # the source states this anchor's quantity ("metformin 1000 mg"): only its values support it
+      if not any(_same_value(value, v) for v in own):
+        return "contradicted"
+      continue
     if any(_same_value(value, v) and (unit == u or unit is None or u is None) for v, u, _ in pool):
       continue
     if any(u == unit and not _same_value(value, v) and (unit == "yo" or (anchor is not None and a == anchor))
@@ -112,8 +121,19 @@ def _quantity_verdict(fact: Fact, source: Sequence[Fact]) -> str | None:
 
 
 def _laterality_contradicted(fact: Fact, source: Sequence[Fact]) -> bool:
+  """A side the source facts most like this one (highest term Jaccard among those giving a side for an
+  overlapping anchor) never give: "right knee pain" against "left knee pain ... the right knee is normal"."""
   for sides, anchor in fact.sides:
-    known = set().union(*[s for f in source for s, a in f.sides if a & anchor] or [set()])
+    best, known = -1.0, set()
+    for f in source:
+      given = [s for s, a in f.sides if a & anchor]
+      if not given:
+        continue
+      jaccard = len(fact.terms & f.terms) / len(fact.terms | f.terms)
+      if jaccard > best:
+        best, known = jaccard, set().union(*given)
+      elif jaccard == best:
+        known |= set().union(*given)
     if known and not sides <= known:
       return True
   return False
@@ -167,7 +187,8 @@ def judge_note(prediction: str, reference: str, conversation: str | None = None)
       incorrect.append((f, "negation"))
     elif unknown_drugs and _substituted(f, source):
       incorrect.append((f, "drug"))
-    elif f.gender and source_gender and f.gender != source_gender:
+    elif f.gender and source_gender and f.gender != source_gender and not any(
+        g.gender == f.gender and coverage(f.terms, [g.terms]) >= COVER_THRESHOLD for g in source):
       incorrect.append((f, "gender"))
     elif (coverage(f.terms, source_units) < COVER_THRESHOLD or quantity == "unsupported" or unknown_drugs):
       irrelevant.append(f)

@@ -17,7 +17,8 @@ Division splitting re-implements ACI-Bench's `sectiontagger.SectionTagger.divide
   division stay in whichever span they fall in; in ACI-Bench notes that puts VITALS (just before PHYSICAL
   EXAM) in subjective and INSTRUCTIONS in assessment_and_plan, as the official scorer does.
 - A division a note lacks is scored as the official scorer's placeholder text `#####EMPTY#####` (so a
-  division missing from both notes scores 1.0 and from one of them 0.0).
+  division missing from both notes scores 1.0 in ROUGE-1/L/Lsum but 0.0 in ROUGE-2, the placeholder
+  being one word with no pairs, as in the official scorer; missing from one of them, 0.0).
 Difference from the official script: it rewrites newlines inside a division as the token `__lf1__` before
 scoring, which adds an `lf1` word per line and makes its division ROUGE-Lsum equal to ROUGE-L; here division
 texts keep their real newlines.
