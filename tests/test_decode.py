@@ -269,10 +269,30 @@ def test_notes_stay_within_the_models_context(checkpoint):
   messages = []
   clamped = generate.generate_notes(loaded, [conversation], max_new_tokens=room + 500, log=messages.append,
                                     stop_strings=())
-  assert messages == [f"warning: at most {room} new tokens instead of {room + 500}: the longest prompt has"
-                      f" {prompt_tokens} tokens and the model's context is {loaded.cfg.max_position_embeddings}"]
+  assert messages[0] == (f"warning: at most {room} new tokens instead of {room + 500}: the longest prompt has"
+                         f" {prompt_tokens} tokens and the model's context is {loaded.cfg.max_position_embeddings}")
+  del messages[:]
   exact = generate.generate_notes(loaded, [conversation], max_new_tokens=room, log=messages.append, stop_strings=())
-  assert clamped == exact and len(messages) == 1
+  assert clamped == exact and not any(m.startswith("warning: at most") for m in messages)
   long_conversation = "\n".join(["[doctor] Tell me more about the cough and the fever."] * 200)
   with pytest.raises(ValueError, match="no room for a note"):
     generate.generate_notes(loaded, [long_conversation], max_new_tokens=8)
+
+
+def test_a_note_cut_by_the_token_limit_is_named(checkpoint):
+  """A note that reaches --max-new-tokens without EOS or a stop string gets a warning (it was silent)."""
+  loaded = restore.load_model(checkpoint)
+  tok = tokenizer_lib.Tokenizer(loaded.tokenizer_dir)
+  conversation = "[doctor] Hi, what brings you in today?\n[patient] I've had a cough for two weeks."
+  ids = tok.encode(generate.note_prompt_text(conversation), add_bos=True)
+  reached = []
+  for limit in (2, 5):
+    new = decode.generate(loaded.cfg, jax.device_put(loaded.params), [ids], max_new_tokens=limit,
+                          eos_id=tok.eos_id, vocab_limit=tok.vocab_size)[0]
+    messages = []
+    generate.generate_notes(loaded, [conversation], max_new_tokens=limit, log=messages.append, stop_strings=())
+    expected = [f"warning: 1 of 1 note(s) reached the limit of {limit} new tokens without ending (no EOS or stop "
+                "string): they may be cut short; raise --max-new-tokens"] if len(new) == limit else []
+    assert messages == expected
+    reached.append(len(new) == limit)
+  assert any(reached)  # this random model emits no EOS that early: the warning case was exercised

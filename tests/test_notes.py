@@ -239,6 +239,12 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert key in rows[0]
   assert means["missed_rate"] == pytest.approx((rows[0]["missed_rate"] + rows[1]["missed_rate"]) / 2)
   assert means["rouge1"] == pytest.approx((rows[0]["rouge1"] + rows[1]["rouge1"]) / 2)
+  assert (means["notes"], means["references_without_prediction"]) == (2, 0)
+  ref3 = _write_jsonl(tmp_path / "ref3.jsonl", [{"id": i, "text": REFERENCE} for i in (1, 2, 3)])
+  assert notes.main(["--predictions", pred, "--references", ref3]) == 0
+  captured = capsys.readouterr()
+  assert (json.loads(captured.out)["notes"], json.loads(captured.out)["references_without_prediction"]) == (2, 1)
+  assert "1 reference(s) have no prediction" in captured.err
 
 
 def test_cli_errors_name_the_id_file_and_line(tmp_path, capsys):

@@ -34,7 +34,8 @@ Both generated-fact rates are 0 for a note with no facts. Facts supported by the
 the reference are neither missed nor irrelevant; without a conversation the reference alone is the source.
 
 CLI: `heal-jax eval notes --predictions P --references R [--conversations C] [--output FILE.jsonl]`; each
-input is JSONL of {"id": ..., "text": ...} matched by id. It prints the means as one JSON object and writes
+input is JSONL of {"id": ..., "text": ...} matched by id. It prints the means as one JSON object (with
+"notes" scored and "references_without_prediction", which the means leave out) and writes
 one row per note to FILE: id, the three rates, the fact counts (reference_facts, generated_facts, missed,
 incorrect, irrelevant) and ROUGE-1/2/L/Lsum F-measures of the full note (rouge1, ...) and of each ACI-Bench
 division (subjective_rouge1, ..., assessment_and_plan_rougeLsum).
@@ -465,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       _write_rows(args.output, rows)
   except OSError as e:
     return _error(str(e))
+  means["references_without_prediction"] = float(unmatched)  # not in the means: score them as "" to count them
   print(json.dumps(means))
   return 0
 

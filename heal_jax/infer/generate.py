@@ -50,7 +50,8 @@ def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
   Conversations go through the model `batch_size` at a time (the last batch is filled up with
   copies so that one program serves all batches). Batch i draws with seed `seed + i`. Notes stay
   within the model's context (`max_position_embeddings`): when the longest prompt plus
-  `max_new_tokens` would pass it, fewer new tokens are made and `log` (default: stderr) says so.
+  `max_new_tokens` would pass it, fewer new tokens are made and `log` (default: stderr) says so; it
+  also names the notes that reached the limit without ending (no EOS, no stop string).
   Raises ValueError for a conversation that is not a conversation, a prompt that fills the whole
   context, or a checkpoint without tokenizer.
   """
@@ -73,13 +74,19 @@ def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
   fn = decode.make_generate_fn(loaded.cfg, max_new_tokens, sampling, tokenizer.eos_id,
                                vocab_limit=tokenizer.vocab_size)
   batch_size = min(batch_size, len(prompts))
-  notes = []
+  notes, unfinished = [], 0
   for i, start in enumerate(range(0, len(prompts), batch_size)):
     batch = prompts[start:start + batch_size]
     filled = batch + [batch[0]] * (batch_size - len(batch))
     new_tokens = decode.run(fn, params, filled, seed=seed + i, eos_id=tokenizer.eos_id)
     for tokens in new_tokens[:len(batch)]:
-      notes.append(decode.truncate_at_stop(tokenizer.decode(tokens), stop_strings).strip())
+      text = tokenizer.decode(tokens)
+      stopped = decode.truncate_at_stop(text, stop_strings)
+      unfinished += len(tokens) == max_new_tokens and stopped == text  # neither EOS nor a stop string
+      notes.append(stopped.strip())
+  if unfinished:
+    log(f"warning: {unfinished} of {len(notes)} note(s) reached the limit of {max_new_tokens} new tokens without "
+        "ending (no EOS or stop string): they may be cut short; raise --max-new-tokens")
   return notes
 
 
