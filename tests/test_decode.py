@@ -130,8 +130,12 @@ def test_vocab_limit_keeps_ids_the_tokenizer_lacks_out(model, prompts):
 
 def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(checkpoint, tmp_path):
   from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
+  from heal_jax.checkpoint import params_store  # pylint: disable=import-outside-toplevel
   cfg = restore.load_model(checkpoint).cfg.replace(vocab_size=256)
-  random_init.write_random_checkpoint(cfg, tmp_path / "small", seed=0, tokenizer_dir=checkpoint / "tokenizer")
+  with pytest.raises(CheckpointError, match=r"has \d+ pieces but the model's vocabulary is 256"):  # refused at init
+    random_init.write_random_checkpoint(cfg, tmp_path / "small", seed=0, tokenizer_dir=checkpoint / "tokenizer")
+  random_init.write_random_checkpoint(cfg, tmp_path / "small", seed=0)
+  params_store.copy_tokenizer(checkpoint / "tokenizer", tmp_path / "small" / "tokenizer")  # and at load
   with pytest.raises(CheckpointError, match=r"tokenizer.model has \d+ pieces but the model's vocabulary is 256"):
     restore.load_model(tmp_path / "small")
   (checkpoint / "tokenizer" / "tokenizer_config.json").rename(tmp_path / "saved.json")
