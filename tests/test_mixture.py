@@ -30,3 +30,42 @@ def test_the_bootstrap_says_its_tokenizer_is_the_bundled_corpus_s_when_sources_a
   lines.clear()
   mixture.bootstrap(config_lib.load_config(TINY, ["--config.model.vocab_size=600"]), tmp_path / "w", lines.append)
   assert not any(line.startswith("note:") for line in lines)
+
+
+def test_a_bootstrap_killed_while_writing_leaves_no_partial_corpus_or_tokenizer(tmp_path, monkeypatch):
+  """The corpus and tokenizer appear under their names only once complete (a kill while writing used
+  to leave a shorter instructions.jsonl, or a tokenizer without its HF files, that the next run took as
+  done); a rerun writes them in full and clears the staging folder."""
+  from heal_jax.data import synthetic, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_config(TINY, ["--config.model.vocab_size=600"])
+  work = tmp_path / "w"
+  real = tokenizer_lib.train_tokenizer
+
+  def killed(files, out_dir, **kwargs):
+    real(files, out_dir, **kwargs)
+    raise KeyboardInterrupt  # after every file is written, before the bootstrap returns
+
+  real_corpus = synthetic.generate_corpus
+
+  def killed_corpus(out_dir, **kwargs):
+    real_corpus(out_dir, **kwargs)
+    (out_dir / "instructions.jsonl").write_text('{"prompt": "cut short"', encoding="utf-8")
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(synthetic, "generate_corpus", killed_corpus)
+  with pytest.raises(KeyboardInterrupt):
+    mixture.bootstrap(config, work, lambda line: None)
+  assert not (work / "corpus").exists()
+  monkeypatch.setattr(synthetic, "generate_corpus", real_corpus)
+  monkeypatch.setattr(tokenizer_lib, "train_tokenizer", killed)
+  with pytest.raises(KeyboardInterrupt):
+    mixture.bootstrap(config, work, lambda line: None)
+  assert not (work / "tokenizer").exists() and sorted(p.name for p in work.iterdir()) == ["corpus"]
+  monkeypatch.setattr(tokenizer_lib, "train_tokenizer", real)
+  mixture.bootstrap(config, work, lambda line: None)
+  assert sorted(p.name for p in (work / "tokenizer").iterdir()) == [
+      "special_tokens_map.json", "tokenizer.model", "tokenizer_config.json"]
+  expected = synthetic.generate_corpus(tmp_path / "expected", seed=config.seed)
+  for tier, path in expected.items():
+    assert (work / "corpus" / f"{tier}.jsonl").read_bytes() == path.read_bytes()
+  assert sorted(p.name for p in work.iterdir()) == ["corpus", "tokenizer"]

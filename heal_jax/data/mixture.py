@@ -8,9 +8,13 @@ every source (before shuffling) are held out of training for the periodic held-o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import pathlib
-from typing import Any, Callable
+import shutil
+from typing import Any, Callable, Iterator
+import uuid
 
 from heal_jax.checkpoint import params_store
 from heal_jax.checkpoint.restore import WORKDIR_TOKENIZER
@@ -42,19 +46,39 @@ def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) ->
     raise ValueError(f"config.data.bootstrap={config.data.bootstrap!r}: expected '' or 'synthetic'")
   corpus = workdir / "corpus"
   if not (corpus / "instructions.jsonl").is_file():
-    files = synthetic.generate_corpus(corpus, seed=config.seed)
+    with _staged(corpus, last="instructions.jsonl") as staging:
+      files = synthetic.generate_corpus(staging, seed=config.seed)
     log(f"wrote the bundled synthetic corpus: {', '.join(str(p.name) for p in files.values())}")
   tok_dir = resolve(config.data.tokenizer, workdir, "data.tokenizer")
   if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
-    tok = tokenizer_lib.train_tokenizer([corpus / f"{t}.jsonl" for t in ("general", "medical", "clinical")],
-                                        tok_dir, vocab_size=config.model.vocab_size)
-    log(f"trained a {tok.vocab_size}-piece sentencepiece tokenizer in {tok_dir} on the bundled corpus")
+    with _staged(tok_dir, last=tokenizer_lib.MODEL_FILE) as staging:
+      pieces = tokenizer_lib.train_tokenizer([corpus / f"{t}.jsonl" for t in ("general", "medical", "clinical")],
+                                             staging, vocab_size=config.model.vocab_size).vocab_size
+    log(f"trained a {pieces}-piece sentencepiece tokenizer in {tok_dir} on the bundled corpus")
   theirs = sorted(name for name, src in config.data.sources.items()
                   if not str(src.paths).startswith("{workdir}/corpus/"))
   if theirs:
     log(f"note: data.bootstrap='synthetic' with sources of your own ({', '.join(theirs)}): the tokenizer in {tok_dir} "
         "is the bundled corpus's; for your data train one with `heal-jax data train-tokenizer` and set "
         "data.bootstrap='' and data.tokenizer")
+
+
+@contextlib.contextmanager
+def _staged(dest: pathlib.Path, last: str) -> Iterator[pathlib.Path]:
+  """A fresh folder beside `dest` to write into; on success its files are moved into `dest` with
+  `last` (the file whose presence means "complete") moved last, so a run killed while writing
+  leaves no partial file under `dest`'s names; on failure it is removed."""
+  for stale in dest.parent.glob(f".{dest.name}.partial-*"):  # left by a run killed while writing
+    shutil.rmtree(stale, ignore_errors=True)
+  staging = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
+  staging.mkdir(parents=True)
+  try:
+    yield staging
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(staging.iterdir(), key=lambda f: f.name == last):
+      os.replace(f, dest / f.name)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def keep_tokenizer(config: Any, workdir: pathlib.Path, trained: bool) -> None:
