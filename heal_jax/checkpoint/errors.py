@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Iterator
+
+_TENSORSTORE_READ = re.compile(r'Error reading "([^"]+)"')
 
 
 class CheckpointError(ValueError):
@@ -20,5 +23,24 @@ def reading(where: str, hint: str, keep: tuple[type[Exception], ...] = ()) -> It
   except (CheckpointError, *keep):
     raise
   except Exception as e:  # pylint: disable=broad-except
-    detail = (str(e).strip().splitlines() or [""])[0][:300]
-    raise CheckpointError(f"{where} cannot be read ({type(e).__name__}: {detail}); {hint}") from e
+    raise CheckpointError(f"{where} cannot be read ({_detail(e)}); {hint}") from e
+
+
+def _detail(e: BaseException) -> str:
+  """One line about a read failure: the array TensorStore names where any error of the chain does
+  (the outer orbax message only gives the slice it was reading), else the outer error's first line
+  (which names the file for orbax's own reads)."""
+  chain, seen = [], set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for x in chain:
+    m = _TENSORSTORE_READ.search(str(x))
+    if m:
+      return f"array {m.group(1)}: {_first_line(x)[:300]}"
+  return f"{type(chain[0]).__name__}: {_first_line(chain[0])[:300]}"
+
+
+def _first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or [""])[0]
