@@ -22,11 +22,10 @@ def get_config():
   for tier, kind in (("general", "document"), ("medical", "document"), ("clinical", "conversation"),
                      ("instructions", "instruction")):
     config.data.sources[tier] = config_lib.source_config(f"{{workdir}}/corpus/{tier}.jsonl", kind, 1.0)
-  config.train.global_batch = 16
+  config.train.global_batch = 8
   config.phase_order = "pretrain,extend,instruct"
   config.phases.pretrain = config_lib.phase_config(
-      steps=150, seq_len=256, global_batch=8, weights="general=1,medical=1,clinical=1", peak_lr=3e-3,
-      warmup_steps=30)
+      steps=150, seq_len=256, weights="general=1,medical=1,clinical=1", peak_lr=3e-3, warmup_steps=30)
   # 256 -> 2048 positions (x8 linear interpolation): every synthetic conversation with its note
   # (1,077-1,948 tokens) fits in a row, so no note is trained apart from its conversation.
   config.phases.extend = config_lib.phase_config(
