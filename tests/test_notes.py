@@ -170,6 +170,16 @@ def test_contradictions_beside_similar_statements_are_incorrect(old, new, reason
   assert [why for _, why in incorrect] == [reason]
 
 
+@pytest.mark.parametrize("prediction, reference", [
+    ("Lisinopril 20 mg daily.", "We will increase lisinopril from 10 mg to 20 mg daily."),  # a dose change
+    ("Metformin 1000 mg twice daily.", "Metformin was 500 mg twice daily; we increased it to 1000 mg."),
+    ("Right knee pain.", "He has left knee pain. He also has right knee pain after a fall two weeks ago."),
+    ("He has chest pain.", "Chest pain without radiation: started two days ago."),  # not a "Label:"
+])
+def test_statements_the_source_supports_are_not_incorrect(prediction, reference):
+  assert _verdicts(prediction, reference, None)[1] == []
+
+
 def test_abbreviations_and_other_people_do_not_set_the_patient_s_gender():
   """MR (arthrogram) and MS (a disease) are not Mr./Ms.; "she" about a therapist, said in the reference, is
   not the patient: the note scored against itself has no verdict at all."""

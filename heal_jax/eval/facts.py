@@ -68,7 +68,7 @@ _LIST_MARKER = re.compile(r"^\s*\(?\d{1,2}[.)](?!\d)\s*")
 _CAPS_ABBREVIATION = re.compile(r"\b(?:MRS|MR|MS)\b(?!\.)")
 _CAPS_EXPANSION = {"MR": "mrabbrev", "MS": "msabbrev", "MRS": "mrsabbrev"}  # one neutral word each (MS: multiple
                                                                           # sclerosis, mental status, ...)
-_LABEL = re.compile(r"^\s*([A-Za-z][A-Za-z /&-]{0,40}):\s+(?=\S)")  # a leading "Label: " of a sentence
+_LABEL = re.compile(r"^\s*([A-Za-z][A-Za-z&/-]*(?: [A-Za-z&/-]+){0,2}):\s+(?=\S)")  # "Label: " of 1-3 words
 _CLAUSE_SPLIT = re.compile(r"[,;]\s+|(?<=[A-Za-z]{3})/(?=[A-Za-z]{3})|"
                            r"\s+(?=(?:but|however|although|though|whereas|except)\b)", re.IGNORECASE)
 _DATE = re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})\b")
@@ -306,7 +306,8 @@ def _sentence_facts(sentence: str, unit: int, polarity: bool | None = None) -> l
   question = sentence.rstrip().endswith("?")
   for k, clause in enumerate(_CLAUSE_SPLIT.split(sentence)):
     label_match = _LABEL.match(clause) if k == 0 else None  # "Constitutional: Denies fever"
-    label = len(normalize(label_match.group(1))) if label_match else 0
+    label_tokens = normalize(label_match.group(1)) if label_match else []
+    label = len(label_tokens) if not any(t in lexicon.NEGATION_CUES for t in label_tokens) else 0
     for n, tokens in enumerate(_split_at_negation(normalize(clause), label)):
       terms = content_terms(tokens)
       if not terms:

@@ -12,12 +12,15 @@ of a note; a turn together with the two turns before it in a conversation) holds
 - Missed: a reference fact not covered by the generated note.
     missed_rate = missed reference facts / reference facts (0 when the reference has no facts).
 - Incorrect: a generated fact that contradicts the source in one of these ways (checked in this order):
-    quantity: a number with a unit whose anchor word the source states with that unit only with other
-      values ("metformin 10 mg" where the source has "metformin 1000 mg", whatever else has 10 mg); else a
+    quantity: a number with a unit whose anchor the source states with that unit only with other values,
+      when the source gives this value with this unit only after other drugs' names ("metformin 10 mg"
+      where the source has "metformin 1000 mg" and "lisinopril 10 mg"; "increase lisinopril from 10 mg to
+      20 mg" supports lisinopril 20 mg; a pain score "4 out of 10" supports no dose); or a
       number whose value the source never states with a compatible unit, while the source states a
       different value with the same unit for the same anchor word (or any different age);
-    laterality: a side (left/right/bilateral) that the source facts most like it (highest term Jaccard
-      among those giving a side for an overlapping anchor) do not give;
+    laterality: a side (left/right/bilateral) that no source fact holding all the fact's terms gives and
+      that the source facts most like it (highest term Jaccard among those giving a side for an
+      overlapping anchor) do not give;
     negation: the source facts on the same topic (term Jaccard >= 0.5, or one term set of at least two terms
       inside the other) that are most similar to it (highest Jaccard) all have the opposite polarity ("denies
       chest pain" vs "reports chest pain"; "Any chest pain?" answered "No");
@@ -106,10 +109,14 @@ def _quantity_verdict(fact: Fact, source: Sequence[Fact]) -> str | None:
   """'contradicted', 'unsupported' or None (all quantities supported)."""
   verdict = None
   pool = [q for f in source for q in f.quantities]
+  drug_anchors = {facts_lib.stem(d) for f in source for d in f.drugs}
   for value, unit, anchor in fact.quantities:
     own = [v for v, u, a in pool if unit is not None and u == unit and anchor is not None and a == anchor]
-    if own:  # the source states this anchor's quantity ("metformin 1000 mg"): only its values support it
-      if not any(_same_value(value, v) for v in own):
+    if own and not any(_same_value(value, v) for v in own):
+      # The source gives this anchor's dose with this unit, not this value: only the same value with the
+      # same unit and no other drug's name before it supports it ("from 10 mg to 20 mg" does; lisinopril's
+      # 10 mg does not support "metformin 10 mg", nor does a pain score of 4 out of 10).
+      if all(a in drug_anchors and a != anchor for v, u, a in pool if _same_value(value, v) and u == unit):
         return "contradicted"
       continue
     if any(_same_value(value, v) and (unit == u or unit is None or u is None) for v, u, _ in pool):
@@ -125,6 +132,8 @@ def _laterality_contradicted(fact: Fact, source: Sequence[Fact]) -> bool:
   """A side the source facts most like this one (highest term Jaccard among those giving a side for an
   overlapping anchor) never give: "right knee pain" against "left knee pain ... the right knee is normal"."""
   for sides, anchor in fact.sides:
+    if any(fact.terms <= f.terms and any(sides <= s for s, a in f.sides if a & anchor) for f in source):
+      continue  # a source fact says all of it with this side ("... right knee pain after a fall")
     best, known = -1.0, set()
     for f in source:
       given = [s for s, a in f.sides if a & anchor]
