@@ -69,3 +69,22 @@ def test_a_bootstrap_killed_while_writing_leaves_no_partial_corpus_or_tokenizer(
   for tier, path in expected.items():
     assert (work / "corpus" / f"{tier}.jsonl").read_bytes() == path.read_bytes()
   assert sorted(p.name for p in work.iterdir()) == ["corpus", "tokenizer"]
+
+
+def test_a_source_left_without_records_after_deduplication_is_named(tmp_path):
+  """Online dedup runs across sources in name order: a source repeating an earlier one keeps nothing,
+  which is an error naming it and its counts (it crashed the closing sample note after training)."""
+  from heal_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  docs = "".join('{"text": "record number %d about a patient with a cough and fever"}\n' % i for i in range(3))
+  (tmp_path / "a.jsonl").write_text(docs, encoding="utf-8")
+  (tmp_path / "b.jsonl").write_text(docs, encoding="utf-8")
+  tokenizer_lib.train_tokenizer([tmp_path / "a.jsonl"], tmp_path / "tok", vocab_size=300)
+  config = config_lib.base_config()
+  config.data.tokenizer = str(tmp_path / "tok")
+  for name in ("a", "b"):
+    config.data.sources[name] = config_lib.source_config(str(tmp_path / f"{name}.jsonl"), "document", 1.0)
+  with pytest.raises(ValueError, match=r"^data.sources.b: no records left to train on \(\{'read': 3, 'invalid': 0, "
+                                       r"'duplicates_exact': 3, 'duplicates_near': 0\}\)"):
+    mixture.load(config, tmp_path, 0)
+  config.data.dedup.exact = config.data.dedup.near = False
+  assert len(mixture.load(config, tmp_path, 0).train["b"]) == 3

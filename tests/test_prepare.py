@@ -1,6 +1,7 @@
 """data prepare: round trip through ArrayRecord, dedup and counts that reconcile, atomic output, CLI, ACI-Bench."""
 
 import json
+import pathlib
 import pickle
 
 import grain
@@ -181,7 +182,8 @@ def test_cli_with_workdir_and_overrides(corpus, tmp_path, capsys):
 def test_the_tiny_config_prepares_into_an_empty_work_directory(tmp_path, capsys):
   """data.bootstrap writes the bundled corpus and tokenizer first, as `train` does (prepare used to
   fail on the missing corpus files)."""
-  assert prepare.main(["--config", "configs/tiny.py", "--workdir", str(tmp_path / "w"),
+  tiny = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py")
+  assert prepare.main(["--config", tiny, "--workdir", str(tmp_path / "w"),
                        "--config.data.dedup.near=false", "--out", str(tmp_path / "out")]) == 0
   report = json.loads(capsys.readouterr().out)
   assert (tmp_path / "w" / "tokenizer" / "tokenizer.model").is_file()

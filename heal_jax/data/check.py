@@ -412,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
   read = [r for r in reports.values() if "error" not in r]
   total = {k: sum(r[k] for r in read) for k in ("read", "valid", "invalid")}
+  if any("conversations_without_turns" in r for r in read):
+    total["conversations_without_turns"] = sum(r.get("conversations_without_turns", {}).get("count", 0) for r in read)
   print(json.dumps({"files": reports, **total, "unreadable": [p for p, r in reports.items() if "error" in r]},
                    indent=2))
   return status

@@ -139,6 +139,8 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
     else:
       skipped: list[dict[str, str]] = []
       pairs, read_counts = sources_lib.load_texts(src, config.data.on_error, skipped, deduplicator)
+      if not pairs:
+        raise sources_lib.DataError(f"data.sources.{src.name}: no records left to train on ({read_counts})")
       ds = pipeline.EncodedTexts(pairs, str(tok_dir))
       counts[src.name] = {**read_counts, "examples": len(pairs)}
       if skipped:  # Places and reasons only: no record text.

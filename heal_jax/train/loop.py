@@ -270,7 +270,7 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
 def _log_overlong(run: _Run, phase: phases_lib.Phase) -> None:
   """Names the instruction sources whose examples do not fit the phase's rows: those are split, and
   the windows after the first train the response without the start of its prompt."""
-  for name in sorted(phase.weights):
+  for name in sorted(n for n in phase.weights if run.data.kinds[n] != "document"):
     source = run.data.train[name]
     over, looked, longest = pipeline.overlong_examples(source, phase.seq_len)
     if over:
@@ -416,7 +416,11 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
     mixture.bootstrap(config, workdir, writer.log)
     mixture.keep_tokenizer(config, workdir, checkpointing.has_completed_step(workdir))
   _on_process_0("prepare the work directory (bundled corpus, tokenizer)", bootstrap)
+  t_data = time.time()
   data = mixture.load(config, workdir, config.eval.holdout_examples)
+  if any("duplicates_near" in counts for counts in data.counts.values()):  # read online
+    writer.log(f"sources read, normalised and deduplicated online in {time.time() - t_data:.1f} s (at every start, "
+               "on every process; `heal-jax data prepare` does it once)")
   for name, counts in data.counts.items():
     writer.log(f"source {name}: {counts}")
   mngr = checkpointing.manager(workdir, config.checkpoint.keep, config.checkpoint.keep_period,
