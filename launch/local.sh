@@ -3,7 +3,7 @@
 #
 #   launch/local.sh N [--gpus-per-process K | --cpu-devices D] [--port P] [--kill-grace S] -- COMMAND [ARGS...]
 #
-#   launch/local.sh 2 --cpu-devices 2 -- heal-jax train --config configs/tiny.py --workdir runs/local2
+#   launch/local.sh 2 --cpu-devices 1 -- heal-jax train --config configs/tiny.py --workdir runs/local2
 #   launch/local.sh 2 --gpus-per-process 4 -- heal-jax train --config configs/llama2_7b.py --workdir /scratch/run
 #
 # CPU mode (default): each process gets JAX_PLATFORMS=cpu and D fake devices
