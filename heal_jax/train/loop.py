@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import pathlib
 import signal
@@ -91,6 +90,7 @@ class _Run:
   preempt: _Preemption
   base_cfg: ModelConfig
   task_examples: dict[str, list]  # config.eval.tasks, read once at start
+  eval_fns: dict[ModelConfig, Any] = dataclasses.field(default_factory=dict)  # the held-out eval per phase model
 
 
 def _num_shards(config: Any) -> int:
@@ -106,9 +106,8 @@ def _spec(run: _Run, phase: phases_lib.Phase) -> pipeline.PipelineSpec:
       num_shards=num_shards, worker_count=run.config.data.worker_count)
 
 
-@functools.lru_cache(maxsize=4)
 def _eval_fn(cfg: ModelConfig, num_sources: int):
-  """Jitted (params, batch) -> (per-source NLL sums, per-source target counts)."""
+  """Jitted (params, batch) -> (per-source NLL sums, per-source target counts); `_Run.eval_fns` keeps it."""
   def fn(params, batch):
     stats = step_lib.batch_stats(params, batch, cfg, 0.0, num_sources)
     return stats["source_nll_S"], stats["source_tokens_S"]
@@ -119,7 +118,7 @@ def evaluate(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) 
   """Held-out loss per source (mean NLL per target token) on fixed packed batches, plus eval.tasks."""
   if not run.data.heldout:
     return evaluate_tasks(run, params, cfg)
-  fn = _eval_fn(cfg, len(run.source_names))
+  fn = run.eval_fns.get(cfg) or run.eval_fns.setdefault(cfg, _eval_fn(cfg, len(run.source_names)))
   sharding = mesh_lib.batch_sharding(run.mesh)
   nll = np.zeros(len(run.source_names))
   count = np.zeros(len(run.source_names))
