@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -191,6 +192,14 @@ def test_state_of_another_spec_is_refused():
     pipeline.BatchIterator(fewer, spec).set_state(state)
   unsized = dict(state, spec=json.dumps({k: v for k, v in json.loads(state["spec"]).items() if k != "examples"}))
   pipeline.BatchIterator(fewer, spec).set_state(unsized)  # states saved before sizes were recorded still resume
+  recorded = dataclasses.replace(spec, records='{"dedup": {"threshold": 0.8}}')
+  state_recorded = pipeline.BatchIterator(_sources(), recorded).get_state()
+  with pytest.raises(pipeline.StateMismatch, match=r"records: saved .*0.8.*now .*0.9"):  # same counts, other records
+    pipeline.BatchIterator(_sources(), dataclasses.replace(recorded, records='{"dedup": {"threshold": 0.9}}')
+                           ).set_state(state_recorded)
+  unrecorded = dict(state_recorded, spec=json.dumps({k: v for k, v in json.loads(state_recorded["spec"]).items()
+                                                      if k != "records"}))
+  pipeline.BatchIterator(_sources(), recorded).set_state(unrecorded)  # states saved before records still resume
   older = dict(state, spec=json.dumps({k: v for k, v in json.loads(state["spec"]).items() if k != "order"}))
   with pytest.raises(ValueError, match="order: saved None, now 'shared-stream'.*earlier heal-jax.*init_from"):
     pipeline.BatchIterator(_sources(), spec).set_state(older)

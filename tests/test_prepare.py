@@ -122,6 +122,12 @@ def test_online_training_reads_the_examples_prepare_writes(corpus, tmp_path):
     for i, example in enumerate(got):
       np.testing.assert_array_equal(example["tokens"], prepared[i]["tokens"])
       np.testing.assert_array_equal(example["loss_mask"], prepared[i]["loss_mask"])
+  config.data.prepared_dir = str(tmp_path / "prep")
+  assert mixture.load(config, tmp_path / "w", 2).records == online.records  # online <-> prepared resumes
+  config.data.dedup.threshold = 0.9
+  assert mixture.load(config, tmp_path / "w", 2).records == online.records  # prepared: its report's settings
+  config.data.prepared_dir = ""
+  assert mixture.load(config, tmp_path / "w", 2).records != online.records
   tok = tokenizer_lib.Tokenizer(tok_dir)
   last = online.heldout["docs"][1]["tokens"]  # the decomposed document, composed as prepare writes it
   assert tok.decode([int(t) for t in last[1:]]) == "Caf\u00e9 au lait, na\u00efve patient."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 import shutil
@@ -25,12 +26,13 @@ from heal_jax.data import dedup, pipeline, sources as sources_lib, synthetic, to
 class RunData:
   """train/heldout: source name -> MapDataset of {"tokens", "loss_mask"}; counts: per-source reading counts
   (plus "first_skipped": places and reasons of up to 3 skipped records); kinds: source name -> record
-  kind (document, conversation or instruction)."""
+  kind (document, conversation or instruction); records: see `pipeline.PipelineSpec.records`."""
   train: dict[str, pipeline.Source]
   heldout: dict[str, pipeline.Source]
   tokenizer: tokenizer_lib.Tokenizer
   counts: dict[str, dict[str, Any]]
   kinds: dict[str, str]
+  records: str  # normalisation and dedup settings the examples were made with (JSON)
 
 
 def resolve(path: str, workdir: pathlib.Path, key: str) -> pathlib.Path:
@@ -151,6 +153,12 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
     train[src.name] = pipeline.Slice(ds, 0, len(ds) - holdout) if holdout else ds
     if holdout:
       heldout[src.name] = pipeline.Slice(ds, len(ds) - holdout, len(ds))
-  return RunData(train, heldout, tok, counts, {src.name: src.kind for src in srcs})
+  if prepared is not None:
+    report = json.loads((prepared / prepare.REPORT).read_text(encoding="utf-8"))
+    made = {"normalization": report.get("normalization"),
+            "dedup": {k: v for k, v in report.get("dedup", {}).items() if k != "scope"}}
+  else:
+    made = {"normalization": "NFC", "dedup": config.data.dedup.to_dict()}
+  return RunData(train, heldout, tok, counts, {src.name: src.kind for src in srcs}, json.dumps(made, sort_keys=True))
 
 

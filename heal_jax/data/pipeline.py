@@ -73,6 +73,9 @@ class PipelineSpec:
     every token after BOS a target (continued pretraining on instruction text as documents).
   seed: shuffle and packing seed. num_shards: shards S of every global batch.
   worker_count: Grain worker processes per host (0: in process).
+  records: how the examples were made from the records (normalisation and dedup settings, as JSON):
+    part of the data state, so a resume with other settings (other examples at the same positions,
+    even in equal numbers) is refused.
   """
   seq_len: int
   global_batch: int
@@ -81,6 +84,7 @@ class PipelineSpec:
   seed: int = 0
   num_shards: int = 1
   worker_count: int = 0
+  records: str = ""
 
   def __post_init__(self):
     if self.global_batch % self.num_shards:
@@ -413,8 +417,9 @@ class BatchIterator:
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     saved, now = json.loads(state["spec"]), json.loads(self._key())
-    if "examples" not in saved:  # saved before source sizes were recorded (2026-11-27)
-      now.pop("examples")
+    for key in ("examples", "records"):  # saved before source sizes / record settings were recorded
+      if key not in saved:
+        now.pop(key)
     if saved != now:
       changed = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}"
                           for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))

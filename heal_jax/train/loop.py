@@ -103,7 +103,7 @@ def _spec(run: _Run, phase: phases_lib.Phase) -> pipeline.PipelineSpec:
   return pipeline.PipelineSpec(
       seq_len=phase.seq_len, global_batch=phase.global_batch, weights=phase.weights,
       instruction_tuning=phase.instruction_tuning, seed=run.config.seed + 1000 * phase.index,
-      num_shards=num_shards, worker_count=run.config.data.worker_count)
+      num_shards=num_shards, worker_count=run.config.data.worker_count, records=run.data.records)
 
 
 def _eval_fn(cfg: ModelConfig, num_sources: int):
