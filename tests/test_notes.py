@@ -285,3 +285,15 @@ def test_cli_errors_name_the_id_file_and_line(tmp_path, capsys):
   before = pathlib.Path(pred).read_bytes()
   assert notes.main(["--predictions", pred, "--references", ref, "--output", pred]) == 2  # would overwrite its input
   assert "is also an input" in capsys.readouterr().err and pathlib.Path(pred).read_bytes() == before
+
+
+def test_repetition_is_reported_beside_the_rubric():
+  """A note said three times: its second and third copies are repeated facts (2/3 of the generated
+  facts); the three rubric rates are those of the note said once. A fact the reference itself states
+  twice is not a repetition when the note does too."""
+  tripled = "\n".join([REFERENCE] * 3)
+  once, thrice = notes.score_note(REFERENCE, REFERENCE, None), notes.score_note(tripled, REFERENCE, None)
+  assert once["repeated_rate"] == 0.0 and thrice["repeated_rate"] == pytest.approx(2 / 3)
+  assert (thrice["missed_rate"], thrice["incorrect_rate"], thrice["irrelevant_rate"]) == (0.0, 0.0, 0.0)
+  twice_in_reference = REFERENCE + "Follow up in 2 weeks.\n"
+  assert notes.score_note(twice_in_reference, twice_in_reference, None)["repeated_rate"] == 0.0

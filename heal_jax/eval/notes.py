@@ -33,13 +33,16 @@ of a note; a turn together with the two turns before it in a conversation) holds
 - Irrelevant: a generated fact that is not incorrect and is not supported: not covered by the source, or
   stating a number the source never states, or naming a drug the source never mentions.
     irrelevant_rate = irrelevant generated facts / generated facts.
+Beside the rubric, repeated_rate = generated facts whose terms the note already said (beyond once and
+beyond the reference's count) / generated facts: repetition is neither missed, incorrect nor irrelevant
+information, so the three rates do not see it.
 Both generated-fact rates are 0 for a note with no facts. Facts supported by the conversation but absent from
 the reference are neither missed nor irrelevant; without a conversation the reference alone is the source.
 
 CLI: `heal-jax eval notes --predictions P --references R [--conversations C] [--output FILE.jsonl]`; each
 input is JSONL of {"id": ..., "text": ...} matched by id. It prints the means as one JSON object (with
 "notes" scored and "references_without_prediction", which the means leave out) and writes
-one row per note to FILE: id, the three rates, the fact counts (reference_facts, generated_facts, missed,
+one row per note to FILE: id, the three rates, repeated_rate, the fact counts (reference_facts, generated_facts, missed,
 incorrect, irrelevant) and ROUGE-1/2/L/Lsum F-measures of the full note (rouge1, ...) and of each ACI-Bench
 division (subjective_rouge1, ..., assessment_and_plan_rougeLsum).
 
@@ -61,6 +64,7 @@ Human review (HEAL's rubric filled in by a clinician):
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import dataclasses
 import json
@@ -85,6 +89,7 @@ class Judgement:
   missed: tuple[Fact, ...]
   incorrect: tuple[tuple[Fact, str], ...]  # (fact, reason)
   irrelevant: tuple[Fact, ...]
+  repeated: tuple[Fact, ...] = ()  # generated facts saying again what the note said before (see `repeated`)
 
 
 def coverage(terms: frozenset[str], units: Sequence[frozenset[str]]) -> float:
@@ -202,7 +207,20 @@ def judge_note(prediction: str, reference: str, conversation: str | None = None)
       incorrect.append((f, "gender"))
     elif (coverage(f.terms, source_units) < COVER_THRESHOLD or quantity == "unsupported" or unknown_drugs):
       irrelevant.append(f)
-  return Judgement(ref.facts, pred.facts, missed, tuple(incorrect), tuple(irrelevant))
+  return Judgement(ref.facts, pred.facts, missed, tuple(incorrect), tuple(irrelevant),
+                   repeated(pred.facts, ref.facts))
+
+
+def repeated(generated: Sequence[Fact], reference: Sequence[Fact]) -> tuple[Fact, ...]:
+  """Generated facts whose terms the note already said, beyond once and beyond the reference's count
+  of them (a reference may state a fact in two sections): repetition, reported beside the rubric."""
+  in_reference, said = collections.Counter(f.terms for f in reference), collections.Counter()
+  out = []
+  for f in generated:
+    said[f.terms] += 1
+    if said[f.terms] > max(1, in_reference[f.terms]):
+      out.append(f)
+  return tuple(out)
 
 
 def score_note(prediction: str, reference: str, conversation: str | None = None) -> dict[str, float]:
@@ -218,6 +236,7 @@ def score_note(prediction: str, reference: str, conversation: str | None = None)
       "missed": float(len(j.missed)),
       "incorrect": float(len(j.incorrect)),
       "irrelevant": float(len(j.irrelevant)),
+      "repeated_rate": len(j.repeated) / n_gen if n_gen else 0.0,
   }
   out.update(rouge_lib.note_rouge(prediction, reference))
   return out
