@@ -110,11 +110,11 @@ def _same_value(a: str, b: str) -> bool:
     return a == b
 
 
-def _quantity_verdict(fact: Fact, source: Sequence[Fact]) -> str | None:
-  """'contradicted', 'unsupported' or None (all quantities supported)."""
+def _quantity_verdict(fact: Fact, pool: Sequence[tuple[str, str | None, str | None]],
+                      drug_anchors: frozenset[str]) -> str | None:
+  """'contradicted', 'unsupported' or None (all quantities supported); `pool` is every quantity of the
+  source, `drug_anchors` the stems of the drugs it names."""
   verdict = None
-  pool = [q for f in source for q in f.quantities]
-  drug_anchors = {facts_lib.stem(d) for f in source for d in f.drugs}
   for value, unit, anchor in fact.quantities:
     own = [v for v, u, a in pool if unit is not None and u == unit and anchor is not None and a == anchor]
     if own and not any(_same_value(value, v) for v in own):
@@ -188,11 +188,13 @@ def judge_note(prediction: str, reference: str, conversation: str | None = None)
   source_units = ref.units + (conv.units if conv else ())
   source_gender = ref.gender or (conv.gender if conv else None)
   source_drugs = frozenset().union(*[f.drugs for f in source])
+  pool = [q for f in source for q in f.quantities]  # once per note, not per generated fact
+  drug_anchors = frozenset(facts_lib.stem(d) for d in source_drugs)
 
   missed = tuple(f for f in ref.facts if coverage(f.terms, pred.units) < COVER_THRESHOLD)
   incorrect, irrelevant = [], []
   for f in pred.facts:
-    quantity = _quantity_verdict(f, source)
+    quantity = _quantity_verdict(f, pool, drug_anchors)
     unknown_drugs = f.drugs - source_drugs
     if quantity == "contradicted":
       incorrect.append((f, "quantity"))
