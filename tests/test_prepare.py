@@ -123,7 +123,9 @@ def test_online_training_reads_the_examples_prepare_writes(corpus, tmp_path):
       np.testing.assert_array_equal(example["tokens"], prepared[i]["tokens"])
       np.testing.assert_array_equal(example["loss_mask"], prepared[i]["loss_mask"])
   config.data.prepared_dir = str(tmp_path / "prep")
-  assert mixture.load(config, tmp_path / "w", 2).records == online.records  # online <-> prepared resumes
+  from_prepared = mixture.load(config, tmp_path / "w", 2)
+  assert from_prepared.records == online.records  # online <-> prepared resumes
+  assert from_prepared.online_seconds is None and online.online_seconds >= 0  # only online reading is timed
   config.data.dedup.threshold = 0.9
   assert mixture.load(config, tmp_path / "w", 2).records == online.records  # prepared: its report's settings
   config.data.prepared_dir = ""

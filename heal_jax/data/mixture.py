@@ -8,14 +8,11 @@ every source (before shuffling) are held out of training for the periodic held-o
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import pathlib
-import shutil
-from typing import Any, Callable, Iterator
-import uuid
+import time
+from typing import Any, Callable
 
 from heal_jax.checkpoint import params_store
 from heal_jax.checkpoint.restore import WORKDIR_TOKENIZER
@@ -33,6 +30,7 @@ class RunData:
   counts: dict[str, dict[str, Any]]
   kinds: dict[str, str]
   records: str  # normalisation and dedup settings the examples were made with (JSON)
+  online_seconds: float | None  # time taken to read and deduplicate raw files; None for prepared data
 
 
 def resolve(path: str, workdir: pathlib.Path, key: str) -> pathlib.Path:
@@ -47,13 +45,14 @@ def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) ->
   if config.data.bootstrap != "synthetic":
     raise ValueError(f"config.data.bootstrap={config.data.bootstrap!r}: expected '' or 'synthetic'")
   corpus = workdir / "corpus"
+  # Written whole or not at all (a run killed while writing leaves no short file under these names).
   if not (corpus / "instructions.jsonl").is_file():
-    with _staged(corpus, last="instructions.jsonl") as staging:
+    with params_store.atomic_output_dir(corpus, overwrite=True) as staging:
       files = synthetic.generate_corpus(staging, seed=config.seed)
     log(f"wrote the bundled synthetic corpus: {', '.join(str(p.name) for p in files.values())}")
   tok_dir = resolve(config.data.tokenizer, workdir, "data.tokenizer")
   if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
-    with _staged(tok_dir, last=tokenizer_lib.MODEL_FILE) as staging:
+    with params_store.atomic_output_dir(tok_dir, overwrite=True) as staging:
       pieces = tokenizer_lib.train_tokenizer([corpus / f"{t}.jsonl" for t in ("general", "medical", "clinical")],
                                              staging, vocab_size=config.model.vocab_size).vocab_size
     log(f"trained a {pieces}-piece sentencepiece tokenizer in {tok_dir} on the bundled corpus")
@@ -63,24 +62,6 @@ def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) ->
     log(f"note: data.bootstrap='synthetic' with sources of your own ({', '.join(theirs)}): the tokenizer in {tok_dir} "
         "is the bundled corpus's; for your data train one with `heal-jax data train-tokenizer` and set "
         "data.bootstrap='' and data.tokenizer")
-
-
-@contextlib.contextmanager
-def _staged(dest: pathlib.Path, last: str) -> Iterator[pathlib.Path]:
-  """A fresh folder beside `dest` to write into; on success its files are moved into `dest` with
-  `last` (the file whose presence means "complete") moved last, so a run killed while writing
-  leaves no partial file under `dest`'s names; on failure it is removed."""
-  for stale in dest.parent.glob(f".{dest.name}.partial-*"):  # left by a run killed while writing
-    shutil.rmtree(stale, ignore_errors=True)
-  staging = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
-  staging.mkdir(parents=True)
-  try:
-    yield staging
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in sorted(staging.iterdir(), key=lambda f: f.name == last):
-      os.replace(f, dest / f.name)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def keep_tokenizer(config: Any, workdir: pathlib.Path, trained: bool) -> None:
@@ -124,6 +105,7 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
     raise ValueError(f"tokenizer {tok_dir} has {tok.vocab_size} pieces, more than config.model.vocab_size="
                      f"{config.model.vocab_size}")
   train, heldout, counts = {}, {}, {}
+  t_start = time.time()
   prepared = resolve(config.data.prepared_dir, workdir, "data.prepared_dir") if config.data.prepared_dir else None
   srcs = sources_lib.from_config(config.data.sources, workdir=str(workdir), require_files=prepared is None)
   if prepared is not None:
@@ -159,6 +141,7 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
             "dedup": {k: v for k, v in report.get("dedup", {}).items() if k != "scope"}}
   else:
     made = {"normalization": "NFC", "dedup": config.data.dedup.to_dict()}
-  return RunData(train, heldout, tok, counts, {src.name: src.kind for src in srcs}, json.dumps(made, sort_keys=True))
+  return RunData(train, heldout, tok, counts, {src.name: src.kind for src in srcs}, json.dumps(made, sort_keys=True),
+                 None if prepared is not None else time.time() - t_start)
 
 
