@@ -25,9 +25,9 @@ def write_random_checkpoint(cfg: ModelConfig, out: pathlib.Path, seed: int = 0,
   """A heal-jax checkpoint directory (see params_store) holding freshly initialised weights, and the
   tokenizer files of `tokenizer_dir` (ValueError, before anything is written, if it has no
   tokenizer.model or more pieces than cfg.vocab_size)."""
-  if tokenizer_dir is not None and not (pathlib.Path(tokenizer_dir) / "tokenizer.model").is_file():
-    raise ValueError(f"tokenizer directory {tokenizer_dir}: no tokenizer.model there (give the directory holding it)")
   if tokenizer_dir is not None:
+    if not (pathlib.Path(tokenizer_dir) / "tokenizer.model").is_file():
+      raise ValueError(f"tokenizer directory {tokenizer_dir}: no tokenizer.model there (give the directory holding it)")
     from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
     restore.check_tokenizer_fits(tokenizer_dir, cfg.vocab_size)
   params = random_params(cfg, seed)

@@ -118,7 +118,9 @@ def evaluate(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) 
   """Held-out loss per source (mean NLL per target token) on fixed packed batches, plus eval.tasks."""
   if not run.data.heldout:
     return evaluate_tasks(run, params, cfg)
-  fn = run.eval_fns.get(cfg) or run.eval_fns.setdefault(cfg, _eval_fn(cfg, len(run.source_names)))
+  if cfg not in run.eval_fns:
+    run.eval_fns[cfg] = _eval_fn(cfg, len(run.source_names))
+  fn = run.eval_fns[cfg]
   sharding = mesh_lib.batch_sharding(run.mesh)
   nll = np.zeros(len(run.source_names))
   count = np.zeros(len(run.source_names))
@@ -415,10 +417,9 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
     mixture.bootstrap(config, workdir, writer.log)
     mixture.keep_tokenizer(config, workdir, checkpointing.has_completed_step(workdir))
   _on_process_0("prepare the work directory (bundled corpus, tokenizer)", bootstrap)
-  t_data = time.time()
   data = mixture.load(config, workdir, config.eval.holdout_examples)
-  if any("duplicates_near" in counts for counts in data.counts.values()):  # read online
-    writer.log(f"sources read, normalised and deduplicated online in {time.time() - t_data:.1f} s (at every start, "
+  if data.online_seconds is not None:
+    writer.log(f"sources read, normalised and deduplicated online in {data.online_seconds:.1f} s (at every start, "
                "on every process; `heal-jax data prepare` does it once)")
   for name, counts in data.counts.items():
     writer.log(f"source {name}: {counts}")
