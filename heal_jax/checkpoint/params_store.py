@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from heal_jax import atomic_dir
 from heal_jax.checkpoint import errors, finite, hf_mapping
 from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.model.config import ModelConfig
@@ -45,27 +46,19 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
 @contextlib.contextmanager
 def atomic_output_dir(dst: pathlib.Path, overwrite: bool = False,
                       inputs: tuple[pathlib.Path, ...] = ()) -> Iterator[pathlib.Path]:
-  """Yields a fresh staging directory that becomes `dst` only if the block succeeds.
+  """Yields a fresh staging directory that becomes `dst` only if the block succeeds
+  (`heal_jax.atomic_dir.staged`, after `check_output`).
 
   On any exception the staging directory is removed, so no partial output is left behind. `inputs`
   are the directories the block reads: replacing `dst` must not delete one of them.
   """
   dst = check_output(dst, overwrite, inputs)
-  try:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-  except OSError as e:  # a file where a folder belongs, a read-only place: name the output, not the staging
-    raise CheckpointError(f"cannot create output directory {dst}: {e.strerror or e} ({e.filename})") from None
-  try:
+  with contextlib.ExitStack() as stack:
+    try:
+      staging = stack.enter_context(atomic_dir.staged(dst))
+    except OSError as e:  # a file where a folder belongs, a read-only place: name the output, not the staging
+      raise CheckpointError(f"cannot create output directory {dst}: {e.strerror or e} ({e.filename})") from None
     yield staging
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
-  if dst.exists():
-    shutil.rmtree(dst)
-  os.replace(staging, dst)
 
 
 def check_output(dst: pathlib.Path, overwrite: bool, inputs: tuple[pathlib.Path, ...] = ()) -> pathlib.Path:

@@ -35,14 +35,13 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 import signal
 import sys
-import uuid
 from typing import Any
 
 import numpy as np
 
+from heal_jax import atomic_dir
 from heal_jax.data import check, dedup, examples, sources, tfds_builder
 from heal_jax.data import tokenizer as tokenizer_lib
 
@@ -140,10 +139,7 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
   except ValueError as e:
     raise DataError(str(e)) from None
 
-  out.parent.mkdir(parents=True, exist_ok=True)
-  partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-  partial.mkdir()
-  try:
+  with atomic_dir.staged(out) as partial:
     per_source = {}
     for source in source_list:
       per_source[source.name] = _prepare_source(source, partial / source.name, data.on_error, deduplicator,
@@ -162,29 +158,7 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
         "sources": per_source, "totals": totals,
     }
     (partial / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    blocked = {signal.SIGTERM, signal.SIGINT}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # the renames finish once begun
-    try:
-      _publish(partial, out)
-    finally:
-      signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-  except BaseException:
-    shutil.rmtree(partial, ignore_errors=True)
-    raise
   return report
-
-
-def _publish(partial: pathlib.Path, out: pathlib.Path) -> None:
-  """Renames `partial` to `out`, replacing an existing `out` only after the rename target is free."""
-  if out.is_dir() and any(out.iterdir()):
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    out.rename(old)
-    partial.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    if out.is_dir():
-      out.rmdir()
-    partial.rename(out)
 
 
 class PreparedSource:
