@@ -27,7 +27,7 @@ def get_config():
   config.data.sources.conversations = src("/shared/heal/raw/conversations/*.csv", "conversation", 0.5,
                                           fields="conversation=dialogue,note=note")
   config.data.sources.instructions = src("/shared/heal/raw/instructions/*.jsonl", "instruction", 1.0)
-  thirds = "c4=1,pubmed=0.5,meddialog=0.3,nih=0.2,clinical_notes=0.5,conversations=0.5"
+  thirds = "c4,pubmed,meddialog,nih,clinical_notes,conversations"  # at the weights above: a third per tier
   config.data.num_shards = 4            # one per host
   config.mesh.update(dict(data=1, fsdp=-1, tensor=1))
   config.train.update(dict(global_batch=128, micro_steps=2, z_loss=1e-4))

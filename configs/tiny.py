@@ -25,11 +25,11 @@ def get_config():
   config.train.global_batch = 8
   config.phase_order = "pretrain,extend,instruct"
   config.phases.pretrain = config_lib.phase_config(
-      steps=150, seq_len=256, weights="general=1,medical=1,clinical=1", peak_lr=3e-3, warmup_steps=30)
+      steps=150, seq_len=256, weights="general,medical,clinical", peak_lr=3e-3, warmup_steps=30)
   # 256 -> 2048 positions (x8 linear interpolation): every synthetic conversation with its note
   # (1,077-1,948 tokens) fits in a row, so no note is trained apart from its conversation.
   config.phases.extend = config_lib.phase_config(
-      steps=20, seq_len=2048, global_batch=2, weights="general=1,medical=1,clinical=1",
+      steps=20, seq_len=2048, global_batch=2, weights="general,medical,clinical",
       rope_scaling_factor=8.0, peak_lr=1e-3, warmup_steps=5)
   # Weights are token shares: two thirds of this phase's tokens are conversation -> note examples.
   # 2 rows a step (on at most 2 devices; more need --config.phases.{extend,instruct}.global_batch): 4 rows

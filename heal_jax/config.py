@@ -67,7 +67,8 @@ def source_config(paths: str, kind: str, weight: float, format: str = "",  # pyl
     replaced by the run's work directory.
   kind: document | conversation | instruction (see heal_jax.data.check.KIND_FIELDS).
   weight: this source's share of the tokens read for training, relative to the others (prompts
-    included; the trainer's share/<source> counts target tokens); phases may override it; > 0.
+    included; the trainer's share/<source> counts target tokens), in every phase that names the
+    source without a number (or names none); a phase's "source=number" replaces it; > 0.
   format: jsonl | text | csv | arrayrecord | tfds ("" = from the file suffix). For tfds, paths is
     "NAME[:SPLIT]@DATA_DIR" of a dataset prepared on disk.
   fields: "ours=theirs,..." to read our field names from other columns (e.g. "conversation=dialogue").
@@ -104,9 +105,10 @@ def phase_config(steps: int, seq_len: int, weights: str = "", rope_scaling_facto
   """One training phase (read by `heal_jax.train.phases.from_config`).
 
   steps: global batches in this phase. seq_len: packed row length.
-  weights: "source=weight,..." mixture for this phase ("" = every source at its own weight);
+  weights: the sources read in this phase and their shares: "source=weight,..." gives a number here,
+    a bare "source" takes config.data.sources.NAME.weight ("" = every source at its own weight);
     sources not named are not read in this phase.
-  rope_scaling_factor: linear position interpolation (2.0 doubles the usable context).
+  rope_scaling_factor: linear position interpolation, >= 1 (1.0: none; 2.0 doubles the usable context).
   instruction_tuning: loss on responses only (else on every token).
   peak_lr, warmup_steps, schedule (cosine | linear | constant), end_lr_ratio: the phase's AdamW
     schedule; the optimizer state starts fresh at every phase.
@@ -195,24 +197,49 @@ _BELOW_ONE = ("train.b1", "train.b2")  # Adam's decay rates: in [0, 1)
 _ABOVE_ZERO = ("train.eps", "train.clip_norm")
 
 
-def _unknown_keys(node: Any, schema: ml_collections.ConfigDict, prefix: str = "") -> None:
-  """ConfigError for the first key under `node` that `schema` lacks, or a value where a group belongs."""
+def _type_name(value: Any) -> str:
+  return "group" if isinstance(value, ml_collections.ConfigDict) else type(value).__name__
+
+
+def _same_type(value: Any, default: Any) -> bool:
+  """Whether `value` may stand where `schema` has `default` (an int where a float belongs; any value
+  where the default is None, i.e. an optional field such as model.head_dim, typed by ModelConfig)."""
+  if default is None:
+    return True
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(default, bool) and isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float))
+  return type(value) is type(default)  # pylint: disable=unidiomatic-typecheck
+
+
+def _check_schema(node: Any, schema: ml_collections.ConfigDict, prefix: str = "") -> None:
+  """ConfigError for the first key under `node` that `schema` lacks, that `node` lacks, or whose value
+  is of another type than the schema's (a group where a value belongs, "10" where an int does)."""
   for key, value in node.items():
     name = f"{prefix}{key}"
     if key not in schema:
       raise ConfigError(f"unknown config key: {name} (known here: {', '.join(sorted(schema.keys()))})")
-    if isinstance(schema[key], ml_collections.ConfigDict) != isinstance(value, ml_collections.ConfigDict):
-      raise ConfigError(f"config key {name} is a {'group' if isinstance(schema[key], ml_collections.ConfigDict) else 'value'}"
-                        f", got {type(value).__name__}")
-    if isinstance(value, ml_collections.ConfigDict) and schema[key].keys():
-      _unknown_keys(value, schema[key], f"{name}.")
+    default = schema[key]
+    if isinstance(default, ml_collections.ConfigDict) != isinstance(value, ml_collections.ConfigDict):
+      raise ConfigError(f"config key {name} is a {_type_name(default)}, got {_type_name(value)}")
+    if isinstance(value, ml_collections.ConfigDict):
+      if default.keys():
+        _check_schema(value, default, f"{name}.")
+    elif not _same_type(value, default):
+      raise ConfigError(f"config key {name}: expected {type(default).__name__}, got {value!r} ({type(value).__name__})")
+  missing = [key for key in schema.keys() if key not in node]
+  if missing:
+    raise ConfigError(f"config key {prefix}{missing[0]} is missing (build the config from heal_jax.config's "
+                      "base_config(), source_config() and phase_config(), which set every field)")
 
 
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
-  """Every key of a loaded config is one of `base_config()`'s, each `data.sources.NAME` holds only
-  `source_config` fields and each `phases.NAME` only `phase_config` fields; else ConfigError naming
-  the key (a config file's typo, e.g. `c.data.on_eror`, would otherwise be ignored)."""
-  _unknown_keys(config, base_config())
+  """Every key of a loaded config is one of `base_config()`'s, with a value of its type, and none is
+  missing; each `data.sources.NAME` holds exactly the `source_config` fields and each `phases.NAME`
+  the `phase_config` fields. Else ConfigError naming the key (a config file's typo, e.g.
+  `c.data.on_eror`, would otherwise be ignored, and "10" for an int would fail deep in training)."""
+  _check_schema(config, base_config())
   groups = [("data.sources", source_config("", "document", 1.0)), ("phases", phase_config(1, 1))]
   for where, fields in groups:
     parent = config
@@ -221,7 +248,7 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
     for name, entry in parent.items():
       if not isinstance(entry, ml_collections.ConfigDict):
         raise ConfigError(f"config key {where}.{name} is a group, got {type(entry).__name__}")
-      _unknown_keys(entry, fields, f"{where}.{name}.")
+      _check_schema(entry, fields, f"{where}.{name}.")
 
 
 def _leaves(node: ml_collections.ConfigDict, prefix: str = ""):

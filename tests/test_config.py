@@ -151,3 +151,32 @@ def test_a_config_file_typo_is_an_unknown_key(tmp_path, line, message):
                   "  return c\n")
   with pytest.raises(config_lib.ConfigError, match=f"config file {path}: {message}"):
     config_lib.load_config(str(path))
+
+
+@pytest.mark.parametrize("line, message", [
+    ("c.phases.pretrain = config_lib.phase_config(steps='10', seq_len=8)",
+     r"config key phases.pretrain.steps: expected int, got '10' \(str\)"),
+    ("c.phases.pretrain = config_lib.phase_config(steps=2, seq_len=8, global_batch=8.0)",
+     r"config key phases.pretrain.global_batch: expected int, got 8.0 \(float\)"),
+    ("c.train = ml_collections.ConfigDict({**c.train.to_dict(), 'micro_steps': True})",
+     r"config key train.micro_steps: expected int, got True \(bool\)"),
+    ("c.checkpoint = ml_collections.ConfigDict({**c.checkpoint.to_dict(), 'async_save': 1})",
+     r"config key checkpoint.async_save: expected bool, got 1 \(int\)"),
+    ("c.data.sources.notes = ml_collections.ConfigDict(dict(paths='a.jsonl', kind='conversation'))",
+     r"config key data.sources.notes.(weight|format|fields) is missing \(build the config from"),
+    ("del c.phases.pretrain['peak_lr']", r"config key phases.pretrain.peak_lr is missing"),
+])
+def test_a_config_file_value_of_the_wrong_type_or_a_missing_field_names_the_key(tmp_path, line, message):
+  """A config file's values are checked against the schema's types (an int may stand for a float), and
+  every field must be there: these used to fail later as a bare AttributeError or TypeError."""
+  path = tmp_path / "typed.py"
+  path.write_text("import ml_collections\nfrom heal_jax import config as config_lib\n\n"
+                  "def get_config():\n"
+                  "  c = config_lib.base_config()\n"
+                  "  c.data.sources.notes = config_lib.source_config('a.jsonl', 'conversation', 1.0)\n"
+                  "  c.phases.pretrain = config_lib.phase_config(steps=2, seq_len=8)\n"
+                  "  c.data.sources.notes.weight = 2\n"  # an int where a float belongs is fine
+                  f"  {line}\n"
+                  "  return c\n")
+  with pytest.raises(config_lib.ConfigError, match=f"config file {path}: {message}"):
+    config_lib.load_config(str(path))

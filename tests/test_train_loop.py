@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from heal_jax import config as config_lib
 from heal_jax.checkpoint import restore
 from heal_jax.train import loop, workdir_lock
 
@@ -67,12 +68,46 @@ def test_the_train_step_compiles_once_per_run_fresh_and_resumed(data_root, tmp_p
     ("--config.phases.pretrain.schedule=bogus", "phases.pretrain.schedule='bogus'; expected one of cosine"),
     ("--config.data.num_shards=3", "global batch 8 is not divisible by the data shards"),
     ("--config.eval.tasks=pubmedqa=/nonexistent/pubmedqa", "/nonexistent/pubmedqa"),
+    ("--config.phases.pretrain.weights=,", r"config.phases.pretrain.weights=',' names no source"),
+    ("--config.phases.pretrain.rope_scaling_factor=0.5", "phases.pretrain: .*rope_scaling_factor >= 1"),
+    ("--config.data.sources.general.weight=0", "data.sources.general.weight: zero-weight source"),
+    ("--config.data.sources.general.kind=doc", "data.sources.general.kind: unknown kind 'doc'"),
+    ("--config.data.sources.general.format=parquet", "data.sources.general.format: unknown format"),
+    ("--config.data.on_error=ignore", "config.data.on_error='ignore'"),
+    ("--config.data.dedup.bands=7", "data.dedup.num_perm=128 must be a positive multiple of data.dedup.bands=7"),
+    ("--config.init_from=/nonexistent/ckpt", r"config.init_from='/nonexistent/ckpt': no such directory"),
 ])
 def test_a_bad_setting_fails_before_the_work_directory_is_touched(data_root, tmp_path, override, message):
   config = train_helpers.load(data_root, 2, (override, "--config.data.bootstrap=synthetic",
                                              f"--config.data.tokenizer={tmp_path}/w/tok"))
   with pytest.raises(ValueError, match=message):
     loop.train(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.data.bootstrap=web", "config.data.bootstrap='web'"),
+    ("--config.data.tokenizer=", "config.data.tokenizer is empty"),
+])
+def test_a_bad_data_setting_fails_before_the_bootstrap(tmp_path, override, message):
+  """Checked before the lock and the bootstrap: an empty data.tokenizer used to reach the bootstrap, which
+  tried to replace the current directory with a trained tokenizer."""
+  config = config_lib.load_config(str(train_helpers.TINY), [override])
+  with pytest.raises(ValueError, match=message):
+    loop.train(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+def test_the_bootstrap_never_replaces_a_folder_of_someone_elses(tmp_path):
+  """data.tokenizer naming a folder without tokenizer.model (a typo, the wrong folder) used to be replaced
+  whole by the bootstrap's tokenizer, deleting what was there."""
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("keep me")
+  config = config_lib.load_config(str(train_helpers.TINY), [f"--config.data.tokenizer={mine}"])
+  with pytest.raises(ValueError, match=f"config.data.tokenizer {mine} holds other files than the bootstrap's"):
+    loop.train(config, tmp_path / "w")
+  assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
   assert not (tmp_path / "w").exists()
 
 
@@ -299,8 +334,8 @@ def _copy_run(base: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
 
 
 def test_a_resume_that_cannot_continue_says_why_and_changes_nothing(data_root, tmp_path):
-  """A changed model shape, tokenizer or data.num_shards, or a damaged newest step: one error naming the
-  key or the step (and the step to go back to); the work directory's config and tokenizer stay."""
+  """A changed model shape, tokenizer, data.num_shards, seed or data.worker_count, or a damaged newest
+  step: one error naming the key or the step (and the step to go back to); the work directory's config and tokenizer stay."""
   from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
   base = tmp_path / "base"
   loop.train(train_helpers.load(data_root, 8, ("--config.checkpoint.every_steps=4",)), base)
@@ -318,6 +353,16 @@ def test_a_resume_that_cannot_continue_says_why_and_changes_nothing(data_root, t
   ]
   for name, extra, message in cases:
     with pytest.raises(CheckpointError, match=message):
+      resume(name, *extra)
+    assert (tmp_path / name / "config.json").read_text() == config_json
+
+  data_cases = [  # the data state's own field names used to be all the message gave
+      ("seed", ("--config.seed=1",), r"seed: saved 0, now 1.*\(in the config: seed is config.seed \+ 1000 x"),
+      ("workers", ("--config.data.worker_count=1",),
+       r"worker_count: saved 0, now 1.*\(in the config: worker_count is config.data.worker_count\)"),
+  ]
+  for name, extra, message in data_cases:
+    with pytest.raises(ValueError, match=message):
       resume(name, *extra)
     assert (tmp_path / name / "config.json").read_text() == config_json
 

@@ -372,7 +372,12 @@ def _die_with_parent(worker_index: int, worker_count: int) -> None:
 
 
 class StateMismatch(ValueError):
-  """A saved data state that belongs to another pipeline (spec or shards differ)."""
+  """A saved data state that belongs to another pipeline (spec or shards differ); `changed`: the
+  differing `PipelineSpec` fields (and "examples")."""
+
+  def __init__(self, message: str, changed: tuple[str, ...] = ()):
+    super().__init__(message)
+    self.changed = changed
 
 
 class BatchIterator:
@@ -421,8 +426,8 @@ class BatchIterator:
       if key not in saved:
         now.pop(key)
     if saved != now:
-      changed = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}"
-                          for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+      fields = tuple(k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+      changed = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in fields)
       older = (" (fields missing from the saved state: it was written by an earlier heal-jax; to go on from its "
                "parameters, train in a new --workdir with --config.init_from=THIS_WORKDIR, which starts the "
                "optimizer state and the data afresh)") if set(now) - set(saved) else ""
@@ -430,7 +435,7 @@ class BatchIterator:
                           "the data depends on these (examples: per source, after data.dedup and eval.holdout_examples), so a "
                           "run resumes only with the same ones; online runs deduplicate like `data prepare` since "
                           "2026-11-27: one started before resumes with --config.data.dedup.exact=false "
-                          "--config.data.dedup.near=false")
+                          "--config.data.dedup.near=false", fields)
     for s, it in zip(self.shards, self._iters):
       if str(s) not in state["shards"]:
         raise StateMismatch(f"data iterator state has no shard {s}")

@@ -166,6 +166,22 @@ def check_tokenizer(init_from: str, tokenizer_model: pathlib.Path) -> None:
                      f"--config.data.tokenizer={theirs.parent}")
 
 
+def check_source(init_from: str) -> None:
+  """config.init_from, checked before a run locks or reads anything: "" or a directory that is an HF
+  checkpoint (config.json), a converted one (heal_checkpoint.json), a work directory or one of its
+  steps. ValueError naming the key (whether its tensors fit the run is checked when they are read)."""
+  if not init_from:
+    return
+  from heal_jax.checkpoint import params_store, restore  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(init_from)
+  if not path.is_dir():
+    raise ValueError(f"config.init_from={init_from!r}: {'not a directory' if path.exists() else 'no such directory'}")
+  if not ((path / params_store.MANIFEST).is_file() or restore.is_workdir(path) or (path / "config.json").is_file()):
+    raise ValueError(f"config.init_from={init_from!r} is neither an HF checkpoint (config.json), a converted "
+                     f"checkpoint ({params_store.MANIFEST}), a work directory ({restore.WORKDIR_CHECKPOINTS}/) nor "
+                     f"one of its steps")
+
+
 def initial_params(init_from: str, cfg: ModelConfig, shardings: Any, seed: int) -> tuple[Any, str]:
   """(params, description). init_from: "" (scratch), an HF dir, a checkpoint or a work dir.
 

@@ -98,6 +98,17 @@ def _num_shards(config: Any) -> int:
   return config.data.num_shards or jax.process_count()
 
 
+# Where each field of `_spec` comes from, for a refused data state's message.
+_SPEC_FROM = {
+    "seed": "config.seed + 1000 x the phase's index", "worker_count": "config.data.worker_count",
+    "num_shards": "config.data.num_shards (0: one per process)", "seq_len": "config.phases.{phase}.seq_len",
+    "global_batch": "config.phases.{phase}.global_batch (0: config.train.global_batch)",
+    "weights": "config.phases.{phase}.weights", "instruction_tuning": "config.phases.{phase}.instruction_tuning",
+    "records": "config.data.dedup, or the report of config.data.prepared_dir",
+    "examples": "the sources' kept records (data.sources, data.dedup) less config.eval.holdout_examples",
+}
+
+
 def _spec(run: _Run, phase: phases_lib.Phase) -> pipeline.PipelineSpec:
   num_shards = _num_shards(run.config)
   return pipeline.PipelineSpec(
@@ -192,8 +203,12 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   if restored_step is not None and restored_step > phase.start:
     try:
       checkpointing.restore_data(run.mngr, restored_step, it)
-    except BaseException:
+    except pipeline.StateMismatch as e:
       it.close()  # its Grain workers, before the error (a refused data state) ends the run
+      keys = [f"{field} is {_SPEC_FROM[field].format(phase=phase.name)}" for field in e.changed if field in _SPEC_FROM]
+      raise pipeline.StateMismatch(f"{e} (in the config: {'; '.join(keys)})" if keys else str(e), e.changed) from None
+    except BaseException:
+      it.close()
       raise
   if jax.process_index() == 0:  # Only once the config is known to fit the work directory's checkpoints.
     (run.workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
@@ -360,7 +375,9 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   devices: the devices of the mesh (default: all of them, over every process).
   """
   workdir = pathlib.Path(workdir).absolute()
-  # A bad phase, model or mesh setting fails here, before anything is written to the work directory.
+  # A bad data, phase, model or mesh setting fails here, before anything is written to the work directory.
+  mixture.check_config(config, workdir)
+  init_lib.check_source(config.init_from)
   phases = phases_lib.from_config(config)
   base_cfg = config_lib.model_config(config)
   mesh = setup.make_mesh(config, devices)

@@ -38,10 +38,21 @@ def parse_pairs(spec: str, key: str) -> dict[str, str]:
     raise ValueError(f"{key}: {e}") from None
 
 
-def parse_weights(spec: str, key: str) -> dict[str, float]:
-  """"a=1,b=2.5" -> {"a": 1.0, "b": 2.5}; errors name the config key."""
+def parse_weights(spec: str, key: str, sources: dict[str, float]) -> dict[str, float]:
+  """"a=1,b=2.5,c" -> {"a": 1.0, "b": 2.5, "c": sources["c"]}: a bare name takes the source's own
+  weight (config.data.sources.NAME.weight); errors name the config key."""
   weights = {}
-  for name, value in parse_pairs(spec, key).items():
+  for item in filter(None, (s.strip() for s in spec.split(","))):
+    name, sep, value = (part.strip() for part in item.partition("="))
+    if not name or (sep and not value):
+      raise ValueError(f"{key}: bad entry {item!r}, expected source=number or a source name")
+    if name in weights:
+      raise ValueError(f"{key}: {name!r} is given twice")
+    if name not in sources:
+      raise ValueError(f"{key}: unknown source {name!r}; config.data.sources has {sorted(sources)}")
+    if not sep:
+      weights[name] = sources[name]
+      continue
     try:
       weights[name] = float(value)
     except ValueError:
@@ -71,13 +82,16 @@ def from_config(config: Any) -> list[Phase]:
   for i, name in enumerate(names):
     p = config.phases[name]
     key = f"config.phases.{name}"
-    weights = parse_weights(p.weights, f"{key}.weights") if p.weights else dict(sources)
+    named = {n.partition("=")[0].strip() for n in p.weights.split(",") if "=" in n}  # numbers given here
+    weights = parse_weights(p.weights, f"{key}.weights", sources) if p.weights.strip() else dict(sources)
+    if not weights:
+      raise ValueError(f"{key}.weights={p.weights!r} names no source" if p.weights.strip()
+                       else "config.data.sources is empty")
     for src, w in weights.items():
-      if src not in sources:
-        raise ValueError(f"{key}.weights: unknown source {src!r}; config.data.sources has {sorted(sources)}")
       if not 0 < w < math.inf:  # NaN fails too
-        raise ValueError(f"{key}.weights: source {src!r} has weight {w}; a weight is a finite number > 0 (leave a "
-                         "source out rather than give it weight 0)")
+        where = f"{key}.weights: source {src!r} has" if src in named else f"config.data.sources.{src}.weight:"
+        raise ValueError(f"{where} weight {w}; a weight is a finite number > 0 (leave a source out rather "
+                         "than give it weight 0)")
     if p.steps <= 0 or p.seq_len < 2:
       raise ValueError(f"{key}: steps must be > 0 and seq_len >= 2")
     if p.global_batch < 0 or p.warmup_steps < 0:
@@ -85,8 +99,10 @@ def from_config(config: Any) -> list[Phase]:
     if p.warmup_steps > p.steps:
       raise ValueError(f"{key}: warmup_steps={p.warmup_steps} is more than the phase's steps={p.steps}: the "
                        "learning rate would never reach peak_lr")
-    if p.peak_lr < 0 or not 0 <= p.end_lr_ratio <= 1 or p.rope_scaling_factor <= 0:
-      raise ValueError(f"{key}: peak_lr must be >= 0, rope_scaling_factor > 0, end_lr_ratio in [0, 1]")
+    if p.peak_lr < 0 or not 0 <= p.end_lr_ratio <= 1 or not p.rope_scaling_factor >= 1:
+      raise ValueError(f"{key}: peak_lr must be >= 0, rope_scaling_factor >= 1 (1: no interpolation; 2 doubles "
+                       f"the usable context), end_lr_ratio in [0, 1]; got {p.peak_lr}, {p.rope_scaling_factor}, "
+                       f"{p.end_lr_ratio}")
     opt = OptimizerSpec(peak_lr=p.peak_lr, steps=p.steps, warmup_steps=p.warmup_steps, schedule=p.schedule,
                         end_lr_ratio=p.end_lr_ratio, weight_decay=train.weight_decay, b1=train.b1,
                         b2=train.b2, eps=train.eps, clip_norm=train.clip_norm)
