@@ -42,4 +42,5 @@ def get_config():
   config.eval.holdout_examples = 16
   config.eval.batches = 2
   config.eval.sample_note_tokens = 300
+  config.plan.devices = 1  # as the first README command runs: one CPU device
   return config

@@ -331,3 +331,18 @@ def test_conversations_without_recognised_turns_are_reported(tmp_path, capsys):
   assert result["conversations_without_turns"]["lines"] == [2, 4]
   assert check.main([str(path), "--kind", "conversation"]) == 0
   assert json.loads(capsys.readouterr().out)["conversations_without_turns"]["count"] == 2
+
+
+@pytest.mark.parametrize("first_line", [
+    '{"text": "Mrs Jones, 54, reports chest pain since Monday, worse on exertion"}',
+    "Patient reports chest pain since Monday, worse on exertion, no fever, took aspirin this morning",
+])
+def test_a_file_that_is_not_csv_is_named_without_its_text(tmp_path, first_line):
+  """Read as CSV, a JSON or text file's first line is no header: the error gives its shape, never its
+  words (an error message goes to logs, and data here is patient text)."""
+  path = tmp_path / "notes.csv"
+  path.write_text(first_line + "\n")
+  with pytest.raises(check.FileError) as e:
+    list(check.iter_records(path, "document"))
+  assert "the first line does not look like a CSV header" in str(e.value) and f"{path}:1" in str(e.value)
+  assert not any(word in str(e.value) for word in ("Jones", "chest", "Monday", "aspirin"))

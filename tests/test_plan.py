@@ -46,8 +46,22 @@ def test_plan_heal_13b_prints_table_then_json():
     ("--config.mesh.data=3", "mesh {'data': 3, 'fsdp': -1, 'tensor': 1} does not fit 32 devices (planned for "
      "config.plan.devices=32: give --config.plan.devices=N for the cluster the run is for)"),
     ("--config.plan.peak_tflops=-1", "config.plan.peak_tflops=-1.0 must be > 0"),
+    ("--config.data.num_shards=3", "phase pretrain: global batch 128 is not divisible by the data shards (3, "
+     "config.data.num_shards or one per process) (planned for config.plan.devices=32: give "
+     "--config.plan.devices=N for the cluster the run is for)"),  # as `train` refuses it
 ])
 def test_a_plan_that_describes_no_cluster_is_an_error(override, message, capfd):
   """capfd: a mesh error comes from the child process that has plan.devices CPU devices."""
   assert plan.main(["--config", str(REPO / "configs" / "heal_13b.py"), override]) == 2
   assert capfd.readouterr().err.splitlines()[-1] == f"heal-jax plan: error: {message}"
+
+
+def test_plan_runs_on_the_tiny_preset_as_it_trains(capfd):
+  """configs/tiny.py plans for the one CPU device its README command trains on (with the default 8
+  devices its 2-row phases could not be split, and plan failed on the preset users meet first)."""
+  assert plan.main(["--config", str(REPO / "configs" / "tiny.py")]) == 0
+  out = capfd.readouterr().out.strip().splitlines()
+  assert out[0].startswith("plan: 1.00M parameters on 1 devices")
+  result = json.loads(out[-1])
+  assert result["fits"] is True and [r["phase"] for r in result["phases"]] == ["pretrain", "extend", "instruct"]
+  assert result["total_tokens"] == 150 * 8 * 256 + 20 * 2 * 2048 + 80 * 2 * 2048

@@ -270,6 +270,18 @@ def _iter_text(path, kind, columns):
     yield (n, None, problem) if problem else (n, *_record({columns["text"]: line}, kind, columns))
 
 
+_COLUMN_NAME = re.compile(r"^[\w .#()/-]{0,40}$")
+
+
+def _describe_header(header: list[str]) -> str:
+  """The header's column names, unless the first line does not look like one (a JSON record, a line
+  of text): then only its shape, since an error message must not carry a record's text."""
+  if len(header) <= 64 and all(_COLUMN_NAME.match(name) and len(name.split()) <= 4 for name in header):
+    return f"header: {', '.join(header)}"
+  return (f"the first line does not look like a CSV header: {len(header)} field(s), the longest "
+          f"{max(len(name) for name in header)} characters; is this file CSV?")
+
+
 def _iter_csv(path, kind, columns):
   required = [columns[f] for f in KIND_FIELDS[kind][0]]
   csv.field_size_limit(2**31 - 1)  # process-wide; the default 128 KiB is shorter than a long transcript
@@ -284,7 +296,7 @@ def _iter_csv(path, kind, columns):
         return
       missing = [c for c in required if c not in header]
       if missing:
-        raise FileError(path, 1, f"CSV missing columns: {', '.join(missing)} (header: {', '.join(header)})")
+        raise FileError(path, 1, f"CSV missing columns: {', '.join(missing)} ({_describe_header(header)})")
       start = reader.line_num + 1
       for row in reader:
         n, start = start, reader.line_num + 1

@@ -93,11 +93,6 @@ class _Run:
   eval_fns: dict[ModelConfig, Any] = dataclasses.field(default_factory=dict)  # the held-out eval per phase model
 
 
-def _num_shards(config: Any) -> int:
-  """Shards of every global batch: config.data.num_shards, or one per process."""
-  return config.data.num_shards or jax.process_count()
-
-
 # Where each field of `_spec` comes from, for a refused data state's message.
 _SPEC_FROM = {
     "seed": "config.seed + 1000 x the phase's index", "worker_count": "config.data.worker_count",
@@ -110,7 +105,7 @@ _SPEC_FROM = {
 
 
 def _spec(run: _Run, phase: phases_lib.Phase) -> pipeline.PipelineSpec:
-  num_shards = _num_shards(run.config)
+  num_shards = setup.num_shards(run.config)
   return pipeline.PipelineSpec(
       seq_len=phase.seq_len, global_batch=phase.global_batch, weights=phase.weights,
       instruction_tuning=phase.instruction_tuning, seed=run.config.seed + 1000 * phase.index,
@@ -382,13 +377,9 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   base_cfg = config_lib.model_config(config)
   mesh = setup.make_mesh(config, devices)
   done = (checkpointing.completed_steps(workdir) or [0])[-1]
-  shards = _num_shards(config)
   for phase in phases:
     if phase.end > done:  # a finished phase may have used another device count
       setup.check_phase(config, phase, phases_lib.model_config(base_cfg, phase), mesh)
-      if phase.global_batch % shards:
-        raise ValueError(f"phase {phase.name}: global batch {phase.global_batch} is not divisible by the "
-                         f"data shards ({shards}, config.data.num_shards or one per process)")
   # Read now: a wrong path would otherwise stop the run at the first phase's end.
   tasks = _task_examples(config.eval.tasks, config.eval.task_limit, workdir) if config.eval.tasks else {}
   lock = _lock(workdir)

@@ -130,9 +130,17 @@ def run_plan(config: Any) -> dict[str, Any]:
           "total_tokens": total_tokens, "total_hours_at_mfu": total_time / 3600, "phases": rows}
 
 
+def _count(n: float) -> str:
+  """1.5e10 -> "15.00B", 1.0e6 -> "1.00M", 716800 -> "716.80K"."""
+  for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+    if n >= scale:
+      return f"{n / scale:.2f}{suffix}"
+  return f"{n:g}"
+
+
 def _table(result: dict[str, Any], config: Any) -> str:
   gib = lambda b: f"{b / 1024**3:8.2f}"
-  lines = [f"plan: {result['params'] / 1e9:.2f}B parameters on {result['devices']} devices, mesh {result['mesh']}, "
+  lines = [f"plan: {_count(result['params'])} parameters on {result['devices']} devices, mesh {result['mesh']}, "
            f"{config.plan.device_memory_gb:g} GiB each ({result['device_memory_bytes'] / 1024**3:.1f} usable), "
            f"peak {config.plan.peak_tflops:g} TFLOP/s, "
            f"assumed MFU {config.plan.mfu:.0%}",
@@ -142,8 +150,9 @@ def _table(result: dict[str, Any], config: Any) -> str:
     lines.append(f"{r['phase']:<10} {r['seq_len']:>5} {r['global_batch']:>6} {gib(r['params_bytes'])}   "
                  f"{gib(r['optimizer_bytes'])}  {gib(r['activation_temp_bytes'])}   {gib(r['per_device_bytes'])}"
                  f"  {r['model_flops_per_step'] / 1e12:10.1f}  {r['step_time_s']:6.2f}")
-  lines.append(f"fits: {'yes' if result['fits'] else 'NO'}; {result['total_tokens'] / 1e9:.2f}B tokens in "
-               f"{result['total_hours_at_mfu']:.1f} h at the assumed MFU")
+  hours = result["total_hours_at_mfu"]
+  lines.append(f"fits: {'yes' if result['fits'] else 'NO'}; {_count(result['total_tokens'])} tokens in "
+               + (f"{hours:.1f} h" if hours >= 0.1 else f"{hours * 3600:.1f} s") + " at the assumed MFU")
   return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """What the trainer and `heal-jax plan` both build from a run config, so that the plan compiles
 exactly what the trainer runs: the device mesh, the checks of a phase against it, and the phase's
-jitted train step. The one reader of `config.mesh` and `config.train.{micro_steps, z_loss}`.
+jitted train step. The one reader of `config.mesh`, `config.train.{micro_steps, z_loss}` and
+`config.data.num_shards`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,19 @@ def make_mesh(config: Any, devices: list[Any] | None = None) -> jax.sharding.Mes
   return mesh_lib.make_mesh({k: config.mesh[k] for k in mesh_lib.AXES}, devices)
 
 
+def num_shards(config: Any) -> int:
+  """Shards of every global batch: config.data.num_shards, or one per process."""
+  return config.data.num_shards or jax.process_count()
+
+
 def check_phase(config: Any, phase: phases_lib.Phase, cfg: ModelConfig, mesh: jax.sharding.Mesh) -> None:
-  """ValueError if the phase's batch does not split into micro-batches over the data x fsdp devices,
-  or if a parameter above config.mesh.max_replicated_elements would be replicated on every device."""
+  """ValueError if the phase's batch does not split into micro-batches over the data x fsdp devices
+  or into the data shards, or if a parameter above config.mesh.max_replicated_elements would be
+  replicated on every device."""
   phases_lib.check_batch(phase, config.train.micro_steps, mesh.shape["data"] * mesh.shape["fsdp"])
+  if phase.global_batch % num_shards(config):
+    raise ValueError(f"phase {phase.name}: global batch {phase.global_batch} is not divisible by the data shards "
+                     f"({num_shards(config)}, config.data.num_shards or one per process)")
   shapes = jax.eval_shape(lambda: state_lib.unboxed_init(cfg, jax.random.PRNGKey(0)))
   mesh_lib.check_no_large_replicated(shapes, state_lib.param_shardings(cfg, mesh), config.mesh.max_replicated_elements)
 
