@@ -161,6 +161,18 @@ def test_sampling_is_reproducible_and_top_k_1_is_greedy(model, prompts, greedy_f
   assert top1 == greedy
 
 
+@pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-45])
+def test_a_tiny_temperature_samples_the_most_likely_token(temperature):
+  """Logits over a tiny temperature used to overflow to inf and make the draw NaN-driven (an empty note
+  from `generate --temperature 1e-38`); it is the argmax now, as the limit T -> 0 is."""
+  logits = jnp.array([[2.0, 7.5, -3.0, 7.25], [40.0, -1.0, 39.0, 0.0]])
+  filtered = sampling_lib.filter_logits(logits, sampling_lib.Sampling(temperature))
+  assert not np.isnan(np.asarray(filtered)).any()
+  for seed in range(5):
+    drawn = sampling_lib.sample(logits, jax.random.PRNGKey(seed), sampling_lib.Sampling(temperature))
+    assert drawn.tolist() == [1, 0]
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   kept = np.isfinite(sampling_lib.filter_logits(logits, sampling_lib.Sampling(1.0, 0, 0.75)))
@@ -244,6 +256,13 @@ def test_generate_main_errors_exit_2(checkpoint, tmp_path, capsys):
   assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(conv), "--temperature", "nan"]) == 2
   assert "temperature" in capsys.readouterr().err
   assert generate.main(["--checkpoint", str(checkpoint)]) == 2
+  capsys.readouterr()
+  for seed in ("4294967296", "-1", "99999999999999999999"):  # PRNGKey keeps 32 bits: 2**32 drew as 0 did
+    assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(conv), "--seed", seed]) == 2
+    assert f"--seed must be in [0, 2**32), got {seed}" in capsys.readouterr().err
+  (tmp_path / "empty_turns.txt").write_text("[doctor]\n[patient]\n")
+  assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(tmp_path / "empty_turns.txt")]) == 2
+  assert "all 2 turns are empty: no conversation text" in capsys.readouterr().err
 
 
 def test_sharded_decoding_matches_and_constrains_the_cache(model, prompts, greedy_fn):

@@ -126,22 +126,34 @@ def test_perplexity_matches_transformers(setup, shared_data, tmp_path):
   texts = [r["question"] for r in rows] + ["Short.", ""]
   data = tmp_path / "texts.jsonl"
   data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-  total, count = 0.0, 0
+  total, count, per_text = 0.0, 0, []
   for t in texts:
     ids = hf_tok(t)["input_ids"]  # BOS + text
     if len(ids) < 2:
+      per_text.append((0.0, 0))
       continue
     with torch.no_grad():
       logprobs = torch.log_softmax(torch_model(torch.tensor(ids[:-1])[None]).logits.double(), -1)[0]
-    total += float(logprobs.gather(1, torch.tensor(ids[1:])[:, None]).sum())
+    per_text.append((-float(logprobs.gather(1, torch.tensor(ids[1:])[:, None]).sum()), len(ids) - 1))
+    total -= per_text[-1][0]
     count += len(ids) - 1
   ours = perplexity.perplexity(model.cfg, model.params, tok, perplexity.read_texts(data), batch_size=4)
   assert ours["tokens"] == count and ours["texts"] == len(texts)
   np.testing.assert_allclose(ours["nll_per_token"], -total / count, atol=1e-4, rtol=0)
+  assert [r["index"] for r in ours["rows"]] == list(range(len(texts)))
+  assert [r["tokens"] for r in ours["rows"]] == [n for _, n in per_text]
+  np.testing.assert_allclose([r["nll"] for r in ours["rows"]], [nll for nll, _ in per_text], atol=1e-3, rtol=0)
+  assert ours["rows"][-1]["nll_per_token"] is None  # the empty text
   # Windows shorter than the texts predict every token once, each from a full-length context.
   short = perplexity.perplexity(model.cfg, model.params, tok, texts, batch_size=4, max_length=32)
   assert short["tokens"] == count and short["nll_per_token"] != ours["nll_per_token"]
-  assert run.main(["perplexity", "--checkpoint", str(ckpt), "--data", str(data)]) == 0
+  out = tmp_path / "ppl_rows.jsonl"
+  assert run.main(["perplexity", "--checkpoint", str(ckpt), "--data", str(data), "--output", str(out)]) == 0
+  written = [json.loads(line) for line in out.read_text().splitlines()]  # strict JSON: null, never NaN
+  assert [r["tokens"] for r in written] == [n for _, n in per_text] and written[-1]["nll_per_token"] is None
+  (tmp_path / "blank.jsonl").write_text('{"text": ""}\n{"text": ""}\n')
+  with pytest.raises(ValueError, match="no tokens to score: all 2 texts are empty"):  # was NaN in the JSON
+    perplexity.perplexity(model.cfg, model.params, tok, perplexity.read_texts(tmp_path / "blank.jsonl"))
 
 
 def test_rolling_windows_cover_each_token_once():
@@ -160,6 +172,17 @@ def test_rolling_windows_cover_each_token_once():
   for bad in (0, -5):  # -5 used to loop forever, growing the window list until memory ran out
     with pytest.raises(ValueError, match="max_length must be >= 1"):
       perplexity.rolling_windows(ids, 1, bad)
+
+
+def test_an_unwritable_output_is_refused_before_loading(tmp_path, capsys):
+  """A directory (or an input) as --output used to fail only after every question was scored."""
+  texts = tmp_path / "t.jsonl"
+  texts.write_text('{"text": "a"}\n')
+  for task, output in (("perplexity", tmp_path), ("medqa", texts)):
+    assert run.main([task, "--checkpoint", str(tmp_path / "none"), "--data", str(texts), "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert f"{output}: cannot write a file there" in err or f"{output} is also an input" in err
+    assert "none" not in err  # the checkpoint was never opened
 
 
 def test_max_length_below_one_is_refused_before_loading(tmp_path, capsys):

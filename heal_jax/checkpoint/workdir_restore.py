@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
+import time
 from typing import Any, Iterator, NamedTuple
 
 import jax
@@ -45,13 +46,24 @@ class StoredStep(NamedTuple):
 _GO_BACK = "remove that step's directory to use the step before it"
 
 
-def newest_step(workdir: pathlib.Path, step: int | None = None) -> StoredStep:
-  """The newest completed step of a work directory, or its completed step `step`."""
+def _manager(workdir: pathlib.Path) -> ocp.CheckpointManager:
   with _quiet_read_only():
-    mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS,
+    return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS,
                                  options=ocp.CheckpointManagerOptions(read_only=True, create=False,
                                                                       save_interval_steps=0),
                                  item_names=("state", "data", "meta"))
+
+
+def completed_steps(workdir: pathlib.Path) -> list[int]:
+  """Steps of WORKDIR's completed checkpoints, ascending (orbax names one by its step only once it is
+  complete; one being written has another name), read from the directory without opening orbax."""
+  steps = pathlib.Path(workdir) / WORKDIR_CHECKPOINTS
+  return sorted(int(p.name) for p in steps.iterdir() if p.name.isdigit()) if steps.is_dir() else []
+
+
+def newest_step(workdir: pathlib.Path, step: int | None = None) -> StoredStep:
+  """The newest completed step of a work directory, or its completed step `step`."""
+  mngr = _manager(workdir)
   completed = list(mngr.all_steps())
   if step is not None and step not in completed:
     mngr.close()
@@ -103,10 +115,33 @@ def params_sharded(stored: StoredStep, shardings: Any, dtype: Any) -> dict:
   return params
 
 
+_RETRIES = 3  # reads of the newest step that a running trainer may remove (checkpoint.keep) meanwhile
+
+
 def newest_params(workdir: pathlib.Path, dtype: Any = None, step: int | None = None,
                   **cfg_overrides: Any) -> tuple[ModelConfig, dict, int]:
   """(model config of the checkpoint's phase, numpy params, step) of the newest completed step, or of
-  the completed step `step`."""
+  the completed step `step`.
+
+  A trainer may be running in `workdir`: the newest step can be removed (its `checkpoint.keep` is
+  reached) while it is read. A failed read of the newest step is retried, up to `_RETRIES` times,
+  when the completed steps have changed meanwhile; it is an error (naming the step) otherwise.
+  """
+  for attempt in range(1, _RETRIES + 1):
+    before = completed_steps(workdir) if step is None else None
+    try:
+      return _params_of_step(workdir, dtype, step, cfg_overrides)
+    except Exception:  # pylint: disable=broad-except  # re-raised unless the trainer moved on
+      if before is None or attempt == _RETRIES:
+        raise
+      time.sleep(0.5 * attempt)  # a removal or save in progress: let it finish
+      if completed_steps(workdir) == before:
+        raise
+  raise AssertionError("unreachable")
+
+
+def _params_of_step(workdir: pathlib.Path, dtype: Any, step: int | None,
+                    cfg_overrides: dict[str, Any]) -> tuple[ModelConfig, dict, int]:
   cfg, state_dir, step, saved = newest_step(workdir, step)
   params = _restore_params(
       state_dir, lambda meta: jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta))

@@ -20,7 +20,8 @@ def normalize_conversation(text: str) -> str:
   and `..._guest:` speakers). A line without a speaker continues the turn above; blank lines are
   dropped. Training (`training_conversation`) and generation show conversations to the model this way.
 
-  Raises ValueError when the first non-blank line has no speaker or no turn is found.
+  Raises ValueError when the first non-blank line has no speaker, no turn is found or every turn is
+  empty.
   """
   turns: list[list[str]] = []
   for n, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
@@ -38,6 +39,8 @@ def normalize_conversation(text: str) -> str:
                        f"'BP: 120/80' is text), got {line[:60]!r}")
   if not turns:
     raise ValueError("no conversation turns found (the text is empty)")
+  if not any(said for _, said in turns):
+    raise ValueError(f"all {len(turns)} turns are empty: no conversation text")
   return "\n".join(f"[{speaker}] {said}".rstrip() for speaker, said in turns)
 
 

@@ -69,12 +69,12 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import sys
 from typing import Any, Mapping, Sequence
 
 from heal_jax.eval import facts as facts_lib
+from heal_jax.eval import output
 from heal_jax.eval import rouge as rouge_lib
 
 COVER_THRESHOLD = 0.5
@@ -417,32 +417,9 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _write_rows(path: pathlib.Path, rows: Sequence[Mapping[str, Any]]) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-
-
 def _error(message: str) -> int:
   print(f"heal-jax eval notes: error: {message}", file=sys.stderr)
   return 2
-
-
-def _check_writable(path: pathlib.Path, inputs: Sequence[pathlib.Path | None]) -> None:
-  """Checks, before any scoring, that `path` is none of the input files and can be written (its
-  folder is created)."""
-  for given in inputs:
-    if given is not None and path.exists() and given.exists() and path.samefile(given):
-      raise OSError(f"{path} is also an input ({given}): it would be overwritten; choose another output")
-  if path.exists() and not os.access(path, os.W_OK):
-    raise OSError(f"{path}: not writable")
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise OSError(f"{path}: cannot create its folder: {e}") from None
-  if path.is_dir() or not os.access(path.parent, os.W_OK):
-    raise OSError(f"{path}: cannot write a file there")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -454,10 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       parser.error("--read-review takes no --predictions, --references, --conversations or --review-sheet")
     try:
       if args.output:
-        _check_writable(args.output, [args.read_review])
+        output.check_writable(args.output, [args.read_review])
       summary, rows = read_review_sheet(args.read_review)
       if args.output:
-        _write_rows(args.output, rows)
+        output.write_rows(args.output, rows)
     except (OSError, InputError) as e:
       return _error(str(e))
     print(json.dumps(summary))
@@ -467,9 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     inputs = [args.predictions, args.references, args.conversations]
     if args.output:
-      _check_writable(args.output, inputs)
+      output.check_writable(args.output, inputs)
     if args.review_sheet:
-      _check_writable(args.review_sheet, inputs)
+      output.check_writable(args.review_sheet, inputs)
       if args.review_sheet.exists():  # it may hold clinicians' counts by now
         raise OSError(f"{args.review_sheet} exists (a review sheet may already be filled in): remove it or "
                       "choose another name")
@@ -493,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f"heal-jax eval notes: wrote the review sheet {sheet} and its rubric {instructions}", file=sys.stderr)
     means, rows = evaluate_notes(predictions, references, conversations)
     if args.output:
-      _write_rows(args.output, rows)
+      output.write_rows(args.output, rows)
   except OSError as e:
     return _error(str(e))
   means["references_without_prediction"] = float(unmatched)  # not in the means: score them as "" to count them

@@ -13,7 +13,9 @@ Texts are encoded with our sentencepiece `Tokenizer`; for a text that starts wit
 differently from `lm_eval`.
 
 Result: {"nll_per_token": -sum(log p) / tokens (token-weighted over all texts, in nats),
-         "tokens": total tokens, "texts": number of texts}. Empty texts count as texts with 0 tokens.
+         "tokens": total tokens, "texts": number of texts, "rows": one per text in input order,
+         {"index", "tokens", "nll" (sum, nats), "nll_per_token" (null for an empty text)}}. Empty texts
+count as texts with 0 tokens; texts that are all empty are an error (nothing to score).
 """
 
 from __future__ import annotations
@@ -62,10 +64,19 @@ def perplexity(cfg: ModelConfig, params: Any, tokenizer: loglik.TokenizerLike, t
                buckets: Sequence[int] | None = None) -> dict[str, Any]:
   """Token-weighted negative log-likelihood of `texts` (see the module docstring)."""
   max_length = loglik.resolve_max_length(cfg, max_length)
-  windows = []
-  for text in texts:
-    windows.extend(rolling_windows(tokenizer.encode(text, add_bos=False), tokenizer.bos_id, max_length))
+  windows, owner = [], []  # owner[j]: the text window j belongs to
+  for i, text in enumerate(texts):
+    mine = rolling_windows(tokenizer.encode(text, add_bos=False), tokenizer.bos_id, max_length)
+    windows.extend(mine)
+    owner.extend([i] * len(mine))
   tokens = sum(w.n_scored for w in windows)
+  if not tokens:
+    raise ValueError(f"no tokens to score: all {len(texts)} texts are empty")
   results = loglik.score_windows(cfg, params, windows, batch_size, buckets or loglik.default_buckets(max_length))
-  total = sum(r[0] for r in results)
-  return {"nll_per_token": -total / tokens if tokens else float("nan"), "tokens": tokens, "texts": len(texts)}
+  nll_T, tokens_T = [0.0] * len(texts), [0] * len(texts)
+  for i, window, (loglikelihood, _) in zip(owner, windows, results):
+    nll_T[i] -= loglikelihood
+    tokens_T[i] += window.n_scored
+  rows = [{"index": i, "tokens": n, "nll": nll, "nll_per_token": nll / n if n else None}
+          for i, (nll, n) in enumerate(zip(nll_T, tokens_T))]
+  return {"nll_per_token": sum(nll_T) / tokens, "tokens": tokens, "texts": len(texts), "rows": rows}

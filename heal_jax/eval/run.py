@@ -6,7 +6,9 @@
 
 For pubmedqa, --data is the directory holding ori_pqal.json and test_ground_truth.json. Multiple-choice
 tasks print {"task", "n", "acc", "acc_norm"} and write one row per question to --output in data order:
-{"id", "choices", "loglikelihoods", "pred", "gold"} plus "pred_norm" and "is_greedy". --limit N scores
+{"id", "choices", "loglikelihoods", "pred", "gold"} plus "pred_norm" and "is_greedy"; perplexity prints
+{"nll_per_token", "tokens", "texts"} and writes one row per text: {"index", "tokens", "nll",
+"nll_per_token"}. --output is checked (writable, not an input) before the model is loaded. --limit N scores
 a seeded random N questions, in file order (perplexity: the first N texts). Errors print a message on
 stderr and exit with status 2.
 """
@@ -31,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--data", required=True, type=pathlib.Path)
   p.add_argument("--limit", type=int, help="score N questions, a seeded random subset in file order (PubMedQA's "
                  "file lists all 'yes' first); for perplexity, the first N texts")
-  p.add_argument("--output", type=pathlib.Path, help="JSONL file of per-question rows")
+  p.add_argument("--output", type=pathlib.Path, help="JSONL file of per-question (perplexity: per-text) rows")
   p.add_argument("--num-fewshot", type=int, default=0)
   p.add_argument("--fewshot-data", type=pathlib.Path,
                  help="medqa only: jsonl of questions to draw shots from (default: the test file, minus the question)")
@@ -49,7 +51,7 @@ def _run(args: argparse.Namespace) -> dict:
   # Imported here so that `--help` and argument errors stay fast.
   from heal_jax.checkpoint.restore import load_model  # pylint: disable=import-outside-toplevel
   from heal_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
-  from heal_jax.eval import loglik, perplexity, tasks  # pylint: disable=import-outside-toplevel
+  from heal_jax.eval import loglik, output, perplexity, tasks  # pylint: disable=import-outside-toplevel
 
   if args.limit is not None and args.limit < 1:
     raise ValueError(f"--limit must be >= 1, got {args.limit}")
@@ -57,6 +59,8 @@ def _run(args: argparse.Namespace) -> dict:
     raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
   if args.max_length is not None and args.max_length < 1:
     raise ValueError(f"--max-length must be >= 1, got {args.max_length}")
+  if args.output:  # before the model is loaded: a bad path must not cost the scoring
+    output.check_writable(args.output, [args.data, args.fewshot_data])
   if args.task == "perplexity":
     texts = perplexity.read_texts(args.data)[:args.limit]
   else:
@@ -76,17 +80,17 @@ def _run(args: argparse.Namespace) -> dict:
           f"max_position_embeddings {model.cfg.max_position_embeddings}: positions it was not trained on",
           file=sys.stderr)
   if args.task == "perplexity":
-    return perplexity.perplexity(model.cfg, model.params, tokenizer, texts, args.batch_size,
-                                 max_length=args.max_length)
-  add_bos = model.add_bos if args.bos == "auto" else args.bos == "on"
-  result = loglik.evaluate(args.task, model.cfg, model.params, tokenizer, examples, args.batch_size,
-                           contexts=contexts, add_bos=add_bos, max_length=args.max_length)
+    result = perplexity.perplexity(model.cfg, model.params, tokenizer, texts, args.batch_size,
+                                   max_length=args.max_length)
+    summary_keys = ("nll_per_token", "tokens", "texts")
+  else:
+    add_bos = model.add_bos if args.bos == "auto" else args.bos == "on"
+    result = loglik.evaluate(args.task, model.cfg, model.params, tokenizer, examples, args.batch_size,
+                             contexts=contexts, add_bos=add_bos, max_length=args.max_length)
+    summary_keys = ("task", "n", "acc", "acc_norm")
   if args.output:
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as f:
-      for row in result["rows"]:
-        f.write(json.dumps(row) + "\n")
-  return {k: result[k] for k in ("task", "n", "acc", "acc_norm")}
+    output.write_rows(args.output, result["rows"])
+  return {k: result[k] for k in summary_keys}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

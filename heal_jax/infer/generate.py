@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="converted checkpoint or training work directory")
   parser.add_argument("--conversation", required=True, help="plain-text conversation file, or -")
   parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seed", type=int, default=0, help="sampling seed, 0 <= S < 2**32")
   parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy")
   parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")
   parser.add_argument("--top-p", type=float, default=1.0, help="1 = no limit")
@@ -117,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(e.code or 0)
   if args.max_new_tokens < 1:
     return _error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+  if not 0 <= args.seed < 2**32:  # jax.random.PRNGKey keeps 32 bits: 2**32 would draw as 0 does
+    return _error(f"--seed must be in [0, 2**32), got {args.seed}")
   try:
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
   except ValueError as e:

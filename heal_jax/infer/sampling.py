@@ -34,16 +34,25 @@ class Sampling:
     return self.temperature == 0
 
 
+# Below float32's smallest normal number a temperature is flushed to 0 on some backends (0 / 0 = NaN);
+# at 1e-30 every logit behind the top one by more than ~1e-28 already gets probability 0.
+_MIN_TEMPERATURE = 1e-30
+
+
 def _mask_below(logits_BxV: jax.Array, threshold_Bx1: jax.Array) -> jax.Array:
   return jnp.where(logits_BxV < threshold_Bx1, -jnp.inf, logits_BxV)
 
 
 def filter_logits(logits_BxV: jax.Array, sampling: Sampling) -> jax.Array:
-  """float32 logits scaled by 1/temperature with tokens outside top-k / top-p set to -inf.
+  """float32 logits less their row maximum, scaled by 1/temperature, with tokens outside top-k / top-p
+  set to -inf.
 
-  The most likely token always survives. Ties at the top-k or top-p boundary are all kept.
+  The most likely token always survives, at 0 (so a tiny temperature gives -inf, never NaN, to the
+  others: greedy in effect; temperatures below 1e-30 are taken as 1e-30). Ties at the top-k or top-p boundary are all kept.
   """
-  logits_BxV = logits_BxV.astype(jnp.float32) / sampling.temperature
+  logits_BxV = logits_BxV.astype(jnp.float32)
+  temperature = max(sampling.temperature, _MIN_TEMPERATURE)
+  logits_BxV = (logits_BxV - jnp.max(logits_BxV, axis=-1, keepdims=True)) / temperature
   if sampling.top_k:
     k = min(sampling.top_k, logits_BxV.shape[-1])
     kth_Bx1 = jax.lax.top_k(logits_BxV, k)[0][:, -1:]

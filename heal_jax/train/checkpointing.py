@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from heal_jax.checkpoint import errors, fingerprint, finite
 from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.checkpoint.restore import WORKDIR_CHECKPOINTS
+from heal_jax.checkpoint.workdir_restore import completed_steps
 from heal_jax.data import pipeline
 from heal_jax.model.config import ModelConfig
 
@@ -109,13 +110,6 @@ def warm_up(state: Any) -> None:
   SIGTERM, inside the scheduler's grace period, where a compile of many seconds would not fit. (A
   resume compiles it already, when `restore_state` checks the fingerprints.)"""
   fingerprint.fingerprints(state)
-
-
-def completed_steps(workdir: pathlib.Path) -> list[int]:
-  """Steps of WORKDIR's completed checkpoints, ascending (orbax names one by its step only once it is
-  complete; one being written has another name), read from the directory without opening orbax."""
-  steps = pathlib.Path(workdir) / WORKDIR_CHECKPOINTS
-  return sorted(int(p.name) for p in steps.iterdir() if p.name.isdigit()) if steps.is_dir() else []
 
 
 def has_completed_step(workdir: pathlib.Path) -> bool:

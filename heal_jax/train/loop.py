@@ -23,6 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from heal_jax import config as config_lib
+from heal_jax.checkpoint import workdir_restore
 from heal_jax.data import mixture, pipeline
 from heal_jax.model.config import ModelConfig
 from heal_jax.parallel import mesh as mesh_lib
@@ -259,7 +260,7 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
         _check_streak(host, config.train.max_bad_steps)  # after logging, so the skipped steps are on record
       if config.eval.every_steps and done % config.eval.every_steps == 0 and done != phase.end:
         t_eval = time.time()
-        run.writer.write(done, evaluate(run, state.params, cfg, phase), kind="eval")
+        _eval_and_log(run, state.params, cfg, phase, done)
         t_last += time.time() - t_eval  # keep evaluation out of the step time
       preempted = run.preempt.reached(done)
       if done % config.checkpoint.every_steps == 0 or done == phase.end or preempted:
@@ -291,11 +292,16 @@ def _log_overlong(run: _Run, phase: phases_lib.Phase) -> None:
                      "train the response without the start of its prompt. Raise the phase's seq_len to fit them")
 
 
-def _phase_end_eval(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) -> None:
+def _eval_and_log(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase, step: int) -> None:
+  """Held-out loss per source (and task accuracies) at `step`: to metrics.jsonl, TensorBoard and the console."""
   heldout = evaluate(run, params, cfg, phase)
   if heldout:
-    run.writer.write(int(phase.end), heldout, kind="eval")
-    run.writer.log(f"{phase.name} held-out " + ", ".join(f"{k} {v:.4f}" for k, v in heldout.items()))
+    run.writer.write(step, heldout, kind="eval")
+    run.writer.log(f"{phase.name} step {step} held-out " + ", ".join(f"{k} {v:.4f}" for k, v in heldout.items()))
+
+
+def _phase_end_eval(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) -> None:
+  _eval_and_log(run, params, cfg, phase, int(phase.end))
 
 
 def _eval_row_missing(workdir: pathlib.Path, step: int) -> bool:
@@ -376,7 +382,7 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   phases = phases_lib.from_config(config)
   base_cfg = config_lib.model_config(config)
   mesh = setup.make_mesh(config, devices)
-  done = (checkpointing.completed_steps(workdir) or [0])[-1]
+  done = (workdir_restore.completed_steps(workdir) or [0])[-1]
   for phase in phases:
     if phase.end > done:  # a finished phase may have used another device count
       setup.check_phase(config, phase, phases_lib.model_config(base_cfg, phase), mesh)
