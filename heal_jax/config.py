@@ -27,7 +27,9 @@ from heal_jax.model.config import ConfigError, ModelConfig  # one ConfigError fo
 
 
 def base_model_config() -> ml_collections.ConfigDict:
-  """Model fields (mirrors `ModelConfig`; read in exactly one place, `model_config`)."""
+  """Model fields: those of `ModelConfig`, with a run's defaults (LLaMA2-7B shape, bf16 compute,
+  attention "auto"; `ModelConfig`'s own defaults are float32 and "xla"). Read in exactly one place,
+  `model_config`."""
   return ml_collections.ConfigDict(dict(
       vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
       num_kv_heads=32, head_dim=ml_collections.FieldReference(None, field_type=int),

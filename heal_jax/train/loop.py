@@ -378,11 +378,12 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   workdir = pathlib.Path(workdir).absolute()
   # A bad data, phase, model or mesh setting fails here, before anything is written to the work directory.
   mixture.check_config(config, workdir)
-  init_lib.check_source(config.init_from)
+  done = (workdir_restore.completed_steps(workdir) or [0])[-1]
+  if not done:  # (a resume reads its own checkpoint: the weights it started from may be gone by now)
+    init_lib.check_source(config.init_from)
   phases = phases_lib.from_config(config)
   base_cfg = config_lib.model_config(config)
   mesh = setup.make_mesh(config, devices)
-  done = (workdir_restore.completed_steps(workdir) or [0])[-1]
   for phase in phases:
     if phase.end > done:  # a finished phase may have used another device count
       setup.check_phase(config, phase, phases_lib.model_config(base_cfg, phase), mesh)
