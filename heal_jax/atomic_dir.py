@@ -5,13 +5,17 @@ block succeeds and removed when it raises. An existing NAME is first renamed asi
 (`.NAME.old-HOST-PID`) and removed only after the new one is in place, with SIGTERM and SIGINT held
 back across the two renames, so a signal never leaves neither. A process killed outright (SIGKILL,
 out of memory) cannot clean up: its staging directory stays, and the next `staged(NAME)` on the same
-host removes it once that process is gone. Staging directories of other hosts (a shared filesystem)
-are left alone: their owner may still be writing.
+host removes it once that process is gone; a previous output it had set aside but not yet replaced
+(killed between the two renames) is put back as NAME first. Staging directories of other hosts (a
+shared filesystem) are left alone: their owner may still be writing. Hosts are told apart by
+hostname: containers that share one hostname but not their process ids should not write the same
+output at the same time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import pathlib
 import shutil
@@ -23,10 +27,12 @@ _KINDS = ("partial", "old")
 
 
 def _suffix() -> str:
+  """"HOST-PID" of this process: whose staging directory it is."""
   return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _alive(pid: int) -> bool:
+  """Whether process `pid` of this host exists (another user's counts)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -41,7 +47,7 @@ def stale(dst: pathlib.Path) -> list[pathlib.Path]:
   host = socket.gethostname()
   found = []
   for kind in _KINDS:
-    for path in dst.parent.glob(f".{dst.name}.{kind}-*"):
+    for path in dst.parent.glob(f"{glob.escape(f'.{dst.name}.{kind}-')}*"):
       owner, _, pid = path.name[len(f".{dst.name}.{kind}-"):].rpartition("-")
       if owner == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
         found.append(path)
@@ -62,7 +68,10 @@ def staged(dst: pathlib.Path) -> Iterator[pathlib.Path]:
     dst = dst.resolve()
   dst.parent.mkdir(parents=True, exist_ok=True)
   for leftover in stale(dst):
-    shutil.rmtree(leftover, ignore_errors=True)
+    if leftover.name.startswith(f".{dst.name}.old-") and not dst.exists():
+      leftover.rename(dst)  # the previous output, set aside by a writer killed before its replacement
+    else:
+      shutil.rmtree(leftover, ignore_errors=True)
   staging = dst.parent / f".{dst.name}.partial-{_suffix()}"
   shutil.rmtree(staging, ignore_errors=True)
   staging.mkdir()
@@ -80,6 +89,7 @@ def staged(dst: pathlib.Path) -> Iterator[pathlib.Path]:
 
 
 def _publish(staging: pathlib.Path, dst: pathlib.Path) -> None:
+  """Renames `staging` to `dst`; a non-empty `dst` is set aside first and removed after."""
   if dst.is_dir() and any(dst.iterdir()):
     old = dst.parent / f".{dst.name}.old-{_suffix()}"
     shutil.rmtree(old, ignore_errors=True)

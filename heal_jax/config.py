@@ -229,7 +229,9 @@ def _check_schema(node: Any, schema: ml_collections.ConfigDict, prefix: str = ""
       if default.keys():
         _check_schema(value, default, f"{name}.")
     elif not _same_type(value, default):
-      raise ConfigError(f"config key {name}: expected {type(default).__name__}, got {value!r} ({type(value).__name__})")
+      hint = " (use '' for none)" if value is None and isinstance(default, str) else ""
+      raise ConfigError(f"config key {name}: expected {type(default).__name__}, got {value!r} "
+                        f"({type(value).__name__}){hint}")
   missing = [key for key in schema.keys() if key not in node]
   if missing:
     raise ConfigError(f"config key {prefix}{missing[0]} is missing (build the config from heal_jax.config's "

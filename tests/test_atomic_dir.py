@@ -99,3 +99,19 @@ def test_sigterm_while_writing_leaves_no_staging(tmp_path):
   while time.time() < deadline and os.listdir(tmp_path):
     time.sleep(0.05)
   assert os.listdir(tmp_path) == []
+
+
+def test_an_output_set_aside_by_a_killed_writer_is_put_back(tmp_path):
+  """Killed between its two renames, a writer leaves no NAME and the previous output as `.NAME.old-...`:
+  the next write restores it first, so a failure of that write too still leaves the previous output."""
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  dst = tmp_path / "run[1]"  # glob characters in the name: its leftovers are still found
+  old = tmp_path / f".run[1].old-{socket.gethostname()}-{dead.pid}"
+  old.mkdir()
+  (old / "weights.bin").write_text("previous")
+  with pytest.raises(RuntimeError):
+    with atomic_dir.staged(dst) as staging:
+      (staging / "weights.bin").write_text("half")
+      raise RuntimeError("the new write fails too")
+  assert (dst / "weights.bin").read_text() == "previous" and _siblings(dst) == []

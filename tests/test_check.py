@@ -333,16 +333,25 @@ def test_conversations_without_recognised_turns_are_reported(tmp_path, capsys):
   assert json.loads(capsys.readouterr().out)["conversations_without_turns"]["count"] == 2
 
 
-@pytest.mark.parametrize("first_line", [
-    '{"text": "Mrs Jones, 54, reports chest pain since Monday, worse on exertion"}',
-    "Patient reports chest pain since Monday, worse on exertion, no fever, took aspirin this morning",
+@pytest.mark.parametrize("first_line, message", [
+    ('{"text": "Mrs Jones, 54, reports chest pain since Monday, worse on exertion"}', "the first line is JSON"),
+    ("Patient reports chest pain since Monday, worse on exertion, no fever, took aspirin this morning",
+     "the first line does not look like a CSV header"),
 ])
-def test_a_file_that_is_not_csv_is_named_without_its_text(tmp_path, first_line):
+def test_a_file_that_is_not_csv_is_named_without_its_text(tmp_path, first_line, message):
   """Read as CSV, a JSON or text file's first line is no header: the error gives its shape, never its
   words (an error message goes to logs, and data here is patient text)."""
   path = tmp_path / "notes.csv"
   path.write_text(first_line + "\n")
   with pytest.raises(check.FileError) as e:
     list(check.iter_records(path, "document"))
-  assert "the first line does not look like a CSV header" in str(e.value) and f"{path}:1" in str(e.value)
+  assert message in str(e.value) and f"{path}:1" in str(e.value)
   assert not any(word in str(e.value) for word in ("Jones", "chest", "Monday", "aspirin"))
+
+
+def test_a_real_header_with_punctuation_is_listed(tmp_path):
+  path = tmp_path / "notes.csv"
+  path.write_text("ID, Patient's Age (years), Visit date: first?, [Dept] & Unit, % Dose\n1,2,3,4,5\n")
+  with pytest.raises(check.FileError, match=r"CSV missing columns: text \(header: ID,  Patient's Age \(years\), "
+                     r" Visit date: first\?,  \[Dept\] & Unit,  % Dose\)"):
+    list(check.iter_records(path, "document"))

@@ -419,9 +419,10 @@ def test_a_read_of_the_newest_step_that_training_removes_meanwhile_reads_the_new
                                                                                          monkeypatch):
   """eval, generate and export read a work directory's newest step while its trainer may be running and
   remove that step (checkpoint.keep): such a read failed about 3% of the time in a probe, with advice to
-  delete the step. A failed read is now retried when the completed steps changed meanwhile."""
+  delete the step. A failed read is now retried when the step it read is gone."""
   import shutil  # pylint: disable=import-outside-toplevel
   from heal_jax.checkpoint import workdir_restore  # pylint: disable=import-outside-toplevel
+  from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / "w"
   loop.train(train_helpers.load(data_root, 3, ("--config.checkpoint.every_steps=1",)), workdir)
   real = workdir_restore.newest_step
@@ -437,6 +438,26 @@ def test_a_read_of_the_newest_step_that_training_removes_meanwhile_reads_the_new
   monkeypatch.setattr(workdir_restore, "newest_step", removed_while_read)
   loaded = restore.load_model(workdir)
   assert picked == [3, 2] and loaded.source == f"{workdir} step 2"
+
+  # A damaged newest step that stays is an error naming it, even when the trainer saves a newer one
+  # meanwhile: never silently replaced by another step.
+  monkeypatch.setattr(workdir_restore, "newest_step", real)
+  loop.train(train_helpers.load(data_root, 4, ("--config.checkpoint.every_steps=1",)), workdir)  # steps 2..4
+  data_file = max((p for p in (workdir / "checkpoints" / "4" / "state").rglob("*") if p.is_file() and
+                   p.parent.name == "d"), key=lambda p: p.stat().st_size)
+  data_file.write_bytes(data_file.read_bytes()[:100])
+  real_params = workdir_restore._params_of_step  # pylint: disable=protected-access
+
+  def newer_step_saved(*args):
+    try:
+      return real_params(*args)
+    finally:  # a complete step 5 appears while step 4 is read, as the trainer's next save would
+      if not (workdir / "checkpoints" / "5").exists():
+        shutil.copytree(workdir / "checkpoints" / "3", workdir / "checkpoints" / "5")
+
+  monkeypatch.setattr(workdir_restore, "_params_of_step", newer_step_saved)
+  with pytest.raises(CheckpointError, match=r"checkpoints/4 cannot be read"):
+    restore.load_model(workdir)
 
 
 def test_damaged_checkpoint_files_are_named_with_the_step_to_go_back_to(data_root, tmp_path):
@@ -564,3 +585,12 @@ def test_a_held_out_source_without_target_tokens_is_named(data_root, tmp_path, c
           f"(longest {max(lengths):,} tokens); each is split into windows") in err
   evals = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
   assert not any("loss/clinical" in r for r in evals if r["kind"] == "eval")
+
+
+def test_every_data_state_field_names_its_config_key():
+  """A refused data state names the config keys of the fields that differ: every field of the state
+  (PipelineSpec's, and the examples per source) has one."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from heal_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  fields = {f.name for f in dataclasses.fields(pipeline.PipelineSpec)} | {"examples"}
+  assert fields == set(loop._SPEC_FROM)  # pylint: disable=protected-access

@@ -124,18 +124,19 @@ def newest_params(workdir: pathlib.Path, dtype: Any = None, step: int | None = N
   the completed step `step`.
 
   A trainer may be running in `workdir`: the newest step can be removed (its `checkpoint.keep` is
-  reached) while it is read. A failed read of the newest step is retried, up to `_RETRIES` times,
-  when the completed steps have changed meanwhile; it is an error (naming the step) otherwise.
+  reached) while it is read. A failed read of the newest step is retried on the new newest, up to
+  `_RETRIES` times, only when the step it read is gone by then; a step that is still there failed
+  for its own reasons (damage, a bad override) and is an error naming it.
   """
   for attempt in range(1, _RETRIES + 1):
-    before = completed_steps(workdir) if step is None else None
+    picked = (completed_steps(workdir) or [None])[-1] if step is None else None
     try:
       return _params_of_step(workdir, dtype, step, cfg_overrides)
-    except Exception:  # pylint: disable=broad-except  # re-raised unless the trainer moved on
-      if before is None or attempt == _RETRIES:
+    except Exception:  # pylint: disable=broad-except  # re-raised unless the step read was removed meanwhile
+      if picked is None or attempt == _RETRIES:
         raise
-      time.sleep(0.5 * attempt)  # a removal or save in progress: let it finish
-      if completed_steps(workdir) == before:
+      time.sleep(0.5 * attempt)  # a removal in progress: let it finish
+      if picked in completed_steps(workdir):
         raise
   raise AssertionError("unreachable")
 

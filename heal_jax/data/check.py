@@ -270,16 +270,18 @@ def _iter_text(path, kind, columns):
     yield (n, None, problem) if problem else (n, *_record({columns["text"]: line}, kind, columns))
 
 
-_COLUMN_NAME = re.compile(r"^[\w .#()/-]{0,40}$")
+_COLUMN_NAME = re.compile(r"^[\w .#()/:?&'%+\[\]-]{0,60}$")
 
 
 def _describe_header(header: list[str]) -> str:
-  """The header's column names, unless the first line does not look like one (a JSON record, a line
-  of text): then only its shape, since an error message must not carry a record's text."""
-  if len(header) <= 64 and all(_COLUMN_NAME.match(name) and len(name.split()) <= 4 for name in header):
+  """The header's column names, unless the first line does not look like a header (a JSON record, a
+  line of text): then only its shape, since an error message must not carry a record's text."""
+  if header and header[0].lstrip().startswith(("{", "[")) and not _COLUMN_NAME.match(header[0]):
+    return "the first line is JSON, not a CSV header: is this a JSON Lines file (format jsonl)?"
+  if len(header) <= 100 and all(_COLUMN_NAME.match(name) and len(name.split()) <= 4 for name in header):
     return f"header: {', '.join(header)}"
   return (f"the first line does not look like a CSV header: {len(header)} field(s), the longest "
-          f"{max(len(name) for name in header)} characters; is this file CSV?")
+          f"{max(len(name) for name in header)} characters (not shown: it may be a record's text)")
 
 
 def _iter_csv(path, kind, columns):

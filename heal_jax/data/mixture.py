@@ -65,7 +65,7 @@ def check_config(config: Any, workdir: pathlib.Path | None) -> None:
   if config.data.bootstrap and workdir is not None:  # (`data prepare` bootstraps only with --workdir)
     _bootstrap_target(workdir / "corpus", "instructions.jsonl", "the bundled corpus's folder")
     _bootstrap_target(tok_dir, tokenizer_lib.MODEL_FILE, "config.data.tokenizer")
-  sources_lib.from_config(config.data.sources, workdir=str(workdir), require_files=False)
+  sources_lib.from_config(config.data.sources, workdir=None if workdir is None else str(workdir), require_files=False)
   if config.data.on_error not in sources_lib.ON_ERROR:
     raise sources_lib.DataError(f"config.data.on_error={config.data.on_error!r}; expected one of "
                                 f"{', '.join(sources_lib.ON_ERROR)}")

@@ -52,7 +52,8 @@ def filter_logits(logits_BxV: jax.Array, sampling: Sampling) -> jax.Array:
   """
   logits_BxV = logits_BxV.astype(jnp.float32)
   temperature = max(sampling.temperature, _MIN_TEMPERATURE)
-  logits_BxV = (logits_BxV - jnp.max(logits_BxV, axis=-1, keepdims=True)) / temperature
+  top_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
+  logits_BxV = (logits_BxV - jnp.where(jnp.isfinite(top_Bx1), top_Bx1, 0.0)) / temperature
   if sampling.top_k:
     k = min(sampling.top_k, logits_BxV.shape[-1])
     kth_Bx1 = jax.lax.top_k(logits_BxV, k)[0][:, -1:]

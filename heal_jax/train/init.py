@@ -125,7 +125,7 @@ def from_checkpoint(path: pathlib.Path, cfg: ModelConfig, shardings: Any, notes:
   blocks), cast to param_dtype on read; a scanned / unscanned difference of layout is bridged on the
   devices."""
   from heal_jax.checkpoint import params_store, restore, workdir_restore  # pylint: disable=import-outside-toplevel
-  run_dir = not (path / params_store.MANIFEST).is_file() and restore.is_workdir(path)
+  run_dir = _source_kind(path) == "workdir"
   if run_dir:
     stored = workdir_restore.newest_step(*restore.workdir_and_step(path))
     stored_cfg = stored.cfg
@@ -166,6 +166,18 @@ def check_tokenizer(init_from: str, tokenizer_model: pathlib.Path) -> None:
                      f"--config.data.tokenizer={theirs.parent}")
 
 
+def _source_kind(path: pathlib.Path) -> str | None:
+  """"checkpoint" (converted), "workdir" (or one of its steps), "hf", or None: what `path` holds."""
+  from heal_jax.checkpoint import params_store, restore  # pylint: disable=import-outside-toplevel
+  if (path / params_store.MANIFEST).is_file():  # a converted checkpoint comes first, as in load_model
+    return "checkpoint"
+  if restore.is_workdir(path):  # (a work directory has a config.json too: the run's config)
+    return "workdir"
+  if (path / "config.json").is_file():
+    return "hf"
+  return None
+
+
 def check_source(init_from: str) -> None:
   """config.init_from, checked before a run locks or reads anything: "" or a directory that is an HF
   checkpoint (config.json), a converted one (heal_checkpoint.json), a work directory or one of its
@@ -176,7 +188,7 @@ def check_source(init_from: str) -> None:
   path = pathlib.Path(init_from)
   if not path.is_dir():
     raise ValueError(f"config.init_from={init_from!r}: {'not a directory' if path.exists() else 'no such directory'}")
-  if not ((path / params_store.MANIFEST).is_file() or restore.is_workdir(path) or (path / "config.json").is_file()):
+  if _source_kind(path) is None:
     raise ValueError(f"config.init_from={init_from!r} is neither an HF checkpoint (config.json), a converted "
                      f"checkpoint ({params_store.MANIFEST}), a work directory ({restore.WORKDIR_CHECKPOINTS}/) nor "
                      f"one of its steps")
@@ -190,16 +202,14 @@ def initial_params(init_from: str, cfg: ModelConfig, shardings: Any, seed: int) 
     init = jax.jit(lambda key: state_lib.unboxed_init(cfg, key), out_shardings=shardings)
     return init(jax.random.PRNGKey(seed)), f"from scratch (seed {seed})"
   path = pathlib.Path(init_from)
-  from heal_jax.checkpoint import finite, params_store, restore  # pylint: disable=import-outside-toplevel
+  from heal_jax.checkpoint import finite  # pylint: disable=import-outside-toplevel
   notes: list[str] = []
-  if (path / params_store.MANIFEST).is_file():  # a converted checkpoint comes first, as in load_model
-    params, how = from_checkpoint(path, cfg, shardings, notes), f"from {path}"
-  elif restore.is_workdir(path):  # (a work directory has a config.json too: the run's config)
-    params, how = from_checkpoint(path, cfg, shardings, notes), f"from work directory {path}"
-  elif (path / "config.json").is_file():
+  kind = _source_kind(path)
+  if kind == "hf":
     params, how = from_hf(path, cfg, shardings, notes), f"from HF {path}"
-  else:  # CheckpointError naming what is missing
-    params, how = from_checkpoint(path, cfg, shardings, notes), f"from {path}"
+  else:  # (None: from_checkpoint's CheckpointError names what is missing)
+    where = f"work directory {path}" if kind == "workdir" else str(path)
+    params, how = from_checkpoint(path, cfg, shardings, notes), f"from {where}"
   how += "".join(f" ({note})" for note in notes)
   finite.require_finite(params, f"init_from {path} (read as {jax.numpy.dtype(cfg.param_dtype).name})")
   return params, how
