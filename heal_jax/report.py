@@ -16,7 +16,9 @@ Whatever writes it (a script gathering `heal-jax eval ...` outputs) picks the na
 shows every metric found in any arm, a blank where an arm lacks it. Values that are not numbers are skipped.
 
 Conventions: a train row at step s covers steps up to s and belongs to the phase with start < s <= end.
-When a run was resumed, steps it repeated are logged twice; the later row wins. Tokens seen = steps run x
+When a run restarted from a checkpoint, the rows an earlier attempt wrote after that checkpoint
+(a train row whose step is not above the one before it marks the restart) are dropped: the trainer
+drops them from metrics.jsonl itself since 2026-11-28, logs written before may still hold them. Tokens seen = steps run x
 global batch x seq_len per phase (packed positions, padding included). Training time = sum of step_time_s
 over the steps run (compilation included, time lost to restarts not).
 """
@@ -68,7 +70,8 @@ class RunData:
 
 
 def read_metrics(path: pathlib.Path) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-  """(train rows, eval rows), each sorted by step with one row per step (the last written wins)."""
+  """(train rows, eval rows), each sorted by step with one row per step: at a restart (see the module
+  docstring) the rows of the attempt it replaced are dropped."""
   if not path.is_file():
     raise ReportError(f"{path} not found: is this a heal-jax work directory?")
   lines = _text(path).splitlines()
@@ -85,6 +88,10 @@ def read_metrics(path: pathlib.Path) -> tuple[list[dict[str, float]], list[dict[
         print(f"heal-jax report: skipping the truncated last line of {path}", file=sys.stderr)
         continue
       raise ReportError(f"{path}:{n}: malformed metrics row ({e})") from e
+    if kind == "train" and by_kind["train"] and step <= max(by_kind["train"]):
+      for rows in by_kind.values():  # a restart from an earlier checkpoint: the rows of the attempt it replaced
+        for old in [s for s in rows if s >= step]:
+          del rows[old]
     if kind in by_kind:
       by_kind[kind][step] = {k: float(v) for k, v in row.items()
                              if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -310,6 +317,9 @@ def run_section(run: RunData, out_dir: pathlib.Path) -> list[str]:
   summary = [("steps run", f"{done} of {planned}" if known else f"{done} (planned: unknown, no config.json)"),
              ("tokens seen", f"{tokens:,.0f}" if known else "unknown (no config.json)"),
              ("training time (s)", _fmt(seconds, 1)), ("final train loss", _fmt(_last(run.train, "loss")))]
+  skipped = _last(run.train, "skipped_steps")
+  if skipped:
+    summary.append(("skipped steps (non-finite loss or gradient)", f"{skipped:.0f}"))
   if run.train and len(run.train) > 1:
     summary.append(("wall-clock span of the log (s)", _fmt(run.train[-1]["time"] - run.train[0]["time"], 1)))
   lines += _table(["", "value"], summary)
@@ -331,11 +341,14 @@ def run_section(run: RunData, out_dir: pathlib.Path) -> list[str]:
   lines += ["## Plots", ""]
   plots = []
   if run.train:
-    plots += [("Training loss per phase", plot_loss(run, out_dir / "loss.png")),
-              ("Training loss per source", plot_lines(run, run.train, "loss", "train loss (nats/token)",
-                                                      out_dir / "loss_per_source.png")),
-              ("Realised mixture proportions (share of target tokens)", plot_mixture(run, out_dir / "mixture.png")),
-              ("Throughput" + (" and MFU" if any("mfu" in r for r in run.train) else ""),
+    plots += [("Training loss per phase", plot_loss(run, out_dir / "loss.png"))]
+    if run.sources("loss", run.train):  # (none in rows whose steps were all skipped, or in older logs)
+      plots += [("Training loss per source", plot_lines(run, run.train, "loss", "train loss (nats/token)",
+                                                        out_dir / "loss_per_source.png"))]
+    if run.sources("share", run.train):
+      plots += [("Realised mixture proportions (share of target tokens)",
+                 plot_mixture(run, out_dir / "mixture.png"))]
+    plots += [("Throughput" + (" and MFU" if any("mfu" in r for r in run.train) else ""),
                plot_throughput(run, out_dir / "throughput.png"))]
   if run.eval:
     plots.append(("Held-out loss per source", plot_lines(run, run.eval, "loss", "held-out loss (nats/token)",

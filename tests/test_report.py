@@ -99,7 +99,7 @@ def test_cli_ablation_with_eval_results(run_dir, tmp_path, capsys):
 
 
 def test_phases_resume_and_mfu(tmp_path):
-  """Two phases from config.json, a resumed run's repeated steps (the later row wins), MFU when present."""
+  """Two phases from config.json, a resumed run's repeated steps (the later rows win), MFU when present."""
   workdir = tmp_path / "w"
   workdir.mkdir()
   config = {"phase_order": "pretrain,extend", "train": {"global_batch": 4},
@@ -123,6 +123,25 @@ def test_phases_resume_and_mfu(tmp_path):
   with pytest.raises(report.ReportError, match=r"metrics.jsonl:2: malformed"):
     report.build_report(workdir, tmp_path / "out2")
   assert report.main(["--workdir", str(tmp_path / "missing")]) == 1
+
+
+def test_rows_of_an_attempt_a_restart_replaced_are_dropped(tmp_path):
+  """An attempt killed at step 5 after the checkpoint of step 2 left rows 3-5 and an eval at 4; the
+  restart from 2 logged 3-4 and stopped. The report used to count step 5 (steps run 5, its loss)."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  config = {"phase_order": "pretrain", "train": {"global_batch": 4},
+            "phases": {"pretrain": {"steps": 8, "seq_len": 16, "global_batch": 0}}}
+  (workdir / "config.json").write_text(json.dumps(config))
+  row = lambda s, loss, **kw: {"step": s, "kind": "train", "time": float(s), "loss": loss, "step_time_s": 1.0, **kw}
+  rows = [row(1, 5.0), row(2, 4.0), row(3, 9.0), row(4, 9.0), {"step": 4, "kind": "eval", "loss/a": 9.9},
+          row(5, 9.0, skipped_steps=1), row(3, 3.0), row(4, 2.5, skipped_steps=2)]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  train, evals = report.read_metrics(workdir / "metrics.jsonl")
+  assert [(r["step"], r["loss"]) for r in train] == [(1, 5.0), (2, 4.0), (3, 3.0), (4, 2.5)] and evals == []
+  text = report.build_report(workdir, tmp_path / "out").read_text()
+  assert "| steps run | 4 of 8 |" in text and "| final train loss | 2.5000 |" in text
+  assert "| skipped steps (non-finite loss or gradient) | 2 |" in text
 
 
 def test_a_missing_work_directory_is_an_error_that_writes_nothing(tmp_path, capsys):

@@ -25,6 +25,10 @@ def _event_class():
   event.field.add(name="file_version", number=3, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
   event.field.add(name="summary", number=5, type=T.TYPE_MESSAGE, label=T.LABEL_OPTIONAL,
                   type_name=".tensorflow.Summary")
+  session_log = f.message_type.add(name="SessionLog")
+  session_log.field.add(name="status", number=1, type=T.TYPE_INT32, label=T.LABEL_OPTIONAL)  # enum on the wire
+  event.field.add(name="session_log", number=7, type=T.TYPE_MESSAGE, label=T.LABEL_OPTIONAL,
+                  type_name=".tensorflow.SessionLog")
   pool = descriptor_pool.DescriptorPool()
   pool.Add(f)
   return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Event"))
@@ -91,3 +95,28 @@ def test_a_half_written_metrics_row_is_dropped_on_resume(tmp_path):
   writer.close()
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [(r["step"], r["loss"]) for r in rows] == [(1, 2.0), (2, 1.5)]
+
+
+def test_a_restart_drops_the_rows_and_events_of_the_attempt_it_replaces(tmp_path):
+  """A run killed after step 6's checkpoint but at step 9 left rows 7-9, which a resume from 6 trains
+  again: they are dropped from metrics.jsonl (the report counted them, giving a dead attempt's final
+  loss), and TensorBoard gets SessionLog START at step 7, on which it drops events at steps >= 7."""
+  import json  # pylint: disable=import-outside-toplevel
+  writer = metrics.MetricWriter(tmp_path)
+  for step in range(1, 10):
+    writer.write(step, {"loss": 10.0 - step})
+  writer.write(6, {"loss/general": 3.0}, kind="eval")
+  writer.close()
+  writer = metrics.MetricWriter(tmp_path)  # the resumed run, from the checkpoint of step 6
+  writer.restart_at(6)
+  writer.write(7, {"loss": 0.5, "grad_norm": float("nan")})  # strict JSON: NaN is written as null
+  writer.close()
+  text = (tmp_path / "metrics.jsonl").read_text()
+  rows = [json.loads(line) for line in text.splitlines()]
+  assert [(r["step"], r["kind"]) for r in rows] == [(s, "train") for s in range(1, 7)] + [(6, "eval"), (7, "train")]
+  assert rows[-1]["loss"] == 0.5 and rows[-1]["grad_norm"] is None and "NaN" not in text
+  second = sorted((tmp_path / "tensorboard").glob("*tfevents*"))[-1]
+  events = [_event_class().FromString(r) for r in _records(second)]
+  starts = [e for e in events if e.HasField("session_log")]
+  assert [(e.step, e.session_log.status) for e in starts] == [(7, 1)]  # START = 1
+  assert events.index(starts[0]) < events.index(next(e for e in events if e.HasField("summary")))

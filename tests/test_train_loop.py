@@ -317,7 +317,7 @@ def test_non_finite_steps_are_skipped_counted_and_halt_the_run(data_root, tmp_pa
   with pytest.raises(loop.TrainingHalted, match="3 consecutive steps with a non-finite"):
     loop.train(config, tmp_path / "bad")
   rows = [r for r in train_helpers.losses(tmp_path / "bad").items()]
-  assert rows and all(not np.isfinite(loss) for _, loss in rows)
+  assert rows and all(loss is None for _, loss in rows)  # no finite step to average: null (strict JSON)
   import json  # pylint: disable=import-outside-toplevel
   logged = [json.loads(line) for line in (tmp_path / "bad" / "metrics.jsonl").read_text().splitlines()]
   assert [r["skipped_steps"] for r in logged if r["kind"] == "train"][:3] == [1, 2, 3]
@@ -515,6 +515,27 @@ def _drop_eval_rows(workdir: pathlib.Path, step: int) -> None:
   path.write_text("".join(row + "\n" for row in rows))
 
 
+def test_a_logged_row_sums_its_interval_of_steps(data_root, tmp_path):
+  """With metrics.every_steps=5 a row's losses are token-weighted over its 5 steps, its target tokens
+  and grad norm the means per step (they were the 5th step's alone): checked against the per-step
+  rows of the same run logged every step (CPU fp32 is deterministic)."""
+  loop.train(train_helpers.load(data_root, 5), tmp_path / "each")
+  loop.train(train_helpers.load(data_root, 5, ("--config.metrics.every_steps=5",)), tmp_path / "five")
+  read = lambda w: [r for r in map(json.loads, (w / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+  each, (five,) = read(tmp_path / "each"), read(tmp_path / "five")
+  assert [r["step"] for r in each] == [1, 2, 3, 4, 5] and five["step"] == 5
+  tokens = np.array([r["target_tokens"] for r in each])
+  np.testing.assert_allclose(five["loss"], np.dot([r["loss"] for r in each], tokens) / tokens.sum(), rtol=1e-6)
+  np.testing.assert_allclose(five["target_tokens"], tokens.mean(), rtol=1e-6)
+  np.testing.assert_allclose(five["grad_norm"], np.mean([r["grad_norm"] for r in each]), rtol=1e-6)
+  for name in ("general", "medical", "clinical"):
+    src = np.array([r[f"share/{name}"] * r["target_tokens"] for r in each])  # this source's tokens per step
+    nll = sum(r[f"loss/{name}"] * n for r, n in zip(each, src))
+    np.testing.assert_allclose(five[f"loss/{name}"], nll / src.sum(), rtol=1e-5)
+    np.testing.assert_allclose(five[f"share/{name}"], src.sum() / tokens.sum(), rtol=1e-5)
+  assert five["learning_rate"] == each[-1]["learning_rate"]  # the schedule's value at the row's step
+
+
 def test_every_evaluation_reaches_the_console(data_root, tmp_path, capsys):
   """Mid-phase evaluations (eval.every_steps) went to metrics.jsonl only; the console showed phase ends."""
   workdir = tmp_path / "w"
@@ -526,6 +547,9 @@ def test_every_evaluation_reaches_the_console(data_root, tmp_path, capsys):
   for row in rows:
     line = next(l for l in err.splitlines() if f"pretrain step {row['step']} held-out " in l)
     assert f"loss/general {row['loss/general']:.4f}" in line
+  progress = [l for l in err.splitlines() if l.startswith("[train] pretrain step ") and " loss " in l]
+  assert progress[0].endswith("eta after the first interval")  # its time includes compiling the step
+  assert all(re.search(r"eta \d+:\d\d:\d\d \(phase\), \d+:\d\d:\d\d \(run\)$", l) for l in progress[1:])
 
 
 def test_a_phase_end_eval_that_did_not_run_runs_on_resume(data_root, tmp_path, capsys):

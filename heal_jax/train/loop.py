@@ -91,6 +91,7 @@ class _Run:
   preempt: _Preemption
   base_cfg: ModelConfig
   task_examples: dict[str, list]  # config.eval.tasks, read once at start
+  phases: list[phases_lib.Phase]
   eval_fns: dict[ModelConfig, Any] = dataclasses.field(default_factory=dict)  # the held-out eval per phase model
 
 
@@ -219,7 +220,7 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   flops_token = metrics_lib.flops_per_token(cfg, phase.seq_len)
   rows_tokens = spec.global_batch * phase.seq_len
   t_start, t_last, last_logged = time.time(), time.time(), step0
-  pending = None
+  pending, interval = None, None  # the last step's metrics; the sums of the steps since the last log
   status = "done"
   profiler = profiling.StepProfiler(run.workdir / "profile" / f"process_{jax.process_index()}",
                                     config.metrics.profile_after_step, config.metrics.profile_steps, run.writer.log)
@@ -233,29 +234,31 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
       if pending is not None:
         _check_streak(pending, config.train.max_bad_steps)
       pending = metrics
+      interval = metrics_lib.add_step(interval, metrics)
       host = None
       if done % config.metrics.every_steps == 0 or done == phase.end:
-        host = jax.device_get(metrics)
+        host, sums = jax.device_get((metrics, interval))
+        interval = None
         now = time.time()
         dt = (now - t_last) / max(done - last_logged, 1)
-        scalars = {"loss": host["loss"], "grad_norm": host["grad_norm"], "learning_rate": host["learning_rate"],
-                   "skipped_steps": host["skipped"], "step_time_s": dt, "tokens_per_s": rows_tokens / dt,
-                   "target_tokens": host["tokens"]}
-        if host["z_loss"]:
-          scalars["z_loss"] = host["z_loss"]
+        scalars = metrics_lib.interval_scalars(sums, run.source_names)
+        if not host["z_loss"]:
+          del scalars["z_loss"]
+        scalars.update({"learning_rate": host["learning_rate"], "skipped_steps": host["skipped"],
+                        "step_time_s": dt, "tokens_per_s": rows_tokens / dt})
         if peak:
           scalars["mfu"] = flops_token * rows_tokens / dt / (peak * jax.device_count())
-        shares = host["source_tokens_S"] / max(host["source_tokens_S"].sum(), 1.0)
-        for i, name in enumerate(run.source_names):
-          if host["source_tokens_S"][i] > 0:
-            scalars[f"loss/{name}"] = host["source_nll_S"][i] / host["source_tokens_S"][i]
-            scalars[f"share/{name}"] = shares[i]
         run.writer.write(done, scalars)
-        eta = (phase.end - done) * dt
-        run.writer.log(f"{phase.name} step {done}/{phase.end} loss {host['loss']:.4f} lr "
-                       f"{host['learning_rate']:.2e} gnorm {host['grad_norm']:.3f} "
+        if last_logged == step0:  # this interval's time includes compiling the step: no estimate from it
+          eta = "after the first interval"
+        else:
+          later = sum(p.steps * p.global_batch * p.seq_len for p in run.phases[phase.index + 1:])
+          eta = (f"{metrics_lib.format_eta((phase.end - done) * dt)} (phase), "
+                 f"{metrics_lib.format_eta((phase.end - done) * dt + later / (rows_tokens / dt))} (run)")
+        run.writer.log(f"{phase.name} step {done}/{phase.end} loss {scalars['loss']:.4f} lr "
+                       f"{host['learning_rate']:.2e} gnorm {scalars['grad_norm']:.3f} "
                        f"{rows_tokens / dt:,.0f} tok/s" + (f" mfu {scalars['mfu']:.1%}" if peak else "") +
-                       f" eta {metrics_lib.format_eta(eta)}")
+                       f" eta {eta}")
         t_last, last_logged = time.time(), done
         _check_streak(host, config.train.max_bad_steps)  # after logging, so the skipped steps are on record
       if config.eval.every_steps and done % config.eval.every_steps == 0 and done != phase.end:
@@ -440,9 +443,10 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
     writer.log(f"source {name}: {counts}")
   mngr = checkpointing.manager(workdir, config.checkpoint.keep, config.checkpoint.keep_period,
                                config.checkpoint.async_save)
-  run = _Run(config, workdir, mesh, data, sorted(data.train), mngr, writer, _Preemption(), base_cfg, tasks)
+  run = _Run(config, workdir, mesh, data, sorted(data.train), mngr, writer, _Preemption(), base_cfg, tasks, phases)
   try:
     latest = mngr.latest_step()
+    writer.restart_at(latest or 0)
     if latest is not None:
       try:
         saved_config = checkpointing.restore_meta(mngr, latest).get("config")

@@ -13,6 +13,7 @@ unless metrics.peak_tflops is set.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import sys
 import time
@@ -55,6 +56,14 @@ def _drop_partial_row(path: pathlib.Path, log) -> None:
       log(f"{path}: dropped a half-written last row ({len(data) - keep} bytes) of an interrupted run")
 
 
+def _row_step(line: str) -> float:
+  """A metrics.jsonl row's step (-inf for a line that is not a row: kept)."""
+  try:
+    return float(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return float("-inf")
+
+
 class MetricWriter:
   """Scalars to metrics.jsonl and to TensorBoard event files in WORKDIR/tensorboard (written by
   `tb_events`, so without TensorFlow); log lines to the console; clu's parameter overview."""
@@ -76,13 +85,36 @@ class MetricWriter:
       print(f"[train] {line}", file=sys.stderr, flush=True)
 
   def write(self, step: int, scalars: Mapping[str, float], kind: str = "train") -> None:
+    """One row of metrics.jsonl (strict JSON: NaN or infinity as null) and TensorBoard scalars."""
     if not self.primary:
       return
     row = {"step": int(step), "kind": kind, "time": time.time(), **{k: float(v) for k, v in scalars.items()}}
-    self._jsonl.write(json.dumps(row) + "\n")
+    row = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}
+    self._jsonl.write(json.dumps(row, allow_nan=False) + "\n")
     self._jsonl.flush()
     if self._tb is not None:
       self._tb.write_scalars(int(step), {f"{kind}/{k}": float(v) for k, v in scalars.items()})
+
+  def restart_at(self, step: int) -> None:
+    """The run goes on from `step` (its newest checkpoint; 0 for none): rows of metrics.jsonl after it,
+    written by an attempt killed before its next checkpoint, are dropped (they describe steps that
+    are trained again), and TensorBoard is told to drop its events after it (a SessionLog START)."""
+    if not self.primary:
+      return
+    path = pathlib.Path(self._jsonl.name)
+    self._jsonl.flush()
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if _row_step(line) <= step]
+    if len(kept) < len(lines):
+      staging = path.with_name(f".{path.name}.rewrite")
+      staging.write_text("".join(kept), encoding="utf-8")
+      self._jsonl.close()
+      staging.replace(path)
+      self._jsonl = open(path, "a", encoding="utf-8")
+      self.log(f"{path}: dropped {len(lines) - len(kept)} row(s) after step {step}, written by an attempt that "
+               f"stopped before its next checkpoint")
+    if self._tb is not None:
+      self._tb.restart_at(step + 1)
 
   def parameter_overview(self, params: Any) -> None:
     if not self.primary:
@@ -95,6 +127,41 @@ class MetricWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+_SUMMED = ("nll_sum", "z_sum", "tokens", "source_nll_S", "source_tokens_S", "grad_norm")
+
+
+@jax.jit
+def add_step(interval: dict[str, jax.Array] | None, metrics: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """The sums of an interval of steps (None: a new interval) with one more step's metrics added, on
+  the devices (no transfer per step); a skipped (non-finite) step adds nothing. Keys: _SUMMED and
+  "finite_steps"."""
+  if interval is None:
+    interval = {k: jax.numpy.zeros_like(metrics[k], dtype=jax.numpy.float32) for k in _SUMMED}
+    interval["finite_steps"] = jax.numpy.zeros((), jax.numpy.float32)
+  ok = metrics["finite"]
+  added = {k: interval[k] + jax.numpy.where(ok, metrics[k].astype(jax.numpy.float32), 0.0) for k in _SUMMED}
+  return {**added, "finite_steps": interval["finite_steps"] + ok.astype(jax.numpy.float32)}
+
+
+def interval_scalars(sums: Mapping[str, Any], source_names: list[str]) -> dict[str, float]:
+  """Logged numbers of an interval of steps from its host sums (`add_step`), token-weighted over its
+  finite steps: loss, z_loss, loss/<source>, share/<source>; target_tokens and grad_norm are means
+  per finite step. NaN where no step of the interval was finite."""
+  steps = float(sums["finite_steps"])
+  tokens = float(sums["tokens"])
+  out = {"loss": float(sums["nll_sum"]) / tokens if tokens else float("nan"),
+         "z_loss": float(sums["z_sum"]) / tokens if tokens else float("nan"),
+         "grad_norm": float(sums["grad_norm"]) / steps if steps else float("nan"),
+         "target_tokens": tokens / steps if steps else float("nan")}
+  source_tokens = sums["source_tokens_S"]
+  total = float(source_tokens.sum())
+  for i, name in enumerate(source_names):
+    if source_tokens[i] > 0:
+      out[f"loss/{name}"] = float(sums["source_nll_S"][i] / source_tokens[i])
+      out[f"share/{name}"] = float(source_tokens[i] / total)
+  return out
 
 
 def format_eta(seconds: float) -> str:

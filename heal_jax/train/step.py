@@ -94,7 +94,7 @@ def train_step(state: TrainState, batch: Batch, *, cfg: ModelConfig, tx: optax.G
       skipped=state.skipped + (~finite).astype(jnp.int32),
       bad_streak=jnp.where(finite, 0, state.bad_streak + 1))
   metrics = {"loss": stats["nll_sum"] / denom, "z_loss": stats["z_sum"] / denom, "grad_norm": grad_norm,
-             "tokens": stats["tokens"], "finite": finite, "skipped": new_state.skipped,
+             "nll_sum": stats["nll_sum"], "z_sum": stats["z_sum"], "tokens": stats["tokens"], "finite": finite, "skipped": new_state.skipped,
              "bad_streak": new_state.bad_streak, "source_nll_S": stats["source_nll_S"],
              "source_tokens_S": stats["source_tokens_S"],
              "learning_rate": lr_fn(_opt_count(state.opt_state))}

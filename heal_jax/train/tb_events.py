@@ -6,8 +6,10 @@ serialized `tensorflow.Event` protos: first one with `file_version = "brain.Even
 `write` holding wall_time, step and a Summary of scalar values. Only these fields are encoded, by
 hand (numbers from TensorBoard's event.proto and summary.proto):
 
-  Event:   wall_time = 1 (double), step = 2 (int64), file_version = 3 (string), summary = 5 (Summary)
+  Event:   wall_time = 1 (double), step = 2 (int64), file_version = 3 (string), summary = 5 (Summary),
+           session_log = 7 (SessionLog)
   Summary: value = 1 (repeated Value)      Value: tag = 1 (string), simple_value = 2 (float)
+  SessionLog: status = 1 (enum; START = 1), written when a run restarts from a checkpoint
 
 TensorBoard reads every file named `*tfevents*` in a run directory.
 """
@@ -71,6 +73,13 @@ def scalar_event(step: int, scalars: Mapping[str, float], wall_time: float) -> b
           + _bytes_field(5, values))
 
 
+def session_start_event(step: int, wall_time: float) -> bytes:
+  """A serialized Event with session_log = 7 {status = 1: START} at `step`: TensorBoard then drops
+  the events it read before with step >= `step` (orphaned by a restart from an earlier checkpoint)."""
+  return (_varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3 | 0) + _varint(int(step))
+          + _bytes_field(7, _varint(1 << 3 | 0) + _varint(1)))
+
+
 def version_event(wall_time: float) -> bytes:
   return _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _bytes_field(3, b"brain.Event:2")
 
@@ -89,12 +98,21 @@ class EventFileWriter:
     logdir.mkdir(parents=True, exist_ok=True)
     now = time.time()
     self.path = logdir / f"events.out.tfevents.{int(now)}.{socket.gethostname()}.heal-jax"
+    n = 0
+    while self.path.exists():  # a second writer within the same second (a quick restart): its own file,
+      n += 1                   # named to sort after the first
+      self.path = logdir / f"events.out.tfevents.{int(now)}.{socket.gethostname()}.heal-jax.{n}"
     self._f = open(self.path, "ab")
     self._f.write(record(version_event(now)))
     self._f.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     self._f.write(record(scalar_event(step, {k: float(v) for k, v in scalars.items()}, time.time())))
+    self._f.flush()
+
+  def restart_at(self, step: int) -> None:
+    """Marks a restart: events of earlier files or records with step >= `step` are orphaned."""
+    self._f.write(record(session_start_event(step, time.time())))
     self._f.flush()
 
   def close(self) -> None:
