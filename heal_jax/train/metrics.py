@@ -3,9 +3,10 @@
 Only process 0 writes. No training text or token ids are ever logged: only numbers.
 
 MFU (model FLOPs utilisation) = model FLOPs per second / (devices x per-device peak). Model FLOPs
-per token follow PaLM (appendix B): 6 x matmul parameters (every weight but the input embedding
-lookup; the output projection counts, tied or not) + 12 x layers x hidden x seq_len (attention
-scores and values, forward+backward, no causal halving, no remat recomputation).
+per token follow PaLM (appendix B): 6 x parameters (every weight but the input embedding lookup;
+the output projection counts, tied or not; the RMSNorm scales, 0.1% of a tiny model, count too)
++ 12 x layers x hidden x seq_len (attention scores and values, forward+backward, no causal halving,
+no remat recomputation).
 Peaks are dense bf16: H100/H200 SXM 989 TFLOP/s, A100 312 TFLOP/s; on CPU MFU is not reported
 unless metrics.peak_tflops is set.
 """
