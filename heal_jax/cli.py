@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
+import traceback
 from typing import Callable, Sequence
 
 Handler = Callable[[argparse.Namespace, list[str]], int]
@@ -70,22 +72,42 @@ def _data_train_tokenizer(args: argparse.Namespace, overrides: list[str]) -> int
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
   from heal_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
   from heal_jax.train import loop  # pylint: disable=import-outside-toplevel
+  from heal_jax.train.workdir_lock import WorkdirInUse  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
   config = config_lib.load_config(args.config, overrides)
-  distributed.initialize(config.distributed)
+  topology = distributed.initialize(config.distributed)
   try:
+    distributed.check_same_run({"config": config.to_dict(), "workdir": str(pathlib.Path(args.workdir).absolute()),
+                                "num_processes": topology.num_processes})
     summary = loop.train(config, args.workdir)
   except loop.TrainingHalted as e:
-    print(f"heal-jax: training halted: {e}", file=sys.stderr)
-    return 3
-  except loop.Process0Failed as e:
-    print(f"heal-jax: error: {e}", file=sys.stderr)
-    return 2
-  import jax  # pylint: disable=import-outside-toplevel
+    return _exit_now(f"heal-jax: training halted: {e}", 3)
+  except (loop.Process0Failed, CheckpointError, config_lib.ConfigError, ValueError, WorkdirInUse, OSError) as e:
+    return _exit_now(f"heal-jax: error: {e}", 2)
+  except BaseException:  # pylint: disable=broad-except
+    if jax.process_count() == 1:
+      raise
+    traceback.print_exc()
+    return _exit_now(f"heal-jax: error: process {jax.process_index()} stopped on the exception above (a collective "
+                     "that fails with a closed connection means a peer process is gone: its log says why)", 1)
   if jax.process_index() == 0:
     print(json.dumps(summary))
   return 0
+
+
+def _exit_now(message: str, code: int) -> int:
+  """Prints `message`; returns `code`, or in a multi-process job exits at once: a normal exit waits
+  in jax.distributed's shutdown barrier for peers that are still training (minutes, then an abort),
+  while an exit now lets them notice this process is gone within the heartbeat timeout."""
+  import jax  # pylint: disable=import-outside-toplevel
+  print(message, file=sys.stderr, flush=True)
+  if jax.process_count() > 1:
+    sys.stdout.flush()
+    os._exit(code)  # pylint: disable=protected-access
+  return code
 
 
 # Subcommands whose module parses its own arguments: {leading words: (module, words dropped, help)}; the

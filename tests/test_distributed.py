@@ -47,3 +47,12 @@ def test_bad_topologies_name_the_setting():
   with pytest.raises(ValueError, match="num_processes=4 needs config.distributed.coordinator_address"):
     distributed.detect(_cfg(num_processes=4, process_id=0), {})
   assert distributed.detect(_cfg(), {"HEAL_NUM_PROCESSES": "1"}).source == "single process"
+
+
+def test_differences_name_every_differing_or_missing_key():
+  mine = {"config": {"seed": 0, "phases": {"pretrain": {"peak_lr": 0.003, "steps": 40}}}, "workdir": "/w"}
+  theirs = {"config": {"seed": 0, "phases": {"pretrain": {"peak_lr": 0.0001}}, "init_from": ""}, "workdir": "/v"}
+  assert distributed.differences(mine, theirs) == [
+      "config.init_from: '(missing)' vs ''", "config.phases.pretrain.peak_lr: 0.003 vs 0.0001",
+      "config.phases.pretrain.steps: 40 vs '(missing)'", "workdir: '/w' vs '/v'"]
+  assert distributed.differences(mine, mine) == []

@@ -101,7 +101,9 @@ def test_killing_one_process_stops_the_other_with_a_clear_error(data_root, tmp_p
     pytest.fail("the surviving process hung for 60 s after its peer was killed")
   assert time.time() - killed_at < 60
   assert procs[0].returncode != 0
-  assert "stopped sending heartbeats" in err or "another task died" in err, err[-2000:]
+  # At once when its next collective finds the connection closed, else by the heartbeat timeout.
+  assert ("process 0 stopped on the exception above (a collective that fails with a closed connection means a "
+          "peer process is gone" in err or "stopped sending heartbeats" in err or "another task died" in err), err[-2000:]
   procs[1].wait()
 
 
@@ -157,3 +159,39 @@ def test_a_failure_on_process_0_alone_stops_both_at_once(data_root, tmp_path):
   assert "differs from the tokenizer this work directory was trained with" in errs[0]
   assert "process 0 could not prepare the work directory (bundled corpus, tokenizer); its log says why" in errs[1]
   assert time.time() - start < 25
+
+
+@pytest.mark.parametrize("theirs,named", [
+    ("--config.phases.pretrain.peak_lr=0.0001", "phases.pretrain.peak_lr: 0.003 vs 0.0001"),  # trained silently
+    ("--config.model.num_layers=3", "model.num_layers: 2 vs 3"),  # hung after the parameter table
+])
+def test_processes_started_with_different_commands_are_refused_at_once(data_root, tmp_path, theirs, named):
+  """Process 1 started with another override: both exit 2 before training, naming the key (one
+  used to train a model matching neither command; another hung until killed)."""
+  workdir = tmp_path / "mismatch"
+  port = _port()
+  cmd = [sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY), "--workdir",
+         str(workdir), *train_helpers.overrides(data_root, 4, MESH)]
+  start = time.time()
+  procs = [subprocess.Popen(cmd + ([theirs] if pid else []), env=_env(pid, port), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for pid in range(2)]
+  errs = [p.communicate(timeout=120)[1] for p in procs]
+  assert [p.returncode for p in procs] == [2, 2], errs
+  for err in errs:
+    assert "the processes of this job were not started with the same command" in err and named in err, err[-2000:]
+  assert not (workdir / "checkpoints").exists() and time.time() - start < 60
+
+
+def test_a_coordinator_port_in_use_is_named(tmp_path):
+  """The coordinator's gRPC server died with a segfault and "Failed to add port" on a taken port."""
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = dict(_env(0, port), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    out = subprocess.run([sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY),
+                          "--workdir", str(tmp_path / "w")], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert f"coordinator address 127.0.0.1:{port}: port {port} is in use on this host" in out.stderr
+  assert not (tmp_path / "w").exists()

@@ -98,7 +98,8 @@ class _Run:
 # Where each field of `_spec` comes from, for a refused data state's message.
 _SPEC_FROM = {
     "seed": "config.seed + 1000 x the phase's index", "worker_count": "config.data.worker_count",
-    "num_shards": "config.data.num_shards (0: one per process)", "seq_len": "config.phases.{phase}.seq_len",
+    "num_shards": ("config.data.num_shards (0: one per process; to resume on another number of processes, set "
+                   "it to the saved value)"), "seq_len": "config.phases.{phase}.seq_len",
     "global_batch": "config.phases.{phase}.global_batch (0: config.train.global_batch)",
     "weights": "config.phases.{phase}.weights", "instruction_tuning": "config.phases.{phase}.instruction_tuning",
     "records": "config.data.dedup, or the report of config.data.prepared_dir",
