@@ -80,7 +80,9 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
   config = config_lib.load_config(args.config, overrides)
   topology = distributed.initialize(config.distributed)
   try:
-    distributed.check_same_run({"config": config.to_dict(), "workdir": str(pathlib.Path(args.workdir).absolute()),
+    same = config.to_dict()
+    del same["distributed"]["process_id"]  # (the one setting that differs by design, where the config gives it)
+    distributed.check_same_run({"config": same, "workdir": str(pathlib.Path(args.workdir).absolute()),
                                 "num_processes": topology.num_processes})
     summary = loop.train(config, args.workdir)
   except loop.TrainingHalted as e:

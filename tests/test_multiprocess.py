@@ -195,3 +195,18 @@ def test_a_coordinator_port_in_use_is_named(tmp_path):
   assert out.returncode == 2, out.stderr[-2000:]
   assert f"coordinator address 127.0.0.1:{port}: port {port} is in use on this host" in out.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_a_topology_given_in_the_config_differs_by_process_id_only(data_root, tmp_path):
+  """--config.distributed.process_id=i is the one setting that differs between processes by design:
+  the same-command check leaves it out, and the run trains."""
+  port = _port()
+  cmd = [sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY), "--workdir",
+         str(tmp_path / "w"), *train_helpers.overrides(data_root, 2, MESH),
+         f"--config.distributed.coordinator_address=127.0.0.1:{port}", "--config.distributed.num_processes=2"]
+  env = {k: v for k, v in _env(0, port).items() if not k.startswith("HEAL_")}
+  procs = [subprocess.Popen(cmd + [f"--config.distributed.process_id={pid}"], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+  assert '"status": "done"' in outs[0][0]
