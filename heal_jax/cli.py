@@ -85,8 +85,9 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     distributed.check_same_run({"config": same, "workdir": str(pathlib.Path(args.workdir).absolute()),
                                 "num_processes": topology.num_processes})
     summary = loop.train(config, args.workdir)
-  except loop.TrainingHalted as e:
-    return _exit_now(f"heal-jax: training halted: {e}", 3)
+  except loop.TrainingHalted as e:  # every process halts at the same step: a normal exit, together
+    print(f"heal-jax: training halted: {e}", file=sys.stderr)
+    return 3
   except (loop.Process0Failed, CheckpointError, config_lib.ConfigError, ValueError, WorkdirInUse, OSError) as e:
     return _exit_now(f"heal-jax: error: {e}", 2)
   except BaseException:  # pylint: disable=broad-except

@@ -89,6 +89,8 @@ def _check_port_free(address: str) -> None:
     try:
       with socket.socket(family) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: a port in TIME_WAIT is free
+        if family == socket.AF_INET6:  # dual-stack, as gRPC: an IPv4 listener on the port counts too
+          probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         probe.bind((any_host, port))
       return
     except OSError as e:

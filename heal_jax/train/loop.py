@@ -237,13 +237,14 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
       pending = metrics
       interval = metrics_lib.add_step(interval, metrics)
       host = None
-      if done % config.metrics.every_steps == 0 or done == phase.end:
+      preempted = run.preempt.reached(done)  # (once per step, on every process)
+      if done % config.metrics.every_steps == 0 or done == phase.end or preempted:  # no step goes unlogged
         host, sums = jax.device_get((metrics, interval))
         interval = None
         now = time.time()
         dt = (now - t_last) / max(done - last_logged, 1)
         scalars = metrics_lib.interval_scalars(sums, run.source_names)
-        if not host["z_loss"]:
+        if not config.train.z_loss:
           del scalars["z_loss"]
         scalars.update({"learning_rate": host["learning_rate"], "skipped_steps": host["skipped"],
                         "step_time_s": dt, "tokens_per_s": rows_tokens / dt})
@@ -266,7 +267,6 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
         t_eval = time.time()
         _eval_and_log(run, state.params, cfg, phase, done)
         t_last += time.time() - t_eval  # keep evaluation out of the step time
-      preempted = run.preempt.reached(done)
       if done % config.checkpoint.every_steps == 0 or done == phase.end or preempted:
         if host is None:
           _check_streak(jax.device_get(metrics), config.train.max_bad_steps)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -108,9 +109,17 @@ class MetricWriter:
     kept = [line for line in lines if _row_step(line) <= step]
     if len(kept) < len(lines):
       staging = path.with_name(f".{path.name}.rewrite")
-      staging.write_text("".join(kept), encoding="utf-8")
+      with open(staging, "w", encoding="utf-8") as f:
+        f.write("".join(kept))
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it replaces the log (a power loss must not leave it empty)
       self._jsonl.close()
       staging.replace(path)
+      directory = os.open(path.parent, os.O_RDONLY)
+      try:
+        os.fsync(directory)
+      finally:
+        os.close(directory)
       self._jsonl = open(path, "a", encoding="utf-8")
       self.log(f"{path}: dropped {len(lines) - len(kept)} row(s) after step {step}, written by an attempt that "
                f"stopped before its next checkpoint")
