@@ -38,55 +38,18 @@ def resolve(path: str, workdir: pathlib.Path, key: str) -> pathlib.Path:
   return pathlib.Path(sources_lib.with_workdir(path, workdir, key))
 
 
-def tokenizer_dir(config: Any, workdir: pathlib.Path | None) -> pathlib.Path:
-  """config.data.tokenizer's directory (the single reader of the field); DataError if it is empty."""
-  if not config.data.tokenizer:
-    raise sources_lib.DataError("config.data.tokenizer is empty: give the directory holding tokenizer.model "
-                                "(LLaMA's, or one trained with `heal-jax data train-tokenizer`)")
-  return resolve(config.data.tokenizer, workdir, "data.tokenizer")
-
-
-def _bootstrap_target(directory: pathlib.Path, done: str, key: str) -> None:
-  """The bootstrap writes `directory` only when it is absent or empty: one holding other files than the
-  bootstrap's (which it writes whole, `done` last among them) is someone's, and is never replaced."""
-  if directory.exists() and not (directory / done).is_file() and (not directory.is_dir() or any(directory.iterdir())):
-    raise sources_lib.DataError(
-        f"{key} {directory} holds other files than the bootstrap's (no {done}): data.bootstrap='synthetic' "
-        "writes only into a new or empty directory; point it elsewhere, or set data.bootstrap='' to use yours")
-
-
-def check_config(config: Any, workdir: pathlib.Path | None) -> None:
-  """config.data checked before a run locks, writes or reads anything: bootstrap, tokenizer, every
-  source's fields (files are looked for later: the bootstrap may still write them), on_error, dedup.
-  DataError naming the key."""
-  if config.data.bootstrap not in ("", "synthetic"):
-    raise sources_lib.DataError(f"config.data.bootstrap={config.data.bootstrap!r}: expected '' or 'synthetic'")
-  tok_dir = tokenizer_dir(config, workdir)
-  if config.data.bootstrap and workdir is not None:  # (`data prepare` bootstraps only with --workdir)
-    _bootstrap_target(workdir / "corpus", "instructions.jsonl", "the bundled corpus's folder")
-    _bootstrap_target(tok_dir, tokenizer_lib.MODEL_FILE, "config.data.tokenizer")
-  sources_lib.from_config(config.data.sources, workdir=None if workdir is None else str(workdir), require_files=False)
-  if config.data.on_error not in sources_lib.ON_ERROR:
-    raise sources_lib.DataError(f"config.data.on_error={config.data.on_error!r}; expected one of "
-                                f"{', '.join(sources_lib.ON_ERROR)}")
-  try:
-    dedup.Deduplicator.from_config(config.data.dedup)
-  except ValueError as e:
-    raise sources_lib.DataError(str(e)) from None
-
-
 def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) -> None:
   """For data.bootstrap == "synthetic": writes the bundled corpus and trains a tokenizer if absent."""
   if not config.data.bootstrap:
     return
-  check_config(config, workdir)
+  sources_lib.check_config(config, workdir)
   corpus = workdir / "corpus"
   # Written whole or not at all (a run killed while writing leaves no short file under these names).
   if not (corpus / "instructions.jsonl").is_file():
     with params_store.atomic_output_dir(corpus, overwrite=True) as staging:
       files = synthetic.generate_corpus(staging, seed=config.seed)
     log(f"wrote the bundled synthetic corpus: {', '.join(str(p.name) for p in files.values())}")
-  tok_dir = tokenizer_dir(config, workdir)
+  tok_dir = sources_lib.tokenizer_dir(config, workdir)
   if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
     with params_store.atomic_output_dir(tok_dir, overwrite=True) as staging:
       pieces = tokenizer_lib.train_tokenizer([corpus / f"{t}.jsonl" for t in ("general", "medical", "clinical")],
@@ -106,7 +69,7 @@ def keep_tokenizer(config: Any, workdir: pathlib.Path, trained: bool) -> None:
   trained: the work directory has checkpoints, which were trained with the copy already there; a
   different tokenizer is then an error (token ids would silently change meaning).
   """
-  tok_dir = tokenizer_dir(config, workdir)
+  tok_dir = sources_lib.tokenizer_dir(config, workdir)
   work_tok = workdir / WORKDIR_TOKENIZER
   if work_tok.resolve() == tok_dir.resolve() or not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
     return  # (a missing tokenizer is reported by `load`, on every process)
@@ -130,7 +93,7 @@ def _present_files(src: sources_lib.Source) -> list[pathlib.Path] | None:
 
 def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
   """Reads config.data (the single reader of its source, tokenizer and prepared_dir fields)."""
-  tok_dir = tokenizer_dir(config, workdir)
+  tok_dir = sources_lib.tokenizer_dir(config, workdir)
   if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
     raise ValueError(f"config.data.tokenizer: no {tokenizer_lib.MODEL_FILE} in {tok_dir}")
   tok = tokenizer_lib.Tokenizer(tok_dir)

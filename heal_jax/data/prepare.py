@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from heal_jax import atomic_dir
-from heal_jax.data import check, dedup, examples, mixture, sources, tfds_builder
+from heal_jax.data import check, dedup, examples, sources, tfds_builder
 from heal_jax.data import tokenizer as tokenizer_lib
 
 REPORT = "report.json"
@@ -127,9 +127,9 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
       raise DataError(f"{out} is not empty and not a `data prepare` output (no {REPORT}); refusing to replace it")
     if not overwrite:
       raise DataError(f"{out} already exists and is not empty; pass --overwrite to replace it")
-  mixture.check_config(config, workdir)
+  sources.check_config(config, workdir)
   source_list = sources.from_config(data.sources, None if workdir is None else str(workdir))
-  tok_dir = mixture.tokenizer_dir(config, workdir)
+  tok_dir = sources.tokenizer_dir(config, workdir)
   if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
     raise DataError(f"data.tokenizer: no {tokenizer_lib.MODEL_FILE} in {tok_dir}")
   tokenizer = tokenizer_lib.Tokenizer(tok_dir)
@@ -306,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       _apply_fields(config, args.fields)
     log = lambda m: print(m, file=sys.stderr)  # pylint: disable=unnecessary-lambda-assignment
     if config.data.bootstrap and args.workdir is not None:  # e.g. configs/tiny.py: its corpus and tokenizer first
+      from heal_jax.data import mixture  # pylint: disable=import-outside-toplevel  # (it imports jax)
       mixture.bootstrap(config, args.workdir, log)
     report = prepare(config, args.out, args.workdir, overwrite=args.overwrite, log=log)
   except (ValueError, OSError) as e:

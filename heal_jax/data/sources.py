@@ -170,6 +170,42 @@ def from_config(sources_cfg: Mapping[str, Any], workdir: str | None = None,
   return out
 
 
+def tokenizer_dir(config: Any, workdir: str | os.PathLike | None) -> pathlib.Path:
+  """config.data.tokenizer's directory (the single reader of the field); DataError if it is empty."""
+  if not config.data.tokenizer:
+    raise DataError("config.data.tokenizer is empty: give the directory holding tokenizer.model "
+                    "(LLaMA's, or one trained with `heal-jax data train-tokenizer`)")
+  return pathlib.Path(with_workdir(config.data.tokenizer, workdir, "data.tokenizer"))
+
+
+def _bootstrap_target(directory: pathlib.Path, done: str, key: str) -> None:
+  """The bootstrap writes `directory` only when it is absent or empty: one holding other files than the
+  bootstrap's (which it writes whole, `done` last among them) is someone's, and is never replaced."""
+  if directory.exists() and not (directory / done).is_file() and (not directory.is_dir() or any(directory.iterdir())):
+    raise DataError(
+        f"{key} {directory} holds other files than the bootstrap's (no {done}): data.bootstrap='synthetic' "
+        "writes only into a new or empty directory; point it elsewhere, or set data.bootstrap='' to use yours")
+
+
+def check_config(config: Any, workdir: str | os.PathLike | None) -> None:
+  """config.data checked before a run locks, writes or reads anything: bootstrap, tokenizer, every
+  source's fields (files are looked for later: the bootstrap may still write them), on_error, dedup.
+  DataError naming the key."""
+  if config.data.bootstrap not in ("", "synthetic"):
+    raise DataError(f"config.data.bootstrap={config.data.bootstrap!r}: expected '' or 'synthetic'")
+  tok_dir = tokenizer_dir(config, workdir)
+  if config.data.bootstrap and workdir is not None:  # (`data prepare` bootstraps only with --workdir)
+    _bootstrap_target(pathlib.Path(workdir) / "corpus", "instructions.jsonl", "the bundled corpus's folder")
+    _bootstrap_target(tok_dir, "tokenizer.model", "config.data.tokenizer")
+  from_config(config.data.sources, workdir=None if workdir is None else str(workdir), require_files=False)
+  if config.data.on_error not in ON_ERROR:
+    raise DataError(f"config.data.on_error={config.data.on_error!r}; expected one of {', '.join(ON_ERROR)}")
+  try:
+    dedup.Deduplicator.from_config(config.data.dedup)
+  except ValueError as e:
+    raise DataError(str(e)) from None
+
+
 def _check_record(obj: Any, source: Source) -> tuple[Record | None, str | None]:
   if not isinstance(obj, dict):
     return None, f"expected a JSON object, got {type(obj).__name__}"

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from heal_jax import config as config_lib
 from heal_jax.checkpoint import workdir_restore
-from heal_jax.data import mixture, pipeline
+from heal_jax.data import mixture, pipeline, sources
 from heal_jax.model.config import ModelConfig
 from heal_jax.parallel import mesh as mesh_lib
 from heal_jax.train import checkpointing, init as init_lib, metrics as metrics_lib
@@ -381,7 +381,7 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   """
   workdir = pathlib.Path(workdir).absolute()
   # A bad data, phase, model or mesh setting fails here, before anything is written to the work directory.
-  mixture.check_config(config, workdir)
+  sources.check_config(config, workdir)
   done = (workdir_restore.completed_steps(workdir) or [0])[-1]
   if not done:  # (a resume reads its own checkpoint: the weights it started from may be gone by now)
     init_lib.check_source(config.init_from)
