@@ -25,3 +25,21 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f"public evaluation data not found at {SHARED_DATA}")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def note_checkpoint(tmp_path_factory) -> pathlib.Path:
+  """A tiny random checkpoint (2 layers, GQA, context 1024) with a tokenizer trained on a small
+  synthetic corpus: what generation tests write notes with."""
+  from heal_jax.checkpoint import random_init  # pylint: disable=import-outside-toplevel
+  from heal_jax.data import synthetic, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from heal_jax.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("gen")
+  files = synthetic.generate_corpus(root / "corpus", seed=0,
+                                    sizes={"general": 20, "medical": 10, "clinical": 20, "instructions": 8})
+  tok = tokenizer_lib.train_tokenizer([files[t] for t in sorted(files)], root / "tok", vocab_size=600,
+                                      num_threads=1)
+  cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2,
+                    num_heads=4, num_kv_heads=2, max_position_embeddings=1024)
+  random_init.write_random_checkpoint(cfg, root / "ckpt", seed=0, tokenizer_dir=root / "tok")
+  return root / "ckpt"

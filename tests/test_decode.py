@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from heal_jax.checkpoint import hf_mapping, random_init, restore
-from heal_jax.data import synthetic, templates, tokenizer as tokenizer_lib
+from heal_jax.data import templates, tokenizer as tokenizer_lib
 from heal_jax.infer import decode, generate, sampling as sampling_lib
 from heal_jax.model import llama
 from heal_jax.model.config import ModelConfig
@@ -17,17 +17,8 @@ NEW = 8
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-  """A tiny random checkpoint with a tokenizer trained on a small synthetic corpus."""
-  root = tmp_path_factory.mktemp("gen")
-  files = synthetic.generate_corpus(root / "corpus", seed=0,
-                                    sizes={"general": 20, "medical": 10, "clinical": 20, "instructions": 8})
-  tok = tokenizer_lib.train_tokenizer([files[t] for t in sorted(files)], root / "tok", vocab_size=600,
-                                      num_threads=1)
-  cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2,
-                    num_heads=4, num_kv_heads=2, max_position_embeddings=1024)
-  random_init.write_random_checkpoint(cfg, root / "ckpt", seed=0, tokenizer_dir=root / "tok")
-  return root / "ckpt"
+def checkpoint(note_checkpoint):
+  return note_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -292,11 +283,12 @@ def test_notes_stay_within_the_models_context(checkpoint):
   messages = []
   clamped = generate.generate_notes(loaded, [conversation], max_new_tokens=room + 500, log=messages.append,
                                     stop_strings=())
-  assert messages[0] == (f"warning: at most {room} new tokens instead of {room + 500}: the longest prompt has"
-                         f" {prompt_tokens} tokens and the model's context is {loaded.cfg.max_position_embeddings}")
+  assert messages[0] == (f"warning: 1 of 1 note(s) get fewer than {room + 500} new tokens (as few as {room}): the "
+                         f"longest prompt has {prompt_tokens} tokens and the model's context is "
+                         f"{loaded.cfg.max_position_embeddings}")
   del messages[:]
   exact = generate.generate_notes(loaded, [conversation], max_new_tokens=room, log=messages.append, stop_strings=())
-  assert clamped == exact and not any(m.startswith("warning: at most") for m in messages)
+  assert clamped == exact and not any("get fewer than" in m for m in messages)
   long_conversation = "\n".join(["[doctor] Tell me more about the cough and the fever."] * 200)
   with pytest.raises(ValueError, match="no room for a note"):
     generate.generate_notes(loaded, [long_conversation], max_new_tokens=8)
@@ -314,7 +306,7 @@ def test_a_note_cut_by_the_token_limit_is_named(checkpoint):
                           eos_id=tok.eos_id, vocab_limit=tok.vocab_size)[0]
     messages = []
     generate.generate_notes(loaded, [conversation], max_new_tokens=limit, log=messages.append, stop_strings=())
-    expected = [f"warning: 1 of 1 note(s) reached the limit of {limit} new tokens without ending (no EOS or stop "
+    expected = ["warning: 1 of 1 note(s) reached their limit of new tokens without ending (no EOS or stop "
                 "string): they may be cut short; raise --max-new-tokens"] if len(new) == limit else []
     assert messages == expected
     reached.append(len(new) == limit)

@@ -75,6 +75,7 @@ from typing import Any, Mapping, Sequence
 
 from heal_jax.eval import facts as facts_lib
 from heal_jax.eval import output
+from heal_jax.eval import records
 from heal_jax.eval import rouge as rouge_lib
 
 COVER_THRESHOLD = 0.5
@@ -260,37 +261,12 @@ def evaluate_notes(predictions: Mapping[Any, str], references: Mapping[Any, str]
   return means, rows
 
 
-class InputError(ValueError):
-  """A malformed or inconsistent input file."""
+InputError = records.InputError
 
 
 def read_jsonl(path: pathlib.Path) -> dict[str, str]:
-  """{"id": ..., "text": ...} lines (UTF-8, a leading byte-order mark allowed) -> {str(id): text}.
-
-  Errors name the file and line; a file without any record is an error too.
-  """
-  out: dict[str, str] = {}
-  with open(path, "rb") as f:
-    for n, raw in enumerate(f, 1):
-      try:
-        line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-      except UnicodeDecodeError as e:
-        raise InputError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start})") from None
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{n}: malformed JSON: {e}") from e
-      if not isinstance(record, dict) or "id" not in record or not isinstance(record.get("text"), str):
-        raise InputError(f'{path}:{n}: expected an object with "id" and a string "text"')
-      key = str(record["id"])
-      if key in out:
-        raise InputError(f"{path}:{n}: duplicate id {key!r}")
-      out[key] = record["text"]
-  if not out:
-    raise InputError(f"{path}: no records")
-  return out
+  """{"id": ..., "text": ...} lines -> {str(id): text}, in file order (`records.read`'s checks)."""
+  return {r.key: r.text for r in records.read(path)}
 
 
 REVIEW_COLUMNS = ("id", "conversation", "reference_note", "generated_note", "reference_facts", "generated_facts",

@@ -2,6 +2,9 @@
 
   heal-jax generate --checkpoint DIR --conversation FILE [--max-new-tokens N] [--seed S]
                     [--temperature T] [--top-k K] [--top-p P]
+  heal-jax generate --checkpoint DIR --conversations C.jsonl --output P.jsonl [--batch-size B] [...]
+
+The second form writes a note for every conversation of a JSONL file, resumably (`note_file`).
 
 FILE is plain text (UTF-8, a leading byte-order mark allowed), one turn per line, as `[doctor] ...` /
 `[patient] ...` (ACI-Bench and the synthetic corpus; other bracketed speakers such as `[patient_guest]`
@@ -17,7 +20,8 @@ The note is printed to stdout; errors go to stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
+import dataclasses
 import pathlib
 import sys
 
@@ -40,62 +44,148 @@ def note_prompt_text(conversation: str) -> str:
   return templates.format_instruction(templates.note_prompt(templates.normalize_conversation(conversation)))[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class Note:
+  """One generated note.
+
+  text: the decoded new tokens before EOS, cut at the first stop string, stripped.
+  new_tokens: how many tokens were generated before EOS (all of them when there was none).
+  ended: "eos", "stop_string", or "limit" when the note reached its token limit without either (it may
+    be cut short).
+  """
+  text: str
+  new_tokens: int
+  ended: str
+
+
+@dataclasses.dataclass(frozen=True)
+class NotePlan:
+  """How a list of conversations is generated: prompts_N (token ids with BOS), batches (indices into
+  the list, longest prompts first, so that rows of similar length share a batch and little padding is
+  computed; ties keep list order) and limits (max new tokens of each batch: the requested number, or
+  fewer where the batch's longest prompt leaves less room in the model's context)."""
+  prompts_N: list[list[int]]
+  batches: list[list[int]]
+  limits: list[int]
+
+
+def plan_notes(loaded: LoadedModel, conversations: Sequence[str], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+               batch_size: int = 8, labels: Sequence[str] | None = None,
+               log: Callable[[str], None] | None = None) -> NotePlan:
+  """Encodes the note prompts and batches them (see NotePlan).
+
+  labels: names of the conversations for messages (default "conversation i", counted from 1).
+  log (default: stderr) gets a warning when some notes get fewer than `max_new_tokens` tokens.
+  Raises ValueError for a checkpoint without tokenizer, a text that is not a conversation, or prompts
+  that fill the whole context (all such conversations are named).
+  """
+  log = log or _stderr
+  if loaded.tokenizer_dir is None:
+    raise ValueError(f"{loaded.source}: the checkpoint has no tokenizer (tokenizer/tokenizer.model)")
+  if max_new_tokens < 1 or batch_size < 1:
+    raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
+  labels = labels or [f"conversation {i + 1}" for i in range(len(conversations))]
+  tokenizer = Tokenizer(loaded.tokenizer_dir)
+  prompts_N = []
+  for label, conversation in zip(labels, conversations):
+    try:
+      prompts_N.append(tokenizer.encode(note_prompt_text(conversation), add_bos=True))
+    except ValueError as e:
+      raise ValueError(f"{label}: {e}") from None
+  context = loaded.cfg.max_position_embeddings
+  full = [f"{labels[i]} ({len(p)} tokens)" for i, p in enumerate(prompts_N) if len(p) >= context]
+  if full:
+    raise ValueError(f"{len(full)} prompt(s) fill the model's context of {context} tokens, leaving no room for a "
+                     f"note (shorten the conversations): {', '.join(full[:5])}{' ...' if len(full) > 5 else ''}")
+  order = sorted(range(len(prompts_N)), key=lambda i: (-len(prompts_N[i]), i))
+  batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+  limits = [min(max_new_tokens, context - len(prompts_N[batch[0]])) for batch in batches]
+  short = sum(len(batch) for batch, limit in zip(batches, limits) if limit < max_new_tokens)
+  if short:
+    longest = len(prompts_N[order[0]])
+    log(f"warning: {short} of {len(prompts_N)} note(s) get fewer than {max_new_tokens} new tokens (as few as "
+        f"{context - longest}): the longest prompt has {longest} tokens and the model's context is {context}")
+  return NotePlan(prompts_N, batches, limits)
+
+
+def generate_batches(loaded: LoadedModel, plan: NotePlan, *, sampling: Sampling = Sampling(), seed: int = 0,
+                     stop_strings: Sequence[str] = STOP_STRINGS,
+                     skip: Container[int] = ()) -> Iterator[tuple[int, list[tuple[int, Note]]]]:
+  """Yields (batch number, [(conversation index, Note), ...]) for each batch of `plan` not in `skip`.
+
+  A batch short of the batch size is filled up with copies of its first prompt, so that one program
+  serves all full-size batches; batch b samples with seed (seed + b) mod 2**32, so a batch's notes
+  depend only on the plan, the seed and the model, not on which batches ran before.
+  """
+  tokenizer = Tokenizer(loaded.tokenizer_dir)
+  params = jax.device_put(loaded.params)
+  size = max(len(batch) for batch in plan.batches)
+  programs: dict[int, decode.GenerateFn] = {}
+  for b, (batch, limit) in enumerate(zip(plan.batches, plan.limits)):
+    if b in skip:
+      continue
+    if limit not in programs:
+      programs[limit] = decode.make_generate_fn(loaded.cfg, limit, sampling, tokenizer.eos_id,
+                                                vocab_limit=tokenizer.vocab_size)
+    rows = [plan.prompts_N[i] for i in batch]
+    rows += [rows[0]] * (size - len(rows))
+    new_tokens = decode.run(programs[limit], params, rows, seed=(seed + b) % 2**32, eos_id=tokenizer.eos_id)
+    notes = []
+    for i, tokens in zip(batch, new_tokens):
+      text = tokenizer.decode(tokens)
+      stopped = decode.truncate_at_stop(text, stop_strings)
+      ended = "stop_string" if stopped != text else "eos" if len(tokens) < limit else "limit"
+      notes.append((i, Note(stopped.strip(), len(tokens), ended)))
+    yield b, notes
+
+
+def warn_unfinished(notes: Sequence[Note], log: Callable[[str], None] | None = None) -> None:
+  """Logs how many notes reached their token limit without ending (none: nothing)."""
+  unfinished = sum(note.ended == "limit" for note in notes)
+  if unfinished:
+    (log or _stderr)(f"warning: {unfinished} of {len(notes)} note(s) reached their limit of new tokens without "
+                     "ending (no EOS or stop string): they may be cut short; raise --max-new-tokens")
+
+
 def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
                    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, sampling: Sampling = Sampling(),
                    seed: int = 0, batch_size: int = 8,
                    stop_strings: Sequence[str] = STOP_STRINGS,
                    log: Callable[[str], None] | None = None) -> list[str]:
-  """One generated note (stripped text) per conversation, in order.
+  """One generated note (`Note.text`) per conversation, in order: `plan_notes` then `generate_batches`.
 
-  Conversations go through the model `batch_size` at a time (the last batch is filled up with
-  copies so that one program serves all batches). Batch i draws with seed `seed + i`. Notes stay
-  within the model's context (`max_position_embeddings`): when the longest prompt plus
-  `max_new_tokens` would pass it, fewer new tokens are made and `log` (default: stderr) says so; it
-  also names the notes that reached the limit without ending (no EOS, no stop string).
-  Raises ValueError for a conversation that is not a conversation, a prompt that fills the whole
-  context, or a checkpoint without tokenizer.
+  Notes stay within the model's context (`max_position_embeddings`); `log` (default: stderr) names
+  the notes that get fewer tokens and those that reached their limit without ending. Raises
+  ValueError as `plan_notes` does.
   """
-  log = log or (lambda message: print(message, file=sys.stderr))
-  if loaded.tokenizer_dir is None:
-    raise ValueError(f"{loaded.source}: the checkpoint has no tokenizer (tokenizer/tokenizer.model)")
   if not conversations:
     return []
-  tokenizer = Tokenizer(loaded.tokenizer_dir)
-  prompts = [tokenizer.encode(note_prompt_text(c), add_bos=True) for c in conversations]
-  context, longest = loaded.cfg.max_position_embeddings, max(len(p) for p in prompts)
-  if longest >= context:
-    raise ValueError(f"the prompt has {longest} tokens and the model's context is {context}: no room for a note"
-                     " (shorten the conversation)")
-  if longest + max_new_tokens > context:
-    log(f"warning: at most {context - longest} new tokens instead of {max_new_tokens}: the longest prompt has"
-        f" {longest} tokens and the model's context is {context}")
-    max_new_tokens = context - longest
-  params = jax.device_put(loaded.params)
-  fn = decode.make_generate_fn(loaded.cfg, max_new_tokens, sampling, tokenizer.eos_id,
-                               vocab_limit=tokenizer.vocab_size)
-  batch_size = min(batch_size, len(prompts))
-  notes, unfinished = [], 0
-  for i, start in enumerate(range(0, len(prompts), batch_size)):
-    batch = prompts[start:start + batch_size]
-    filled = batch + [batch[0]] * (batch_size - len(batch))
-    new_tokens = decode.run(fn, params, filled, seed=seed + i, eos_id=tokenizer.eos_id)
-    for tokens in new_tokens[:len(batch)]:
-      text = tokenizer.decode(tokens)
-      stopped = decode.truncate_at_stop(text, stop_strings)
-      unfinished += len(tokens) == max_new_tokens and stopped == text  # neither EOS nor a stop string
-      notes.append(stopped.strip())
-  if unfinished:
-    log(f"warning: {unfinished} of {len(notes)} note(s) reached the limit of {max_new_tokens} new tokens without "
-        "ending (no EOS or stop string): they may be cut short; raise --max-new-tokens")
-  return notes
+  plan = plan_notes(loaded, conversations, max_new_tokens=max_new_tokens,
+                    batch_size=min(batch_size, len(conversations)), log=log)
+  notes: dict[int, Note] = {}
+  for _, batch in generate_batches(loaded, plan, sampling=sampling, seed=seed, stop_strings=stop_strings):
+    notes.update(batch)
+  warn_unfinished(list(notes.values()), log)
+  return [notes[i].text for i in range(len(conversations))]
+
+
+def _stderr(message: str) -> None:
+  print(message, file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="heal-jax generate",
-                                   description="Write the SOAP note of a doctor-patient conversation.")
+                                   description="Write the SOAP note of a doctor-patient conversation, or of each "
+                                               "conversation of a JSONL file.")
   parser.add_argument("--checkpoint", required=True, type=pathlib.Path,
                       help="converted checkpoint or training work directory")
-  parser.add_argument("--conversation", required=True, help="plain-text conversation file, or -")
+  given = parser.add_mutually_exclusive_group(required=True)
+  given.add_argument("--conversation", help="plain-text conversation file, or -; the note goes to stdout")
+  given.add_argument("--conversations", type=pathlib.Path,
+                     help='JSONL of {"id", "text"} conversations; the notes go to --output')
+  parser.add_argument("--output", type=pathlib.Path,
+                      help="with --conversations: JSONL of notes, the predictions of `eval notes`")
+  parser.add_argument("--batch-size", type=int, default=8, help="with --conversations: notes per batch")
   parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
   parser.add_argument("--seed", type=int, default=0, help="sampling seed, 0 <= S < 2**32")
   parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy")
@@ -109,6 +199,32 @@ def _error(message: str) -> int:
   return 2
 
 
+def _notes_of_file(args: argparse.Namespace, sampling: Sampling) -> int:
+  """`--conversations C --output P`: see `note_file`."""
+  from heal_jax.eval import output  # pylint: disable=import-outside-toplevel
+  from heal_jax.infer import note_file  # pylint: disable=import-outside-toplevel
+  settings = {"conversations_sha256": None, "max_new_tokens": args.max_new_tokens,
+              "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
+              "seed": args.seed, "batch_size": args.batch_size}
+  try:  # everything that needs no model is checked before the model is loaded
+    output.check_writable(args.output, [args.conversations])
+    output.check_writable(note_file.partial_path(args.output), [args.conversations])
+    rows = note_file.read_conversations(args.conversations)
+    settings["conversations_sha256"] = note_file.file_sha256(args.conversations)
+    note_file.read_partial(note_file.partial_path(args.output), settings, rows)
+    loaded = load_model(args.checkpoint)
+    print(f"heal-jax generate: model {loaded.source}; {len(rows)} conversations from {args.conversations}",
+          file=sys.stderr)
+    counts = note_file.write_notes(loaded, rows, args.output, settings=settings,
+                                   max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed,
+                                   batch_size=args.batch_size, source=args.conversations, log=_stderr)
+  except (CheckpointError, ConfigError, ValueError, OSError) as e:  # an InputError is a ValueError
+    return _error(str(e))
+  print(f"heal-jax generate: wrote {counts.written} notes to {args.output} ({counts.read} conversations read; "
+        f"{counts.kept} kept from an earlier run, {counts.generated} generated)", file=sys.stderr)
+  return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """The `heal-jax generate` command; returns the exit status."""
   try:
@@ -119,10 +235,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
   if not 0 <= args.seed < 2**32:  # jax.random.PRNGKey keeps 32 bits: 2**32 would draw as 0 does
     return _error(f"--seed must be in [0, 2**32), got {args.seed}")
+  if args.batch_size < 1:
+    return _error(f"--batch-size must be >= 1, got {args.batch_size}")
+  if (args.output is None) != (args.conversation is not None):
+    return _error("--output goes with --conversations (and only with it): --conversation prints the note")
   try:
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
   except ValueError as e:
     return _error(f"--{str(e).replace('_', '-')}")
+  if args.conversations is not None:
+    return _notes_of_file(args, sampling)
   try:
     text = (sys.stdin.read() if args.conversation == "-" else
             pathlib.Path(args.conversation).read_text(encoding="utf-8"))
