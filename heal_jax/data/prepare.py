@@ -37,6 +37,7 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -57,11 +58,18 @@ def _resolve(path: str | os.PathLike, workdir: str | os.PathLike | None, key: st
   return pathlib.Path(sources.with_workdir(str(path), workdir, key))
 
 
+class Stopped(Exception):
+  """`prepare` was asked to stop (its `stop` event was set, e.g. by SIGTERM) before it finished."""
+
+
 def _examples(source: sources.Source, on_error: str, deduplicator: dedup.Deduplicator,
               tokenizer: tokenizer_lib.Tokenizer, counts: dict[str, int],
-              skipped: list[dict[str, str]]) -> Iterator[dict[str, np.ndarray]]:
-  """Encoded kept records of `source`; fills `counts` (COUNT_KEYS) and `skipped` as it goes."""
+              skipped: list[dict[str, str]], stop: threading.Event | None) -> Iterator[dict[str, np.ndarray]]:
+  """Encoded kept records of `source`; fills `counts` (COUNT_KEYS) and `skipped` as it goes.
+  Raises Stopped once `stop` is set."""
   for record in sources.kept_records(source, on_error, deduplicator, counts, skipped):
+    if stop is not None and stop.is_set():
+      raise Stopped(f"stopped in data.sources.{source.name} after {counts['read']} records")
     tokens_N, loss_mask_N = examples.encode(tokenizer, *examples.texts(record, source.kind))
     counts["written"] += 1
     counts["tokens_written"] += len(tokens_N)
@@ -70,10 +78,11 @@ def _examples(source: sources.Source, on_error: str, deduplicator: dedup.Dedupli
 
 
 def _prepare_source(source: sources.Source, data_dir: pathlib.Path, on_error: str,
-                    deduplicator: dedup.Deduplicator, tokenizer: tokenizer_lib.Tokenizer) -> dict[str, Any]:
+                    deduplicator: dedup.Deduplicator, tokenizer: tokenizer_lib.Tokenizer,
+                    stop: threading.Event | None) -> dict[str, Any]:
   counts = dict.fromkeys(COUNT_KEYS, 0)
   skipped: list[dict[str, str]] = []
-  stream = _examples(source, on_error, deduplicator, tokenizer, counts, skipped)
+  stream = _examples(source, on_error, deduplicator, tokenizer, counts, skipped, stop)
   first = next(stream, None)
   if first is None:
     raise DataError(f"data.sources.{source.name}: no records left to write ({json.dumps(counts)})")
@@ -101,12 +110,14 @@ def tokenizer_sha256(tokenizer_dir: pathlib.Path) -> str:
 
 
 def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None,
-            *, overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+            *, overwrite: bool = False, log: Callable[[str], None] | None = None,
+            stop: threading.Event | None = None) -> dict[str, Any]:
   """Prepares every source of `config` into `out_dir` (default config.data.prepared_dir); the report.
 
   Reads config.data.{sources, tokenizer, on_error, dedup}; `{workdir}` in paths is replaced by
   `workdir`. An existing non-empty `out_dir` is an error unless `overwrite`, when it is replaced
-  (only once the new output is complete). Raises DataError (a ValueError) for bad config or data.
+  (only once the new output is complete). Raises DataError (a ValueError) for bad config or data, and
+  Stopped when `stop` is set before the end (checked at every record; nothing is written then).
   """
   log = log or (lambda message: None)
   data = config.data
@@ -142,7 +153,7 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
     per_source = {}
     for source in source_list:
       per_source[source.name] = _prepare_source(source, partial / source.name, data.on_error, deduplicator,
-                                                tokenizer)
+                                                tokenizer, stop)
       log(f"prepared {source.name}: " + ", ".join(f"{k} {per_source[source.name][k]}" for k in COUNT_KEYS))
       for item in per_source[source.name]["skipped"][:3]:
         log(f"  skipped {item['where']}: {item['reason']}")
@@ -292,9 +303,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--fields", default="", help="OURS=THEIRS,... for sources without a field map")
   parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
   argv = list(sys.argv[1:] if argv is None else argv)
-  # SIGTERM unwinds like an error, so the hidden staging directory is removed (exit status 143).
+  # SIGTERM unwinds like an error, so the hidden staging directory is removed (exit status 143). The
+  # event stops the record loop too: a SystemExit raised while a gc callback runs (jax installs one)
+  # is swallowed there.
+  stop = threading.Event()
+
+  def on_sigterm(signum, frame):
+    del frame
+    stop.set()
+    sys.exit(128 + signum)
+
   try:
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     installed = True
   except ValueError:  # not the main thread
     previous, installed = None, False
@@ -308,7 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.data.bootstrap and args.workdir is not None:  # e.g. configs/tiny.py: its corpus and tokenizer first
       from heal_jax.data import mixture  # pylint: disable=import-outside-toplevel  # (it imports jax)
       mixture.bootstrap(config, args.workdir, log)
-    report = prepare(config, args.out, args.workdir, overwrite=args.overwrite, log=log)
+    report = prepare(config, args.out, args.workdir, overwrite=args.overwrite, log=log, stop=stop)
+  except Stopped as e:
+    print(f"heal-jax data prepare: SIGTERM: {e}; nothing written", file=sys.stderr)
+    return 128 + signal.SIGTERM
   except (ValueError, OSError) as e:
     print(f"heal-jax data prepare: error: {e}", file=sys.stderr)
     return 2
