@@ -232,6 +232,21 @@ def test_generate_main_end_to_end(checkpoint, tmp_path, capsys):
   assert printed == expected[0] + "\n"
 
 
+def test_generate_main_dtype_casts_the_model(checkpoint, tmp_path, capsys, monkeypatch):
+  """--dtype bfloat16 generates with bfloat16 weights and compute, as eval's --dtype does."""
+  conv = tmp_path / "conv.txt"
+  conv.write_text("[doctor] Hi, what brings you in today?\n[patient] I've had a cough for two weeks.\n")
+  seen = []
+  real_plan = generate.plan_notes
+  monkeypatch.setattr(generate, "plan_notes", lambda loaded, *a, **k: seen.append(loaded) or real_plan(loaded, *a, **k))
+  assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(conv), "--max-new-tokens", "6",
+                        "--dtype", "bfloat16"]) == 0
+  (loaded,) = seen
+  assert loaded.cfg.compute_dtype == "bfloat16"
+  assert {str(x.dtype) for x in jax.tree.leaves(loaded.params)} == {"bfloat16"}
+  assert capsys.readouterr().out == generate.generate_notes(loaded, [conv.read_text()], max_new_tokens=6)[0] + "\n"
+
+
 def test_generate_main_errors_exit_2(checkpoint, tmp_path, capsys):
   conv = tmp_path / "conv.txt"
   conv.write_text("[doctor] hello.\n[patient] hi.\n")

@@ -1,7 +1,7 @@
 """SOAP notes from doctor-patient conversations: `generate_notes` (library) and `heal-jax generate`.
 
   heal-jax generate --checkpoint DIR --conversation FILE [--max-new-tokens N] [--seed S]
-                    [--temperature T] [--top-k K] [--top-p P]
+                    [--temperature T] [--top-k K] [--top-p P] [--dtype bfloat16]
   heal-jax generate --checkpoint DIR --conversations C.jsonl --output P.jsonl [--batch-size B] [...]
 
 The second form writes a note for every conversation of a JSONL file, resumably (`note_file`).
@@ -191,7 +191,14 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy")
   parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")
   parser.add_argument("--top-p", type=float, default=1.0, help="1 = no limit")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                      help="cast parameters and compute to this dtype (a work directory keeps float32 master "
+                           "weights: bfloat16 halves the memory); default: as stored")
   return parser
+
+
+def _load(args: argparse.Namespace) -> LoadedModel:
+  return load_model(args.checkpoint, args.dtype, **({"compute_dtype": args.dtype} if args.dtype else {}))
 
 
 def _error(message: str) -> int:
@@ -205,14 +212,14 @@ def _notes_of_file(args: argparse.Namespace, sampling: Sampling) -> int:
   from heal_jax.infer import note_file  # pylint: disable=import-outside-toplevel
   settings = {"conversations_sha256": None, "max_new_tokens": args.max_new_tokens,
               "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
-              "seed": args.seed, "batch_size": args.batch_size}
+              "seed": args.seed, "batch_size": args.batch_size, "dtype": args.dtype}
   try:  # everything that needs no model is checked before the model is loaded
     output.check_writable(args.output, [args.conversations])
     output.check_writable(note_file.partial_path(args.output), [args.conversations])
     rows = note_file.read_conversations(args.conversations)
     settings["conversations_sha256"] = note_file.file_sha256(args.conversations)
     note_file.read_partial(note_file.partial_path(args.output), settings, rows)
-    loaded = load_model(args.checkpoint)
+    loaded = _load(args)
     print(f"heal-jax generate: model {loaded.source}; {len(rows)} conversations from {args.conversations}",
           file=sys.stderr)
     counts = note_file.write_notes(loaded, rows, args.output, settings=settings,
@@ -252,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (OSError, UnicodeDecodeError, ValueError) as e:
     return _error(f"{args.conversation}: {e}")
   try:
-    loaded = load_model(args.checkpoint)
+    loaded = _load(args)
     print(f"heal-jax generate: model {loaded.source}", file=sys.stderr)
     note = generate_notes(loaded, [text], max_new_tokens=args.max_new_tokens, sampling=sampling,
                           seed=args.seed)[0]

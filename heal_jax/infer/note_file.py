@@ -6,7 +6,7 @@ conversation, in C's order: {"id", "text", "new_tokens", "ended"} (see `generate
 predictions file of `heal-jax eval notes`.
 
 Resuming: each finished batch is appended to P.jsonl.partial (fsynced), whose first line holds the
-run's settings (model, a SHA-256 of C, the token limit, sampling, seed, batch size). A run started again
+run's settings (model, a SHA-256 of C, the token limit, sampling, seed, batch size, dtype). A run started again
 with the same settings keeps the notes of the batches that were finished and generates the rest; its
 notes equal an uninterrupted run's, sampling included (`generate.generate_batches`). A changed setting
 is an error naming it, so notes of two settings never mix; remove the partial file to start over.
