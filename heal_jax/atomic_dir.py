@@ -10,6 +10,10 @@ host removes it once that process is gone; a previous output it had set aside bu
 shared filesystem) are left alone: their owner may still be writing. Hosts are told apart by
 hostname: containers that share one hostname but not their process ids should not write the same
 output at the same time.
+
+An output built in two steps (a work directory exported to HF goes through a converted checkpoint)
+keeps its intermediate in `scratch(NAME)`, `.NAME.scratch-HOST-PID`: private to the process, removed
+when the block ends, and cleared like a staging directory when its writer was killed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import signal
 import socket
 from typing import Iterator
 
-_KINDS = ("partial", "old")
+_KINDS = ("partial", "old", "scratch")
 
 
 def _suffix() -> str:
@@ -86,6 +90,21 @@ def staged(dst: pathlib.Path) -> Iterator[pathlib.Path]:
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
+
+
+@contextlib.contextmanager
+def scratch(dst: pathlib.Path) -> Iterator[pathlib.Path]:
+  """Yields a fresh, empty working directory beside `dst` for this process, removed when the block
+  ends (however it ends). `dst`'s parent is created if missing."""
+  dst = pathlib.Path(dst)
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  work = dst.parent / f".{dst.name}.scratch-{_suffix()}"
+  shutil.rmtree(work, ignore_errors=True)
+  work.mkdir()
+  try:
+    yield work
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _publish(staging: pathlib.Path, dst: pathlib.Path) -> None:

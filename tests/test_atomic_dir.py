@@ -69,12 +69,15 @@ def test_leftovers_of_a_killed_writer_are_removed_by_the_next_one(tmp_path):
 
   live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
   try:
-    kept = [f".out.partial-{socket.gethostname()}-{live.pid}", ".out.partial-otherhost-1", ".out.old-otherhost-2"]
+    kept = [f".out.partial-{socket.gethostname()}-{live.pid}", ".out.partial-otherhost-1", ".out.old-otherhost-2",
+            f".out.scratch-{socket.gethostname()}-{live.pid}"]
     for name in kept:
       (tmp_path / name).mkdir()
     dead_old = tmp_path / f".out.old-{socket.gethostname()}-{proc.pid}"  # set aside by the killed writer
     dead_old.mkdir()
-    assert atomic_dir.stale(dst) == sorted([dead_old, tmp_path / left])
+    dead_scratch = tmp_path / f".out.scratch-{socket.gethostname()}-{proc.pid}"  # an intermediate it built
+    dead_scratch.mkdir()
+    assert atomic_dir.stale(dst) == sorted([dead_old, dead_scratch, tmp_path / left])
     with atomic_dir.staged(dst) as staging:
       (staging / "a").write_text("1")
     assert _siblings(dst) == sorted(kept)
@@ -115,3 +118,16 @@ def test_an_output_set_aside_by_a_killed_writer_is_put_back(tmp_path):
       (staging / "weights.bin").write_text("half")
       raise RuntimeError("the new write fails too")
   assert (dst / "weights.bin").read_text() == "previous" and _siblings(dst) == []
+
+
+def test_scratch_is_private_and_removed_however_the_block_ends(tmp_path):
+  dst = tmp_path / "out"
+  with atomic_dir.scratch(dst) as work:
+    assert work.name == f".out.scratch-{socket.gethostname()}-{os.getpid()}" and work.is_dir()
+    (work / "x").write_text("1")
+    assert atomic_dir.stale(dst) == []  # this process is alive: not a leftover
+  assert not work.exists()
+  with pytest.raises(RuntimeError):
+    with atomic_dir.scratch(dst) as work:
+      raise RuntimeError
+  assert not work.exists() and list(tmp_path.iterdir()) == []

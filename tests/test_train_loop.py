@@ -273,6 +273,7 @@ def test_init_from_an_hf_directory(data_root, tmp_path, capsys):
   first = tmp_path / "first"
   loop.train(train_helpers.load(data_root, 4), first)
   hf_convert.orbax_to_hf(first, tmp_path / "hf", dtype="float32")
+  assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".hf")]  # the intermediate is gone
   config = train_helpers.load(data_root, 1, (f"--config.init_from={tmp_path / 'hf'}",
                                              "--config.phases.pretrain.peak_lr=0.0"))
   capsys.readouterr()

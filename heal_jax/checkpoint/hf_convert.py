@@ -11,13 +11,13 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
 import sys
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from heal_jax import atomic_dir
 from heal_jax.checkpoint import finite, hf_mapping, params_store, safetensors_io
 from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.model.config import ConfigError, ModelConfig, from_hf_config, to_hf_config
@@ -344,15 +344,12 @@ def _workdir_to_hf(workdir: pathlib.Path, dst: pathlib.Path, max_shard_bytes: in
   from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
   dst = params_store.check_output(dst, overwrite, (workdir,))  # before loading the model
   loaded = restore.load_model(workdir, dtype=dtype, scan_layers=False)
-  staging = dst.parent / f".{dst.name}.from-workdir"
-  with params_store.atomic_output_dir(staging, overwrite=True) as out:
-    cpu = _host_device()  # host arrays (not GPU 0), which orbax writes without a copy
-    params = jax.tree.map(lambda x: jax.device_put(x, cpu), loaded.params)
-    params_store.write_checkpoint(out, params, loaded.cfg.replace(param_dtype=dtype),
-                                  to_hf_config(loaded.cfg, dtype=dtype), dtype, loaded.tokenizer_dir,
-                                  {"source": loaded.source})
-  try:
-    summary = orbax_to_hf(staging, dst, max_shard_bytes, overwrite)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+  with atomic_dir.scratch(dst) as work:  # private to this process: two exports to one dst do not collide
+    with params_store.atomic_output_dir(work / "checkpoint") as out:
+      cpu = _host_device()  # host arrays (not GPU 0), which orbax writes without a copy
+      params = jax.tree.map(lambda x: jax.device_put(x, cpu), loaded.params)
+      params_store.write_checkpoint(out, params, loaded.cfg.replace(param_dtype=dtype),
+                                    to_hf_config(loaded.cfg, dtype=dtype), dtype, loaded.tokenizer_dir,
+                                    {"source": loaded.source})
+    summary = orbax_to_hf(work / "checkpoint", dst, max_shard_bytes, overwrite)
   return {**summary, "source": loaded.source}
