@@ -254,9 +254,9 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
         if last_logged == step0:  # this interval's time includes compiling the step: no estimate from it
           eta = "after the first interval"
         else:
-          later = sum(p.steps * p.global_batch * p.seq_len for p in run.phases[phase.index + 1:])
+          later = metrics_lib.later_phases_seconds(cfg, run.phases[phase.index + 1:], flops_token * rows_tokens / dt)
           eta = (f"{metrics_lib.format_eta((phase.end - done) * dt)} (phase), "
-                 f"{metrics_lib.format_eta((phase.end - done) * dt + later / (rows_tokens / dt))} (run)")
+                 f"{metrics_lib.format_eta((phase.end - done) * dt + later)} (run)")
         run.writer.log(f"{phase.name} step {done}/{phase.end} loss {scalars['loss']:.4f} lr "
                        f"{host['learning_rate']:.2e} gnorm {scalars['grad_norm']:.3f} "
                        f"{rows_tokens / dt:,.0f} tok/s" + (f" mfu {scalars['mfu']:.1%}" if peak else "") +

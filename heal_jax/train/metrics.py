@@ -19,7 +19,7 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 
@@ -172,6 +172,13 @@ def interval_scalars(sums: Mapping[str, Any], source_names: list[str]) -> dict[s
       out[f"loss/{name}"] = float(sums["source_nll_S"][i] / source_tokens[i])
       out[f"share/{name}"] = float(source_tokens[i] / total)
   return out
+
+
+def later_phases_seconds(cfg: ModelConfig, phases: Sequence[Any], flops_per_s: float) -> float:
+  """Estimated time of whole `phases` (each with steps, global_batch, seq_len) at the model FLOP/s
+  measured now: a phase at a longer seq_len costs more per token (`flops_per_token`)."""
+  flops = sum(p.steps * p.global_batch * p.seq_len * flops_per_token(cfg, p.seq_len) for p in phases)
+  return flops / flops_per_s
 
 
 def format_eta(seconds: float) -> str:
