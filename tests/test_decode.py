@@ -101,6 +101,19 @@ def test_greedy_kv_decoding_equals_full_recompute(model, prompts, greedy_fn, sca
   assert len({tuple(g) for g in got}) == len(got)
 
 
+def test_each_row_stops_at_the_context_whatever_its_batch(model, prompts):
+  """With max_positions, a row gets max_positions - len(prompt) new tokens: a short prompt beside a
+  long one is not cut to the long one's room (prompts of 5, 17 and 9 tokens, 20 positions: 15, 3, 11)."""
+  cfg, p = model
+  fn = decode.make_generate_fn(cfg, 16, max_positions=20)
+  got = decode.run(fn, p, prompts, max_positions=20)
+  assert [len(g) for g in got] == [15, 3, 11]
+  tokens_BxP, pad_B = decode.left_pad(prompts)
+  assert int(fn(p, tokens_BxP, pad_B, jax.random.PRNGKey(0))[1]) == 15  # the loop ends with the roomiest row
+  for prompt, tokens in zip(prompts, got):
+    assert tokens == _greedy_by_full_forward(cfg, p, [prompt], 20 - len(prompt))[0]
+
+
 def test_vocab_limit_keeps_ids_the_tokenizer_lacks_out(model, prompts):
   """The last 2 x 16 ids get lm_head columns of +-1000 along each hidden unit: unlimited greedy
   decoding picks them every step; limited to the ids below them it equals the full-forward argmax
@@ -298,12 +311,12 @@ def test_notes_stay_within_the_models_context(checkpoint):
   messages = []
   clamped = generate.generate_notes(loaded, [conversation], max_new_tokens=room + 500, log=messages.append,
                                     stop_strings=())
-  assert messages[0] == (f"warning: 1 of 1 note(s) get fewer than {room + 500} new tokens (as few as {room}): the "
-                         f"longest prompt has {prompt_tokens} tokens and the model's context is "
-                         f"{loaded.cfg.max_position_embeddings}")
+  assert messages[0] == (f"warning: 1 of 1 note(s) have room for fewer than {room + 500} new tokens in the model's "
+                         f"context of {loaded.cfg.max_position_embeddings} (as few as {room}: the longest prompt has "
+                         f"{prompt_tokens} tokens); each stops there")
   del messages[:]
   exact = generate.generate_notes(loaded, [conversation], max_new_tokens=room, log=messages.append, stop_strings=())
-  assert clamped == exact and not any("get fewer than" in m for m in messages)
+  assert clamped == exact and not any("have room for fewer" in m for m in messages)
   long_conversation = "\n".join(["[doctor] Tell me more about the cough and the fever."] * 200)
   with pytest.raises(ValueError, match="no room for a note"):
     generate.generate_notes(loaded, [long_conversation], max_new_tokens=8)
@@ -321,7 +334,7 @@ def test_a_note_cut_by_the_token_limit_is_named(checkpoint):
                           eos_id=tok.eos_id, vocab_limit=tok.vocab_size)[0]
     messages = []
     generate.generate_notes(loaded, [conversation], max_new_tokens=limit, log=messages.append, stop_strings=())
-    expected = ["warning: 1 of 1 note(s) reached their limit of new tokens without ending (no EOS or stop "
+    expected = ["warning: 1 of 1 note(s) reached the limit of new tokens without ending (no EOS or stop "
                 "string): they may be cut short; raise --max-new-tokens"] if len(new) == limit else []
     assert messages == expected
     reached.append(len(new) == limit)

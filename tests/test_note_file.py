@@ -1,8 +1,16 @@
 """`heal-jax generate --conversations C.jsonl --output P.jsonl`: order, equality with one-at-a-time notes,
-resuming after a kill, settings checks, bad input, and `eval notes` reading the result."""
+each note's own room in the context, resuming after a kill (a real SIGTERM too), what the partial file
+must agree with (the model by its weights, not its path), locking, bad input, and `eval notes` reading
+the result."""
 
 import dataclasses
+import fcntl
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -41,16 +49,19 @@ def _write_conversations(path, rows=CONVERSATIONS):
   return path
 
 
-def _run(loaded, conversations, out, *, sampling=Sampling(), seed=0, batch_size=2, log=None):
-  rows = note_file.read_conversations(conversations)
-  settings = {"conversations_sha256": note_file.file_sha256(conversations), "max_new_tokens": NEW,
-              "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
-              "seed": seed, "batch_size": batch_size}
+def _run(loaded, conversations, out, *, sampling=Sampling(), seed=0, batch_size=2, log=None, stop=None):
   messages = []
-  counts = note_file.write_notes(loaded, rows, out, settings=settings, max_new_tokens=NEW, sampling=sampling,
-                                 seed=seed, batch_size=batch_size, source=conversations,
-                                 log=log or messages.append)
+  counts = note_file.write_notes(loaded, note_file.read_conversations(conversations), out,
+                                 conversations=conversations, max_new_tokens=NEW, sampling=sampling, seed=seed,
+                                 batch_size=batch_size, dtype=None, log=log or messages.append, stop=stop)
   return counts, messages
+
+
+def _kill_after(batch):
+  def log(message):
+    if message.startswith(f"batch {batch} of"):
+      raise Killed
+  return log
 
 
 def _rows(path):
@@ -67,17 +78,31 @@ def test_notes_in_file_order_equal_one_at_a_time_notes(loaded, tmp_path):
   singles = [generate.generate_notes(loaded, [text], max_new_tokens=NEW) for _, text in CONVERSATIONS]
   assert [r["text"] for r in rows] == [s[0] for s in singles]
   assert all(r["ended"] in ("eos", "stop_string", "limit") and 0 <= r["new_tokens"] <= NEW for r in rows)
-  assert not note_file.partial_path(out).exists()
   assert "batch 3 of 3: 5 of 5 notes" in messages
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "p.jsonl"]  # no partial, no temporary
 
 
-def test_plan_batches_longest_prompts_first(loaded):
-  plan = generate.plan_notes(loaded, [t for _, t in CONVERSATIONS], max_new_tokens=NEW, batch_size=2)
-  lengths = [len(p) for p in plan.prompts_N]
-  assert sorted(i for b in plan.batches for i in b) == list(range(5))
-  order = [i for b in plan.batches for i in b]
-  assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
-  assert order[0] == 1 and plan.limits == [NEW] * 3
+def test_each_note_has_its_own_room_in_the_context(loaded, tmp_path):
+  """A context that leaves the longest prompt 3 new tokens: it stops there ("context"), and the short
+  prompts batched with it still get their NEW tokens, as when each is generated alone."""
+  texts = [t for _, t in CONVERSATIONS]
+  lengths = [len(p) for p in generate.plan_notes(loaded, texts, max_new_tokens=NEW).prompts]
+  small = dataclasses.replace(loaded, cfg=loaded.cfg.replace(max_position_embeddings=max(lengths) + 3))
+  messages = []
+  plan = generate.plan_notes(small, texts, max_new_tokens=NEW, batch_size=5, log=messages.append)
+  assert plan.rooms == [min(NEW, max(lengths) + 3 - n) for n in lengths] and plan.rooms[1] == 3
+  assert plan.batches == [[1, 3, 4, 0, 2]] and plan.sizes == [NEW]
+  short = sum(r < NEW for r in plan.rooms)
+  assert messages == [f"warning: {short} of 5 note(s) have room for fewer than {NEW} new tokens in the model's "
+                      f"context of {max(lengths) + 3} (as few as 3: the longest prompt has {max(lengths)} tokens); "
+                      "each stops there"]
+  (_, notes), = generate.generate_batches(small, plan, stop_strings=())
+  notes = dict(notes)
+  for i, text in enumerate(texts):
+    alone = generate.generate_notes(small, [text], max_new_tokens=NEW, stop_strings=(), log=lambda m: None)[0]
+    assert notes[i].text == alone
+  assert notes[1].new_tokens <= 3 and notes[1].ended in ("context", "eos")
+  assert max(n.new_tokens for n in notes.values()) > 3  # the short prompts were not cut to the long one's room
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_notes(loaded, tmp_path):
@@ -88,13 +113,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_notes(loaded, tmp_path):
   whole = tmp_path / "whole.jsonl"
   _run(loaded, conversations, whole, sampling=sampling, seed=3)
   out = tmp_path / "p.jsonl"
-
-  def kill_after_batch_2(message):
-    if message.startswith("batch 2 of"):
-      raise Killed
-
   with pytest.raises(Killed):
-    _run(loaded, conversations, out, sampling=sampling, seed=3, log=kill_after_batch_2)
+    _run(loaded, conversations, out, sampling=sampling, seed=3, log=_kill_after(2))
   partial = note_file.partial_path(out)
   lines = partial.read_text().splitlines()
   assert json.loads(lines[0])["settings"]["seed"] == 3 and len(lines) == 1 + 4 and not out.exists()
@@ -106,23 +126,90 @@ def test_a_killed_run_resumes_to_the_uninterrupted_notes(loaded, tmp_path):
   assert out.read_text() == whole.read_text() and not partial.exists()
 
 
-def test_a_partial_of_other_settings_or_conversations_is_refused(loaded, tmp_path):
+def test_a_stop_request_ends_after_the_batch_and_the_rerun_continues(loaded, tmp_path):
   conversations = _write_conversations(tmp_path / "c.jsonl")
   out = tmp_path / "p.jsonl"
+  stop = threading.Event()
+  stop.set()
+  with pytest.raises(note_file.Interrupted, match=r"2 of 5 notes are kept in .*p\.jsonl\.partial"):
+    _run(loaded, conversations, out, stop=stop)
+  assert _run(loaded, conversations, out)[0] == note_file.Counts(read=5, kept=2, generated=3, written=5)
 
-  def kill(message):
-    if message.startswith("batch 1 of"):
-      raise Killed
 
+def test_the_partial_must_agree_on_the_model_and_settings(loaded, note_checkpoint, tmp_path):
+  conversations = _write_conversations(tmp_path / "c.jsonl")
+  out = tmp_path / "p.jsonl"
+  sampling = Sampling(temperature=1.0)
   with pytest.raises(Killed):
-    _run(loaded, conversations, out, seed=3, log=kill)
-  with pytest.raises(records.InputError, match=r"p\.jsonl\.partial holds notes of an earlier run made with seed 3 "
-                                               r"\(now 4\): rerun with its settings"):
-    _run(loaded, conversations, out, seed=4)
+    _run(loaded, conversations, out, sampling=sampling, seed=3, log=_kill_after(1))
+  partial = note_file.partial_path(out)
+  with pytest.raises(records.InputError, match=r"p\.jsonl\.partial holds notes of an earlier run \(model .*\) made "
+                                               r"with seed 3 \(now 4\): rerun with its settings"):
+    _run(loaded, conversations, out, sampling=sampling, seed=4)
+  other = restore.load_model(note_checkpoint)  # the same path, other weights (not sharpened)
+  with pytest.raises(records.InputError, match="model_fingerprint"):
+    _run(other, conversations, out, sampling=sampling, seed=3)
+  moved = dataclasses.replace(loaded, source="/elsewhere/same-weights")  # the same weights by another path
+  with pytest.raises(Killed):  # accepted: it runs on to batch 2
+    _run(moved, conversations, out, sampling=sampling, seed=3, log=_kill_after(2))
   _write_conversations(conversations, CONVERSATIONS[:4])
   with pytest.raises(records.InputError, match="conversations_sha256"):
-    _run(loaded, conversations, out, seed=3)
-  assert note_file.partial_path(out).exists()  # nothing lost: the earlier notes are still there
+    _run(loaded, conversations, out, sampling=sampling, seed=3)
+  assert partial.exists()  # nothing lost: the earlier notes are still there
+
+
+def test_greedy_runs_do_not_record_sampling_settings(loaded, tmp_path):
+  conversations = _write_conversations(tmp_path / "c.jsonl")
+  out = tmp_path / "p.jsonl"
+  with pytest.raises(Killed):
+    _run(loaded, conversations, out, seed=3, batch_size=2, log=_kill_after(1))
+  head = json.loads(note_file.partial_path(out).read_text().splitlines()[0])["settings"]
+  assert (head["seed"], head["top_k"], head["top_p"]) == (None, None, None)
+  assert _run(loaded, conversations, out, seed=4)[0].kept == 2  # greedy: another seed changes nothing
+
+
+def test_damaged_partial_files_are_named(loaded, tmp_path):
+  conversations = _write_conversations(tmp_path / "c.jsonl")
+  out = tmp_path / "p.jsonl"
+  partial = note_file.partial_path(out)
+  for bad in ('{"settings": 1}\n', "null\n", "[1, 2]\n"):
+    partial.write_text(bad)
+    with pytest.raises(records.InputError, match=r"p\.jsonl\.partial:1: not the settings line"):
+      _run(loaded, conversations, out)
+  partial.unlink()
+  with pytest.raises(Killed):
+    _run(loaded, conversations, out, log=_kill_after(1))
+  lines = partial.read_text().splitlines()
+  for field, value in (("text", 12345), ("ended", "bogus"), ("new_tokens", "x"), ("new_tokens", True),
+                       ("index", True)):
+    row = json.loads(lines[1])
+    row[field] = value
+    partial.write_text("\n".join([lines[0], json.dumps(row)] + lines[2:]) + "\n")
+    with pytest.raises(records.InputError, match=r"p\.jsonl\.partial:2: not a note row"):
+      _run(loaded, conversations, out)
+
+
+def test_an_output_that_is_not_a_notes_file_is_refused(loaded, tmp_path):
+  conversations = _write_conversations(tmp_path / "c.jsonl")
+  manifest = tmp_path / "heal_checkpoint.json"
+  manifest.write_text('{"format": "heal-jax checkpoint"}\n')
+  with pytest.raises(records.InputError, match="exists and is not a notes file"):
+    _run(loaded, conversations, manifest)
+  assert manifest.read_text() == '{"format": "heal-jax checkpoint"}\n'
+  with pytest.raises(records.InputError, match=r"not ending in \.partial"):
+    _run(loaded, conversations, tmp_path / "x.jsonl.partial")
+  out = tmp_path / "p.jsonl"
+  _run(loaded, conversations, out)
+  assert _run(loaded, conversations, out)[0].generated == 5  # a finished notes file is replaced by a rerun
+
+
+def test_a_second_run_on_the_same_output_stops_at_once(loaded, tmp_path):
+  conversations = _write_conversations(tmp_path / "c.jsonl")
+  out = tmp_path / "p.jsonl"
+  with open(note_file.partial_path(out), "ab") as held:
+    fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+    with pytest.raises(records.InputError, match="another heal-jax generate is writing this output"):
+      _run(loaded, conversations, out)
 
 
 def test_bad_conversations_are_named_before_any_note(loaded, tmp_path):
@@ -137,10 +224,10 @@ def test_bad_conversations_are_named_before_any_note(loaded, tmp_path):
   with pytest.raises(records.InputError, match=r"bad\.jsonl:1: malformed JSON"):
     note_file.read_conversations(bad)
   long = "\n".join(["[doctor] tell me more about the cough and the fever ."] * 200)
-  conversations = _write_conversations(tmp_path / "c.jsonl", CONVERSATIONS[:2] + [("long", long)])
+  conversations = _write_conversations(tmp_path / "c.jsonl", CONVERSATIONS[:2] + [("long", long), ("l2", long)])
   out = tmp_path / "p.jsonl"
-  with pytest.raises(ValueError, match=r"1 prompt\(s\) fill the model's context of 1024 tokens.*c\.jsonl:3 "
-                                       r"\(id 'long'\) \(\d+ tokens\)"):
+  with pytest.raises(ValueError, match=r"2 prompt\(s\) fill the model's context of 1024 tokens.*c\.jsonl:3 "
+                                       r"\(id 'long'\) \(\d+ tokens\), .*c\.jsonl:4 \(id 'l2'\) \(\d+ tokens\)$"):
     _run(loaded, conversations, out)
   assert not out.exists() and not note_file.partial_path(out).exists()
 
@@ -157,6 +244,31 @@ def test_cli_writes_predictions_that_eval_notes_reads(note_checkpoint, tmp_path,
                                 for i, _ in CONVERSATIONS))
   assert notes_lib.main(["--predictions", str(out), "--references", str(references)]) == 0
   assert json.loads(capsys.readouterr().out)["notes"] == 5
+
+
+def test_cli_sigterm_keeps_the_finished_batches_and_the_rerun_equals_one_run(note_checkpoint, tmp_path):
+  """A real SIGTERM to the command: exit 143 with a message; the same command then finishes, and its
+  file equals one uninterrupted run's."""
+  many = [(f"n{k}", "\n".join(TURNS[:2 + k % 5])) for k in range(24)]
+  conversations = _write_conversations(tmp_path / "c.jsonl", many)
+  command = [sys.executable, "-m", "heal_jax.cli", "generate", "--checkpoint", str(note_checkpoint),
+             "--conversations", str(conversations), "--max-new-tokens", "24", "--batch-size", "2"]
+  whole = tmp_path / "whole.jsonl"
+  subprocess.run(command + ["--output", str(whole)], check=True, capture_output=True, timeout=300)
+  out = tmp_path / "p.jsonl"
+  proc = subprocess.Popen(command + ["--output", str(out)], stderr=subprocess.PIPE, text=True)
+  partial = note_file.partial_path(out)
+  deadline = time.time() + 120
+  while time.time() < deadline and not (partial.exists() and partial.read_text().count("\n") >= 3):
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  if proc.returncode == 0:  # it finished before the signal: nothing to resume
+    pytest.skip("the run finished before SIGTERM arrived")
+  assert proc.returncode == 143 and "SIGTERM: the finished batches are kept in" in err and not out.exists()
+  rerun = subprocess.run(command + ["--output", str(out)], capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0 and "kept from an earlier run" in rerun.stderr
+  assert out.read_text() == whole.read_text()
 
 
 def test_cli_refuses_bad_arguments(note_checkpoint, tmp_path, capsys):

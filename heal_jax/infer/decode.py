@@ -52,7 +52,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_multiple: int = 64,
 
 def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling = Sampling(),
                      eos_id: int | None = None, stop_on_eos: bool = True,
-                     vocab_limit: int | None = None) -> GenerateFn:
+                     vocab_limit: int | None = None, max_positions: int | None = None) -> GenerateFn:
   """A jitted `(params, tokens_BxP, pad_B, rng) -> (new_tokens_BxN, steps)`, N = max_new_tokens.
 
   params: the `Llama(cfg)` parameter tree (stacked when cfg.scan_layers).
@@ -60,8 +60,12 @@ def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling =
   rng: a PRNG key; token t of every row is drawn with `fold_in(rng, t)` (unused when greedy).
   vocab_limit: only ids below it are produced (the tokenizer's size, for a model whose vocabulary
     is padded past its tokenizer); None: any id of the model's vocabulary.
+  max_positions: a row is finished once its prompt and new tokens fill this many positions (the
+    model's context): a row of a P_b-token prompt gets at most max_positions - P_b new tokens, whatever
+    its batch's longest or shortest prompt; None: every row may make N.
   Returns the new tokens (columns from `steps` on are 0: the loop stopped because every row had
-  finished; tokens after a row's EOS are whatever the model produced) and the number of steps run.
+  finished; tokens after a row's EOS or its max_positions are whatever the model produced: `run` cuts
+  them) and the number of steps run.
   One program is compiled per (B, P) shape.
   """
   if max_new_tokens < 1:
@@ -86,6 +90,9 @@ def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling =
     token_B = pick(logits_Bx1xV[:, 0], jax.random.fold_in(rng, 0))
     out_BxN = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(token_B)
     done_B = (token_B == eos_id) if check_eos else jnp.zeros((b,), bool)
+    room_B = (max_new_tokens if max_positions is None else
+              jnp.minimum(max_new_tokens, max_positions - (p - pad_B)))  # new tokens each row may make
+    done_B = done_B | (room_B <= 1)
 
     def cond(state):
       t, _, _, _, done_B = state
@@ -102,6 +109,7 @@ def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling =
       out_BxN = jax.lax.dynamic_update_slice(out_BxN, token_B[:, None], (0, t))
       if check_eos:
         done_B = done_B | (token_B == eos_id)
+      done_B = done_B | (t + 1 >= room_B)
       return t + 1, token_B, cache, out_BxN, done_B
 
     steps, _, _, out_BxN, _ = jax.lax.while_loop(
@@ -126,12 +134,15 @@ def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> str:
 
 
 def run(generate_fn: GenerateFn, params: Any, prompts: Sequence[Sequence[int]], *, seed: int = 0,
-        eos_id: int | None = None, pad_multiple: int = 64) -> list[list[int]]:
-  """New tokens of each prompt (cut before EOS), from a function of `make_generate_fn`."""
+        eos_id: int | None = None, pad_multiple: int = 64, max_positions: int | None = None) -> list[list[int]]:
+  """New tokens of each prompt (cut before EOS, and at max_positions - len(prompt) new tokens when
+  given: the `max_positions` the function was made with), from a function of `make_generate_fn`."""
   tokens_BxP, pad_B = left_pad(prompts, pad_multiple)
   out_BxN, steps = generate_fn(params, jnp.asarray(tokens_BxP), jnp.asarray(pad_B),
                                jax.random.PRNGKey(seed))
   out_BxN = np.asarray(out_BxN)[:, :int(steps)]
+  if max_positions is not None:
+    out_BxN = [row[:max_positions - len(prompt)] for row, prompt in zip(out_BxN, prompts)]
   return [cut_at_eos(row, eos_id) for row in out_BxN]
 
 

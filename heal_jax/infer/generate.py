@@ -23,7 +23,11 @@ import argparse
 from collections.abc import Callable, Container, Iterator, Sequence
 import dataclasses
 import pathlib
+import signal
 import sys
+import threading
+import typing
+from typing import Literal
 
 import jax
 
@@ -44,29 +48,45 @@ def note_prompt_text(conversation: str) -> str:
   return templates.format_instruction(templates.note_prompt(templates.normalize_conversation(conversation)))[0]
 
 
+Ended = Literal["eos", "stop_string", "limit", "context"]
+ENDINGS: tuple[str, ...] = typing.get_args(Ended)
+
+
 @dataclasses.dataclass(frozen=True)
 class Note:
   """One generated note.
 
   text: the decoded new tokens before EOS, cut at the first stop string, stripped.
   new_tokens: how many tokens were generated before EOS (all of them when there was none).
-  ended: "eos", "stop_string", or "limit" when the note reached its token limit without either (it may
-    be cut short).
+  ended: "eos" or "stop_string"; else the note was cut (it may be unfinished): "limit" by
+    max_new_tokens, "context" where its prompt left fewer positions in the model's context.
   """
   text: str
   new_tokens: int
-  ended: str
+  ended: Ended
 
 
 @dataclasses.dataclass(frozen=True)
 class NotePlan:
-  """How a list of conversations is generated: prompts_N (token ids with BOS), batches (indices into
-  the list, longest prompts first, so that rows of similar length share a batch and little padding is
-  computed; ties keep list order) and limits (max new tokens of each batch: the requested number, or
-  fewer where the batch's longest prompt leaves less room in the model's context)."""
-  prompts_N: list[list[int]]
+  """How a list of conversations is generated.
+
+  prompts: token ids (with BOS) of each conversation's note prompt.
+  rooms: new tokens each note may have: max_new_tokens, or fewer where its prompt leaves less room in
+    the model's context (max_position_embeddings). Each row stops at its own room.
+  batches: indices into the list, longest prompts first (ties in list order), so that rows of
+    similar length share a batch and little padding is computed.
+  sizes: new-token slots of each batch's program: its largest room rounded up to a multiple of
+    `ROOM_MULTIPLE` (at most max_new_tokens), so that batches share compiled programs.
+  max_new_tokens: the requested limit.
+  """
+  prompts: list[list[int]]
+  rooms: list[int]
   batches: list[list[int]]
-  limits: list[int]
+  sizes: list[int]
+  max_new_tokens: int
+
+
+ROOM_MULTIPLE = 64
 
 
 def plan_notes(loaded: LoadedModel, conversations: Sequence[str], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -74,10 +94,10 @@ def plan_notes(loaded: LoadedModel, conversations: Sequence[str], *, max_new_tok
                log: Callable[[str], None] | None = None) -> NotePlan:
   """Encodes the note prompts and batches them (see NotePlan).
 
-  labels: names of the conversations for messages (default "conversation i", counted from 1).
-  log (default: stderr) gets a warning when some notes get fewer than `max_new_tokens` tokens.
+  labels: names of the conversations for messages, one each (default "conversation i", from 1).
+  log (default: stderr) gets a warning when some notes have room for fewer than `max_new_tokens`.
   Raises ValueError for a checkpoint without tokenizer, a text that is not a conversation, or prompts
-  that fill the whole context (all such conversations are named).
+  that fill the whole context (every such conversation is named).
   """
   log = log or _stderr
   if loaded.tokenizer_dir is None:
@@ -85,27 +105,31 @@ def plan_notes(loaded: LoadedModel, conversations: Sequence[str], *, max_new_tok
   if max_new_tokens < 1 or batch_size < 1:
     raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
   labels = labels or [f"conversation {i + 1}" for i in range(len(conversations))]
+  if len(labels) != len(conversations):
+    raise ValueError(f"{len(labels)} labels for {len(conversations)} conversations")
   tokenizer = Tokenizer(loaded.tokenizer_dir)
-  prompts_N = []
+  prompts = []
   for label, conversation in zip(labels, conversations):
     try:
-      prompts_N.append(tokenizer.encode(note_prompt_text(conversation), add_bos=True))
+      prompts.append(tokenizer.encode(note_prompt_text(conversation), add_bos=True))
     except ValueError as e:
       raise ValueError(f"{label}: {e}") from None
   context = loaded.cfg.max_position_embeddings
-  full = [f"{labels[i]} ({len(p)} tokens)" for i, p in enumerate(prompts_N) if len(p) >= context]
+  full = [f"{labels[i]} ({len(p)} tokens)" for i, p in enumerate(prompts) if len(p) >= context]
   if full:
     raise ValueError(f"{len(full)} prompt(s) fill the model's context of {context} tokens, leaving no room for a "
-                     f"note (shorten the conversations): {', '.join(full[:5])}{' ...' if len(full) > 5 else ''}")
-  order = sorted(range(len(prompts_N)), key=lambda i: (-len(prompts_N[i]), i))
+                     f"note (shorten the conversations): {', '.join(full)}")
+  rooms = [min(max_new_tokens, context - len(p)) for p in prompts]
+  order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
   batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-  limits = [min(max_new_tokens, context - len(prompts_N[batch[0]])) for batch in batches]
-  short = sum(len(batch) for batch, limit in zip(batches, limits) if limit < max_new_tokens)
+  sizes = [min(max_new_tokens, -(-max(rooms[i] for i in batch) // ROOM_MULTIPLE) * ROOM_MULTIPLE)
+           for batch in batches]
+  short = [room for room in rooms if room < max_new_tokens]
   if short:
-    longest = len(prompts_N[order[0]])
-    log(f"warning: {short} of {len(prompts_N)} note(s) get fewer than {max_new_tokens} new tokens (as few as "
-        f"{context - longest}): the longest prompt has {longest} tokens and the model's context is {context}")
-  return NotePlan(prompts_N, batches, limits)
+    log(f"warning: {len(short)} of {len(prompts)} note(s) have room for fewer than {max_new_tokens} new tokens in "
+        f"the model's context of {context} (as few as {min(short)}: the longest prompt has "
+        f"{len(prompts[order[0]])} tokens); each stops there")
+  return NotePlan(prompts, rooms, batches, sizes, max_new_tokens)
 
 
 def generate_batches(loaded: LoadedModel, plan: NotePlan, *, sampling: Sampling = Sampling(), seed: int = 0,
@@ -113,38 +137,51 @@ def generate_batches(loaded: LoadedModel, plan: NotePlan, *, sampling: Sampling 
                      skip: Container[int] = ()) -> Iterator[tuple[int, list[tuple[int, Note]]]]:
   """Yields (batch number, [(conversation index, Note), ...]) for each batch of `plan` not in `skip`.
 
-  A batch short of the batch size is filled up with copies of its first prompt, so that one program
-  serves all full-size batches; batch b samples with seed (seed + b) mod 2**32, so a batch's notes
-  depend only on the plan, the seed and the model, not on which batches ran before.
+  loaded.params may be host or device arrays (placed on the default device if host). A batch short of
+  the batch size is filled up with copies of its first prompt, so that one program serves all
+  full-size batches; batch b samples with seed (seed + b) mod 2**32, so a batch's notes depend only
+  on the plan, the seed and the model, not on which batches ran before.
   """
   tokenizer = Tokenizer(loaded.tokenizer_dir)
   params = jax.device_put(loaded.params)
-  size = max(len(batch) for batch in plan.batches)
+  context = loaded.cfg.max_position_embeddings
+  width = max(len(batch) for batch in plan.batches)
   programs: dict[int, decode.GenerateFn] = {}
-  for b, (batch, limit) in enumerate(zip(plan.batches, plan.limits)):
+  for b, (batch, size) in enumerate(zip(plan.batches, plan.sizes)):
     if b in skip:
       continue
-    if limit not in programs:
-      programs[limit] = decode.make_generate_fn(loaded.cfg, limit, sampling, tokenizer.eos_id,
-                                                vocab_limit=tokenizer.vocab_size)
-    rows = [plan.prompts_N[i] for i in batch]
-    rows += [rows[0]] * (size - len(rows))
-    new_tokens = decode.run(programs[limit], params, rows, seed=(seed + b) % 2**32, eos_id=tokenizer.eos_id)
+    if size not in programs:
+      programs[size] = decode.make_generate_fn(loaded.cfg, size, sampling, tokenizer.eos_id,
+                                               vocab_limit=tokenizer.vocab_size, max_positions=context)
+    rows = [plan.prompts[i] for i in batch]
+    rows += [rows[0]] * (width - len(rows))
+    new_tokens = decode.run(programs[size], params, rows, seed=(seed + b) % 2**32, eos_id=tokenizer.eos_id,
+                            max_positions=context)
     notes = []
-    for i, tokens in zip(batch, new_tokens):
+    for i, tokens in zip(batch, new_tokens):  # each cut at EOS and at its room (decode's max_positions)
       text = tokenizer.decode(tokens)
       stopped = decode.truncate_at_stop(text, stop_strings)
-      ended = "stop_string" if stopped != text else "eos" if len(tokens) < limit else "limit"
+      if stopped != text:
+        ended = "stop_string"
+      elif len(tokens) < plan.rooms[i]:
+        ended = "eos"
+      else:
+        ended = "limit" if plan.rooms[i] == plan.max_new_tokens else "context"
       notes.append((i, Note(stopped.strip(), len(tokens), ended)))
     yield b, notes
 
 
 def warn_unfinished(notes: Sequence[Note], log: Callable[[str], None] | None = None) -> None:
-  """Logs how many notes reached their token limit without ending (none: nothing)."""
-  unfinished = sum(note.ended == "limit" for note in notes)
-  if unfinished:
-    (log or _stderr)(f"warning: {unfinished} of {len(notes)} note(s) reached their limit of new tokens without "
-                     "ending (no EOS or stop string): they may be cut short; raise --max-new-tokens")
+  """Logs how many notes were cut by the token limit or by the model's context (none: nothing)."""
+  log = log or _stderr
+  by_limit = sum(note.ended == "limit" for note in notes)
+  by_context = sum(note.ended == "context" for note in notes)
+  if by_limit:
+    log(f"warning: {by_limit} of {len(notes)} note(s) reached the limit of new tokens without ending (no EOS or "
+        "stop string): they may be cut short; raise --max-new-tokens")
+  if by_context:
+    log(f"warning: {by_context} of {len(notes)} note(s) filled the model's context without ending: they may be cut "
+        "short; shorten their conversations or use a model with a longer context")
 
 
 def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
@@ -155,8 +192,7 @@ def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
   """One generated note (`Note.text`) per conversation, in order: `plan_notes` then `generate_batches`.
 
   Notes stay within the model's context (`max_position_embeddings`); `log` (default: stderr) names
-  the notes that get fewer tokens and those that reached their limit without ending. Raises
-  ValueError as `plan_notes` does.
+  the notes that have less room and those that were cut. Raises ValueError as `plan_notes` does.
   """
   if not conversations:
     return []
@@ -207,26 +243,50 @@ def _error(message: str) -> int:
 
 
 def _notes_of_file(args: argparse.Namespace, sampling: Sampling) -> int:
-  """`--conversations C --output P`: see `note_file`."""
+  """`--conversations C --output P`: see `note_file`. SIGTERM and Ctrl-C stop after the batch being
+  made (exit 143 / 130); the same command continues from there."""
   from heal_jax.eval import output  # pylint: disable=import-outside-toplevel
   from heal_jax.infer import note_file  # pylint: disable=import-outside-toplevel
-  settings = {"conversations_sha256": None, "max_new_tokens": args.max_new_tokens,
-              "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
-              "seed": args.seed, "batch_size": args.batch_size, "dtype": args.dtype}
+  partial = note_file.partial_path(args.output)
   try:  # everything that needs no model is checked before the model is loaded
     output.check_writable(args.output, [args.conversations])
-    output.check_writable(note_file.partial_path(args.output), [args.conversations])
+    output.check_writable(partial, [args.conversations])
+    note_file.check_output(args.output)
     rows = note_file.read_conversations(args.conversations)
-    settings["conversations_sha256"] = note_file.file_sha256(args.conversations)
-    note_file.read_partial(note_file.partial_path(args.output), settings, rows)
+    settings = note_file.run_settings(args.conversations, rows, max_new_tokens=args.max_new_tokens,
+                                      sampling=sampling, seed=args.seed, batch_size=args.batch_size,
+                                      dtype=args.dtype)
+    note_file.read_partial(partial, settings, rows)
+  except (ValueError, OSError) as e:  # an InputError is a ValueError
+    return _error(str(e))
+  stop = threading.Event()
+
+  def on_sigterm(signum, frame):
+    del signum, frame
+    stop.set()  # seen after the batch being made, should the exception below be swallowed (a gc callback)
+    raise note_file.Interrupted("SIGTERM")
+
+  try:
+    previous, installed = signal.signal(signal.SIGTERM, on_sigterm), True
+  except ValueError:  # not the main thread: SIGTERM keeps its handler
+    previous, installed = None, False
+  try:
     loaded = _load(args)
     print(f"heal-jax generate: model {loaded.source}; {len(rows)} conversations from {args.conversations}",
           file=sys.stderr)
-    counts = note_file.write_notes(loaded, rows, args.output, settings=settings,
+    counts = note_file.write_notes(loaded, rows, args.output, conversations=args.conversations,
                                    max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed,
-                                   batch_size=args.batch_size, source=args.conversations, log=_stderr)
-  except (CheckpointError, ConfigError, ValueError, OSError) as e:  # an InputError is a ValueError
+                                   batch_size=args.batch_size, dtype=args.dtype, log=_stderr, stop=stop)
+  except (CheckpointError, ConfigError, ValueError, OSError) as e:
     return _error(str(e))
+  except (KeyboardInterrupt, note_file.Interrupted) as e:
+    kind = "SIGTERM" if isinstance(e, note_file.Interrupted) else "interrupted"
+    print(f"heal-jax generate: {kind}: the finished batches are kept in {partial} (if any); the same command "
+          "continues from there", file=sys.stderr)
+    return 143 if kind == "SIGTERM" else 130
+  finally:
+    if installed:  # (None: a handler not set from Python, which cannot be put back; the default then)
+      signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
   print(f"heal-jax generate: wrote {counts.written} notes to {args.output} ({counts.read} conversations read; "
         f"{counts.kept} kept from an earlier run, {counts.generated} generated)", file=sys.stderr)
   return 0

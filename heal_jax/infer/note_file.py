@@ -5,30 +5,41 @@ C is JSONL of {"id": ..., "text": conversation} (`eval.records`; the same file `
 conversation, in C's order: {"id", "text", "new_tokens", "ended"} (see `generate.Note`), which is the
 predictions file of `heal-jax eval notes`.
 
-Resuming: each finished batch is appended to P.jsonl.partial (fsynced), whose first line holds the
-run's settings (model, a SHA-256 of C, the token limit, sampling, seed, batch size, dtype). A run started again
-with the same settings keeps the notes of the batches that were finished and generates the rest; its
-notes equal an uninterrupted run's, sampling included (`generate.generate_batches`). A changed setting
-is an error naming it, so notes of two settings never mix; remove the partial file to start over.
-At the end P is written in one step (a temporary file renamed) and the partial file removed.
+Resuming: each finished batch is appended to P.partial (fsynced), whose first line holds the run's
+settings (`run_settings`: a SHA-256 of C, the token limit, sampling, batch size, dtype, and the
+model's fingerprint: its weights, config and tokenizer, whatever path named it). A run started again
+with the same settings keeps the batches that were finished and generates the rest; its notes equal
+an uninterrupted run's, sampling included (`generate.generate_batches`). A changed setting is an
+error naming it, so notes of two settings never mix; remove the partial file to start over. The run
+holds an flock on P.partial, so a second run on the same output stops at once. At the end P is
+written in one step (a temporary file renamed) and P.partial removed; a finished P is replaced by a
+rerun, and an existing P that is not a notes file is refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import pathlib
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+import threading
+from typing import Any, BinaryIO
 
+import jax
+
+from heal_jax.checkpoint import fingerprint
 from heal_jax.checkpoint.restore import LoadedModel
 from heal_jax.data import templates
 from heal_jax.eval import records
 from heal_jax.infer import generate
+from heal_jax.infer.sampling import Sampling
 
 PARTIAL_SUFFIX = ".partial"
+_ROW_KEYS = ("id", "text", "new_tokens", "ended")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +51,12 @@ class Counts:
   written: int
 
 
+class Interrupted(Exception):
+  """The run was asked to stop (SIGTERM) between batches; the finished ones are in the partial file."""
+
+
 def partial_path(output: pathlib.Path) -> pathlib.Path:
+  """Where a run writing `output` keeps its finished batches."""
   return output.with_name(output.name + PARTIAL_SUFFIX)
 
 
@@ -55,7 +71,27 @@ def read_conversations(path: pathlib.Path) -> list[records.Record]:
   return rows
 
 
+def check_output(output: pathlib.Path) -> None:
+  """InputError for an output that would destroy something: a name ending in .partial (another run's
+  progress) or an existing file that is not a notes file of this command (e.g. a checkpoint's manifest)."""
+  if output.name.endswith(PARTIAL_SUFFIX):
+    raise records.InputError(f"{output}: choose a name not ending in {PARTIAL_SUFFIX} (the name of a run's progress)")
+  if not output.is_file() or output.stat().st_size == 0:
+    return
+  with open(output, "rb") as f:
+    first = f.readline()
+  try:
+    row = json.loads(first)
+    ours = isinstance(row, dict) and all(key in row for key in _ROW_KEYS)
+  except (UnicodeDecodeError, json.JSONDecodeError):
+    ours = False
+  if not ours:
+    raise records.InputError(f"{output} exists and is not a notes file of heal-jax generate: remove it or choose "
+                             "another --output")
+
+
 def file_sha256(path: pathlib.Path) -> str:
+  """Hex SHA-256 of a file's bytes."""
   digest = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -63,95 +99,144 @@ def file_sha256(path: pathlib.Path) -> str:
   return digest.hexdigest()
 
 
-def _check_settings(partial: pathlib.Path, saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+def run_settings(conversations: pathlib.Path, rows: Sequence[records.Record], *, max_new_tokens: int,
+                 sampling: Sampling, seed: int, batch_size: int, dtype: str | None) -> dict[str, Any]:
+  """What decides the notes, less the model (`model_fingerprint`, added once it is loaded). Greedy
+  runs record no seed, top_k or top_p (they change nothing); the batch size is at most len(rows)."""
+  greedy = sampling.temperature == 0
+  return {"conversations_sha256": file_sha256(conversations), "max_new_tokens": max_new_tokens,
+          "temperature": sampling.temperature, "top_k": None if greedy else sampling.top_k,
+          "top_p": None if greedy else sampling.top_p, "seed": None if greedy else seed,
+          "batch_size": min(batch_size, len(rows)), "dtype": dtype}
+
+
+def model_fingerprint(loaded: LoadedModel) -> str:
+  """A digest of the weights (`fingerprint.fingerprints`, computed where they live), the model config
+  and the tokenizer model file: the same for one model however its path is written."""
+  digest = hashlib.sha256(json.dumps(
+      {"weights": fingerprint.fingerprints(loaded.params), "config": dataclasses.asdict(loaded.cfg)},
+      sort_keys=True, default=str).encode())
+  if loaded.tokenizer_dir is not None:
+    digest.update(file_sha256(loaded.tokenizer_dir / "tokenizer.model").encode())
+  return digest.hexdigest()[:32]
+
+
+def _check_settings(partial: pathlib.Path, head: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+  saved = head["settings"]
   changed = [f"{key} {saved.get(key)!r} (now {value!r})" for key, value in now.items() if saved.get(key) != value]
   if changed:
-    raise records.InputError(f"{partial} holds notes of an earlier run made with {'; '.join(changed)}: rerun with "
-                             "its settings to continue it, or remove the file to start over")
+    raise records.InputError(f"{partial} holds notes of an earlier run (model {head.get('model')}) made with "
+                             f"{'; '.join(changed)}: rerun with its settings to continue it, or remove the file to "
+                             "start over")
+
+
+def _parse_partial(partial: pathlib.Path, data: bytes, settings: Mapping[str, Any],
+                   rows: Sequence[records.Record]) -> tuple[int, list[tuple[int, int, generate.Note]]]:
+  """(end offset of the settings line, [(end offset of the line, index, note)] of the complete lines
+  after it)."""
+  lines = data.split(b"\n")[:-1]  # the last piece is b"" unless a write was cut short: dropped
+  try:
+    head = json.loads(lines[0]) if lines else None
+    if not (isinstance(head, dict) and isinstance(head.get("settings"), dict)):
+      raise ValueError
+  except (UnicodeDecodeError, ValueError):
+    raise records.InputError(f"{partial}:1: not the settings line of a heal-jax generate run: remove the file "
+                             "to start over") from None
+  _check_settings(partial, head, settings)
+  out, offset = [], len(lines[0]) + 1
+  for n, line in enumerate(lines[1:], 2):
+    offset += len(line) + 1
+    try:
+      row = json.loads(line)
+      index, note = row["index"], generate.Note(row["text"], row["new_tokens"], row["ended"])
+      valid = (type(index) is int and type(note.new_tokens) is int and isinstance(note.text, str)  # pylint: disable=unidiomatic-typecheck
+               and note.ended in generate.ENDINGS and note.new_tokens >= 0)
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+      valid = False
+    if not valid:
+      raise records.InputError(f"{partial}:{n}: not a note row: remove the file to start over")
+    if not (0 <= index < len(rows) and str(row.get("id")) == rows[index].key):
+      raise records.InputError(f"{partial}:{n}: conversation {index!r} with id {row.get('id')!r} is not in the "
+                               "conversations file: remove the file to start over")
+    out.append((offset, index, note))
+  return len(lines[0]) + 1, out
 
 
 def read_partial(partial: pathlib.Path, settings: Mapping[str, Any],
                  rows: Sequence[records.Record]) -> dict[int, generate.Note]:
   """The notes an earlier run left in `partial` ({} when there is none), by conversation index.
 
-  The settings line must agree with `settings` on every key `settings` has (the model is compared
-  once it is loaded). A last line cut short by a kill is dropped; any other bad line is an InputError
-  naming it.
+  The settings line must agree with `settings` on every key `settings` has (so the CLI can check
+  everything but the model before loading it). A last line cut short by a kill is dropped; any
+  other bad line is an InputError naming it.
   """
-  if not partial.exists():
+  if not partial.exists() or partial.stat().st_size == 0:
     return {}
-  lines = partial.read_bytes().split(b"\n")
-  complete, last = lines[:-1], lines[-1]  # `last` is b"" unless a write was cut short
-  del last
-  if not complete:
-    return {}
+  return {index: note for _, index, note in _parse_partial(partial, partial.read_bytes(), settings, rows)[1]}
+
+
+def _lock(f: BinaryIO, partial: pathlib.Path) -> None:
   try:
-    head = json.loads(complete[0])
-    saved = head["settings"]
-  except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-    raise records.InputError(f"{partial}:1: not the settings line of a heal-jax generate run: remove the file "
-                             "to start over") from None
-  _check_settings(partial, saved, settings)
-  notes: dict[int, generate.Note] = {}
-  for n, line in enumerate(complete[1:], 2):
-    try:
-      row = json.loads(line)
-      index = row["index"]
-      note = generate.Note(row["text"], row["new_tokens"], row["ended"])
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-      raise records.InputError(f"{partial}:{n}: not a note row: remove the file to start over") from None
-    if not (isinstance(index, int) and 0 <= index < len(rows) and str(row.get("id")) == rows[index].key):
-      raise records.InputError(f"{partial}:{n}: conversation {index!r} with id {row.get('id')!r} is not in the "
-                               "conversations file: remove the file to start over")
-    notes[index] = note
-  return notes
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+      raise records.InputError(f"{partial}: another heal-jax generate is writing this output") from None
+    # no locks on this filesystem: go on unprotected
+
+
+def _append(f: BinaryIO, lines: Sequence[Mapping[str, Any]]) -> None:
+  f.write("".join(json.dumps(line) + "\n" for line in lines).encode())
+  f.flush()
+  os.fsync(f.fileno())
 
 
 def _note_row(row: records.Record, note: generate.Note) -> dict[str, Any]:
   return {"id": row.id, "text": note.text, "new_tokens": note.new_tokens, "ended": note.ended}
 
 
-def _append(f, lines: Sequence[Mapping[str, Any]]) -> None:
-  f.write("".join(json.dumps(line) + "\n" for line in lines))
-  f.flush()
-  os.fsync(f.fileno())
-
-
-def _write_at_once(path: pathlib.Path, lines: Sequence[Mapping[str, Any]]) -> None:
-  staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  with open(staging, "w", encoding="utf-8") as f:
-    _append(f, lines)
-  os.replace(staging, path)
-
-
 def write_notes(loaded: LoadedModel, rows: Sequence[records.Record], output: pathlib.Path, *,
-                settings: Mapping[str, Any], max_new_tokens: int, sampling: generate.Sampling, seed: int,
-                batch_size: int, source: pathlib.Path,
-                log: Callable[[str], None]) -> Counts:
-  """Generates the notes of `rows` into `output`, continuing `output`.partial (see the module doc).
-
-  settings: what the partial file must agree with, less the model (`loaded.source` is added here).
-  source: C's path, for messages.
-  """
+                conversations: pathlib.Path, max_new_tokens: int, sampling: Sampling, seed: int,
+                batch_size: int, dtype: str | None, log: Callable[[str], None],
+                stop: threading.Event | None = None) -> Counts:
+  """Generates the notes of `rows` (read from `conversations`) into `output`, continuing
+  `output`.partial (see the module doc). Raises Interrupted when `stop` is set between batches."""
+  check_output(output)
   partial = partial_path(output)
-  settings = {**settings, "model": loaded.source}
-  kept = read_partial(partial, settings, rows)
-  labels = [f"{source}:{row.line} (id {row.key!r})" for row in rows]
+  settings = run_settings(conversations, rows, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
+                          batch_size=batch_size, dtype=dtype)
+  loaded = dataclasses.replace(loaded, params=jax.device_put(loaded.params))
+  settings["model_fingerprint"] = model_fingerprint(loaded)
+  labels = [f"{conversations}:{row.line} (id {row.key!r})" for row in rows]
   plan = generate.plan_notes(loaded, [row.text for row in rows], max_new_tokens=max_new_tokens,
-                             batch_size=min(batch_size, len(rows)), labels=labels, log=log)
-  done = {b for b, batch in enumerate(plan.batches) if all(i in kept for i in batch)}
-  notes = {i: kept[i] for b in done for i in plan.batches[b]}
-  kept_count = len(notes)
-  if notes:
-    log(f"keeping {len(notes)} note(s) of an earlier run from {partial}; {len(rows) - len(notes)} to generate")
-  head = {"settings": settings}
-  _write_at_once(partial, [head] + [{"index": i, **_note_row(rows[i], n)} for i, n in sorted(notes.items())])
-  with open(partial, "a", encoding="utf-8") as f:
+                             batch_size=settings["batch_size"], labels=labels, log=log)
+  with open(partial, "ab+") as f:
+    _lock(f, partial)
+    f.seek(0)
+    data = f.read()
+    keep_to, found = _parse_partial(partial, data, settings, rows) if data else (0, [])
+    kept = {index: note for _, index, note in found}
+    done = {b for b, batch in enumerate(plan.batches) if all(i in kept for i in batch)}
+    notes = {i: kept[i] for b in done for i in plan.batches[b]}
+    for offset, index, _ in found:  # whole batches are appended in turn: only the last can be torn
+      if index not in notes:
+        break
+      keep_to = offset
+    f.truncate(keep_to)  # the rows of an unfinished batch (and a torn line) go: they are made again
+    if keep_to == 0:
+      _append(f, [{"settings": settings, "model": loaded.source}])
+    kept_count = len(notes)
+    if notes:
+      log(f"keeping {kept_count} note(s) of an earlier run from {partial}; {len(rows) - kept_count} to generate")
     for b, batch in generate.generate_batches(loaded, plan, sampling=sampling, seed=seed, skip=done):
       _append(f, [{"index": i, **_note_row(rows[i], note)} for i, note in batch])
       notes.update(batch)
       log(f"batch {b + 1} of {len(plan.batches)}: {len(notes)} of {len(rows)} notes")
-  generate.warn_unfinished(list(notes.values()), log)
-  _write_at_once(output, [_note_row(row, notes[i]) for i, row in enumerate(rows)])
-  partial.unlink()
+      if stop is not None and stop.is_set() and len(notes) < len(rows):
+        raise Interrupted(f"{len(notes)} of {len(rows)} notes are kept in {partial}")
+    generate.warn_unfinished(list(notes.values()), log)
+    staging = output.with_name(f".{output.name}.tmp")  # one writer at a time: the lock
+    with open(staging, "wb") as out:
+      _append(out, [_note_row(row, notes[i]) for i, row in enumerate(rows)])
+    os.replace(staging, output)
+    partial.unlink()
   return Counts(read=len(rows), kept=kept_count, generated=len(rows) - kept_count, written=len(rows))
