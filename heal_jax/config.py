@@ -177,6 +177,9 @@ def base_config() -> ml_collections.ConfigDict:
       task_limit=200,          # questions per task (a seeded random subset; 0 = all)
       sample_note_tokens=0,    # > 0: after the last phase, print a note generated (greedy, this many tokens at
                                # most) from the first held-out conversation of a conversation source
+      note_examples=0,         # > 0: at every evaluation of instruction-tuning phases, write notes (greedy) for
+                               # this many held-out conversations and log their ROUGE and rubric rates (note_eval)
+      note_tokens=256,         # new tokens per such note at most
   ))
   return config
 
@@ -191,7 +194,7 @@ MINIMUM = {
     "checkpoint.every_steps": 1, "checkpoint.keep": 1, "checkpoint.keep_period": 0,
     "metrics.every_steps": 1, "metrics.peak_tflops": 0, "metrics.profile_steps": 0, "metrics.profile_after_step": 0,
     "eval.every_steps": 0, "eval.holdout_examples": 0, "eval.batches": 1, "eval.task_limit": 0,
-    "eval.sample_note_tokens": 0, "data.num_shards": 0, "data.worker_count": 0,
+    "eval.sample_note_tokens": 0, "eval.note_examples": 0, "eval.note_tokens": 1, "data.num_shards": 0, "data.worker_count": 0,
 }
 _BELOW_ONE = ("train.b1", "train.b2")  # Adam's decay rates: in [0, 1)
 # Zero would break training silently: eps=0 makes AdamW divide 0 by 0 where a gradient is 0 (unused

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import pytest
 
 from heal_jax.checkpoint import restore
+from heal_jax.data import tokenizer as tokenizer_lib
 from heal_jax.eval import notes as notes_lib, records
 from heal_jax.infer import generate, note_file
 from heal_jax.infer.sampling import Sampling
@@ -96,7 +97,8 @@ def test_each_note_has_its_own_room_in_the_context(loaded, tmp_path):
   assert messages == [f"warning: {short} of 5 note(s) have room for fewer than {NEW} new tokens in the model's "
                       f"context of {max(lengths) + 3} (as few as 3: the longest prompt has {max(lengths)} tokens); "
                       "each stops there"]
-  (_, notes), = generate.generate_batches(small, plan, stop_strings=())
+  (_, notes), = generate.generate_batches(small.cfg, small.params, tokenizer_lib.Tokenizer(small.tokenizer_dir), plan,
+                                          stop_strings=())
   notes = dict(notes)
   for i, text in enumerate(texts):
     alone = generate.generate_notes(small, [text], max_new_tokens=NEW, stop_strings=(), log=lambda m: None)[0]

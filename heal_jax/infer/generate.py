@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 import typing
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 
@@ -37,7 +37,7 @@ from heal_jax.data import templates
 from heal_jax.data.tokenizer import Tokenizer
 from heal_jax.infer import decode
 from heal_jax.infer.sampling import Sampling
-from heal_jax.model.config import ConfigError
+from heal_jax.model.config import ConfigError, ModelConfig
 
 DEFAULT_MAX_NEW_TOKENS = 512
 # A note ends at EOS; a model that runs on into a new prompt is cut there.
@@ -92,18 +92,14 @@ ROOM_MULTIPLE = 64
 def plan_notes(loaded: LoadedModel, conversations: Sequence[str], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                batch_size: int = 8, labels: Sequence[str] | None = None,
                log: Callable[[str], None] | None = None) -> NotePlan:
-  """Encodes the note prompts and batches them (see NotePlan).
+  """Encodes the note prompts of `conversations` and batches them (`plan_prompts`).
 
   labels: names of the conversations for messages, one each (default "conversation i", from 1).
-  log (default: stderr) gets a warning when some notes have room for fewer than `max_new_tokens`.
-  Raises ValueError for a checkpoint without tokenizer, a text that is not a conversation, or prompts
-  that fill the whole context (every such conversation is named).
+  Raises ValueError for a checkpoint without tokenizer, a text that is not a conversation, or as
+  `plan_prompts` does.
   """
-  log = log or _stderr
   if loaded.tokenizer_dir is None:
     raise ValueError(f"{loaded.source}: the checkpoint has no tokenizer (tokenizer/tokenizer.model)")
-  if max_new_tokens < 1 or batch_size < 1:
-    raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
   labels = labels or [f"conversation {i + 1}" for i in range(len(conversations))]
   if len(labels) != len(conversations):
     raise ValueError(f"{len(labels)} labels for {len(conversations)} conversations")
@@ -114,7 +110,22 @@ def plan_notes(loaded: LoadedModel, conversations: Sequence[str], *, max_new_tok
       prompts.append(tokenizer.encode(note_prompt_text(conversation), add_bos=True))
     except ValueError as e:
       raise ValueError(f"{label}: {e}") from None
-  context = loaded.cfg.max_position_embeddings
+  return plan_prompts(prompts, loaded.cfg.max_position_embeddings, max_new_tokens=max_new_tokens,
+                      batch_size=batch_size, labels=labels, log=log)
+
+
+def plan_prompts(prompts: Sequence[Sequence[int]], context: int, *, max_new_tokens: int, batch_size: int,
+                 labels: Sequence[str], log: Callable[[str], None] | None = None) -> NotePlan:
+  """Batches token-id prompts (see NotePlan) for a model of `context` positions.
+
+  log (default: stderr) gets a warning when some notes have room for fewer than `max_new_tokens`.
+  Raises ValueError for max_new_tokens or batch_size < 1 and for prompts that fill the whole context
+  (every such prompt is named by its label).
+  """
+  log = log or _stderr
+  if max_new_tokens < 1 or batch_size < 1:
+    raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
+  prompts = [list(p) for p in prompts]
   full = [f"{labels[i]} ({len(p)} tokens)" for i, p in enumerate(prompts) if len(p) >= context]
   if full:
     raise ValueError(f"{len(full)} prompt(s) fill the model's context of {context} tokens, leaving no room for a "
@@ -132,26 +143,28 @@ def plan_notes(loaded: LoadedModel, conversations: Sequence[str], *, max_new_tok
   return NotePlan(prompts, rooms, batches, sizes, max_new_tokens)
 
 
-def generate_batches(loaded: LoadedModel, plan: NotePlan, *, sampling: Sampling = Sampling(), seed: int = 0,
-                     stop_strings: Sequence[str] = STOP_STRINGS,
-                     skip: Container[int] = ()) -> Iterator[tuple[int, list[tuple[int, Note]]]]:
+def generate_batches(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, plan: NotePlan, *,
+                     sampling: Sampling = Sampling(), seed: int = 0, stop_strings: Sequence[str] = STOP_STRINGS,
+                     skip: Container[int] = (), width: int | None = None
+                     ) -> Iterator[tuple[int, list[tuple[int, Note]]]]:
   """Yields (batch number, [(conversation index, Note), ...]) for each batch of `plan` not in `skip`.
 
-  loaded.params may be host or device arrays (placed on the default device if host). A batch short of
-  the batch size is filled up with copies of its first prompt, so that one program serves all
-  full-size batches; batch b samples with seed (seed + b) mod 2**32, so a batch's notes depend only
+  params: the `Llama(cfg)` tree, host arrays (placed on the default device) or device arrays (used
+  where they are: sharded training parameters under the mesh and its logical axis rules).
+  width: rows of every program (default: the largest batch); a batch short of it is filled up with
+  copies of its first prompt, so that one program serves all batches (under a mesh, a multiple of
+  the batch devices). Batch b samples with seed (seed + b) mod 2**32, so a batch's notes depend only
   on the plan, the seed and the model, not on which batches ran before.
   """
-  tokenizer = Tokenizer(loaded.tokenizer_dir)
-  params = jax.device_put(loaded.params)
-  context = loaded.cfg.max_position_embeddings
-  width = max(len(batch) for batch in plan.batches)
+  params = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x), params)
+  context = cfg.max_position_embeddings
+  width = width or max(len(batch) for batch in plan.batches)
   programs: dict[int, decode.GenerateFn] = {}
   for b, (batch, size) in enumerate(zip(plan.batches, plan.sizes)):
     if b in skip:
       continue
     if size not in programs:
-      programs[size] = decode.make_generate_fn(loaded.cfg, size, sampling, tokenizer.eos_id,
+      programs[size] = decode.make_generate_fn(cfg, size, sampling, tokenizer.eos_id,
                                                vocab_limit=tokenizer.vocab_size, max_positions=context)
     rows = [plan.prompts[i] for i in batch]
     rows += [rows[0]] * (width - len(rows))
@@ -199,7 +212,8 @@ def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
   plan = plan_notes(loaded, conversations, max_new_tokens=max_new_tokens,
                     batch_size=min(batch_size, len(conversations)), log=log)
   notes: dict[int, Note] = {}
-  for _, batch in generate_batches(loaded, plan, sampling=sampling, seed=seed, stop_strings=stop_strings):
+  for _, batch in generate_batches(loaded.cfg, loaded.params, Tokenizer(loaded.tokenizer_dir), plan,
+                                   sampling=sampling, seed=seed, stop_strings=stop_strings):
     notes.update(batch)
   warn_unfinished(list(notes.values()), log)
   return [notes[i].text for i in range(len(conversations))]

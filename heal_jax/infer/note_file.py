@@ -34,6 +34,7 @@ import jax
 from heal_jax.checkpoint import fingerprint
 from heal_jax.checkpoint.restore import LoadedModel
 from heal_jax.data import templates
+from heal_jax.data.tokenizer import Tokenizer
 from heal_jax.eval import records
 from heal_jax.infer import generate
 from heal_jax.infer.sampling import Sampling
@@ -227,7 +228,8 @@ def write_notes(loaded: LoadedModel, rows: Sequence[records.Record], output: pat
     kept_count = len(notes)
     if notes:
       log(f"keeping {kept_count} note(s) of an earlier run from {partial}; {len(rows) - kept_count} to generate")
-    for b, batch in generate.generate_batches(loaded, plan, sampling=sampling, seed=seed, skip=done):
+    for b, batch in generate.generate_batches(loaded.cfg, loaded.params, Tokenizer(loaded.tokenizer_dir), plan,
+                                              sampling=sampling, seed=seed, skip=done):
       _append(f, [{"index": i, **_note_row(rows[i], note)} for i, note in batch])
       notes.update(batch)
       log(f"batch {b + 1} of {len(plan.batches)}: {len(notes)} of {len(rows)} notes")

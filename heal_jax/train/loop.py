@@ -145,7 +145,16 @@ def evaluate(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) 
   if silent:  # e.g. instruction tuning on prompts longer than the batches read: no response token yet
     run.writer.log(f"held-out: no target tokens from {', '.join(silent)} in {run.config.eval.batches} batch(es) "
                    f"of {phase.seq_len} tokens (no loss reported for them); raise eval.batches or the phase's seq_len")
-  return {**out, **evaluate_tasks(run, params, cfg)}
+  return {**out, **evaluate_tasks(run, params, cfg), **_note_scores(run, params, cfg, phase)}
+
+
+def _note_scores(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) -> dict[str, float]:
+  """`note_eval` in instruction-tuning phases of single-process runs when config.eval.note_examples > 0."""
+  if not (run.config.eval.note_examples and phase.instruction_tuning) or jax.process_count() > 1:
+    return {}
+  from heal_jax.train import note_eval  # pylint: disable=import-outside-toplevel
+  return note_eval.evaluate(cfg, params, run.data, run.config.eval.note_examples, run.config.eval.note_tokens,
+                            run.mesh.shape["data"] * run.mesh.shape["fsdp"], run.writer.log)
 
 
 def _task_examples(spec: str, limit: int, workdir: pathlib.Path) -> dict[str, list]:
@@ -333,47 +342,6 @@ def _check_streak(metrics: dict[str, Any], limit: int) -> None:
                          f"{limit}); halting. The newest checkpoint holds the last good state.")
 
 
-def sample_note(workdir: pathlib.Path, data: mixture.RunData, max_new_tokens: int,
-                log: Callable[[str], None]) -> dict[str, Any] | None:
-  """A note written greedily by the trained model from a held-out conversation (None if there is none).
-
-  The conversation is the newest held-out example (`data.heldout`; without a holdout, the last
-  example) of the conversation sources, in name order, whose prompt leaves room for `max_new_tokens`
-  in the model's context (max_position_embeddings); failing that, the shortest prompt that fits at
-  all, with fewer new tokens. Its prompt is the example's tokens before its first target: the
-  instruction-tuning template, as trained (online or prepared). Only the generated note is logged,
-  never the conversation or its reference note (the data may be patient data).
-  """
-  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
-  from heal_jax.infer import decode  # pylint: disable=import-outside-toplevel
-  conv = [name for name in sorted(data.kinds) if data.kinds[name] == "conversation"]
-  if not conv:
-    return None
-  loaded = restore.load_model(workdir, dtype="float32", scan_layers=False)
-  tok = data.tokenizer
-  context = loaded.cfg.max_position_embeddings
-  candidates = []  # (source name, prompt ids), newest first within each source
-  for name in conv:
-    held = data.heldout.get(name) or pipeline.Slice(data.train[name], len(data.train[name]) - 1,
-                                                    len(data.train[name]))
-    for i in reversed(range(len(held))):
-      targets = np.flatnonzero(np.asarray(held[i]["loss_mask"]) > 0)
-      if len(targets):  # the prompt: the tokens before the note's first
-        candidates.append((name, [int(t) for t in held[i]["tokens"][:targets[0]]]))
-  fitting = [c for c in candidates if len(c[1]) < context]  # data never goes to the log, only the model's output
-  if not fitting:
-    log(f"sample note skipped: every held-out conversation's prompt is longer than the model's {context} positions")
-    return None
-  name, ids = next((c for c in fitting if len(c[1]) + max_new_tokens <= context), min(fitting, key=lambda c: len(c[1])))
-  new_tokens = min(max_new_tokens, context - len(ids))
-  new = decode.generate(loaded.cfg, loaded.params, [ids], max_new_tokens=new_tokens, eos_id=tok.eos_id,
-                        vocab_limit=tok.vocab_size)[0]
-  note = tok.decode(new).strip()
-  log(f"sample note from held-out conversation of {name!r} ({len(ids)} prompt tokens, at most {new_tokens} new; "
-      f"the model has {context} positions), greedy:\n{note}")
-  return {"source": name, "prompt_tokens": len(ids), "note": note}
-
-
 def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) -> dict[str, Any]:
   """Runs (or resumes) every phase of `config` in `workdir`; returns a summary dict.
 
@@ -393,6 +361,9 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
       setup.check_phase(config, phase, phases_lib.model_config(base_cfg, phase), mesh)
   # Read now: a wrong path would otherwise stop the run at the first phase's end.
   tasks = _task_examples(config.eval.tasks, config.eval.task_limit, workdir) if config.eval.tasks else {}
+  if config.eval.note_examples and not config.eval.holdout_examples:
+    raise ValueError("config.eval.note_examples needs config.eval.holdout_examples > 0: the notes are written from "
+                     "held-out conversations")
   lock = _lock(workdir)
   try:
     return _train_locked(config, workdir, phases, base_cfg, mesh, tasks)
@@ -503,7 +474,8 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
     if config.eval.sample_note_tokens > 0 and jax.process_count() > 1:
       writer.log("sample note skipped: it runs in single-process runs only")
     elif config.eval.sample_note_tokens > 0:
-      summary["sample_note"] = sample_note(workdir, run.data, config.eval.sample_note_tokens, writer.log)
+      from heal_jax.train import note_eval  # pylint: disable=import-outside-toplevel
+      summary["sample_note"] = note_eval.sample_note(workdir, run.data, config.eval.sample_note_tokens, writer.log)
     return summary
   finally:
     mngr.wait_until_finished()

@@ -1,0 +1,76 @@
+"""Note quality logged while instruction tuning (`config.eval.note_examples`), against the same notes
+written afterwards from the saved checkpoint on one device and scored by `eval notes`'s scorer."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from heal_jax.checkpoint import restore
+from heal_jax.data import mixture
+from heal_jax.eval import notes as notes_lib
+from heal_jax.infer import decode
+from heal_jax.train import loop, note_eval
+from tests import train_helpers
+
+NOTE_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  return train_helpers.make_corpus(tmp_path_factory.mktemp("note_eval"))
+
+
+def _config(data_root, *extra):
+  return train_helpers.load(data_root, 1, (
+      "--config.mesh.fsdp=2", "--config.eval.holdout_examples=3", "--config.eval.note_examples=2",
+      f"--config.eval.note_tokens={NOTE_TOKENS}", "--config.model.max_position_embeddings=4096",
+      "--config.phases.pretrain.instruction_tuning=true", "--config.phases.pretrain.weights=clinical=1") + extra)
+
+
+def test_logged_note_scores_equal_notes_written_from_the_checkpoint(data_root, tmp_path, capsys, monkeypatch):
+  config = _config(data_root)
+  workdir = tmp_path / "w"
+  loop.train(config, workdir, devices=jax.devices()[:2])  # parameters sharded over fsdp=2 while writing
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  (logged,) = [r for r in rows if r["kind"] == "eval" and "notes/count" in r]
+  assert logged["notes/count"] == 2
+  assert "notes/rougeL" in capsys.readouterr().err  # evaluations print
+
+  data = mixture.load(config, workdir, config.eval.holdout_examples)
+  examples = note_eval.held_out_notes(data, 2, 4096)
+  assert [e.source for e in examples] == ["clinical", "clinical"]
+  for e in examples:  # each prompt ends where the note starts: the template's response marker
+    assert data.tokenizer.decode(e.prompt).rstrip().endswith("### Response:") and e.reference
+  loaded = restore.load_model(workdir)
+  tok = data.tokenizer
+  scores, lengths, expected_pairs = [], [], []
+  for e in examples:  # one at a time, one device, no plan, no batching
+    new = decode.generate(loaded.cfg, jax.device_put(loaded.params), [e.prompt], max_new_tokens=NOTE_TOKENS,
+                          eos_id=tok.eos_id, vocab_limit=tok.vocab_size)[0]
+    text = decode.truncate_at_stop(tok.decode(new), ("\n### Instruction:", "\n### Response:")).strip()
+    scores.append(notes_lib.score_note(text, e.reference))
+    lengths.append(len(new))
+    expected_pairs.append((text, e.reference))
+  for key in note_eval.SCORES:
+    assert logged[f"notes/{key}"] == pytest.approx(np.mean([s[key] for s in scores]), abs=1e-9), key
+  assert logged["notes/new_tokens"] == pytest.approx(np.mean(lengths))
+  # each note is scored against its own reference (means alone would not show a mix-up)
+  pairs = []
+  real_score = notes_lib.score_note
+  monkeypatch.setattr(notes_lib, "score_note", lambda text, ref: pairs.append((text, ref)) or real_score(text, ref))
+  note_eval.evaluate(loaded.cfg, loaded.params, data, 2, NOTE_TOKENS, 1, lambda m: None)
+  assert pairs == expected_pairs and len({text for text, _ in pairs}) == 2
+
+
+def test_no_held_out_conversation_that_fits_is_named(data_root, tmp_path, capsys):
+  config = _config(data_root, "--config.model.max_position_embeddings=256")
+  loop.train(config, tmp_path / "w", devices=jax.devices()[:2])
+  assert "note eval skipped: no held-out conversation's prompt fits the model's 256 positions" in (
+      capsys.readouterr().err)
+
+
+def test_note_examples_need_held_out_examples(data_root, tmp_path):
+  with pytest.raises(ValueError, match="config.eval.note_examples needs config.eval.holdout_examples > 0"):
+    loop.train(_config(data_root, "--config.eval.holdout_examples=0"), tmp_path / "w", devices=jax.devices()[:2])
