@@ -338,6 +338,13 @@ def run_section(run: RunData, out_dir: pathlib.Path) -> list[str]:
   header = ["source"] + [f"{p.name} {kind}" for p in run.phases for kind in ("train", "held-out")]
   lines += _table(header, [[src] + [_fmt(s[f"{kind}/{src}"]) for s in stats for kind in ("train", "heldout")]
                            for src in sources])
+  other = sorted({k for r in run.eval for k in r if "/" in k and not k.startswith("loss/")})
+  if other:
+    lines += ["## Other evaluations", "", "At the last evaluation of each phase: task accuracy (config.eval.tasks) "
+              "and note quality (config.eval.note_examples; instruction-tuning phases only).", ""]
+    in_phase = [[r for r in run.eval if p.start < r["step"] <= p.end] for p in run.phases]
+    lines += _table(["metric"] + [p.name for p in run.phases],
+                    [[k] + [_fmt(_last(rows, k)) for rows in in_phase] for k in other])
   lines += ["## Plots", ""]
   plots = []
   if run.train:

@@ -112,12 +112,15 @@ def test_phases_resume_and_mfu(tmp_path):
   rows += [{"step": 4, "kind": "eval", "time": 9.0, "loss/a": 3.1234}]
   rows += [{"step": s, "kind": "train", "time": 9.0 + s, "loss": 4.0, "step_time_s": 2.0, "tokens_per_s": 32.0,
             "mfu": 0.5, "loss/a": 3.5, "share/a": 1.0} for s in (5, 6)]
+  rows += [{"step": 6, "kind": "eval", "time": 16.0, "notes/rougeL": 0.25, "pubmedqa/acc": 0.5}]
   (workdir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 7, "ki')
   text = report.build_report(workdir, tmp_path / "out").read_text()
   assert "| pretrain | 0..4 | 16 | 4 | 256 | 4.0 | 64 | 25.0% | 4.6000 |" in text
   assert "| extend | 4..6 | 32 | 2 | 128 | 4.0 | 32 | 50.0% | 4.0000 |" in text
   assert "| a | 3.6000 | 3.1234 | 3.5000 |  |" in text
   assert "Throughput and MFU" in text
+  assert "| metric | pretrain | extend |" in text  # the other evaluations, by phase
+  assert "| notes/rougeL |  | 0.2500 |" in text and "| pubmedqa/acc |  | 0.5000 |" in text
   _check_pngs(text, tmp_path / "out")
   (workdir / "metrics.jsonl").write_text('{"step": 1, "kind": "train"}\nnot json\n{"step": 2, "kind": "train"}\n')
   with pytest.raises(report.ReportError, match=r"metrics.jsonl:2: malformed"):
