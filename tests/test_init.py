@@ -144,7 +144,7 @@ def test_from_a_work_directory_in_either_layout(tmp_path, stored_scan, run_scan)
   cfg = dataclasses.replace(CFG, scan_layers=run_scan)
   shardings = state_lib.param_shardings(cfg, mesh)
   got = init.from_checkpoint(tmp_path / "run", cfg, shardings)
-  _, want, _ = workdir_restore.newest_params(tmp_path / "run", "float32", scan_layers=run_scan)
+  _, want, _, _ = workdir_restore.newest_params(tmp_path / "run", "float32", scan_layers=run_scan)
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for g, w, sh in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(shardings)):
     assert g.sharding == sh

@@ -24,7 +24,7 @@ def data_root(tmp_path_factory):
 
 def _config(data_root, *extra):
   return train_helpers.load(data_root, 1, (
-      "--config.mesh.fsdp=2", "--config.eval.holdout_examples=3", "--config.eval.note_examples=2",
+      "--config.mesh.fsdp=2", "--config.eval.holdout_examples=3", "--config.eval.note_examples=3",
       f"--config.eval.note_tokens={NOTE_TOKENS}", "--config.model.max_position_embeddings=4096",
       "--config.phases.pretrain.instruction_tuning=true", "--config.phases.pretrain.weights=clinical=1") + extra)
 
@@ -35,12 +35,12 @@ def test_logged_note_scores_equal_notes_written_from_the_checkpoint(data_root, t
   loop.train(config, workdir, devices=jax.devices()[:2])  # parameters sharded over fsdp=2 while writing
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   (logged,) = [r for r in rows if r["kind"] == "eval" and "notes/count" in r]
-  assert logged["notes/count"] == 2
+  assert logged["notes/count"] == 3  # 3 notes in a batch of 4 rows (a multiple of fsdp=2): one row is padding
   assert "notes/rougeL" in capsys.readouterr().err  # evaluations print
 
   data = mixture.load(config, workdir, config.eval.holdout_examples)
-  examples = note_eval.held_out_notes(data, 2, 4096)
-  assert [e.source for e in examples] == ["clinical", "clinical"]
+  examples = note_eval.held_out_notes(data, 3, 4096)
+  assert [e.source for e in examples] == ["clinical"] * 3
   for e in examples:  # each prompt ends where the note starts: the template's response marker
     assert data.tokenizer.decode(e.prompt).rstrip().endswith("### Response:") and e.reference
   loaded = restore.load_model(workdir)
@@ -60,8 +60,8 @@ def test_logged_note_scores_equal_notes_written_from_the_checkpoint(data_root, t
   pairs = []
   real_score = notes_lib.score_note
   monkeypatch.setattr(notes_lib, "score_note", lambda text, ref: pairs.append((text, ref)) or real_score(text, ref))
-  note_eval.evaluate(loaded.cfg, loaded.params, data, 2, NOTE_TOKENS, 1, lambda m: None)
-  assert pairs == expected_pairs and len({text for text, _ in pairs}) == 2
+  note_eval.evaluate(loaded.cfg, loaded.params, data, 3, NOTE_TOKENS, 1, lambda m: None)
+  assert pairs == expected_pairs and len({ref for _, ref in pairs}) == 3 and len({text for text, _ in pairs}) > 1
 
 
 def test_no_held_out_conversation_that_fits_is_named(data_root, tmp_path, capsys):
@@ -69,6 +69,14 @@ def test_no_held_out_conversation_that_fits_is_named(data_root, tmp_path, capsys
   loop.train(config, tmp_path / "w", devices=jax.devices()[:2])
   assert "note eval skipped: no held-out conversation's prompt fits the model's 256 positions" in (
       capsys.readouterr().err)
+
+
+def test_a_run_without_instruction_tuning_says_note_eval_will_not_run(data_root, tmp_path, capsys):
+  loop.train(_config(data_root, "--config.phases.pretrain.instruction_tuning=false"), tmp_path / "w",
+             devices=jax.devices()[:2])
+  assert "note eval (config.eval.note_examples) will not run" in capsys.readouterr().err
+  rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+  assert not [r for r in rows if "notes/count" in r]
 
 
 def test_note_examples_need_held_out_examples(data_root, tmp_path):

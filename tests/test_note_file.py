@@ -19,7 +19,7 @@ import pytest
 from heal_jax.checkpoint import restore
 from heal_jax.data import tokenizer as tokenizer_lib
 from heal_jax.eval import notes as notes_lib, records
-from heal_jax.infer import generate, note_file
+from heal_jax.infer import decode, generate, note_file
 from heal_jax.infer.sampling import Sampling
 
 TURNS = ["[doctor] what brings you in today ?", "[patient] i have had a cough for two weeks .",
@@ -42,7 +42,7 @@ def loaded(note_checkpoint):
   model = restore.load_model(note_checkpoint)
   params = jax.tree.map(jnp.asarray, model.params)
   params["embed"]["embedding"] = params["embed"]["embedding"] * 8
-  return dataclasses.replace(model, params=params)
+  return dataclasses.replace(model, params=params, weights_digest=None)  # changed weights: no stored digest
 
 
 def _write_conversations(path, rows=CONVERSATIONS):
@@ -97,13 +97,16 @@ def test_each_note_has_its_own_room_in_the_context(loaded, tmp_path):
   assert messages == [f"warning: {short} of 5 note(s) have room for fewer than {NEW} new tokens in the model's "
                       f"context of {max(lengths) + 3} (as few as 3: the longest prompt has {max(lengths)} tokens); "
                       "each stops there"]
-  (_, notes), = generate.generate_batches(small.cfg, small.params, tokenizer_lib.Tokenizer(small.tokenizer_dir), plan,
-                                          stop_strings=())
+  tok = tokenizer_lib.Tokenizer(small.tokenizer_dir)
+  (_, notes), = generate.generate_batches(small.cfg, small.params, tok, plan, stop_strings=())
   notes = dict(notes)
-  for i, text in enumerate(texts):
-    alone = generate.generate_notes(small, [text], max_new_tokens=NEW, stop_strings=(), log=lambda m: None)[0]
-    assert notes[i].text == alone
-  assert notes[1].new_tokens <= 3 and notes[1].ended in ("context", "eos")
+  for i, prompt in enumerate(plan.prompts):  # each alone, by the decoder with no plan, room or batch
+    alone = decode.generate(small.cfg, jax.device_put(small.params), [prompt], max_new_tokens=plan.rooms[i],
+                            eos_id=tok.eos_id, vocab_limit=tok.vocab_size)[0]
+    assert notes[i].text == tok.decode(alone).strip() and notes[i].new_tokens == len(alone)
+    cut = len(alone) == plan.rooms[i]
+    assert notes[i].ended == ("eos" if not cut else "context" if plan.rooms[i] < NEW else "limit")
+  assert notes[1].ended == "context"  # this model makes no EOS in 3 tokens: the context cut the note
   assert max(n.new_tokens for n in notes.values()) > 3  # the short prompts were not cut to the long one's room
 
 
@@ -205,13 +208,30 @@ def test_an_output_that_is_not_a_notes_file_is_refused(loaded, tmp_path):
   assert _run(loaded, conversations, out)[0].generated == 5  # a finished notes file is replaced by a rerun
 
 
-def test_a_second_run_on_the_same_output_stops_at_once(loaded, tmp_path):
+def test_a_second_run_on_the_same_output_stops_at_once(loaded, tmp_path, capsys):
   conversations = _write_conversations(tmp_path / "c.jsonl")
   out = tmp_path / "p.jsonl"
   with open(note_file.partial_path(out), "ab") as held:
     fcntl.flock(held.fileno(), fcntl.LOCK_EX)
     with pytest.raises(records.InputError, match="another heal-jax generate is writing this output"):
       _run(loaded, conversations, out)
+    # the command takes the lock before loading the model: a checkpoint that is not there is not reached
+    assert generate.main(["--checkpoint", str(tmp_path / "nope"), "--conversations", str(conversations),
+                          "--output", str(out)]) == 2
+    assert "another heal-jax generate is writing this output" in capsys.readouterr().err
+
+
+def test_the_model_is_named_by_its_stored_checksums_not_its_path(note_checkpoint, tmp_path):
+  """A converted checkpoint's CRC-32s (checked when it loads) identify its weights: the same model by
+  a symlink has the same fingerprint; other weights (or a dtype cast in the settings) do not."""
+  link = tmp_path / "link"
+  link.symlink_to(note_checkpoint)
+  by_path, by_link = restore.load_model(note_checkpoint), restore.load_model(link)
+  assert by_path.weights_digest and by_path.source != by_link.source
+  assert note_file.model_fingerprint(by_path) == note_file.model_fingerprint(by_link)
+  hashed = dataclasses.replace(by_path, weights_digest=None)  # no stored checksums: the weights are summed
+  changed = dataclasses.replace(hashed, params=jax.tree.map(lambda x: x + 1, by_path.params))
+  assert note_file.model_fingerprint(hashed) != note_file.model_fingerprint(changed)
 
 
 def test_bad_conversations_are_named_before_any_note(loaded, tmp_path):

@@ -8,6 +8,7 @@ completed step is used. Eval and generation go through `load_model` and never im
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 from typing import Any
@@ -25,12 +26,16 @@ class LoadedModel:
   """Model config, parameters (numpy, unscanned unless `cfg.scan_layers`) and tokenizer location.
 
   add_bos: whether the tokenizer's config asks for BOS (LLaMA's does); evaluation follows it.
+  weights_digest: a SHA-256 of the checksums stored with the weights (a converted checkpoint's CRC-32s,
+    a training step's fingerprints), which the read was checked against: the weights' identity
+    without hashing them again. None where none are stored, and for `params` changed after loading.
   """
   cfg: ModelConfig
   params: dict[str, Any]
   tokenizer_dir: pathlib.Path | None
   add_bos: bool
   source: str
+  weights_digest: str | None = None
 
 
 def _add_bos(tokenizer_dir: pathlib.Path | None) -> bool:
@@ -104,13 +109,15 @@ def load_model(path: str | pathlib.Path, dtype: Any = None, **cfg_overrides: Any
     cfg = params_store.model_config(path).replace(**cfg_overrides)
     tok = _tokenizer_dir(path, cfg)  # before the weights: a mismatch is reported at once
     params = params_store.load_params(path, cfg, dtype)
-    return LoadedModel(cfg, params, tok, _add_bos(tok), str(path))
+    crc = params_store.read_manifest(path).get("crc32")
+    digest = hashlib.sha256(json.dumps(crc, sort_keys=True).encode()).hexdigest() if crc else None
+    return LoadedModel(cfg, params, tok, _add_bos(tok), str(path), digest)
   found = workdir_and_step(path)
   if found is not None:
     from heal_jax.checkpoint import workdir_restore  # pylint: disable=import-outside-toplevel
     workdir, step = found
-    cfg, params, step = workdir_restore.newest_params(workdir, dtype, step=step, **cfg_overrides)
+    cfg, params, step, digest = workdir_restore.newest_params(workdir, dtype, step=step, **cfg_overrides)
     tok = _tokenizer_dir(workdir, cfg)
-    return LoadedModel(cfg, params, tok, _add_bos(tok), f"{workdir} step {step}")
+    return LoadedModel(cfg, params, tok, _add_bos(tok), f"{workdir} step {step}", digest)
   raise CheckpointError(f"{path}: neither a converted checkpoint ({params_store.MANIFEST}), a training work "
                         f"directory ({WORKDIR_CHECKPOINTS}/) nor one of its steps ({WORKDIR_CHECKPOINTS}/N)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import pathlib
 import time
@@ -119,9 +121,10 @@ _RETRIES = 3  # reads of the newest step that a running trainer may remove (chec
 
 
 def newest_params(workdir: pathlib.Path, dtype: Any = None, step: int | None = None,
-                  **cfg_overrides: Any) -> tuple[ModelConfig, dict, int]:
-  """(model config of the checkpoint's phase, numpy params, step) of the newest completed step, or of
-  the completed step `step`.
+                  **cfg_overrides: Any) -> tuple[ModelConfig, dict, int, str | None]:
+  """(model config of the checkpoint's phase, numpy params, step, weights digest) of the newest
+  completed step, or of the completed step `step`. The digest is a SHA-256 of the params'
+  fingerprints saved with the step (checked against what was read; None for steps saved without).
 
   A trainer may be running in `workdir`: the newest step can be removed (its `checkpoint.keep` is
   reached) while it is read. A failed read of the newest step is retried on the new newest, up to
@@ -142,7 +145,7 @@ def newest_params(workdir: pathlib.Path, dtype: Any = None, step: int | None = N
 
 
 def _params_of_step(workdir: pathlib.Path, dtype: Any, step: int | None,
-                    cfg_overrides: dict[str, Any]) -> tuple[ModelConfig, dict, int]:
+                    cfg_overrides: dict[str, Any]) -> tuple[ModelConfig, dict, int, str | None]:
   cfg, state_dir, step, saved = newest_step(workdir, step)
   params = _restore_params(
       state_dir, lambda meta: jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta))
@@ -155,7 +158,11 @@ def _params_of_step(workdir: pathlib.Path, dtype: Any, step: int | None,
     params = hf_mapping.unstack_layers(params, cfg.num_layers)
   elif not cfg.scan_layers and cfg_overrides.get("scan_layers", False):
     params = hf_mapping.stack_layers(params, cfg.num_layers)
-  return cfg.replace(**cfg_overrides), params, step
+  digest = None
+  if saved:
+    digest = hashlib.sha256(json.dumps({k: v for k, v in saved.items() if k.startswith("params/")},
+                                       sort_keys=True).encode()).hexdigest()
+  return cfg.replace(**cfg_overrides), params, step, digest
 
 
 def _to_numpy(tree: Any, dtype: Any) -> Any:

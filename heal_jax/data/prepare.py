@@ -168,6 +168,8 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
         "sources": per_source, "totals": totals,
     }
     (partial / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if stop is not None and stop.is_set():  # after the last record: still nothing published
+      raise Stopped("stopped after the last record, before publishing")
   return report
 
 

@@ -142,7 +142,7 @@ def run(generate_fn: GenerateFn, params: Any, prompts: Sequence[Sequence[int]], 
                                jax.random.PRNGKey(seed))
   out_BxN = np.asarray(out_BxN)[:, :int(steps)]
   if max_positions is not None:
-    out_BxN = [row[:max_positions - len(prompt)] for row, prompt in zip(out_BxN, prompts)]
+    out_BxN = [row[:max(max_positions - len(prompt), 0)] for row, prompt in zip(out_BxN, prompts)]
   return [cut_at_eos(row, eos_id) for row in out_BxN]
 
 

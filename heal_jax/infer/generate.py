@@ -42,6 +42,8 @@ from heal_jax.model.config import ConfigError, ModelConfig
 DEFAULT_MAX_NEW_TOKENS = 512
 # A note ends at EOS; a model that runs on into a new prompt is cut there.
 STOP_STRINGS = ("\n### Instruction:", "\n### Response:")
+
+
 def note_prompt_text(conversation: str) -> str:
   """The generation input for one conversation (either accepted form): the training prompt
   (`templates.note_prompt`) of its normalised turns. Raises ValueError for text without turns."""
@@ -145,7 +147,8 @@ def plan_prompts(prompts: Sequence[Sequence[int]], context: int, *, max_new_toke
 
 def generate_batches(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, plan: NotePlan, *,
                      sampling: Sampling = Sampling(), seed: int = 0, stop_strings: Sequence[str] = STOP_STRINGS,
-                     skip: Container[int] = (), width: int | None = None
+                     skip: Container[int] = (), width: int | None = None,
+                     programs: dict[Any, decode.GenerateFn] | None = None
                      ) -> Iterator[tuple[int, list[tuple[int, Note]]]]:
   """Yields (batch number, [(conversation index, Note), ...]) for each batch of `plan` not in `skip`.
 
@@ -155,20 +158,22 @@ def generate_batches(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, plan: 
   copies of its first prompt, so that one program serves all batches (under a mesh, a multiple of
   the batch devices). Batch b samples with seed (seed + b) mod 2**32, so a batch's notes depend only
   on the plan, the seed and the model, not on which batches ran before.
+  programs: compiled decode programs to reuse and add to (a caller that generates again and again,
+  such as the trainer's note eval, keeps them; one tokenizer per dict); None: made for this call.
   """
   params = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x), params)
   context = cfg.max_position_embeddings
   width = width or max(len(batch) for batch in plan.batches)
-  programs: dict[int, decode.GenerateFn] = {}
+  programs = {} if programs is None else programs
   for b, (batch, size) in enumerate(zip(plan.batches, plan.sizes)):
     if b in skip:
       continue
-    if size not in programs:
-      programs[size] = decode.make_generate_fn(cfg, size, sampling, tokenizer.eos_id,
-                                               vocab_limit=tokenizer.vocab_size, max_positions=context)
+    if (cfg, size, sampling) not in programs:
+      programs[cfg, size, sampling] = decode.make_generate_fn(
+          cfg, size, sampling, tokenizer.eos_id, vocab_limit=tokenizer.vocab_size, max_positions=context)
     rows = [plan.prompts[i] for i in batch]
     rows += [rows[0]] * (width - len(rows))
-    new_tokens = decode.run(programs[size], params, rows, seed=(seed + b) % 2**32, eos_id=tokenizer.eos_id,
+    new_tokens = decode.run(programs[cfg, size, sampling], params, rows, seed=(seed + b) % 2**32, eos_id=tokenizer.eos_id,
                             max_positions=context)
     notes = []
     for i, tokens in zip(batch, new_tokens):  # each cut at EOS and at its room (decode's max_positions)
@@ -257,8 +262,9 @@ def _error(message: str) -> int:
 
 
 def _notes_of_file(args: argparse.Namespace, sampling: Sampling) -> int:
-  """`--conversations C --output P`: see `note_file`. SIGTERM and Ctrl-C stop after the batch being
-  made (exit 143 / 130); the same command continues from there."""
+  """`--conversations C --output P`: see `note_file`. SIGTERM and Ctrl-C stop the run at once (exit 143
+  / 130); the same command continues from the batches finished before (the one being made is made
+  again). The partial file is locked before the model loads: a second run on P stops at once."""
   from heal_jax.eval import output  # pylint: disable=import-outside-toplevel
   from heal_jax.infer import note_file  # pylint: disable=import-outside-toplevel
   partial = note_file.partial_path(args.output)
@@ -285,12 +291,14 @@ def _notes_of_file(args: argparse.Namespace, sampling: Sampling) -> int:
   except ValueError:  # not the main thread: SIGTERM keeps its handler
     previous, installed = None, False
   try:
-    loaded = _load(args)
-    print(f"heal-jax generate: model {loaded.source}; {len(rows)} conversations from {args.conversations}",
-          file=sys.stderr)
-    counts = note_file.write_notes(loaded, rows, args.output, conversations=args.conversations,
-                                   max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed,
-                                   batch_size=args.batch_size, dtype=args.dtype, log=_stderr, stop=stop)
+    with note_file.open_partial(args.output) as partial_file:
+      loaded = _load(args)
+      print(f"heal-jax generate: model {loaded.source}; {len(rows)} conversations from {args.conversations}",
+            file=sys.stderr)
+      counts = note_file.write_notes(loaded, rows, args.output, conversations=args.conversations,
+                                     max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed,
+                                     batch_size=args.batch_size, dtype=args.dtype, log=_stderr, stop=stop,
+                                     partial_file=partial_file)
   except (CheckpointError, ConfigError, ValueError, OSError) as e:
     return _error(str(e))
   except (KeyboardInterrupt, note_file.Interrupted) as e:

@@ -6,19 +6,21 @@ conversation, in C's order: {"id", "text", "new_tokens", "ended"} (see `generate
 predictions file of `heal-jax eval notes`.
 
 Resuming: each finished batch is appended to P.partial (fsynced), whose first line holds the run's
-settings (`run_settings`: a SHA-256 of C, the token limit, sampling, batch size, dtype, and the
-model's fingerprint: its weights, config and tokenizer, whatever path named it). A run started again
+settings (`run_settings`: a SHA-256 of C, the token limit, sampling, batch size, dtype, and
+`model_fingerprint`: its weights, config and tokenizer, whatever path named it). A run started again
 with the same settings keeps the batches that were finished and generates the rest; its notes equal
 an uninterrupted run's, sampling included (`generate.generate_batches`). A changed setting is an
 error naming it, so notes of two settings never mix; remove the partial file to start over. The run
-holds an flock on P.partial, so a second run on the same output stops at once. At the end P is
+holds an flock on P.partial (`open_partial`, taken by the command before it loads the model), so a
+second run on the same output stops at once. At the end P is
 written in one step (a temporary file renamed) and P.partial removed; a finished P is replaced by a
 rerun, and an existing P that is not a notes file is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -112,11 +114,13 @@ def run_settings(conversations: pathlib.Path, rows: Sequence[records.Record], *,
 
 
 def model_fingerprint(loaded: LoadedModel) -> str:
-  """A digest of the weights (`fingerprint.fingerprints`, computed where they live), the model config
-  and the tokenizer model file: the same for one model however its path is written."""
-  digest = hashlib.sha256(json.dumps(
-      {"weights": fingerprint.fingerprints(loaded.params), "config": dataclasses.asdict(loaded.cfg)},
-      sort_keys=True, default=str).encode())
+  """A digest of the weights, the model config and the tokenizer model file: the same for one model
+  however its path is written. The weights count by `loaded.weights_digest` (the checksums stored with
+  them, which the load checked); without one, by `fingerprint.fingerprints` of `loaded.params`
+  (host arrays: summed with NumPy, ~150M values/s a core, no device memory)."""
+  weights = loaded.weights_digest or fingerprint.fingerprints(loaded.params)
+  digest = hashlib.sha256(json.dumps({"weights": weights, "config": dataclasses.asdict(loaded.cfg)},
+                                     sort_keys=True, default=str).encode())
   if loaded.tokenizer_dir is not None:
     digest.update(file_sha256(loaded.tokenizer_dir / "tokenizer.model").encode())
   return digest.hexdigest()[:32]
@@ -176,13 +180,22 @@ def read_partial(partial: pathlib.Path, settings: Mapping[str, Any],
   return {index: note for _, index, note in _parse_partial(partial, partial.read_bytes(), settings, rows)[1]}
 
 
-def _lock(f: BinaryIO, partial: pathlib.Path) -> None:
-  try:
-    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError as e:
-    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-      raise records.InputError(f"{partial}: another heal-jax generate is writing this output") from None
-    # no locks on this filesystem: go on unprotected
+@contextlib.contextmanager
+def open_partial(output: pathlib.Path) -> Iterator[BinaryIO]:
+  """`output`.partial opened for reading and appending (created if missing) and flock-ed for the
+  block: InputError at once when another run holds it. Where the filesystem has no locks, unlocked."""
+  partial = partial_path(output)
+  with open(partial, "ab+") as f:
+    try:
+      fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        raise records.InputError(f"{partial}: another heal-jax generate is writing this output") from None
+    try:
+      yield f
+    finally:  # nothing written (e.g. the model failed to load): no empty file left behind
+      if os.fstat(f.fileno()).st_size == 0:
+        partial.unlink(missing_ok=True)
 
 
 def _append(f: BinaryIO, lines: Sequence[Mapping[str, Any]]) -> None:
@@ -198,47 +211,58 @@ def _note_row(row: records.Record, note: generate.Note) -> dict[str, Any]:
 def write_notes(loaded: LoadedModel, rows: Sequence[records.Record], output: pathlib.Path, *,
                 conversations: pathlib.Path, max_new_tokens: int, sampling: Sampling, seed: int,
                 batch_size: int, dtype: str | None, log: Callable[[str], None],
-                stop: threading.Event | None = None) -> Counts:
+                stop: threading.Event | None = None, partial_file: BinaryIO | None = None) -> Counts:
   """Generates the notes of `rows` (read from `conversations`) into `output`, continuing
-  `output`.partial (see the module doc). Raises Interrupted when `stop` is set between batches."""
+  `output`.partial (see the module doc). Raises Interrupted when `stop` is set between batches.
+
+  partial_file: `open_partial(output)`'s file when the caller took the lock already (before loading
+  the model, so that a second run stops at once); None: taken here.
+  """
   check_output(output)
-  partial = partial_path(output)
+  if partial_file is None:
+    with open_partial(output) as f:
+      return write_notes(loaded, rows, output, conversations=conversations, max_new_tokens=max_new_tokens,
+                         sampling=sampling, seed=seed, batch_size=batch_size, dtype=dtype, log=log, stop=stop,
+                         partial_file=f)
+  f, partial = partial_file, partial_path(output)
   settings = run_settings(conversations, rows, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
                           batch_size=batch_size, dtype=dtype)
-  loaded = dataclasses.replace(loaded, params=jax.device_put(loaded.params))
   settings["model_fingerprint"] = model_fingerprint(loaded)
+  loaded = dataclasses.replace(loaded, params=jax.device_put(loaded.params))
   labels = [f"{conversations}:{row.line} (id {row.key!r})" for row in rows]
   plan = generate.plan_notes(loaded, [row.text for row in rows], max_new_tokens=max_new_tokens,
                              batch_size=settings["batch_size"], labels=labels, log=log)
-  with open(partial, "ab+") as f:
-    _lock(f, partial)
-    f.seek(0)
-    data = f.read()
-    keep_to, found = _parse_partial(partial, data, settings, rows) if data else (0, [])
-    kept = {index: note for _, index, note in found}
-    done = {b for b, batch in enumerate(plan.batches) if all(i in kept for i in batch)}
-    notes = {i: kept[i] for b in done for i in plan.batches[b]}
-    for offset, index, _ in found:  # whole batches are appended in turn: only the last can be torn
-      if index not in notes:
-        break
-      keep_to = offset
-    f.truncate(keep_to)  # the rows of an unfinished batch (and a torn line) go: they are made again
-    if keep_to == 0:
-      _append(f, [{"settings": settings, "model": loaded.source}])
-    kept_count = len(notes)
-    if notes:
-      log(f"keeping {kept_count} note(s) of an earlier run from {partial}; {len(rows) - kept_count} to generate")
-    for b, batch in generate.generate_batches(loaded.cfg, loaded.params, Tokenizer(loaded.tokenizer_dir), plan,
-                                              sampling=sampling, seed=seed, skip=done):
-      _append(f, [{"index": i, **_note_row(rows[i], note)} for i, note in batch])
-      notes.update(batch)
-      log(f"batch {b + 1} of {len(plan.batches)}: {len(notes)} of {len(rows)} notes")
-      if stop is not None and stop.is_set() and len(notes) < len(rows):
-        raise Interrupted(f"{len(notes)} of {len(rows)} notes are kept in {partial}")
-    generate.warn_unfinished(list(notes.values()), log)
-    staging = output.with_name(f".{output.name}.tmp")  # one writer at a time: the lock
+  f.seek(0)
+  data = f.read()
+  keep_to, found = _parse_partial(partial, data, settings, rows) if data else (0, [])
+  kept = {index: note for _, index, note in found}
+  done = {b for b, batch in enumerate(plan.batches) if all(i in kept for i in batch)}
+  notes = {i: kept[i] for b in done for i in plan.batches[b]}
+  for offset, index, _ in found:  # whole batches are appended in turn: only the last can be torn
+    if index not in notes:
+      break
+    keep_to = offset
+  f.truncate(keep_to)  # the rows of an unfinished batch (and a torn line) go: they are made again
+  if keep_to == 0:
+    _append(f, [{"settings": settings, "model": loaded.source}])
+  kept_count = len(notes)
+  if notes:
+    log(f"keeping {kept_count} note(s) of an earlier run from {partial}; {len(rows) - kept_count} to generate")
+  for b, batch in generate.generate_batches(loaded.cfg, loaded.params, Tokenizer(loaded.tokenizer_dir), plan,
+                                            sampling=sampling, seed=seed, skip=done):
+    _append(f, [{"index": i, **_note_row(rows[i], note)} for i, note in batch])
+    notes.update(batch)
+    log(f"batch {b + 1} of {len(plan.batches)}: {len(notes)} of {len(rows)} notes")
+    if stop is not None and stop.is_set() and len(notes) < len(rows):
+      raise Interrupted(f"{len(notes)} of {len(rows)} notes are kept in {partial}")
+  generate.warn_unfinished(list(notes.values()), log)
+  staging = output.with_name(f".{output.name}.tmp")  # one writer at a time: the lock
+  try:
     with open(staging, "wb") as out:
       _append(out, [_note_row(row, notes[i]) for i, row in enumerate(rows)])
     os.replace(staging, output)
-    partial.unlink()
+  except BaseException:
+    staging.unlink(missing_ok=True)
+    raise
+  partial.unlink()
   return Counts(read=len(rows), kept=kept_count, generated=len(rows) - kept_count, written=len(rows))

@@ -93,6 +93,7 @@ class _Run:
   task_examples: dict[str, list]  # config.eval.tasks, read once at start
   phases: list[phases_lib.Phase]
   eval_fns: dict[ModelConfig, Any] = dataclasses.field(default_factory=dict)  # the held-out eval per phase model
+  note_programs: dict[Any, Any] = dataclasses.field(default_factory=dict)  # note_eval's decode programs, kept
 
 
 # Where each field of `_spec` comes from, for a refused data state's message.
@@ -154,7 +155,7 @@ def _note_scores(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Pha
     return {}
   from heal_jax.train import note_eval  # pylint: disable=import-outside-toplevel
   return note_eval.evaluate(cfg, params, run.data, run.config.eval.note_examples, run.config.eval.note_tokens,
-                            run.mesh.shape["data"] * run.mesh.shape["fsdp"], run.writer.log)
+                            run.mesh.shape["data"] * run.mesh.shape["fsdp"], run.writer.log, run.note_programs)
 
 
 def _task_examples(spec: str, limit: int, workdir: pathlib.Path) -> dict[str, list]:
@@ -413,6 +414,9 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
                "on every process; `heal-jax data prepare` does it once)")
   for name, counts in data.counts.items():
     writer.log(f"source {name}: {counts}")
+  if config.eval.note_examples and (jax.process_count() > 1 or not any(p.instruction_tuning for p in phases)):
+    writer.log("note eval (config.eval.note_examples) will not run: it runs in instruction-tuning phases of "
+               "single-process runs only")
   mngr = checkpointing.manager(workdir, config.checkpoint.keep, config.checkpoint.keep_period,
                                config.checkpoint.async_save)
   run = _Run(config, workdir, mesh, data, sorted(data.train), mngr, writer, _Preemption(), base_cfg, tasks, phases)

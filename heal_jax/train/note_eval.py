@@ -21,8 +21,9 @@ text is logged: the data may be patient data.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 import pathlib
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -62,20 +63,24 @@ def held_out_notes(data: mixture.RunData, count: int, context: int) -> list[Held
 
 
 def evaluate(cfg: ModelConfig, params: Any, data: mixture.RunData, count: int, max_new_tokens: int,
-             batch_devices: int, log: Callable[[str], None]) -> dict[str, float]:
+             batch_devices: int, log: Callable[[str], None],
+             programs: dict[Any, Any] | None = None) -> dict[str, float]:
   """The logged means (see the module doc) over the notes of `held_out_notes(data, count, context)`;
-  {} when there is none. Batches have a multiple of `batch_devices` rows (at least 8)."""
+  {} when there is none. A batch has min(8, notes) rows rounded up to a multiple of `batch_devices`.
+  programs: `generate.generate_batches`'s compiled programs, kept between evaluations by the caller."""
   examples = held_out_notes(data, count, cfg.max_position_embeddings)
   if not examples:
-    log(f"note eval skipped: no held-out conversation's prompt fits the model's {cfg.max_position_embeddings} "
-        "positions")
+    held = any(kind == "conversation" and name in data.heldout for name, kind in data.kinds.items())
+    log("note eval skipped: " + (f"no held-out conversation's prompt fits the model's "
+                                 f"{cfg.max_position_embeddings} positions" if held else
+                                 "no conversation source has held-out examples"))
     return {}
   width = -(-min(8, len(examples)) // batch_devices) * batch_devices
   plan = generate.plan_prompts([e.prompt for e in examples], cfg.max_position_embeddings,
                                max_new_tokens=max_new_tokens, batch_size=width,
                                labels=[f"held-out {e.source} example" for e in examples], log=lambda m: None)
   notes: dict[int, generate.Note] = {}
-  for _, batch in generate.generate_batches(cfg, params, data.tokenizer, plan, width=width):
+  for _, batch in generate.generate_batches(cfg, params, data.tokenizer, plan, width=width, programs=programs):
     notes.update(batch)
   scores = [notes_lib.score_note(notes[i].text, e.reference) for i, e in enumerate(examples)]
   out = {f"notes/{key}": float(np.mean([s[key] for s in scores])) for key in SCORES}
