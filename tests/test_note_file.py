@@ -6,6 +6,7 @@ the result."""
 import dataclasses
 import fcntl
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -79,7 +80,10 @@ def test_notes_in_file_order_equal_one_at_a_time_notes(loaded, tmp_path):
   singles = [generate.generate_notes(loaded, [text], max_new_tokens=NEW) for _, text in CONVERSATIONS]
   assert [r["text"] for r in rows] == [s[0] for s in singles]
   assert all(r["ended"] in ("eos", "stop_string", "limit") and 0 <= r["new_tokens"] <= NEW for r in rows)
-  assert "batch 3 of 3: 5 of 5 notes" in messages
+  progress = [m for m in messages if m.startswith("batch ")]
+  assert [m.split(",")[0] for m in progress] == ["batch 1 of 3: 2 of 5 notes", "batch 2 of 3: 4 of 5 notes",
+                                                 "batch 3 of 3: 5 of 5 notes"]
+  assert re.fullmatch(r"batch 3 of 3: 5 of 5 notes, \d+:\d\d:\d\d elapsed, about 0:00:00 left", progress[-1])
   assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "p.jsonl"]  # no partial, no temporary
 
 

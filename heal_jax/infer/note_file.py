@@ -29,6 +29,7 @@ import json
 import os
 import pathlib
 import threading
+import time
 from typing import Any, BinaryIO
 
 import jax
@@ -40,6 +41,7 @@ from heal_jax.data.tokenizer import Tokenizer
 from heal_jax.eval import records
 from heal_jax.infer import generate
 from heal_jax.infer.sampling import Sampling
+from heal_jax.train.metrics import format_eta
 
 PARTIAL_SUFFIX = ".partial"
 _ROW_KEYS = ("id", "text", "new_tokens", "ended")
@@ -248,11 +250,15 @@ def write_notes(loaded: LoadedModel, rows: Sequence[records.Record], output: pat
   kept_count = len(notes)
   if notes:
     log(f"keeping {kept_count} note(s) of an earlier run from {partial}; {len(rows) - kept_count} to generate")
+  start = time.monotonic()
   for b, batch in generate.generate_batches(loaded.cfg, loaded.params, Tokenizer(loaded.tokenizer_dir), plan,
                                             sampling=sampling, seed=seed, skip=done):
     _append(f, [{"index": i, **_note_row(rows[i], note)} for i, note in batch])
     notes.update(batch)
-    log(f"batch {b + 1} of {len(plan.batches)}: {len(notes)} of {len(rows)} notes")
+    elapsed = time.monotonic() - start  # the first batch's time includes compiling: a pessimistic start
+    left = elapsed / (len(notes) - kept_count) * (len(rows) - len(notes))
+    log(f"batch {b + 1} of {len(plan.batches)}: {len(notes)} of {len(rows)} notes, {format_eta(elapsed)} elapsed, "
+        f"about {format_eta(left)} left")
     if stop is not None and stop.is_set() and len(notes) < len(rows):
       raise Interrupted(f"{len(notes)} of {len(rows)} notes are kept in {partial}")
   generate.warn_unfinished(list(notes.values()), log)
