@@ -245,6 +245,19 @@ def test_generate_main_end_to_end(checkpoint, tmp_path, capsys):
   assert printed == expected[0] + "\n"
 
 
+def test_generate_main_on_a_mesh_writes_the_same_note(checkpoint, tmp_path, capsys):
+  conv = tmp_path / "conv.txt"
+  conv.write_text("[doctor] Hi, what brings you in today?\n[patient] I've had a cough for two weeks.\n")
+  command = ["--checkpoint", str(checkpoint), "--conversation", str(conv), "--max-new-tokens", "6"]
+  assert generate.main(command) == 0
+  alone = capsys.readouterr().out
+  assert generate.main(command + ["--mesh", "data=2,tensor=-1"]) == 0  # one conversation, 2 rows: one is padding
+  assert capsys.readouterr().out == alone
+  assert generate.main(command + ["--mesh", "tensor=3"]) == 2
+  assert capsys.readouterr().err == ("heal-jax generate: error: mesh {'data': 1, 'fsdp': 1, 'tensor': 3} does not "
+                                     "fit 8 devices\n")  # before the model loads
+
+
 def test_generate_main_dtype_casts_the_model(checkpoint, tmp_path, capsys, monkeypatch):
   """--dtype bfloat16 generates with bfloat16 weights and compute, as eval's --dtype does."""
   conv = tmp_path / "conv.txt"

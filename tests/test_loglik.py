@@ -120,7 +120,7 @@ def test_truncation_and_no_bos_match_transformers(setup, shared_data):
   _check_rows(ours["rows"], _ref_rows(torch_model, hf_tok, examples, add_bos=False, max_length=100))
 
 
-def test_perplexity_matches_transformers(setup, shared_data, tmp_path):
+def test_perplexity_matches_transformers(setup, shared_data, tmp_path, capsys):
   model, tok, hf_tok, torch_model, ckpt = setup
   rows = [json.loads(line) for line in (shared_data / MEDQA_FILE).read_text().splitlines()[:6]]
   texts = [r["question"] for r in rows] + ["Short.", ""]
@@ -151,6 +151,11 @@ def test_perplexity_matches_transformers(setup, shared_data, tmp_path):
   assert run.main(["perplexity", "--checkpoint", str(ckpt), "--data", str(data), "--output", str(out)]) == 0
   written = [json.loads(line) for line in out.read_text().splitlines()]  # strict JSON: null, never NaN
   assert [r["tokens"] for r in written] == [n for _, n in per_text] and written[-1]["nll_per_token"] is None
+  capsys.readouterr()
+  # The model split over the 8 devices (fsdp 2 x tensor 4; 3 rows a batch round up to 4): the same NLL.
+  assert run.main(["perplexity", "--checkpoint", str(ckpt), "--data", str(data), "--mesh", "fsdp=2,tensor=-1",
+                   "--batch-size", "3"]) == 0
+  np.testing.assert_allclose(json.loads(capsys.readouterr().out)["nll_per_token"], -total / count, atol=1e-4, rtol=0)
   (tmp_path / "blank.jsonl").write_text('{"text": ""}\n{"text": ""}\n')
   with pytest.raises(ValueError, match="no tokens to score: all 2 texts are empty"):  # was NaN in the JSON
     perplexity.perplexity(model.cfg, model.params, tok, perplexity.read_texts(tmp_path / "blank.jsonl"))

@@ -316,3 +316,32 @@ def test_cli_refuses_bad_arguments(note_checkpoint, tmp_path, capsys):
   assert generate.main(["--checkpoint", str(tmp_path / "nope"), "--conversations", str(conversations),
                         "--output", str(tmp_path / "p.jsonl")]) == 2
   assert "nope" in capsys.readouterr().err and not (tmp_path / "p.jsonl.partial").exists()
+
+
+def test_notes_on_a_mesh_equal_notes_on_one_device(loaded, tmp_path):
+  """The model split over 8 devices (data 2 x tensor 4: batches of 2 rows, padded up to 2 per data
+  shard) writes the same notes as on one device."""
+  from heal_jax.infer import placement  # pylint: disable=import-outside-toplevel
+  conversations = _write_conversations(tmp_path / "c.jsonl")
+  one = tmp_path / "one.jsonl"
+  _run(loaded, conversations, one, batch_size=3)
+  split = tmp_path / "split.jsonl"
+  with placement.placed(loaded, "data=2,tensor=-1") as on_mesh:
+    layer = on_mesh.params["layers_0"]["mlp"]["w_gate"]["kernel"]
+    assert len(layer.sharding.device_set) == 8 and layer.sharding.spec[1] == "tensor"
+    note_file.write_notes(on_mesh, note_file.read_conversations(conversations), split, conversations=conversations,
+                          max_new_tokens=NEW, sampling=Sampling(), seed=0, batch_size=3, dtype=None,
+                          log=lambda m: None, width=placement.batch_rows(3, "data=2,tensor=-1"))
+  assert placement.batch_rows(3, "data=2,tensor=-1") == 4
+  assert split.read_text() == one.read_text()
+
+
+def test_mesh_specs_are_checked():
+  from heal_jax.infer import placement  # pylint: disable=import-outside-toplevel
+  assert placement.parse_mesh("tensor=4, fsdp=2") == {"data": 1, "fsdp": 2, "tensor": 4}
+  with pytest.raises(ValueError, match="unknown axis 'model'"):
+    placement.parse_mesh("model=8")
+  with pytest.raises(ValueError, match="'tensor=x' is not AXIS=INTEGER"):
+    placement.parse_mesh("tensor=x")
+  with pytest.raises(ValueError, match="uses 2 devices, 8 are present"):
+    placement.batch_rows(1, "tensor=2")

@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="BOS before the context: auto follows the tokenizer config (add_bos_token)")
   p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                  help="cast parameters and compute to this dtype; default: as stored")
+  p.add_argument("--mesh", help="split the model over this process's devices, e.g. tensor=8 or fsdp=2,tensor=4 "
+                                "(axes data, fsdp, tensor; --batch-size rounds up to a multiple of data x fsdp)")
   return p
 
 
@@ -52,6 +54,7 @@ def _run(args: argparse.Namespace) -> dict:
   from heal_jax.checkpoint.restore import load_model  # pylint: disable=import-outside-toplevel
   from heal_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from heal_jax.eval import loglik, output, perplexity, tasks  # pylint: disable=import-outside-toplevel
+  from heal_jax.infer import placement  # pylint: disable=import-outside-toplevel
 
   if args.limit is not None and args.limit < 1:
     raise ValueError(f"--limit must be >= 1, got {args.limit}")
@@ -59,6 +62,7 @@ def _run(args: argparse.Namespace) -> dict:
     raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
   if args.max_length is not None and args.max_length < 1:
     raise ValueError(f"--max-length must be >= 1, got {args.max_length}")
+  batch_size = placement.batch_rows(args.batch_size, args.mesh)  # (a mesh that does not fit: before loading)
   if args.output:  # before the model is loaded: a bad path must not cost the scoring
     output.check_writable(args.output, [args.data, args.fewshot_data])
   if args.task == "perplexity":
@@ -79,15 +83,16 @@ def _run(args: argparse.Namespace) -> dict:
     print(f"heal-jax eval {args.task}: warning: --max-length {args.max_length} is beyond the model's "
           f"max_position_embeddings {model.cfg.max_position_embeddings}: positions it was not trained on",
           file=sys.stderr)
-  if args.task == "perplexity":
-    result = perplexity.perplexity(model.cfg, model.params, tokenizer, texts, args.batch_size,
-                                   max_length=args.max_length)
-    summary_keys = ("nll_per_token", "tokens", "texts")
-  else:
-    add_bos = model.add_bos if args.bos == "auto" else args.bos == "on"
-    result = loglik.evaluate(args.task, model.cfg, model.params, tokenizer, examples, args.batch_size,
-                             contexts=contexts, add_bos=add_bos, max_length=args.max_length)
-    summary_keys = ("task", "n", "acc", "acc_norm")
+  with placement.placed(model, args.mesh) as model:
+    if args.task == "perplexity":
+      result = perplexity.perplexity(model.cfg, model.params, tokenizer, texts, batch_size,
+                                     max_length=args.max_length)
+      summary_keys = ("nll_per_token", "tokens", "texts")
+    else:
+      add_bos = model.add_bos if args.bos == "auto" else args.bos == "on"
+      result = loglik.evaluate(args.task, model.cfg, model.params, tokenizer, examples, batch_size,
+                               contexts=contexts, add_bos=add_bos, max_length=args.max_length)
+      summary_keys = ("task", "n", "acc", "acc_norm")
   if args.output:
     output.write_rows(args.output, result["rows"])
   return {k: result[k] for k in summary_keys}

@@ -35,7 +35,7 @@ from heal_jax.checkpoint.errors import CheckpointError
 from heal_jax.checkpoint.restore import LoadedModel, load_model
 from heal_jax.data import templates
 from heal_jax.data.tokenizer import Tokenizer
-from heal_jax.infer import decode
+from heal_jax.infer import decode, placement
 from heal_jax.infer.sampling import Sampling
 from heal_jax.model.config import ConfigError, ModelConfig
 
@@ -206,8 +206,9 @@ def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
                    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, sampling: Sampling = Sampling(),
                    seed: int = 0, batch_size: int = 8,
                    stop_strings: Sequence[str] = STOP_STRINGS,
-                   log: Callable[[str], None] | None = None) -> list[str]:
-  """One generated note (`Note.text`) per conversation, in order: `plan_notes` then `generate_batches`.
+                   log: Callable[[str], None] | None = None, width: int | None = None) -> list[str]:
+  """One generated note (`Note.text`) per conversation, in order: `plan_notes` then `generate_batches`
+  (`width`: its rows per program).
 
   Notes stay within the model's context (`max_position_embeddings`); `log` (default: stderr) names
   the notes that have less room and those that were cut. Raises ValueError as `plan_notes` does.
@@ -218,7 +219,7 @@ def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
                     batch_size=min(batch_size, len(conversations)), log=log)
   notes: dict[int, Note] = {}
   for _, batch in generate_batches(loaded.cfg, loaded.params, Tokenizer(loaded.tokenizer_dir), plan,
-                                   sampling=sampling, seed=seed, stop_strings=stop_strings):
+                                   sampling=sampling, seed=seed, stop_strings=stop_strings, width=width):
     notes.update(batch)
   warn_unfinished(list(notes.values()), log)
   return [notes[i].text for i in range(len(conversations))]
@@ -249,6 +250,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                       help="cast parameters and compute to this dtype (a work directory keeps float32 master "
                            "weights: bfloat16 halves the memory); default: as stored")
+  parser.add_argument("--mesh", help="split the model over this process's devices, e.g. tensor=8 or "
+                                     "fsdp=2,tensor=4 (axes data, fsdp, tensor; see infer/placement.py)")
   return parser
 
 
@@ -295,10 +298,12 @@ def _notes_of_file(args: argparse.Namespace, sampling: Sampling) -> int:
       loaded = _load(args)
       print(f"heal-jax generate: model {loaded.source}; {len(rows)} conversations from {args.conversations}",
             file=sys.stderr)
-      counts = note_file.write_notes(loaded, rows, args.output, conversations=args.conversations,
-                                     max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed,
-                                     batch_size=args.batch_size, dtype=args.dtype, log=_stderr, stop=stop,
-                                     partial_file=partial_file)
+      with placement.placed(loaded, args.mesh) as loaded:
+        counts = note_file.write_notes(
+            loaded, rows, args.output, conversations=args.conversations, max_new_tokens=args.max_new_tokens,
+            sampling=sampling, seed=args.seed, batch_size=args.batch_size, dtype=args.dtype, log=_stderr,
+            stop=stop, partial_file=partial_file,
+            width=placement.batch_rows(min(args.batch_size, len(rows)), args.mesh))
   except (CheckpointError, ConfigError, ValueError, OSError) as e:
     return _error(str(e))
   except (KeyboardInterrupt, note_file.Interrupted) as e:
@@ -329,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   if (args.output is None) != (args.conversation is not None):
     return _error("--output goes with --conversations (and only with it): --conversation prints the note")
   try:
+    placement.batch_rows(1, args.mesh)  # a mesh that does not fit the devices: before the model loads
+  except ValueError as e:
+    return _error(str(e))
+  try:
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
   except ValueError as e:
     return _error(f"--{str(e).replace('_', '-')}")
@@ -343,8 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     loaded = _load(args)
     print(f"heal-jax generate: model {loaded.source}", file=sys.stderr)
-    note = generate_notes(loaded, [text], max_new_tokens=args.max_new_tokens, sampling=sampling,
-                          seed=args.seed)[0]
+    with placement.placed(loaded, args.mesh) as loaded:
+      note = generate_notes(loaded, [text], max_new_tokens=args.max_new_tokens, sampling=sampling,
+                            seed=args.seed, width=placement.batch_rows(1, args.mesh))[0]
   except (CheckpointError, ConfigError, ValueError, OSError) as e:
     return _error(str(e))
   print(note)
