@@ -345,3 +345,18 @@ def test_mesh_specs_are_checked():
     placement.parse_mesh("tensor=x")
   with pytest.raises(ValueError, match="uses 2 devices, 8 are present"):
     placement.batch_rows(1, "tensor=2")
+  with pytest.raises(ValueError, match="axis 'tensor' is given twice"):
+    placement.parse_mesh("tensor=2,tensor=4")
+
+
+def test_a_mesh_that_would_copy_a_large_parameter_to_every_device_is_refused(loaded, monkeypatch):
+  """4 heads on tensor=8 cannot split the attention weights: each device would hold them whole. The
+  limit is lowered to this tiny model's size; a data-only mesh copies the model on purpose."""
+  from heal_jax.infer import placement  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(placement, "_REPLICATED_LIMIT", 100)
+  with pytest.raises(ValueError, match=r"--mesh tensor=-1: parameter layers_0/attention/\w+/kernel .* would be "
+                                       r"replicated .*: choose fsdp and tensor sizes that divide"):
+    with placement.placed(loaded, "tensor=-1"):
+      pass
+  with placement.placed(loaded, "data=-1") as copied:
+    assert copied.params["embed"]["embedding"].sharding.is_fully_replicated

@@ -23,7 +23,8 @@ WORKDIR_TOKENIZER = "tokenizer"
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-  """Model config, parameters (numpy, unscanned unless `cfg.scan_layers`) and tokenizer location.
+  """Model config, parameters (numpy as loaded, unscanned unless `cfg.scan_layers`; `infer.placement`
+  puts them on devices) and tokenizer location.
 
   add_bos: whether the tokenizer's config asks for BOS (LLaMA's does); evaluation follows it.
   weights_digest: a SHA-256 of the checksums stored with the weights (a converted checkpoint's CRC-32s,

@@ -1,7 +1,7 @@
 """SOAP notes from doctor-patient conversations: `generate_notes` (library) and `heal-jax generate`.
 
   heal-jax generate --checkpoint DIR --conversation FILE [--max-new-tokens N] [--seed S]
-                    [--temperature T] [--top-k K] [--top-p P] [--dtype bfloat16]
+                    [--temperature T] [--top-k K] [--top-p P] [--dtype bfloat16] [--mesh tensor=8]
   heal-jax generate --checkpoint DIR --conversations C.jsonl --output P.jsonl [--batch-size B] [...]
 
 The second form writes a note for every conversation of a JSONL file, resumably (`note_file`).
@@ -251,7 +251,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="cast parameters and compute to this dtype (a work directory keeps float32 master "
                            "weights: bfloat16 halves the memory); default: as stored")
   parser.add_argument("--mesh", help="split the model over this process's devices, e.g. tensor=8 or "
-                                     "fsdp=2,tensor=4 (axes data, fsdp, tensor; see infer/placement.py)")
+                                     "fsdp=2,tensor=4 (axes data, fsdp, tensor; see infer/placement.py); a batch "
+                                     "short of a multiple of data x fsdp rows is filled with copies")
   return parser
 
 
@@ -298,6 +299,7 @@ def _notes_of_file(args: argparse.Namespace, sampling: Sampling) -> int:
       loaded = _load(args)
       print(f"heal-jax generate: model {loaded.source}; {len(rows)} conversations from {args.conversations}",
             file=sys.stderr)
+      loaded = dataclasses.replace(loaded, weights_digest=note_file.weights_digest(loaded))  # on the host
       with placement.placed(loaded, args.mesh) as loaded:
         counts = note_file.write_notes(
             loaded, rows, args.output, conversations=args.conversations, max_new_tokens=args.max_new_tokens,

@@ -115,13 +115,18 @@ def run_settings(conversations: pathlib.Path, rows: Sequence[records.Record], *,
           "batch_size": min(batch_size, len(rows)), "dtype": dtype}
 
 
+def weights_digest(loaded: LoadedModel) -> str:
+  """`loaded.weights_digest` (the checksums stored with the weights, which the load checked); without
+  one, a SHA-256 of `fingerprint.fingerprints(loaded.params)`: for host arrays summed with NumPy
+  (~150M values/s a core, no device memory), so take it before the weights are placed on devices."""
+  return loaded.weights_digest or hashlib.sha256(
+      json.dumps(fingerprint.fingerprints(loaded.params), sort_keys=True).encode()).hexdigest()
+
+
 def model_fingerprint(loaded: LoadedModel) -> str:
-  """A digest of the weights, the model config and the tokenizer model file: the same for one model
-  however its path is written. The weights count by `loaded.weights_digest` (the checksums stored with
-  them, which the load checked); without one, by `fingerprint.fingerprints` of `loaded.params`
-  (host arrays: summed with NumPy, ~150M values/s a core, no device memory)."""
-  weights = loaded.weights_digest or fingerprint.fingerprints(loaded.params)
-  digest = hashlib.sha256(json.dumps({"weights": weights, "config": dataclasses.asdict(loaded.cfg)},
+  """A digest of the weights (`weights_digest`), the model config and the tokenizer model file: the
+  same for one model however its path is written."""
+  digest = hashlib.sha256(json.dumps({"weights": weights_digest(loaded), "config": dataclasses.asdict(loaded.cfg)},
                                      sort_keys=True, default=str).encode())
   if loaded.tokenizer_dir is not None:
     digest.update(file_sha256(loaded.tokenizer_dir / "tokenizer.model").encode())
@@ -221,7 +226,8 @@ def write_notes(loaded: LoadedModel, rows: Sequence[records.Record], output: pat
   partial_file: `open_partial(output)`'s file when the caller took the lock already (before loading
   the model, so that a second run stops at once); None: taken here.
   width: rows of each decode program (`generate.generate_batches`; a multiple of the mesh's data x fsdp).
-  The mesh is not a setting: a rerun on other devices continues the file.
+  The mesh is not a setting: a rerun on other devices continues the file (its float sums may round
+  differently, so a greedy near-tie can go the other way in the notes made there).
   """
   check_output(output)
   if partial_file is None:

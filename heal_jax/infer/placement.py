@@ -6,7 +6,9 @@ logical axis rules, as the trainer's own evaluations do. So a model larger than 
 split over the devices (tensor parallelism within a host is the fast choice for decoding), and rows of a
 batch are split over data x fsdp: batches take a multiple of data x fsdp rows. The axes not named are
 1; one axis may be -1 and takes the devices left over; the mesh must use every device of the process.
-The weights are read whole into host memory first, then placed.
+A mesh with fsdp or tensor above 1 that would leave a large parameter whole on every device (40 heads
+on tensor=16) is refused, as the trainer refuses it. One process only. The weights are read whole
+into host memory first, then placed; the host copy is dropped once they are.
 """
 
 from __future__ import annotations
@@ -23,13 +25,20 @@ from heal_jax.model import llama
 from heal_jax.parallel import mesh as mesh_lib
 
 
+_REPLICATED_LIMIT = 1 << 20  # elements a parameter may have whole on every device of a splitting mesh
+
+
 def parse_mesh(spec: str) -> dict[str, int]:
   """"tensor=4" -> {"data": 1, "fsdp": 1, "tensor": 4}. Raises ValueError naming a bad item."""
   sizes = dict.fromkeys(mesh_lib.AXES, 1)
+  seen = set()
   for item in filter(None, (s.strip() for s in spec.split(","))):
     axis, _, value = item.partition("=")
     if axis.strip() not in sizes:
       raise ValueError(f"--mesh {spec!r}: unknown axis {axis.strip()!r} (axes: {', '.join(mesh_lib.AXES)})")
+    if axis.strip() in seen:
+      raise ValueError(f"--mesh {spec!r}: axis {axis.strip()!r} is given twice")
+    seen.add(axis.strip())
     try:
       sizes[axis.strip()] = int(value)
     except ValueError:
@@ -41,7 +50,8 @@ def batch_rows(rows: int, spec: str | None) -> int:
   """`rows` rounded up to a multiple of the mesh's data x fsdp (unchanged without a mesh)."""
   if not spec:
     return rows
-  sizes = mesh_lib.mesh_shape(parse_mesh(spec), jax.device_count())
+  _one_process()
+  sizes = mesh_lib.mesh_shape(parse_mesh(spec), jax.local_device_count())
   split = sizes[0] * sizes[1]
   return -(-rows // split) * split
 
@@ -54,7 +64,22 @@ def placed(loaded: LoadedModel, spec: str | None) -> Iterator[LoadedModel]:
   if not spec:
     yield loaded
     return
-  mesh = mesh_lib.make_mesh(parse_mesh(spec))
-  params = jax.device_put(loaded.params, mesh_lib.logical_shardings(llama.param_shapes(loaded.cfg), mesh))
+  _one_process()
+  mesh = mesh_lib.make_mesh(parse_mesh(spec), jax.local_devices())
+  boxed = llama.param_shapes(loaded.cfg)
+  shardings = mesh_lib.logical_shardings(boxed, mesh)
+  if mesh.shape["fsdp"] * mesh.shape["tensor"] > 1:  # (data only: a copy of the model per row group, on purpose)
+    try:
+      mesh_lib.check_no_large_replicated(nn.unbox(boxed), shardings, _REPLICATED_LIMIT)
+    except mesh_lib.ShardingError as e:
+      raise mesh_lib.ShardingError(f"--mesh {spec}: {str(e).split('. Change the mesh')[0]}: choose fsdp and "
+                                   "tensor sizes that divide the model's dimensions (heads, MLP, vocabulary)") from None
+  out = dataclasses.replace(loaded, params=jax.device_put(loaded.params, shardings))  # same values: digest holds
+  del loaded  # the host copy of the weights goes once the caller drops its own
   with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
-    yield dataclasses.replace(loaded, params=params)  # the same weights: weights_digest still holds
+    yield out
+
+
+def _one_process() -> None:
+  if jax.process_count() > 1:
+    raise ValueError("--mesh: eval and generate run in one process (over its local devices)")
