@@ -297,3 +297,41 @@ def test_repetition_is_reported_beside_the_rubric():
   assert (thrice["missed_rate"], thrice["incorrect_rate"], thrice["irrelevant_rate"]) == (0.0, 0.0, 0.0)
   twice_in_reference = REFERENCE + "Follow up in 2 weeks.\n"
   assert notes.score_note(twice_in_reference, twice_in_reference, None)["repeated_rate"] == 0.0
+
+
+DIALOGUE = """Doctor: Good morning, sir. Any surgeries?
+Patient: I had my tonsils taken out as a kid, and my appendix removed in college.
+Doctor: Do you drink?
+Patient: A beer on weekends. My dad had heart problems.
+"""
+
+
+def test_support_ignores_note_style_and_maps_lay_words():
+  """Clinical wording of what the conversation says is supported: style words ("significant for",
+  "approximately") are not looked for, -ectomy words match the organ and its removal, "dad" is "father",
+  "problems" is "disease", "drink" is alcohol, and a stem inside a longer one matches ("tonsil")."""
+  note = "Past surgical history significant for tonsillectomy. Appendectomy. Social alcohol use. Father with heart disease."
+  assert _verdicts(note, reference="", conversation=DIALOGUE) == ([], [], [])
+  # Still unsupported: a procedure and a relative the conversation never mentions.
+  assert _verdicts(note + " Status post cholecystectomy. Mother with diabetes.", reference="",
+                   conversation=DIALOGUE)[2] == ["Status post cholecystectomy.", "Mother with diabetes."]
+  assert facts.support_units((frozenset({"problem", "drink", "append"}),)) == (frozenset({"diseas", "alcohol", "append"}),)
+  assert notes.support(frozenset({"tonsillectomi"}), [frozenset({"tonsil"})]) == 1.0
+  assert notes.support(frozenset({"arthriti", "knee"}), [frozenset({"osteoarthr", "knee"})]) == 0.5  # not inside
+  assert notes.support(frozenset({"12"}), [frozenset({"120"})]) == 0.0  # numbers match exactly
+
+
+def test_style_words_do_not_change_the_missed_side():
+  """Omissions are judged on the full terms: a reference fact made only of a finding word stays a fact."""
+  assert [f.text for f in notes.judge_note("", "Noncontributory. Significant for asthma.").missed] == [
+      "Noncontributory.", "Significant for asthma."]
+
+
+def test_addressing_the_patient_sets_the_conversation_s_gender():
+  """"sir" / "ma'am" from the doctor say the patient's gender; a note that says otherwise is incorrect."""
+  assert facts.conversation_facts(DIALOGUE).gender == "male"
+  assert facts.conversation_facts("Doctor: How are you, ma'am?\nPatient: Fine.").gender == "female"
+  incorrect = _verdicts("She had a tonsillectomy.", reference="", conversation=DIALOGUE)[1]
+  assert incorrect == [("She had a tonsillectomy.", "gender")]
+  # The patient's "sir" is said to the doctor.
+  assert facts.conversation_facts("Doctor: Any pain?\nPatient: No, sir.").gender is None

@@ -41,7 +41,7 @@ How a text becomes facts
    - gender: male or female when the clause has gender words of one kind only (he/his/male/man/mr... vs.
      she/her/female/woman/ms...); in a clause that names a relative only a possessive before the relative
      counts ("her son"). A note's gender is the majority over its words; a conversation's comes only from
-     descriptors (male, female, man, woman, mr, mrs, ms).
+     descriptors (male, female, man, woman, mr, mrs, ms, and the doctor's "sir" and "madam"/"ma'am").
 The matching of facts (coverage, support, contradiction) is in `heal_jax.eval.notes`.
 """
 
@@ -109,6 +109,14 @@ def stem(word: str) -> str:
   if not word.isalpha() or len(word) <= 3:
     return word
   return _STEMMER.stem(word)
+
+
+_STYLE_STEMS = frozenset(stem(w) for w in lexicon.STYLE_WORDS)
+_SUPPORT_MAP = {stem(k): frozenset(stem(w) for w in v) for k, v in lexicon.SUPPORT_SYNONYMS.items()}
+
+
+def _support_form(terms: frozenset[str]) -> frozenset[str]:
+  return frozenset().union(*(_SUPPORT_MAP.get(t, (t,)) for t in terms)) - _STYLE_STEMS if terms else terms
 
 
 def _date(m: re.Match[str]) -> str:
@@ -201,6 +209,7 @@ def _canonical_number(token: str) -> str:
 def normalize(text: str) -> list[str]:
   """Canonical tokens of a clause (step 3 of the module docstring)."""
   text = _CAPS_ABBREVIATION.sub(lambda m: _CAPS_EXPANSION[m.group(0)], text).lower().replace("\u2019", "'")
+  text = re.sub(r"\bma'am\b", "madam", text)
   text = re.sub(r"won't", "will not", text)
   text = re.sub(r"can't", "can not", text)
   text = re.sub(r"n't\b", " not", text)
@@ -232,6 +241,17 @@ def content_terms(tokens: list[str]) -> frozenset[str]:
   """Stemmed content terms of canonical tokens."""
   return frozenset(stem(t) for t in tokens if t not in lexicon.STOPWORDS and t not in lexicon.NEGATION_CUES
                    and t not in lexicon.MALE and t not in lexicon.FEMALE and (len(t) > 1 or t.isdigit()))
+
+
+def support_terms(fact: Fact) -> Fact:
+  """`fact` as checked against a source: without note-style terms (`lexicon.STYLE_WORDS`), synonyms mapped
+  (`lexicon.SUPPORT_SYNONYMS`)."""
+  return dataclasses.replace(fact, terms=_support_form(fact.terms))
+
+
+def support_units(units: tuple[frozenset[str], ...]) -> tuple[frozenset[str], ...]:
+  """Matching units in the form `support_terms` gives facts."""
+  return tuple(_support_form(u) for u in units)
 
 
 def _is_content(t: str) -> bool:
@@ -375,5 +395,9 @@ def conversation_facts(text: str) -> Document:
       facts.extend(_sentence_facts(s, i, answer if is_last_question else None))
     unit_terms.append(content_terms(normalize(turn)))
   units = tuple(frozenset().union(*unit_terms[max(i - 2, 0):i + 1]) for i in range(len(unit_terms)))
-  gender = _majority_gender(normalize(text), lexicon.MALE_DESCRIPTORS, lexicon.FEMALE_DESCRIPTORS)
+  address = lexicon.MALE_ADDRESS | lexicon.FEMALE_ADDRESS  # the doctor's words to the patient only
+  said = [t for speaker, turn in parsed for t in normalize(turn)
+          if t not in address or "doctor" in speaker or "clinician" in speaker]
+  gender = _majority_gender(said, lexicon.MALE_DESCRIPTORS | lexicon.MALE_ADDRESS,
+                            lexicon.FEMALE_DESCRIPTORS | lexicon.FEMALE_ADDRESS)
   return Document(tuple(facts), units, gender)

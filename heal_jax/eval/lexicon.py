@@ -36,15 +36,48 @@ stating note notes noted mention mentions mentioned present presents presented h
 time per would will shall may might must should s t d ll ve re m dr doctor mr mrs ms miss sir madam he him his
 himself she her hers herself
 """)
+# Note style: words a clinician writes around facts ("significant for", "approximately", "however") that
+# a conversation rarely says; left out when a generated fact's support in the source is checked.
+STYLE_WORDS = _set("""
+however although though whereas except otherwise significant significantly essentially basically apparently
+reportedly approximately subsequently unfortunately somewhat quite seem seems seemed believe believes including
+include includes included review reviewed evaluation evaluated further additional additionally regarding
+overall yo past prior previous previously use uses usage status complaint complaints system systems several
+recent recently given discuss discussed question questions continue continues continued since return returns
+follow followup followed point possible possibly obtain obtained perform performed agree agrees agreed underwent
+undergo undergone initial initially brought detail details detailed desire desires desired indicate indicates
+indicated
+""")
+# Words one side of a conversation and a note say differently, mapped (after stemming) to one term, or to
+# several ("appendectomy" -> appendix + removal), when a generated fact's support in the source is checked.
+SUPPORT_SYNONYMS = {
+    **dict.fromkeys("disease diseases disorder disorders problem problems issue issues condition conditions "
+                    "illness illnesses".split(), ("disease",)),
+    **dict.fromkeys("alcohol drink drinks drank booze".split(), ("alcohol",)),
+    **dict.fromkeys("mommy mama mum".split(), ("mother",)),
+    **dict.fromkeys("daddy papa".split(), ("father",)),
+    "grandpa": ("grandfather",), "granddad": ("grandfather",), "grandma": ("grandmother",),
+    "granny": ("grandmother",),
+    **dict.fromkeys("removal removed remove removing excised excision".split(), ("removal",)),
+    "appendectomy": ("appendix", "removal"), "tonsillectomy": ("tonsil", "removal"),
+    "cholecystectomy": ("gallbladder", "removal"), "hysterectomy": ("uterus", "removal"),
+    "mastectomy": ("breast", "removal"), "nephrectomy": ("kidney", "removal"),
+    "prostatectomy": ("prostate", "removal"), "thyroidectomy": ("thyroid", "removal"),
+    "colectomy": ("colon", "removal"), "splenectomy": ("spleen", "removal"),
+    "appendix": ("appendix",), "tonsils": ("tonsil",), "tonsil": ("tonsil",), "uterus": ("uterus",),
+    "womb": ("uterus",), "gallbladder": ("gallbladder",), "gall": ("gallbladder",),
+}
 NEGATION_CUES = _set("no not denies deny denied denying without negative never none nor neither absent")
 TERMINATORS = _set("but however although though whereas except")
-AFFIRMING = _set("has have had reports reported endorses endorsed complains complained notes noted admits "
+AFFIRMING = _set("has have had reports reported endorses endorsed complains complained notes noted admits states stated "
                  "positive presents")
 NO_WORDS = _set("no nope nah never none negative")
 MALE = _set("he him his himself male man gentleman boy mr sir")
 FEMALE = _set("she her hers herself female woman lady girl mrs ms miss madam")
 MALE_DESCRIPTORS = _set("male man gentleman mr")
 FEMALE_DESCRIPTORS = _set("female woman lady mrs ms")
+MALE_ADDRESS = _set("sir")  # said by the doctor to the patient
+FEMALE_ADDRESS = _set("madam")  # also "ma'am"
 RELATIVES = _set("""
 mother mom father dad brother sister son daughter wife husband aunt uncle grandmother grandfather grandson
 granddaughter sibling siblings child children kid kids nephew niece cousin friend partner boyfriend girlfriend

@@ -9,6 +9,14 @@ Coverage: a fact with content terms T is covered by a text when some matching un
 of a note; a turn together with the two turns before it in a conversation) holds at least half of T:
 |T & U| / |T| >= 0.5.
 
+Support: a generated fact is checked against the source (for every verdict below) in a looser form than
+coverage: its note-style terms (`lexicon.STYLE_WORDS`: "significant for", "approximately", "however", "past",
+...; a clinician writes them, a conversation does not say them) are left out; words said differently in
+notes and conversations map to one term on both sides (`lexicon.SUPPORT_SYNONYMS`: problems/issues/
+disorders -> disease, drink -> alcohol, dad -> father, appendectomy -> appendix + removal, ...); and a term of
+5+ letters also matches a source term it contains or that contains it (tonsillectomi / tonsil). A fact with
+no terms left (only style) gets no verdict. Missed information uses the plain terms and coverage.
+
 - Missed: a reference fact not covered by the generated note.
     missed_rate = missed reference facts / reference facts (0 when the reference has no facts).
 - Incorrect: a generated fact that contradicts the source in one of these ways (checked in this order):
@@ -30,7 +38,8 @@ of a note; a turn together with the two turns before it in a conversation) holds
       and no source fact with that gender covers it ("she suspected a pinched nerve" about a clinician,
       said so in the reference, is not the patient's gender).
     incorrect_rate = incorrect generated facts / generated facts.
-- Irrelevant: a generated fact that is not incorrect and is not supported: not covered by the source, or
+- Irrelevant: a generated fact that is not incorrect and is not supported: under half its terms in one
+  unit of the source by the support rules above, or
   stating a number the source never states, or naming a drug the source never mentions.
     irrelevant_rate = irrelevant generated facts / generated facts.
 Beside the rubric, repeated_rate = generated facts whose terms the note already said (beyond once and
@@ -98,6 +107,22 @@ def coverage(terms: frozenset[str], units: Sequence[frozenset[str]]) -> float:
   if not terms:
     return 1.0
   return max((len(terms & u) / len(terms) for u in units), default=0.0)
+
+
+def _near(term: str, unit: frozenset[str]) -> bool:
+  """`term` in `unit`, or (both at least 5 letters) one inside the other: "tonsil" / "tonsillectomi",
+  "arthriti" / "osteoarthr" are not; "arthr" would be. Numbers match exactly."""
+  if term in unit:
+    return True
+  return len(term) >= 5 and term.isalpha() and any(len(u) >= 5 and (u in term or term in u) for u in unit)
+
+
+def support(terms: frozenset[str], units: Sequence[frozenset[str]]) -> float:
+  """Largest fraction of `terms` found in one unit, a term also matching a longer or shorter stem that
+  contains it (`_near`): a generated fact's support in the source."""
+  if not terms:
+    return 1.0
+  return max((sum(_near(t, u) for t in terms) / len(terms) for u in units), default=0.0)
 
 
 def _same_value(a: str, b: str) -> bool:
@@ -194,22 +219,27 @@ def judge_note(prediction: str, reference: str, conversation: str | None = None)
 
   missed = tuple(f for f in ref.facts if coverage(f.terms, pred.units) < COVER_THRESHOLD)
   incorrect, irrelevant = [], []
-  for f in pred.facts:
+  source = [facts_lib.support_terms(f) for f in source]
+  source_units = facts_lib.support_units(source_units)
+  for original in pred.facts:
+    f = facts_lib.support_terms(original)
+    if not f.terms:
+      continue  # only note style ("However,")
     quantity = _quantity_verdict(f, pool, drug_anchors)
     unknown_drugs = f.drugs - source_drugs
     if quantity == "contradicted":
-      incorrect.append((f, "quantity"))
+      incorrect.append((original, "quantity"))
     elif _laterality_contradicted(f, source):
-      incorrect.append((f, "laterality"))
+      incorrect.append((original, "laterality"))
     elif _negation_contradicted(f, source):
-      incorrect.append((f, "negation"))
+      incorrect.append((original, "negation"))
     elif unknown_drugs and _substituted(f, source):
-      incorrect.append((f, "drug"))
+      incorrect.append((original, "drug"))
     elif f.gender and source_gender and f.gender != source_gender and not any(
         g.gender == f.gender and coverage(f.terms, [g.terms]) >= COVER_THRESHOLD for g in source):
-      incorrect.append((f, "gender"))
-    elif (coverage(f.terms, source_units) < COVER_THRESHOLD or quantity == "unsupported" or unknown_drugs):
-      irrelevant.append(f)
+      incorrect.append((original, "gender"))
+    elif (support(f.terms, source_units) < COVER_THRESHOLD or quantity == "unsupported" or unknown_drugs):
+      irrelevant.append(original)
   return Judgement(ref.facts, pred.facts, missed, tuple(incorrect), tuple(irrelevant),
                    repeated(pred.facts, ref.facts))
 
