@@ -335,3 +335,18 @@ def test_addressing_the_patient_sets_the_conversation_s_gender():
   assert incorrect == [("She had a tonsillectomy.", "gender")]
   # The patient's "sir" is said to the doctor.
   assert facts.conversation_facts("Doctor: Any pain?\nPatient: No, sir.").gender is None
+  # "Miss" as a title is an address, the verb is not; a parent answering is not the patient.
+  assert facts.conversation_facts("Doctor: Hello, miss.\nPatient: Hi.").gender == "female"
+  assert facts.conversation_facts("Doctor: Did you miss a dose?\nPatient: No.").gender is None
+  assert facts.conversation_facts("Doctor: Tell me about your son, ma'am.\nGuest_family: He is six.").gender is None
+  # The doctor's address outweighs a man named in passing ("Mr. Smith referred you").
+  assert facts.conversation_facts("Doctor: Mr. Smith referred you, ma'am?\nPatient: Yes.").gender == "female"
+
+
+def test_an_answer_to_a_negative_question_sets_no_polarity():
+  """"No fever or chills?" "Yes." may confirm either way; "Any fever or chills?" "Yes." does not."""
+  negative = facts.conversation_facts("Doctor: No fever or chills?\nPatient: Yes.").facts
+  assert [(f.text, f.negated) for f in negative] == [("No fever or chills?", None)]
+  positive = facts.conversation_facts("Doctor: Any fever or chills?\nPatient: Yes.").facts
+  assert [(f.text, f.negated) for f in positive] == [("Any fever or chills?", False)]
+  assert _verdicts("He denies fever.", reference="", conversation="Doctor: No fever?\nPatient: Yes.")[1] == []

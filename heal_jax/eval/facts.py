@@ -28,7 +28,8 @@ How a text becomes facts
      to the following clauses of the same sentence until a but/however/... clause or a clause with an
      affirming verb (has, reports, endorses, ...). Questions have no polarity, except in a conversation when
      the next turn opens with a yes/no word standing alone ("Any chest pain?" "No." -> negated "chest pain";
-     "No cesarean, ..." is not such an answer); that word is then dropped from the answer.
+     "No cesarean, ..." is not such an answer; a yes or no to a negative question, "No fever?" "Yes.", is
+     ambiguous and sets none); that word is then dropped from the answer.
    - quantities: (value, unit, anchor) for every number (decades such as "80s" kept as ranges; "'92" ->
      1992): the unit is the canonical unit word that follows (mg, mcg, g, kg, lb, ml, percent, mmhg, day, week,
      month, year, yo (age), ...) or None; the anchor is the nearest content word within three tokens before it
@@ -40,8 +41,9 @@ How a text becomes facts
      (-pril, -sartan, -olol, -statin, -prazole, -cillin, -mycin, ...).
    - gender: male or female when the clause has gender words of one kind only (he/his/male/man/mr... vs.
      she/her/female/woman/ms...); in a clause that names a relative only a possessive before the relative
-     counts ("her son"). A note's gender is the majority over its words; a conversation's comes only from
-     descriptors (male, female, man, woman, mr, mrs, ms, and the doctor's "sir" and "madam"/"ma'am").
+     counts ("her son"). A note's gender is the majority over its words. A conversation's is the majority
+     of the doctor's words of address in turns the patient answers ("sir"; "ma'am", "madam", "Miss" as a
+     title); without any, of its descriptors (male, female, man, woman, mr, mrs, ms).
 The matching of facts (coverage, support, contradiction) is in `heal_jax.eval.notes`.
 """
 
@@ -76,6 +78,7 @@ _TURN = re.compile(r"^\s*(?:\[([^\]\n]{1,30})\]|([A-Za-z][A-Za-z_ ]{0,29}):)[ \t
 _PHRASE_REGEX = re.compile(r"\b(" + "|".join(re.escape(p) for p in sorted(lexicon.PHRASES, key=len, reverse=True))
                            + r")\b")
 _STEMMER = porter.PorterStemmer()
+_MISS_TITLE = re.compile(r"\b[Mm]iss\b(?=\s*[,.!?]|\s+[A-Z])")  # "Hello, miss." / "Miss X", not "did you miss"
 # A turn that opens with a yes/no word standing alone ("No.", "Yeah, ...", "Um, nope"), not "No cesarean".
 _ANSWER = re.compile(r"^\W*(?:(?:um|uh|uhm|oh|well|hmm|so)\W+)*(yes|yeah|yep|yup|sure|correct|right|definitely|"
                      r"absolutely|certainly|indeed|mm-?hmm|uh-?huh|mhm|no|nope|nah|never|none|negative)"
@@ -324,6 +327,7 @@ def _sentence_facts(sentence: str, unit: int, polarity: bool | None = None) -> l
   """Facts of one sentence; `polarity` overrides negation detection (answered questions)."""
   facts, carried = [], False
   question = sentence.rstrip().endswith("?")
+  negative_question = polarity is not None and any(t in lexicon.NEGATION_CUES for t in normalize(sentence))
   for k, clause in enumerate(_CLAUSE_SPLIT.split(sentence)):
     label_match = _LABEL.match(clause) if k == 0 else None  # "Constitutional: Denies fever"
     label_tokens = normalize(label_match.group(1)) if label_match else []
@@ -339,8 +343,8 @@ def _sentence_facts(sentence: str, unit: int, polarity: bool | None = None) -> l
       negated = carried or cue is not None
       if cue is not None:  # only a leading cue ("denies X, Y"; after a label) carries over to the next clauses
         carried = not any(_is_content(t) for t in tokens[skip:cue])
-      if polarity is not None:
-        negated = not polarity
+      if polarity is not None:  # a yes or no to a negative question ("No fever?" "Yes.") is ambiguous
+        negated = None if negative_question else not polarity
       elif question:
         negated = None
       facts.append(Fact(clause.strip(), terms, negated, _quantities(tokens), _sides(tokens),
@@ -380,6 +384,17 @@ def _strip_answer_word(text: str) -> str:
   return _ANSWER.sub("", text)
 
 
+def _addressed(parsed: list[tuple[str, str]]) -> list[str]:
+  """Words by which a doctor addresses the patient ("sir", "ma'am", "Miss" as a title) in doctor turns that
+  the patient answers (not a parent who brought a child)."""
+  out = []
+  for (speaker, turn), (nxt, _) in zip(parsed, parsed[1:]):
+    if ("doctor" in speaker or "clinician" in speaker) and "patient" in nxt:
+      turn = _MISS_TITLE.sub(" madam ", turn)
+      out.extend(t for t in normalize(turn) if t in lexicon.MALE_ADDRESS or t in lexicon.FEMALE_ADDRESS)
+  return out
+
+
 def conversation_facts(text: str) -> Document:
   """Facts of a conversation; a matching unit is a turn together with the two turns before it."""
   parsed = turns(text)
@@ -395,9 +410,6 @@ def conversation_facts(text: str) -> Document:
       facts.extend(_sentence_facts(s, i, answer if is_last_question else None))
     unit_terms.append(content_terms(normalize(turn)))
   units = tuple(frozenset().union(*unit_terms[max(i - 2, 0):i + 1]) for i in range(len(unit_terms)))
-  address = lexicon.MALE_ADDRESS | lexicon.FEMALE_ADDRESS  # the doctor's words to the patient only
-  said = [t for speaker, turn in parsed for t in normalize(turn)
-          if t not in address or "doctor" in speaker or "clinician" in speaker]
-  gender = _majority_gender(said, lexicon.MALE_DESCRIPTORS | lexicon.MALE_ADDRESS,
-                            lexicon.FEMALE_DESCRIPTORS | lexicon.FEMALE_ADDRESS)
+  gender = (_majority_gender(_addressed(parsed), lexicon.MALE_ADDRESS, lexicon.FEMALE_ADDRESS)
+            or _majority_gender(normalize(text), lexicon.MALE_DESCRIPTORS, lexicon.FEMALE_DESCRIPTORS))
   return Document(tuple(facts), units, gender)
