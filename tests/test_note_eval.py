@@ -67,8 +67,22 @@ def test_logged_note_scores_equal_notes_written_from_the_checkpoint(data_root, t
 def test_no_held_out_conversation_that_fits_is_named(data_root, tmp_path, capsys):
   config = _config(data_root, "--config.model.max_position_embeddings=256")
   loop.train(config, tmp_path / "w", devices=jax.devices()[:2])
-  assert "note eval skipped: no held-out conversation's prompt fits the model's 256 positions" in (
-      capsys.readouterr().err)
+  assert (f"note eval skipped: no held-out conversation's prompt leaves room for {NOTE_TOKENS} new tokens (or "
+          "its note's) in the model's 256 positions") in capsys.readouterr().err
+
+
+def test_held_out_notes_leave_room_for_the_note(data_root, tmp_path):
+  """A prompt that fits with room for 1 token but not for note_tokens (nor its whole note) is left out."""
+  config = _config(data_root)
+  data = mixture.load(config, tmp_path / "w", config.eval.holdout_examples)
+  every = note_eval.held_out_notes(data, 3, 4096)
+  prompt = len(every[0].prompt)
+  note = len(data.tokenizer.encode(every[0].reference, add_bos=False))
+  assert note > 4
+  tight = note_eval.held_out_notes(data, 3, prompt + 1)  # one position left: enough for room=1
+  assert tight and tight[0].prompt == every[0].prompt
+  assert every[0].prompt not in [e.prompt for e in note_eval.held_out_notes(data, 3, prompt + 4, room=5)]
+  assert every[0].prompt in [e.prompt for e in note_eval.held_out_notes(data, 3, prompt + 5, room=5)]
 
 
 def test_a_run_without_instruction_tuning_says_note_eval_will_not_run(data_root, tmp_path, capsys):
