@@ -350,3 +350,17 @@ def test_an_answer_to_a_negative_question_sets_no_polarity():
   positive = facts.conversation_facts("Doctor: Any fever or chills?\nPatient: Yes.").facts
   assert [(f.text, f.negated) for f in positive] == [("Any fever or chills?", False)]
   assert _verdicts("He denies fever.", reference="", conversation="Doctor: No fever?\nPatient: Yes.")[1] == []
+
+
+def test_normal_findings_are_supported_by_a_denial_and_no_one_is_not_a_number():
+  dialogue = "Doctor: Any illnesses in your family?\nPatient: No, nothing.\nDoctor: Is your wife well?\nPatient: Yes."
+  assert _verdicts("Noncontributory. Married.", reference="", conversation=dialogue) == ([], [], [])
+  # Without a denial in the source, "Noncontributory." is supported by nothing.
+  assert _verdicts("Noncontributory.", reference="", conversation="Doctor: Hello.\nPatient: Hi.")[2] == [
+      "Noncontributory."]
+  # ... and it only covers normal-finding words: an unsupported finding next to them is still flagged.
+  assert _verdicts("Unremarkable except for a goiter.", reference="", conversation=dialogue)[2] == [
+      "except for a goiter."]
+  assert facts.normalize("no one else is sick, this one, one tablet") == [
+      "no", "one", "else", "is", "sick", "this", "one", "1", "tablet"]
+  assert facts.note_facts("No one at home is sick.").facts[0].quantities == ()

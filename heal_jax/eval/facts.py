@@ -14,7 +14,8 @@ How a text becomes facts
 3. Normalisation of a clause, in order: lower case; `n't` -> ` not`, other clitics dropped; `non-X` -> `not X`;
    numeric dates `m/d/yy(yy)` -> `<month> <day> <yyyy>`; month names -> 3-letter forms; `1st`/`2nd` -> `1`/`2`;
    tokens are numbers (`7.3`, `120/80`), `%` (-> `percent`) or letter runs; spelled-out numbers -> digits
-   ("twenty six" -> 26, "two thousand nine" -> 2009, "nineteen eighty four" -> 1984, ordinals after a month);
+   ("twenty six" -> 26, "two thousand nine" -> 2009, "nineteen eighty four" -> 1984, ordinals after a month;
+   not the pronoun "one" of "no one", "this one");
    multi-word phrases -> one canonical form (`lexicon.PHRASES`: "high blood pressure" -> hypertension, "twice a
    day" -> bid, "26 year old"/"age 26" -> `26 yo`, ...); single words -> canonical forms (`lexicon.WORDS`:
    abbreviations such as htn, etoh, sob; lay and adjective forms such as renal -> kidney; brand -> generic drug
@@ -115,6 +116,7 @@ def stem(word: str) -> str:
 
 
 _STYLE_STEMS = frozenset(stem(w) for w in lexicon.STYLE_WORDS)
+NORMAL_STEMS = frozenset(stem(w) for w in lexicon.NORMAL_FINDINGS)
 _SUPPORT_MAP = {stem(k): frozenset(stem(w) for w in v) for k, v in lexicon.SUPPORT_SYNONYMS.items()}
 
 
@@ -172,6 +174,10 @@ def _numbers(tokens: list[str]) -> list[str]:
       else:
         out.append(str(lexicon.ORDINALS[t]))
         i += 1
+      continue
+    if t == "one" and out and out[-1] in lexicon.ONE_AS_PRONOUN_AFTER:  # "no one", "this one": not 1
+      out.append(t)
+      i += 1
       continue
     if t in lexicon.ONES or t in lexicon.TENS:
       j = i

@@ -34,7 +34,7 @@ see saw seen come comes came want wanted need needed sure alright thank thanks h
 patients pt report reports reported reporting complain complains complained complaining state states stated
 stating note notes noted mention mentions mentioned present presents presented history today currently current
 time per would will shall may might must should s t d ll ve re m dr doctor mr mrs ms miss sir madam he him his
-himself she her hers herself
+himself she her hers herself one
 """)
 # Note style: words a clinician writes around facts ("significant for", "approximately", "however") that
 # a conversation rarely says; left out when a generated fact's support in the source is checked.
@@ -66,7 +66,12 @@ SUPPORT_SYNONYMS = {
     "colectomy": ("colon", "removal"), "splenectomy": ("spleen", "removal"),
     "appendix": ("appendix",), "tonsils": ("tonsil",), "tonsil": ("tonsil",), "uterus": ("uterus",),
     "womb": ("uterus",), "gallbladder": ("gallbladder",), "gall": ("gallbladder",),
+    **dict.fromkeys("married wife husband spouse".split(), ("married",)),
 }
+# A fact saying only that findings are normal ("Noncontributory.", "Unremarkable.") is supported by any
+# denial in the source ("Any illnesses in the family?" "No, nothing.").
+NORMAL_FINDINGS = _set("noncontributory unremarkable normal")
+ONE_AS_PRONOUN_AFTER = _set("no any every some the this that which each other another")
 NEGATION_CUES = _set("no not denies deny denied denying without negative never none nor neither absent")
 TERMINATORS = _set("but however although though whereas except")
 AFFIRMING = _set("has have had reports reported endorses endorsed complains complained notes noted admits states stated "

@@ -15,7 +15,9 @@ coverage: its note-style terms (`lexicon.STYLE_WORDS`: "significant for", "appro
 notes and conversations map to one term on both sides (`lexicon.SUPPORT_SYNONYMS`: problems/issues/
 disorders -> disease, drink -> alcohol, dad -> father, appendectomy -> appendix + removal, ...); and a term of
 5+ letters also matches a source term it contains or that contains it (tonsillectomi / tonsil). A fact with
-no terms left (only style) gets no verdict. Missed information uses the plain terms and coverage.
+no terms left (only style) gets no verdict; one saying only that findings are normal (`lexicon.
+NORMAL_FINDINGS`: "Noncontributory.", "Unremarkable.") is supported by any denial in the source. Missed
+information uses the plain terms and coverage.
 
 - Missed: a reference fact not covered by the generated note.
     missed_rate = missed reference facts / reference facts (0 when the reference has no facts).
@@ -219,6 +221,7 @@ def judge_note(prediction: str, reference: str, conversation: str | None = None)
 
   missed = tuple(f for f in ref.facts if coverage(f.terms, pred.units) < COVER_THRESHOLD)
   incorrect, irrelevant = [], []
+  denial = any(f.negated for f in source)
   source = [facts_lib.support_terms(f) for f in source]
   source_units = facts_lib.support_units(source_units)
   for original in pred.facts:
@@ -238,7 +241,8 @@ def judge_note(prediction: str, reference: str, conversation: str | None = None)
     elif f.gender and source_gender and f.gender != source_gender and not any(
         g.gender == f.gender and coverage(f.terms, [g.terms]) >= COVER_THRESHOLD for g in source):
       incorrect.append((original, "gender"))
-    elif (support(f.terms, source_units) < COVER_THRESHOLD or quantity == "unsupported" or unknown_drugs):
+    elif (support(f.terms, source_units) < COVER_THRESHOLD or quantity == "unsupported" or unknown_drugs) and not (
+        denial and f.terms <= facts_lib.NORMAL_STEMS):
       irrelevant.append(original)
   return Judgement(ref.facts, pred.facts, missed, tuple(incorrect), tuple(irrelevant),
                    repeated(pred.facts, ref.facts))
