@@ -364,3 +364,10 @@ def test_normal_findings_are_supported_by_a_denial_and_no_one_is_not_a_number():
   assert facts.normalize("no one else is sick, this one, one tablet") == [
       "no", "one", "else", "is", "sick", "this", "one", "1", "tablet"]
   assert facts.note_facts("No one at home is sick.").facts[0].quantities == ()
+
+
+def test_style_words_never_drop_a_clinical_stem():
+  """Style words share no stem with clinical words: "severe", "quit", "essential" stay in a fact."""
+  for text, stem in (("Severe pain.", "sever"), ("He quit smoking.", "quit"), ("Essential tremor.", "essenti")):
+    (fact,) = facts.note_facts(text).facts
+    assert stem in facts.support_terms(fact).terms, text

@@ -37,12 +37,14 @@ time per would will shall may might must should s t d ll ve re m dr doctor mr mr
 himself she her hers herself one
 """)
 # Note style: words a clinician writes around facts ("significant for", "approximately", "however") that
-# a conversation rarely says; left out when a generated fact's support in the source is checked.
+# a conversation rarely says; left out when a generated fact's support in the source is checked. None
+# may share its stem with a clinical word ("several" / "severe", "quite" / "quit", "essentially" /
+# "essential" are left out for that).
 STYLE_WORDS = _set("""
-however although though whereas except otherwise significant significantly essentially basically apparently
-reportedly approximately subsequently unfortunately somewhat quite seem seems seemed believe believes including
+however although though whereas except otherwise significant significantly basically apparently
+reportedly approximately subsequently unfortunately somewhat seem seems seemed believe believes including
 include includes included review reviewed evaluation evaluated further additional additionally regarding
-overall yo past prior previous previously use uses usage status complaint complaints system systems several
+overall yo past prior previous previously use uses usage status complaint complaints system systems
 recent recently given discuss discussed question questions continue continues continued since return returns
 follow followup followed point possible possibly obtain obtained perform performed agree agrees agreed underwent
 undergo undergone initial initially brought detail details detailed desire desires desired indicate indicates
