@@ -29,8 +29,9 @@ How a text becomes facts
      to the following clauses of the same sentence until a but/however/... clause or a clause with an
      affirming verb (has, reports, endorses, ...). Questions have no polarity, except in a conversation when
      the next turn opens with a yes/no word standing alone ("Any chest pain?" "No." -> negated "chest pain";
-     "No cesarean, ..." is not such an answer; a yes or no to a negative question, "No fever?" "Yes.", is
-     ambiguous and sets none); that word is then dropped from the answer.
+     "No cesarean, ..." is not such an answer; a yes or no to a negative question, one with no / not /
+     never / none / nor / neither among its first four words ("No fever?" "Yes."), is ambiguous and sets
+     none); that word is then dropped from the answer.
    - quantities: (value, unit, anchor) for every number (decades such as "80s" kept as ranges; "'92" ->
      1992): the unit is the canonical unit word that follows (mg, mcg, g, kg, lb, ml, percent, mmhg, day, week,
      month, year, yo (age), ...) or None; the anchor is the nearest content word within three tokens before it
@@ -43,8 +44,9 @@ How a text becomes facts
    - gender: male or female when the clause has gender words of one kind only (he/his/male/man/mr... vs.
      she/her/female/woman/ms...); in a clause that names a relative only a possessive before the relative
      counts ("her son"). A note's gender is the majority over its words. A conversation's is the majority
-     of the doctor's words of address in turns the patient answers ("sir"; "ma'am", "madam", "Miss" as a
-     title); without any, of its descriptors (male, female, man, woman, mr, mrs, ms).
+     of the doctor's words of address in turns the patient (not a patient's guest) answers ("sir"; "ma'am",
+     "madam", "Miss" as a title: "Miss Lee", "Hello, miss."); without any, of its descriptors (male,
+     female, man, woman, mr, mrs, ms).
 The matching of facts (coverage, support, contradiction) is in `heal_jax.eval.notes`.
 """
 
@@ -79,7 +81,10 @@ _TURN = re.compile(r"^\s*(?:\[([^\]\n]{1,30})\]|([A-Za-z][A-Za-z_ ]{0,29}):)[ \t
 _PHRASE_REGEX = re.compile(r"\b(" + "|".join(re.escape(p) for p in sorted(lexicon.PHRASES, key=len, reverse=True))
                            + r")\b")
 _STEMMER = porter.PorterStemmer()
-_MISS_TITLE = re.compile(r"\b[Mm]iss\b(?=\s*[,.!?]|\s+[A-Z])")  # "Hello, miss." / "Miss X", not "did you miss"
+# "Miss" as a title: before a capitalised name ("Miss Lee"), or set off by a comma or a greeting and ending
+# the phrase ("Hello, miss.", "Good morning miss?"); not the verb ("Did you miss?", "anything we miss, Jane").
+_MISS_TITLE = re.compile(r"\bMiss\s+[A-Z][a-z]|(?i:(?:,|\b(?:hello|hi|hey|morning|afternoon|evening|thanks|"
+                         r"welcome|sorry))\s*miss\s*(?=[,.!?]|$))")
 # A turn that opens with a yes/no word standing alone ("No.", "Yeah, ...", "Um, nope"), not "No cesarean".
 _ANSWER = re.compile(r"^\W*(?:(?:um|uh|uhm|oh|well|hmm|so)\W+)*(yes|yeah|yep|yup|sure|correct|right|definitely|"
                      r"absolutely|certainly|indeed|mm-?hmm|uh-?huh|mhm|no|nope|nah|never|none|negative)"
@@ -175,7 +180,10 @@ def _numbers(tokens: list[str]) -> list[str]:
         out.append(str(lexicon.ORDINALS[t]))
         i += 1
       continue
-    if t == "one" and out and out[-1] in lexicon.ONE_AS_PRONOUN_AFTER:  # "no one", "this one": not 1
+    nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+    if (t == "one" and out and out[-1] in lexicon.ONE_AS_PRONOUN_AFTER  # "no one", "this one": not 1
+        and nxt not in lexicon.UNITS and nxt not in lexicon.ONES and nxt not in lexicon.TENS
+        and nxt not in lexicon.SCALES):  # but "the one tablet", "no one hundred"
       out.append(t)
       i += 1
       continue
@@ -333,7 +341,8 @@ def _sentence_facts(sentence: str, unit: int, polarity: bool | None = None) -> l
   """Facts of one sentence; `polarity` overrides negation detection (answered questions)."""
   facts, carried = [], False
   question = sentence.rstrip().endswith("?")
-  negative_question = polarity is not None and any(t in lexicon.NEGATION_CUES for t in normalize(sentence))
+  negative_question = polarity is not None and any(  # "No fever?", "You don't smoke?": not "... without X?"
+      t in lexicon.NEGATIVE_QUESTION_CUES for t in normalize(sentence)[:4])
   for k, clause in enumerate(_CLAUSE_SPLIT.split(sentence)):
     label_match = _LABEL.match(clause) if k == 0 else None  # "Constitutional: Denies fever"
     label_tokens = normalize(label_match.group(1)) if label_match else []
@@ -395,7 +404,7 @@ def _addressed(parsed: list[tuple[str, str]]) -> list[str]:
   the patient answers (not a parent who brought a child)."""
   out = []
   for (speaker, turn), (nxt, _) in zip(parsed, parsed[1:]):
-    if ("doctor" in speaker or "clinician" in speaker) and "patient" in nxt:
+    if ("doctor" in speaker or "clinician" in speaker) and "patient" in nxt and "guest" not in nxt:
       turn = _MISS_TITLE.sub(" madam ", turn)
       out.extend(t for t in normalize(turn) if t in lexicon.MALE_ADDRESS or t in lexicon.FEMALE_ADDRESS)
   return out

@@ -38,23 +38,23 @@ himself she her hers herself one
 """)
 # Note style: words a clinician writes around facts ("significant for", "approximately", "however") that
 # a conversation rarely says; left out when a generated fact's support in the source is checked. None
-# may share its stem with a clinical word ("several" / "severe", "quite" / "quit", "essentially" /
-# "essential" are left out for that).
+# may share its stem with a clinical word (left out for that: several / severe, quite / quit, essentially /
+# essential, system / systemic, continue / continuous, initial / initiate, question / questionable, perform
+# / performance, indicate / indication, basically / basic).
 STYLE_WORDS = _set("""
-however although though whereas except otherwise significant significantly basically apparently
+however although though whereas except otherwise significant significantly apparently
 reportedly approximately subsequently unfortunately somewhat seem seems seemed believe believes including
 include includes included review reviewed evaluation evaluated further additional additionally regarding
-overall yo past prior previous previously use uses usage status complaint complaints system systems
-recent recently given discuss discussed question questions continue continues continued since return returns
-follow followup followed point possible possibly obtain obtained perform performed agree agrees agreed underwent
-undergo undergone initial initially brought detail details detailed desire desires desired indicate indicates
-indicated
+overall yo past prior previous previously use uses usage status complaint complaints
+recent recently given discuss discussed since return returns
+follow followup followed point possible possibly obtain obtained agree agrees agreed underwent
+undergo undergone brought detail details detailed desire desires desired
 """)
 # Words one side of a conversation and a note say differently, mapped (after stemming) to one term, or to
 # several ("appendectomy" -> appendix + removal), when a generated fact's support in the source is checked.
 SUPPORT_SYNONYMS = {
-    **dict.fromkeys("disease diseases disorder disorders problem problems issue issues condition conditions "
-                    "illness illnesses".split(), ("disease",)),
+    **dict.fromkeys("disease diseases disorder disorders condition conditions"
+                    .split(), ("disease",)),  # not illness: its stem is ill's
     **dict.fromkeys("alcohol drink drinks drank booze".split(), ("alcohol",)),
     **dict.fromkeys("mommy mama mum".split(), ("mother",)),
     **dict.fromkeys("daddy papa".split(), ("father",)),
@@ -74,6 +74,7 @@ SUPPORT_SYNONYMS = {
 # denial in the source ("Any illnesses in the family?" "No, nothing.").
 NORMAL_FINDINGS = _set("noncontributory unremarkable normal")
 ONE_AS_PRONOUN_AFTER = _set("no any every some the this that which each other another")
+NEGATIVE_QUESTION_CUES = _set("no not never none nor neither")
 NEGATION_CUES = _set("no not denies deny denied denying without negative never none nor neither absent")
 TERMINATORS = _set("but however although though whereas except")
 AFFIRMING = _set("has have had reports reported endorses endorsed complains complained notes noted admits states stated "

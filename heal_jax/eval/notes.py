@@ -9,12 +9,14 @@ Coverage: a fact with content terms T is covered by a text when some matching un
 of a note; a turn together with the two turns before it in a conversation) holds at least half of T:
 |T & U| / |T| >= 0.5.
 
-Support: a generated fact is checked against the source (for every verdict below) in a looser form than
-coverage: its note-style terms (`lexicon.STYLE_WORDS`: "significant for", "approximately", "however", "past",
-...; a clinician writes them, a conversation does not say them) are left out; words said differently in
-notes and conversations map to one term on both sides (`lexicon.SUPPORT_SYNONYMS`: problems/issues/
-disorders -> disease, drink -> alcohol, dad -> father, appendectomy -> appendix + removal, ...); and a term of
-5+ letters also matches a source term it contains or that contains it (tonsillectomi / tonsil). A fact with
+Support: a generated fact is checked against the source in a looser form than coverage (for every
+verdict below, on its terms and the source's): its note-style terms (`lexicon.STYLE_WORDS`: "significant
+for", "approximately", "however", "past", ...; a clinician writes them, a conversation does not say them)
+are left out; words said differently in notes and conversations map to one term on both sides
+(`lexicon.SUPPORT_SYNONYMS`: disorders/conditions -> disease, drink -> alcohol, dad -> father, wife ->
+married, appendectomy -> appendix + removal, ...); and, for the irrelevant check only, a term of 5+
+letters also matches a source term that starts with it or that it starts with (tonsil / tonsillectomi;
+not contin / incontin). A fact with
 no terms left (only style) gets no verdict; one saying only that findings are normal (`lexicon.
 NORMAL_FINDINGS`: "Noncontributory.", "Unremarkable.") is supported by any denial in the source. Missed
 information uses the plain terms and coverage.
@@ -36,7 +38,8 @@ information uses the plain terms and coverage.
       chest pain" vs "reports chest pain"; "Any chest pain?" answered "No");
     drug: a drug name the source never mentions, in a fact whose other terms a source fact naming another
       drug covers (a substitution: "losartan 20 mg daily" for "lisinopril 20 mg daily");
-    gender: the clause's gender differs from the source's (reference first, else conversation descriptors)
+    gender: the clause's gender differs from the source's (the reference's first, else the conversation's:
+      the doctor's words of address to the patient, else its descriptors; see `facts`)
       and no source fact with that gender covers it ("she suspected a pinched nerve" about a clinician,
       said so in the reference, is not the patient's gender).
     incorrect_rate = incorrect generated facts / generated facts.
@@ -112,16 +115,18 @@ def coverage(terms: frozenset[str], units: Sequence[frozenset[str]]) -> float:
 
 
 def _near(term: str, unit: frozenset[str]) -> bool:
-  """`term` in `unit`, or (both at least 5 letters) one inside the other: "tonsil" / "tonsillectomi",
-  "arthriti" / "osteoarthr" are not; "arthr" would be. Numbers match exactly."""
+  """`term` in `unit`, or (both at least 5 letters) one the start of the other: "tonsil" / "tonsillectomi";
+  not "arthriti" / "osteoarthr", nor a prefixed form ("contin" / "incontin", "diabet" / "prediabet").
+  Numbers match exactly."""
   if term in unit:
     return True
-  return len(term) >= 5 and term.isalpha() and any(len(u) >= 5 and (u in term or term in u) for u in unit)
+  return len(term) >= 5 and term.isalpha() and any(
+      len(u) >= 5 and u.isalpha() and (u.startswith(term) or term.startswith(u)) for u in unit)
 
 
 def support(terms: frozenset[str], units: Sequence[frozenset[str]]) -> float:
   """Largest fraction of `terms` found in one unit, a term also matching a longer or shorter stem that
-  contains it (`_near`): a generated fact's support in the source."""
+  starts with it (`_near`): a generated fact's support in the source."""
   if not terms:
     return 1.0
   return max((sum(_near(t, u) for t in terms) / len(terms) for u in units), default=0.0)
