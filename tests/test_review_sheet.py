@@ -1,4 +1,5 @@
-"""HEAL's rubric by hand: `eval notes --review-sheet` writes a sheet, `--read-review` summarises it."""
+"""heal_jax.eval.review_sheet, HEAL's rubric by hand: `eval notes --review-sheet` writes a sheet, `--read-review`
+summarises it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from heal_jax.eval import facts
 from heal_jax.eval import notes
+from heal_jax.eval import review_sheet
 
 REFERENCES = {
     "a": "Knee pain. He denies fever or chills. He takes lisinopril 20 mg daily. Follow up in 2 weeks.",
@@ -26,7 +28,7 @@ CONVERSATIONS = {k: f"[doctor] what brings you in ?\n[patient] note {k} , \"quot
 
 
 def _write(tmp_path: pathlib.Path) -> pathlib.Path:
-  sheet, instructions = notes.write_review_sheet(tmp_path / "review.csv", PREDICTIONS, REFERENCES, CONVERSATIONS)
+  sheet, instructions = review_sheet.write_review_sheet(tmp_path / "review.csv", PREDICTIONS, REFERENCES, CONVERSATIONS)
   assert instructions == tmp_path / "review.instructions.txt"
   rubric = instructions.read_text()
   for word in ("missed_count", "incorrect_count", "irrelevant_count", "reference_facts", "--read-review"):
@@ -40,7 +42,7 @@ def _fill(sheet: pathlib.Path, values: dict[str, tuple[str, str, str]], delimite
   for row in rows:
     row["missed_count"], row["incorrect_count"], row["irrelevant_count"] = values.get(row["id"], ("", "", ""))
   with open(sheet, "w", encoding="utf-8", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=notes.REVIEW_COLUMNS, delimiter=delimiter)
+    writer = csv.DictWriter(f, fieldnames=review_sheet.REVIEW_COLUMNS, delimiter=delimiter)
     writer.writeheader()
     writer.writerows(rows)
 
@@ -49,7 +51,7 @@ def test_sheet_columns(tmp_path):
   sheet = _write(tmp_path)
   with open(sheet, encoding="utf-8-sig", newline="") as f:
     rows = list(csv.DictReader(f))
-  assert list(rows[0]) == list(notes.REVIEW_COLUMNS)
+  assert list(rows[0]) == list(review_sheet.REVIEW_COLUMNS)
   assert [r["id"] for r in rows] == ["a", "b", "c"]
   for r in rows:  # texts side by side (commas, quotes and newlines survive), counts left empty
     key = r["id"]
@@ -73,7 +75,7 @@ def test_round_trip(tmp_path, capsys, delimiter):
       "missed": 1.5, "incorrect": 1.5, "irrelevant": 0.5,
       "reference_facts": (n_ref["a"] + n_ref["b"]) / 2, "generated_facts": (n_gen["a"] + n_gen["b"]) / 2,
       "notes": 2.0, "rows_read": 3.0, "rows_filled": 2.0, "rows_blank": 1.0}
-  summary, rows = notes.read_review_sheet(sheet)
+  summary, rows = review_sheet.read_review_sheet(sheet)
   assert summary == pytest.approx(expected)
   assert [r["id"] for r in rows] == ["a", "b"]
   assert notes.main(["--read-review", str(sheet), "--output", str(tmp_path / "rows.jsonl")]) == 0
@@ -90,8 +92,8 @@ def test_round_trip(tmp_path, capsys, delimiter):
 def test_bad_cells_name_the_row(tmp_path, capsys, cells, message):
   sheet = _write(tmp_path)
   _fill(sheet, {"a": ("0", "0", "0"), "b": cells})
-  with pytest.raises(notes.ReviewError, match=message):
-    notes.read_review_sheet(sheet)
+  with pytest.raises(review_sheet.ReviewError, match=message):
+    review_sheet.read_review_sheet(sheet)
   assert notes.main(["--read-review", str(sheet)]) == 2
   assert "row 3" in capsys.readouterr().err
 
