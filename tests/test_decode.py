@@ -106,7 +106,8 @@ def test_each_row_stops_at_the_context_whatever_its_batch(model, prompts):
   long one is not cut to the long one's room (prompts of 5, 17 and 9 tokens, 20 positions: 15, 3, 11)."""
   cfg, p = model
   fn = decode.make_generate_fn(cfg, 16, max_positions=20)
-  got = decode.run(fn, p, prompts, max_positions=20)
+  got = decode.run(fn, p, prompts)  # the program's own max_positions cuts each row
+  assert fn.max_positions == 20
   assert [len(g) for g in got] == [15, 3, 11]
   tokens_BxP, pad_B = decode.left_pad(prompts)
   assert int(fn(p, tokens_BxP, pad_B, jax.random.PRNGKey(0))[1]) == 15  # the loop ends with the roomiest row

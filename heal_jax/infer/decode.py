@@ -16,6 +16,7 @@ finished or `max_new_tokens` are made. Stop strings are applied afterwards on th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import dataclasses
 from typing import Any
 
 import jax
@@ -27,8 +28,22 @@ from heal_jax.model import llama
 from heal_jax.model.config import ModelConfig
 
 Sampling = sampling_lib.Sampling
-# (params, tokens_BxP int32, pad_B int32, rng) -> (new_tokens_BxN int32, steps: int32 scalar)
-GenerateFn = Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateFn:
+  """A compiled generation program: `(params, tokens_BxP int32, pad_B int32, rng) -> (new_tokens_BxN int32,
+  steps: int32 scalar)`, and the `max_positions` it was made with, which `run` cuts rows at."""
+  jitted: Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+  max_positions: int | None = None
+
+  def __call__(self, params: Any, tokens_BxP: jax.Array, pad_B: jax.Array,
+               rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.jitted(params, tokens_BxP, pad_B, rng)
+
+  def lower(self, *args: Any) -> Any:
+    """`jax.jit(...).lower` of the program (for its HLO or cost analysis)."""
+    return self.jitted.lower(*args)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_multiple: int = 64,
@@ -53,7 +68,8 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_multiple: int = 64,
 def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling = Sampling(),
                      eos_id: int | None = None, stop_on_eos: bool = True,
                      vocab_limit: int | None = None, max_positions: int | None = None) -> GenerateFn:
-  """A jitted `(params, tokens_BxP, pad_B, rng) -> (new_tokens_BxN, steps)`, N = max_new_tokens.
+  """A jitted `(params, tokens_BxP, pad_B, rng) -> (new_tokens_BxN, steps)`, N = max_new_tokens, as a
+  `GenerateFn` that also carries `max_positions` for `run`.
 
   params: the `Llama(cfg)` parameter tree (stacked when cfg.scan_layers).
   tokens_BxP, pad_B: from `left_pad`.
@@ -116,7 +132,7 @@ def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling =
         cond, body, (jnp.asarray(1, jnp.int32), token_B, cache, out_BxN, done_B))
     return out_BxN, steps
 
-  return jax.jit(generate)
+  return GenerateFn(jax.jit(generate), max_positions)
 
 
 def cut_at_eos(tokens: Sequence[int], eos_id: int | None) -> list[int]:
@@ -134,15 +150,15 @@ def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> str:
 
 
 def run(generate_fn: GenerateFn, params: Any, prompts: Sequence[Sequence[int]], *, seed: int = 0,
-        eos_id: int | None = None, pad_multiple: int = 64, max_positions: int | None = None) -> list[list[int]]:
-  """New tokens of each prompt (cut before EOS, and at max_positions - len(prompt) new tokens when
-  given: the `max_positions` the function was made with), from a function of `make_generate_fn`."""
+        eos_id: int | None = None, pad_multiple: int = 64) -> list[list[int]]:
+  """New tokens of each prompt, from a program of `make_generate_fn`: cut before EOS, and at
+  max_positions - len(prompt) new tokens when the program was made with `max_positions`."""
   tokens_BxP, pad_B = left_pad(prompts, pad_multiple)
   out_BxN, steps = generate_fn(params, jnp.asarray(tokens_BxP), jnp.asarray(pad_B),
                                jax.random.PRNGKey(seed))
   out_BxN = np.asarray(out_BxN)[:, :int(steps)]
-  if max_positions is not None:
-    out_BxN = [row[:max(max_positions - len(prompt), 0)] for row, prompt in zip(out_BxN, prompts)]
+  if generate_fn.max_positions is not None:
+    out_BxN = [row[:max(generate_fn.max_positions - len(prompt), 0)] for row, prompt in zip(out_BxN, prompts)]
   return [cut_at_eos(row, eos_id) for row in out_BxN]
 
 
