@@ -19,6 +19,8 @@ first place it fits and skipped for rows where none fits:
   text has none, "has"/"is"/"was" negated.
 Nothing is fitted: the rubric has no parameter this bench sets. Prints ROC-AUC (ties count one half) of the
 clean notes against each planting and against all plantings pooled, and the share of clean notes flagged.
+`--data` may also be an ACI-Bench CSV (columns dialogue, note; ../shared/data/aci-bench/challenge_data):
+whole notes of long conversations, a corpus the rubric's rules were not developed on.
 
 Usage: python bench/rubric_planted.py [--data DIR] [--rows N] [--seed S]
 """
@@ -101,6 +103,13 @@ def plant_added(text: str, others: list[str], rng: random.Random) -> str | None:
   return text.rstrip() + " " + rng.choice(sentences)
 
 
+def _as_mts(row: dict[str, str]) -> dict[str, str]:
+  """An MTS-Dialog row as is; an ACI-Bench row (dialogue, note) as one with a single section header."""
+  if "section_text" in row:
+    return row
+  return {"section_header": "note", "section_text": row["note"], "dialogue": row["dialogue"]}
+
+
 def cases(rows: list[dict[str, str]], seed: int) -> dict[str, list[tuple[str, str]]]:
   """{"clean" or planting: [(note, dialogue)]}."""
   rng = random.Random(seed)
@@ -132,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.data}: not found (MTS-Dialog's training split, see ../shared/data/README.md)", file=sys.stderr)
     return 2
   with open(args.data, encoding="utf-8") as f:
-    rows = list(csv.DictReader(f))
+    rows = [_as_mts(r) for r in csv.DictReader(f)]
   if args.rows:
     rows = rows[:args.rows]
   start = time.perf_counter()
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
            for name, group in cases(rows, args.seed).items()}
   seconds = time.perf_counter() - start
   clean = flags["clean"]
-  print(f"MTS-Dialog training split: {len(rows)} rows, {sum(len(v) for v in flags.values())} notes scored in "
+  print(f"{args.data.name}: {len(rows)} rows, {sum(len(v) for v in flags.values())} notes scored in "
         f"{seconds:.1f} s; clean notes flagged: {np.mean(clean > 0):.3f}")
   result = {"clean_flagged": round(float(np.mean(clean > 0)), 4)}
   planted = [k for k in flags if k != "clean"]
