@@ -316,10 +316,10 @@ def test_support_ignores_note_style_and_maps_lay_words():
   assert _verdicts(note + " Status post cholecystectomy. Mother with diabetes.", reference="",
                    conversation=DIALOGUE)[2] == ["Status post cholecystectomy.", "Mother with diabetes."]
   assert facts.support_units((frozenset({"disord", "drink", "append"}),)) == (frozenset({"diseas", "alcohol", "append"}),)
-  assert notes.support(frozenset({"tonsillectomi"}), [frozenset({"tonsil"})]) == 1.0
-  assert notes.support(frozenset({"arthriti", "knee"}), [frozenset({"osteoarthr", "knee"})]) == 0.5  # not a start
-  assert notes.support(frozenset({"contin"}), [frozenset({"incontin"})]) == 0.0  # a prefixed form is not a match
-  assert notes.support(frozenset({"12"}), [frozenset({"120"})]) == 0.0  # numbers match exactly
+  assert notes.coverage(frozenset({"tonsillectomi"}), [frozenset({"tonsil"})], near=True) == 1.0
+  assert notes.coverage(frozenset({"arthriti", "knee"}), [frozenset({"osteoarthr", "knee"})], near=True) == 0.5  # not a start
+  assert notes.coverage(frozenset({"contin"}), [frozenset({"incontin"})], near=True) == 0.0  # a prefixed form is not a match
+  assert notes.coverage(frozenset({"12"}), [frozenset({"120"})], near=True) == 0.0  # numbers match exactly
 
 
 def test_style_words_do_not_change_the_missed_side():

@@ -66,8 +66,7 @@ SUPPORT_SYNONYMS = {
     "mastectomy": ("breast", "removal"), "nephrectomy": ("kidney", "removal"),
     "prostatectomy": ("prostate", "removal"), "thyroidectomy": ("thyroid", "removal"),
     "colectomy": ("colon", "removal"), "splenectomy": ("spleen", "removal"),
-    "appendix": ("appendix",), "tonsils": ("tonsil",), "tonsil": ("tonsil",), "uterus": ("uterus",),
-    "womb": ("uterus",), "gallbladder": ("gallbladder",), "gall": ("gallbladder",),
+    "womb": ("uterus",), "gall": ("gallbladder",),
     **dict.fromkeys("married wife husband spouse".split(), ("married",)),
 }
 # A fact saying only that findings are normal ("Noncontributory.", "Unremarkable.") is supported by any

@@ -95,11 +95,14 @@ class Judgement:
   repeated: tuple[Fact, ...] = ()  # generated facts saying again what the note said before (see `repeated`)
 
 
-def coverage(terms: frozenset[str], units: Sequence[frozenset[str]]) -> float:
-  """Largest fraction of `terms` found in one unit."""
+def coverage(terms: frozenset[str], units: Sequence[frozenset[str]], near: bool = False) -> float:
+  """Largest fraction of `terms` found in one unit; with `near`, a term also matches a longer or shorter
+  stem that starts with it (`_near`: a generated fact's support in the source)."""
   if not terms:
     return 1.0
-  return max((len(terms & u) / len(terms) for u in units), default=0.0)
+  if not near:
+    return max((len(terms & u) / len(terms) for u in units), default=0.0)
+  return max((sum(_near(t, u) for t in terms) / len(terms) for u in units), default=0.0)
 
 
 def _near(term: str, unit: frozenset[str]) -> bool:
@@ -110,14 +113,6 @@ def _near(term: str, unit: frozenset[str]) -> bool:
     return True
   return len(term) >= 5 and term.isalpha() and any(
       len(u) >= 5 and u.isalpha() and (u.startswith(term) or term.startswith(u)) for u in unit)
-
-
-def support(terms: frozenset[str], units: Sequence[frozenset[str]]) -> float:
-  """Largest fraction of `terms` found in one unit, a term also matching a longer or shorter stem that
-  starts with it (`_near`): a generated fact's support in the source."""
-  if not terms:
-    return 1.0
-  return max((sum(_near(t, u) for t in terms) / len(terms) for u in units), default=0.0)
 
 
 def _same_value(a: str, b: str) -> bool:
@@ -234,7 +229,7 @@ def judge_note(prediction: str, reference: str, conversation: str | None = None)
     elif f.gender and source_gender and f.gender != source_gender and not any(
         g.gender == f.gender and coverage(f.terms, [g.terms]) >= COVER_THRESHOLD for g in source):
       incorrect.append((original, "gender"))
-    elif (support(f.terms, source_units) < COVER_THRESHOLD or quantity == "unsupported" or unknown_drugs) and not (
+    elif (coverage(f.terms, source_units, near=True) < COVER_THRESHOLD or quantity == "unsupported" or unknown_drugs) and not (
         denial and f.terms <= facts_lib.NORMAL_STEMS):
       irrelevant.append(original)
   return Judgement(ref.facts, pred.facts, missed, tuple(incorrect), tuple(irrelevant),
