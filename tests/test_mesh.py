@@ -59,3 +59,19 @@ def test_optimizer_moments_follow_their_parameters():
   mu = st.opt_state[0].mu
   assert mu["layers_1"]["mlp"]["w_up"]["kernel"].spec == p_shard["layers_1"]["mlp"]["w_up"]["kernel"].spec
   assert st.step.spec == P() and st.opt_state[0].count.spec == P()
+
+
+def test_place_rows_splits_rows_over_the_batch_axes_and_to_host_returns_the_whole():
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 4, "tensor": 1}, jax.devices())
+  tokens_BxL = np.arange(8 * 3, dtype=np.int32).reshape(8, 3)
+  pad_B = np.arange(8, dtype=np.int32)
+  placed_BxL = mesh_lib.place_rows(tokens_BxL, mesh_lib.batch_sharding(mesh))
+  placed_B = mesh_lib.place_rows(pad_B, mesh_lib.batch_sharding(mesh))
+  for x, whole in ((placed_BxL, tokens_BxL), (placed_B, pad_B)):
+    shards = x.addressable_shards
+    assert len(shards) == 8 and all(s.data.shape[0] == 1 for s in shards)  # one row per device
+    for s in shards:
+      np.testing.assert_array_equal(np.asarray(s.data), whole[s.index])
+    np.testing.assert_array_equal(mesh_lib.to_host(x), whole)
+  assert mesh_lib.place_rows(pad_B, None) is pad_B

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -46,13 +47,28 @@ def data_root(tmp_path_factory):
   return train_helpers.make_corpus(tmp_path_factory.mktemp("mp_data"))
 
 
+def _medqa_file(root: pathlib.Path) -> pathlib.Path:
+  """Ten MedQA-format questions (hand-written; the eval hook needs no shared data)."""
+  path = root / "medqa.jsonl"
+  drugs = ["aspirin", "metformin", "lisinopril", "warfarin", "insulin"]
+  with open(path, "w", encoding="utf-8") as f:
+    for i in range(10):
+      options = {c: f"{drugs[(i + j) % 5]} {10 * (j + 1)} mg" for j, c in enumerate("ABCD")}
+      f.write(json.dumps({"question": f"A {40 + i}-year-old patient reports chest pain and cough for {i + 2} days. "
+                                      "Which treatment is most appropriate?",
+                          "options": options, "answer_idx": "ABCD"[i % 4]}) + "\n")
+  return path
+
+
 @pytest.fixture(scope="module")
 def two_process_run(data_root, tmp_path_factory):
-  """The 2-process run, launched the way users do: launch/local.sh 2 (4 CPU devices each)."""
+  """The 2-process run, launched the way users do: launch/local.sh 2 (4 CPU devices each), with the
+  MedQA accuracy hook on (scored at the phase's end)."""
   workdir = tmp_path_factory.mktemp("mp") / "run"
+  tasks = (f"--config.eval.tasks=medqa={_medqa_file(data_root)}", "--config.eval.task_limit=0")
   cmd = ["bash", str(REPO / "launch" / "local.sh"), "2", "--cpu-devices", "4", "--",
          sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY), "--workdir", str(workdir),
-         *train_helpers.overrides(data_root, 20, MESH)]
+         *train_helpers.overrides(data_root, 20, MESH + tasks)]
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
   out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
@@ -68,6 +84,23 @@ def test_two_processes_match_one_process(two_process_run, data_root, tmp_path):
   a, b = train_helpers.losses(workdir), train_helpers.losses(single)
   assert sorted(a) == sorted(b) == list(range(1, 21))
   np.testing.assert_allclose([a[s] for s in range(1, 21)], [b[s] for s in range(1, 21)], atol=1e-5, rtol=0)
+
+
+def test_the_task_accuracy_hook_runs_in_two_processes(two_process_run, data_root):
+  """Both processes score every question (rows split over the mesh); the logged accuracy equals one
+  process scoring the run's final parameters directly."""
+  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
+  from heal_jax.data import tokenizer  # pylint: disable=import-outside-toplevel
+  from heal_jax.eval import loglik  # pylint: disable=import-outside-toplevel
+  workdir, _ = two_process_run
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  evals = [r for r in rows if r["kind"] == "eval"]
+  assert len(evals) == 1 and evals[0]["step"] == 20
+  loaded = restore.load_model(workdir)
+  examples = loop._task_examples(f"medqa={data_root / 'medqa.jsonl'}", 0, workdir)["medqa"]  # pylint: disable=protected-access
+  direct = loglik.evaluate("medqa", loaded.cfg, loaded.params, tokenizer.Tokenizer(loaded.tokenizer_dir), examples)
+  assert direct["n"] == 10
+  assert (evals[0]["medqa/acc"], evals[0]["medqa/acc_norm"]) == (direct["acc"], direct["acc_norm"])
 
 
 def test_two_process_checkpoint_resumes_on_another_layout(two_process_run, data_root, tmp_path):
@@ -210,3 +243,32 @@ def test_a_topology_given_in_the_config_differs_by_process_id_only(data_root, tm
   outs = [p.communicate(timeout=300) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
   assert '"status": "done"' in outs[0][0]
+
+
+def test_note_eval_and_sample_note_run_in_two_processes(data_root, tmp_path):
+  """While instruction tuning, both processes write every held-out note (rows split over the mesh)
+  and log their scores; the closing sample note is written too. Both equal what one process writes
+  from the run's checkpoint."""
+  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
+  from heal_jax.data import mixture  # pylint: disable=import-outside-toplevel
+  from heal_jax.train import note_eval  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "notes"
+  notes = ("--config.eval.holdout_examples=3", "--config.eval.note_examples=3", "--config.eval.note_tokens=6",
+           "--config.eval.sample_note_tokens=6", "--config.model.max_position_embeddings=4096",
+           "--config.phases.pretrain.instruction_tuning=true", "--config.phases.pretrain.weights=clinical=1")
+  args = train_helpers.overrides(data_root, 1, MESH + notes)
+  procs = _start(workdir, args)
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  summary = json.loads(outs[0][0].strip().splitlines()[-1])
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  (logged,) = [r for r in rows if r["kind"] == "eval" and "notes/count" in r]
+  assert logged["notes/count"] == 3
+
+  config = train_helpers.load(data_root, 1, MESH + notes)
+  data = mixture.load(config, workdir, config.eval.holdout_examples)
+  loaded = restore.load_model(workdir)
+  direct = note_eval.evaluate(loaded.cfg, jax.device_put(loaded.params), data, 3, 6, 1, lambda m: None)
+  assert {k: logged[k] for k in direct} == pytest.approx(direct, abs=1e-9)
+  assert summary["sample_note"] == note_eval.sample_note(workdir, data, 6, lambda m: None)

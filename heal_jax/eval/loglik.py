@@ -36,6 +36,7 @@ import numpy as np
 from heal_jax.eval import tasks as tasks_lib
 from heal_jax.model.config import ModelConfig
 from heal_jax.model.llama import Llama
+from heal_jax.parallel import mesh as mesh_lib
 
 
 class TokenizerLike(Protocol):
@@ -133,15 +134,19 @@ def _device_params(params: Any) -> Any:
 
 
 def score_windows(cfg: ModelConfig, params: Any, windows: Sequence[Window], batch_size: int = 8,
-                  buckets: Sequence[int] | None = None) -> list[tuple[float, bool]]:
+                  buckets: Sequence[int] | None = None,
+                  batch_sharding: jax.sharding.Sharding | None = None) -> list[tuple[float, bool]]:
   """(sum of log-probs of the scored targets, all greedy) per window, in input order.
 
   Args:
     cfg: model config (hashable; a static argument of the jitted scorer).
     params: parameter tree for `Llama(cfg)`, numpy or jax arrays (e.g. the training state's).
     windows: rows no longer than the largest bucket.
-    batch_size: rows per forward pass.
+    batch_size: rows per forward pass (a multiple of the rows `batch_sharding` splits over).
     buckets: padded lengths; default `default_buckets(cfg.max_position_embeddings)`.
+    batch_sharding: where each batch's rows go (`mesh_lib.batch_sharding` of the params' mesh). Needed in
+      multi-process runs, where every process calls this with the same windows and gets all results;
+      None: batches are passed as numpy arrays (one process).
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -167,9 +172,10 @@ def score_windows(cfg: ModelConfig, params: Any, windows: Sequence[Window], batc
       tokens[r, :n], targets[r, :n], segments[r, :n] = w.inputs, w.targets, 1
       scored[r, n - w.n_scored:n] = True
     # Dispatch every batch before reading any result back, so the host never stalls the device.
-    pending.append((rows, _score_batch(cfg, params, tokens, targets, segments, scored)))
+    batch = (mesh_lib.place_rows(a, batch_sharding) for a in (tokens, targets, segments, scored))
+    pending.append((rows, _score_batch(cfg, params, *batch)))
   for rows, (logp_B, greedy_B) in pending:
-    logp_B, greedy_B = np.asarray(logp_B), np.asarray(greedy_B)
+    logp_B, greedy_B = mesh_lib.to_host(logp_B), mesh_lib.to_host(greedy_B)
     for r, i in enumerate(rows):
       results[i] = (float(logp_B[r]), bool(greedy_B[r]))
   return results
@@ -177,23 +183,28 @@ def score_windows(cfg: ModelConfig, params: Any, windows: Sequence[Window], batc
 
 def score(cfg: ModelConfig, params: Any, tokenizer: TokenizerLike, requests: Sequence[tuple[str, str]],
           batch_size: int = 8, *, add_bos: bool = True, max_length: int | None = None,
-          buckets: Sequence[int] | None = None) -> list[tuple[float, bool]]:
+          buckets: Sequence[int] | None = None,
+          batch_sharding: jax.sharding.Sharding | None = None) -> list[tuple[float, bool]]:
   """Harness `loglikelihood`: (sum log p(continuation | context), is greedy) per (context, continuation).
 
-  max_length defaults to cfg.max_position_embeddings; buckets to default_buckets(max_length).
+  max_length defaults to cfg.max_position_embeddings; buckets to default_buckets(max_length);
+  batch_sharding as in `score_windows`.
   """
   max_length = resolve_max_length(cfg, max_length)
   windows = [harness_window(*encode_pair(tokenizer, c, x, add_bos), max_length) for c, x in requests]
-  return score_windows(cfg, params, windows, batch_size, buckets or default_buckets(max_length))
+  return score_windows(cfg, params, windows, batch_size, buckets or default_buckets(max_length), batch_sharding)
 
 
 def evaluate(task_name: str, cfg: ModelConfig, params: Any, tokenizer: TokenizerLike,
              examples: Sequence[tasks_lib.Example], batch_size: int = 8, *,
              contexts: Sequence[str] | None = None, add_bos: bool = True, max_length: int | None = None,
-             buckets: Sequence[int] | None = None) -> dict[str, Any]:
+             buckets: Sequence[int] | None = None,
+             batch_sharding: jax.sharding.Sharding | None = None) -> dict[str, Any]:
   """Scores multiple-choice examples; returns {"task", "n", "acc", "acc_norm", "rows"}.
 
   contexts: the prompt of each example (e.g. from `tasks.fewshot_contexts`); default the zero-shot query.
+  batch_sharding: as in `score_windows` (the trainer's eval hook passes its mesh's, so that it runs in
+    multi-process runs too).
   Each row: {"id", "choices", "loglikelihoods", "is_greedy", "pred", "pred_norm", "gold"}, in example order.
   """
   contexts = [ex.query for ex in examples] if contexts is None else list(contexts)
@@ -201,7 +212,7 @@ def evaluate(task_name: str, cfg: ModelConfig, params: Any, tokenizer: Tokenizer
     raise ValueError(f"{len(contexts)} contexts for {len(examples)} examples")
   requests = [(ctx, cont) for ctx, ex in zip(contexts, examples) for cont in ex.continuations]
   results = score(cfg, params, tokenizer, requests, batch_size, add_bos=add_bos, max_length=max_length,
-                  buckets=buckets)
+                  buckets=buckets, batch_sharding=batch_sharding)
   rows, k = [], 0
   for ex in examples:
     res = results[k:k + len(ex.choices)]

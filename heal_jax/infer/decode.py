@@ -26,6 +26,7 @@ import numpy as np
 from heal_jax.infer import sampling as sampling_lib
 from heal_jax.model import llama
 from heal_jax.model.config import ModelConfig
+from heal_jax.parallel import mesh as mesh_lib
 
 Sampling = sampling_lib.Sampling
 
@@ -150,13 +151,18 @@ def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> str:
 
 
 def run(generate_fn: GenerateFn, params: Any, prompts: Sequence[Sequence[int]], *, seed: int = 0,
-        eos_id: int | None = None, pad_multiple: int = 64) -> list[list[int]]:
+        eos_id: int | None = None, pad_multiple: int = 64,
+        batch_sharding: jax.sharding.NamedSharding | None = None) -> list[list[int]]:
   """New tokens of each prompt, from a program of `make_generate_fn`: cut before EOS, and at
-  max_positions - len(prompt) new tokens when the program was made with `max_positions`."""
+  max_positions - len(prompt) new tokens when the program was made with `max_positions`.
+
+  batch_sharding: where the rows go (`mesh.batch_sharding` of the params' mesh; the number of
+  prompts a multiple of the rows it splits over). Needed in multi-process runs, where every process
+  calls this with the same prompts and gets every row's tokens; None: one process."""
   tokens_BxP, pad_B = left_pad(prompts, pad_multiple)
-  out_BxN, steps = generate_fn(params, jnp.asarray(tokens_BxP), jnp.asarray(pad_B),
-                               jax.random.PRNGKey(seed))
-  out_BxN = np.asarray(out_BxN)[:, :int(steps)]
+  out_BxN, steps = generate_fn(params, mesh_lib.place_rows(tokens_BxP, batch_sharding),
+                               mesh_lib.place_rows(pad_B, batch_sharding), jax.random.PRNGKey(seed))
+  out_BxN = mesh_lib.to_host(out_BxN)[:, :int(mesh_lib.to_host(steps))]
   if generate_fn.max_positions is not None:
     out_BxN = [row[:max(generate_fn.max_positions - len(prompt), 0)] for row, prompt in zip(out_BxN, prompts)]
   return [cut_at_eos(row, eos_id) for row in out_BxN]

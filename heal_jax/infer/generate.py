@@ -148,7 +148,8 @@ def plan_prompts(prompts: Sequence[Sequence[int]], context: int, *, max_new_toke
 def generate_batches(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, plan: NotePlan, *,
                      sampling: Sampling = Sampling(), seed: int = 0, stop_strings: Sequence[str] = STOP_STRINGS,
                      skip: Container[int] = (), width: int | None = None,
-                     programs: dict[Any, decode.GenerateFn] | None = None
+                     programs: dict[Any, decode.GenerateFn] | None = None,
+                     batch_sharding: jax.sharding.NamedSharding | None = None
                      ) -> Iterator[tuple[int, list[tuple[int, Note]]]]:
   """Yields (batch number, [(conversation index, Note), ...]) for each batch of `plan` not in `skip`.
 
@@ -160,6 +161,8 @@ def generate_batches(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, plan: 
   on the plan, the seed and the model, not on which batches ran before.
   programs: compiled decode programs to reuse and add to (a caller that generates again and again,
   such as the trainer's note eval, keeps them; one tokenizer per dict); None: made for this call.
+  batch_sharding: as in `decode.run` (the trainer's note eval passes its mesh's, so that it runs in
+    multi-process runs too).
   """
   params = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x), params)
   context = cfg.max_position_embeddings
@@ -173,7 +176,8 @@ def generate_batches(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, plan: 
           cfg, size, sampling, tokenizer.eos_id, vocab_limit=tokenizer.vocab_size, max_positions=context)
     rows = [plan.prompts[i] for i in batch]
     rows += [rows[0]] * (width - len(rows))
-    new_tokens = decode.run(programs[cfg, size, sampling], params, rows, seed=(seed + b) % 2**32, eos_id=tokenizer.eos_id)
+    new_tokens = decode.run(programs[cfg, size, sampling], params, rows, seed=(seed + b) % 2**32, eos_id=tokenizer.eos_id,
+                             batch_sharding=batch_sharding)
     notes = []
     for i, tokens in zip(batch, new_tokens):  # each cut at EOS and at its room (decode's max_positions)
       text = tokenizer.decode(tokens)

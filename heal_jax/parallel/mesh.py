@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -118,3 +119,20 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def place_rows(array: np.ndarray, sharding: NamedSharding | None) -> np.ndarray | jax.Array:
+  """`array` [B, ...] (the whole batch, the same on every process) as a global array whose rows are
+  split as `sharding` (a `batch_sharding`) splits them, each process filling its own devices: what a
+  jitted call over a mesh of several processes needs. Unchanged without a sharding."""
+  if sharding is None:
+    return array
+  rows = NamedSharding(sharding.mesh, P(sharding.spec[0], *[None] * (array.ndim - 1)))
+  return jax.make_array_from_callback(array.shape, rows, lambda index: array[index])
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole of `x` as numpy on every process, gathered from the other processes where this one
+  holds only part of it (then every process must call this for the same arrays, in the same order)."""
+  whole = x.is_fully_addressable or x.is_fully_replicated
+  return np.asarray(x if whole else multihost_utils.process_allgather(x, tiled=True))

@@ -150,12 +150,13 @@ def evaluate(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) 
 
 
 def _note_scores(run: _Run, params: Any, cfg: ModelConfig, phase: phases_lib.Phase) -> dict[str, float]:
-  """`note_eval` in instruction-tuning phases of single-process runs when config.eval.note_examples > 0."""
-  if not (run.config.eval.note_examples and phase.instruction_tuning) or jax.process_count() > 1:
+  """`note_eval` in instruction-tuning phases when config.eval.note_examples > 0."""
+  if not (run.config.eval.note_examples and phase.instruction_tuning):
     return {}
   from heal_jax.train import note_eval  # pylint: disable=import-outside-toplevel
   return note_eval.evaluate(cfg, params, run.data, run.config.eval.note_examples, run.config.eval.note_tokens,
-                            run.mesh.shape["data"] * run.mesh.shape["fsdp"], run.writer.log, run.note_programs)
+                            run.mesh.shape["data"] * run.mesh.shape["fsdp"], run.writer.log, run.note_programs,
+                            mesh_lib.batch_sharding(run.mesh))
 
 
 def _task_examples(spec: str, limit: int, workdir: pathlib.Path) -> dict[str, list]:
@@ -169,15 +170,17 @@ def _task_examples(spec: str, limit: int, workdir: pathlib.Path) -> dict[str, li
 
 
 def evaluate_tasks(run: _Run, params: Any, cfg: ModelConfig) -> dict[str, float]:
-  """PubMedQA/MedQA accuracy with the harness scorer (single-process runs; skipped otherwise)."""
-  if not run.task_examples or jax.process_count() > 1:
+  """PubMedQA/MedQA accuracy with the harness scorer: every process scores the same questions, each
+  batch's rows split over the mesh's batch axes, and every process gets every result."""
+  if not run.task_examples:
     return {}
   from heal_jax.eval import loglik  # pylint: disable=import-outside-toplevel
   rows = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
   batch = -(-8 // rows) * rows  # at least 8 rows, split evenly over the batch devices
   out = {}
   for name, examples in run.task_examples.items():
-    result = loglik.evaluate(name, cfg, params, run.data.tokenizer, examples, batch_size=batch)
+    result = loglik.evaluate(name, cfg, params, run.data.tokenizer, examples, batch_size=batch,
+                             batch_sharding=mesh_lib.batch_sharding(run.mesh))
     out[f"{name}/acc"], out[f"{name}/acc_norm"] = result["acc"], result["acc_norm"]
   return out
 
@@ -414,9 +417,8 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
                "on every process; `heal-jax data prepare` does it once)")
   for name, counts in data.counts.items():
     writer.log(f"source {name}: {counts}")
-  if config.eval.note_examples and (jax.process_count() > 1 or not any(p.instruction_tuning for p in phases)):
-    writer.log("note eval (config.eval.note_examples) will not run: it runs in instruction-tuning phases of "
-               "single-process runs only")
+  if config.eval.note_examples and not any(p.instruction_tuning for p in phases):
+    writer.log("note eval (config.eval.note_examples) will not run: it runs in instruction-tuning phases only")
   mngr = checkpointing.manager(workdir, config.checkpoint.keep, config.checkpoint.keep_period,
                                config.checkpoint.async_save)
   run = _Run(config, workdir, mesh, data, sorted(data.train), mngr, writer, _Preemption(), base_cfg, tasks, phases)
@@ -475,9 +477,7 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
         return {"status": "preempted", "step": int(state.step)}
     summary = {"status": "done", "step": int(state.step), "skipped": int(state.skipped)}
     mngr.wait_until_finished()
-    if config.eval.sample_note_tokens > 0 and jax.process_count() > 1:
-      writer.log("sample note skipped: it runs in single-process runs only")
-    elif config.eval.sample_note_tokens > 0:
+    if config.eval.sample_note_tokens > 0:  # every process writes it on its own first device
       from heal_jax.train import note_eval  # pylint: disable=import-outside-toplevel
       summary["sample_note"] = note_eval.sample_note(workdir, run.data, config.eval.sample_note_tokens, writer.log)
     return summary

@@ -4,8 +4,8 @@ and `sample_note`, the note printed at the end of a run.
 Note quality: notes written greedily from held-out conversations and scored against their reference
 notes at every evaluation, as `heal-jax eval notes` scores them.
 
-`config.eval.note_examples` = N > 0 turns it on in phases with instruction tuning (single-process runs,
-as the task scorers). The examples are the first N held-out examples of the conversation sources (in
+`config.eval.note_examples` = N > 0 turns it on in phases with instruction tuning (in multi-process
+runs too: every process writes every note, each batch's rows split over the mesh). The examples are the first N held-out examples of the conversation sources (in
 source-name order, then example order) whose prompt leaves room in the model's context for
 `config.eval.note_tokens` new tokens, or for as many as its reference note has when that is fewer (a
 prompt that leaves room for a few tokens only would score an empty note as all missed). Each is cut as training cuts it: the prompt is the tokens before the note's first target
@@ -66,11 +66,13 @@ def held_out_notes(data: mixture.RunData, count: int, context: int, room: int = 
 
 def evaluate(cfg: ModelConfig, params: Any, data: mixture.RunData, count: int, max_new_tokens: int,
              batch_devices: int, log: Callable[[str], None],
-             programs: dict[Any, Any] | None = None) -> dict[str, float]:
+             programs: dict[Any, Any] | None = None, batch_sharding: Any = None) -> dict[str, float]:
   """The logged means (see the module doc) over the notes of `held_out_notes(data, count, context,
   max_new_tokens)`;
   {} when there is none. A batch has min(8, notes) rows rounded up to a multiple of `batch_devices`.
-  programs: `generate.generate_batches`'s compiled programs, kept between evaluations by the caller."""
+  programs: `generate.generate_batches`'s compiled programs, kept between evaluations by the caller.
+  batch_sharding: the mesh's `batch_sharding` (over `batch_devices` devices), for multi-process runs:
+    every process writes every note, each batch's rows split over the mesh."""
   examples = held_out_notes(data, count, cfg.max_position_embeddings, max_new_tokens)
   if not examples:
     held = any(kind == "conversation" and name in data.heldout for name, kind in data.kinds.items())
@@ -84,7 +86,8 @@ def evaluate(cfg: ModelConfig, params: Any, data: mixture.RunData, count: int, m
                                max_new_tokens=max_new_tokens, batch_size=width,
                                labels=[f"held-out {e.source} example" for e in examples], log=lambda m: None)
   notes: dict[int, generate.Note] = {}
-  for _, batch in generate.generate_batches(cfg, params, data.tokenizer, plan, width=width, programs=programs):
+  for _, batch in generate.generate_batches(cfg, params, data.tokenizer, plan, width=width, programs=programs,
+                                            batch_sharding=batch_sharding):
     notes.update(batch)
   scores = [notes_lib.score_note(notes[i].text, e.reference) for i, e in enumerate(examples)]
   out = {f"notes/{key}": float(np.mean([s[key] for s in scores])) for key in SCORES}
