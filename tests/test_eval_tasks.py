@@ -110,6 +110,21 @@ def test_bad_data_names_the_file(tmp_path, shared_data):
   (pub / "test_ground_truth.json").write_text("[1, 2]")
   with pytest.raises(tasks.DataError, match="test_ground_truth.json: expected a JSON object"):
     tasks.load_pubmedqa(pub)
+  (pub / "test_ground_truth.json").write_text('{"1": "yes", "1": "no"}')  # json alone keeps the last
+  with pytest.raises(tasks.DataError, match="test_ground_truth.json: key 1 appears twice"):
+    tasks.load_pubmedqa(pub)
+
+
+def test_jsonl_lines_end_at_newlines_only_and_may_start_with_a_bom(tmp_path):
+  """A U+2028 or U+0085 inside a JSON string is not a line end (str.splitlines would split there);
+  a byte-order mark before the first line is dropped; a line that is not UTF-8 is named."""
+  rows = [{"text": "a\u2028b"}, {"text": "c\u0085d"}]
+  path = tmp_path / "rows.jsonl"
+  path.write_text("\ufeff" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+  assert list(tasks.iter_jsonl(path)) == [(f"{path}:1", rows[0]), (f"{path}:2", rows[1])]
+  path.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
+  with pytest.raises(tasks.DataError, match=f"{path}:2: invalid UTF-8"):
+    list(tasks.iter_jsonl(path))
 
 
 def test_limit_takes_a_seeded_random_subset_in_file_order(shared_data):

@@ -116,3 +116,32 @@ def test_transformers_loads_it_as_llama_with_the_same_ids(trained, texts):
     ids = tok.encode(text, add_bos=False)
     assert hf(text, add_special_tokens=False)["input_ids"] == ids, text
     assert hf.decode(ids) == tok.decode(ids) == text
+
+
+def test_compressed_bom_and_line_separator_files_train_as_their_lines(tmp_path, texts, trained):
+  """A .jsonl.gz file, a byte-order mark and a U+2028 inside a JSON string read as `data check` reads
+  them (the same model as the plain texts, whose line the U+2028 only splits within); a line that is
+  not UTF-8 is named by file and line."""
+  import gzip  # pylint: disable=import-outside-toplevel
+  _, out_dir = trained
+  body = "".join(json.dumps({"text": t}) + "\n" for t in texts)
+  with gzip.open(tmp_path / "rows.jsonl.gz", "wt", encoding="utf-8") as f:
+    f.write("\ufeff" + body)
+  got = tok_lib.train_tokenizer([tmp_path / "rows.jsonl.gz"], tmp_path / "gz", vocab_size=1500)
+  assert got.path.read_bytes() == (out_dir / "tokenizer.model").read_bytes()
+  sep = tmp_path / "sep.jsonl"
+  sep.write_text(json.dumps({"text": "left\u2028right"}, ensure_ascii=False) + "\n" + json.dumps({"text": "x"}) + "\n",
+                 encoding="utf-8")
+  assert list(tok_lib._file_texts(sep)) == ["left\u2028right", "x"]  # pylint: disable=protected-access
+  bad = tmp_path / "bad.txt"
+  bad.write_bytes(b"fine line\nbad \xff byte\n")
+  with pytest.raises(ValueError, match=r"bad.txt:2: invalid UTF-8 \(byte 0xff"):
+    tok_lib.train_tokenizer([bad], tmp_path / "bad", vocab_size=300)
+
+
+@pytest.mark.parametrize("size,message", [(0, "vocab_size 0: at least 260"),
+                                          (261, "vocab_size 261 is too small for this corpus: sentencepiece needs more than")])
+def test_a_vocabulary_too_small_is_named_and_writes_nothing(tmp_path, texts, size, message):
+  with pytest.raises(ValueError, match=message):
+    tok_lib.train_tokenizer(texts + ["\u00e9\u00e8\u00ea\u00eb\u0101\u0113\u012b\u014d\u016b"], tmp_path / "tok", vocab_size=size)
+  assert not (tmp_path / "tok").exists()

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -482,6 +483,13 @@ def test_damaged_checkpoint_files_are_named_with_the_step_to_go_back_to(data_roo
   for data_file in (p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"):  # the arrays' bytes
     data_file.write_bytes(data_file.read_bytes()[:data_file.stat().st_size // 2])
   with pytest.raises(CheckpointError, match=r"checkpoints/2 cannot be read .*remove that step's directory"):
+    restore.load_model(workdir)
+  meta = workdir / "checkpoints" / "2" / "meta" / "metadata"  # the step's config, read first by eval and export
+  meta.write_text("")
+  with pytest.raises(CheckpointError, match=r"checkpoints/2/meta cannot be read \(JSONDecodeError.*remove that step's"):
+    restore.load_model(workdir)
+  shutil.rmtree(meta.parent)
+  with pytest.raises(CheckpointError, match=r"checkpoints/2/meta cannot be read .*remove that step's directory"):
     restore.load_model(workdir)
 
 

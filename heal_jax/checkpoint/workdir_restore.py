@@ -74,9 +74,14 @@ def newest_step(workdir: pathlib.Path, step: int | None = None) -> StoredStep:
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise CheckpointError(f"{workdir}: no completed checkpoint in {WORKDIR_CHECKPOINTS}/")
-  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  mngr.close()
   state_dir = pathlib.Path(workdir).absolute() / WORKDIR_CHECKPOINTS / str(step) / "state"
+  try:
+    with errors.reading(f"{state_dir.parent}/meta", f"if it is truncated or missing, {_GO_BACK}"):
+      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  finally:
+    mngr.close()
+  if not isinstance(meta, dict):
+    raise CheckpointError(f"{state_dir.parent}/meta: not a JSON object; {_GO_BACK}")
   try:
     cfg = ModelConfig.from_dict(meta["model"])
   except (KeyError, TypeError, ValueError) as e:

@@ -207,8 +207,11 @@ def _record(obj: Mapping[str, Any], kind: str,
   return record, None
 
 
-def _lines(path: pathlib.Path) -> Iterator[tuple[int, str | None, str | None]]:
-  """(line number, decoded line without its newline, or None and the UTF-8 problem); skips blank lines."""
+def numbered_lines(path: pathlib.Path) -> Iterator[tuple[int, str | None, str | None]]:
+  """(line number, decoded line without its newline, or None and the UTF-8 problem); skips blank lines.
+
+  Lines end at b"\n" only (U+2028 or U+0085 inside a JSON string do not end one), a leading byte-order
+  mark is dropped, and .gz/.zst files are decompressed (`open_binary`)."""
   with open_binary(path) as f:
     for n, raw in enumerate(f, 1):
       if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -237,7 +240,7 @@ def parse_json(text: str) -> tuple[Any, str | None]:
 def _iter_jsonl(path, kind, columns):
   held = None  # the first line, when it looks like the start of one JSON document: (n, reason)
   first = True
-  for n, line, problem in _lines(path):
+  for n, line, problem in numbered_lines(path):
     if problem:
       yield n, None, problem
       continue
@@ -266,7 +269,7 @@ def _iter_jsonl(path, kind, columns):
 
 
 def _iter_text(path, kind, columns):
-  for n, line, problem in _lines(path):
+  for n, line, problem in numbered_lines(path):
     yield (n, None, problem) if problem else (n, *_record({columns["text"]: line}, kind, columns))
 
 

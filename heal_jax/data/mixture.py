@@ -52,8 +52,11 @@ def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) ->
   tok_dir = sources_lib.tokenizer_dir(config, workdir)
   if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
     with params_store.atomic_output_dir(tok_dir, overwrite=True) as staging:
-      pieces = tokenizer_lib.train_tokenizer([corpus / f"{t}.jsonl" for t in ("general", "medical", "clinical")],
-                                             staging, vocab_size=config.model.vocab_size).vocab_size
+      try:
+        pieces = tokenizer_lib.train_tokenizer([corpus / f"{t}.jsonl" for t in ("general", "medical", "clinical")],
+                                               staging, vocab_size=config.model.vocab_size).vocab_size
+      except ValueError as e:  # e.g. a vocabulary too small for the corpus's characters
+        raise ValueError(f"config.model.vocab_size (the size of the tokenizer data.bootstrap trains): {e}") from None
     log(f"trained a {pieces}-piece sentencepiece tokenizer in {tok_dir} on the bundled corpus")
   theirs = sorted(name for name, src in config.data.sources.items()
                   if not str(src.paths).startswith("{workdir}/corpus/"))

@@ -13,12 +13,14 @@ spells it out. Training and data preparation use this wrapper only.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+import gzip
 import io
 import json
 import os
 import pathlib
 import re
 from typing import Any
+import zlib
 
 import sentencepiece as spm
 
@@ -47,6 +49,8 @@ _LLAMA_TRAINER_SPEC = dict(
     shuffle_input_sentence=True,
 )
 _VOCAB_CAP = re.compile(r"value <= (\d+)")
+_TOO_FEW_PIECES = re.compile(r"smaller than required_chars\. (\d+) vs (\d+)")
+MIN_VOCAB_SIZE = 260  # the 3 special and 256 byte pieces, and at least one learnt piece
 
 
 class Tokenizer:
@@ -167,20 +171,25 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 def _file_texts(path: pathlib.Path) -> Iterator[str]:
-  """A training file's texts: of a .jsonl file the string values of each line's JSON value (so JSON
-  syntax and escapes such as \\n are not learnt as pieces); any other file as it is. ValueError
-  naming FILE:LINE for a line of a .jsonl file that is not JSON."""
-  text = path.read_text(encoding="utf-8")
-  if not path.name.endswith(".jsonl"):
-    yield text
-    return
+  """A training file's texts, line by line as `data check` reads lines (UTF-8, a byte-order mark
+  allowed, .gz/.zst decompressed): of a .jsonl file the string values of each line's JSON value (so
+  JSON syntax and escapes such as \\n are not learnt as pieces); of any other file the lines.
+  ValueError naming FILE:LINE for a line that is not UTF-8, or not JSON in a .jsonl file."""
   from heal_jax.data import check  # pylint: disable=import-outside-toplevel
-  for n, line in enumerate(text.splitlines(), 1):
-    if line.strip():
+  jsonl = path.name.lower().endswith((".jsonl", ".jsonl.gz", ".jsonl.zst"))
+  try:
+    for n, line, problem in check.numbered_lines(path):
+      if problem:
+        raise ValueError(f"{path}:{n}: {problem}")
+      if not jsonl:
+        yield line
+        continue
       value, reason = check.parse_json(line)
       if reason is not None:
         raise ValueError(f"{path}:{n}: {reason} (a .jsonl file holds one JSON value a line)")
       yield from _strings(value)
+  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+    raise ValueError(f"{path}: damaged compressed file ({type(e).__name__}: {e})") from None
 
 
 def _training_lines(texts_or_files: Iterable[str | os.PathLike], max_bytes: int) -> list[str]:
@@ -238,8 +247,9 @@ def train_tokenizer(texts_or_files: Iterable[str | os.PathLike], out_dir: str | 
   Returns:
     The trained `Tokenizer`, loaded from `out_dir/tokenizer.model`. Same input -> same file bytes.
   """
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  if vocab_size < MIN_VOCAB_SIZE:
+    raise ValueError(f"vocab_size {vocab_size}: at least {MIN_VOCAB_SIZE} (3 special pieces, 256 byte pieces "
+                     "and the corpus's characters)")
   lines = _training_lines(texts_or_files, max_sentence_length)
   if not lines:
     raise ValueError("no training text: every input was empty or blank")
@@ -255,10 +265,16 @@ def train_tokenizer(texts_or_files: Iterable[str | os.PathLike], out_dir: str | 
   try:
     model_bytes = run(vocab_size)
   except RuntimeError as e:
+    chars = _TOO_FEW_PIECES.search(str(e))
+    if chars is not None:  # the corpus has more distinct characters than the vocabulary has room for
+      raise ValueError(f"vocab_size {vocab_size} is too small for this corpus: sentencepiece needs more than "
+                       f"{chars.group(2)} pieces (its distinct characters with the special and byte pieces)") from None
     cap = _VOCAB_CAP.search(str(e))
     if cap is None or int(cap.group(1)) >= vocab_size:
       raise
     model_bytes = run(int(cap.group(1)))
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / MODEL_FILE).write_bytes(model_bytes)
   _write_hf_files(out_dir)
   return Tokenizer(out_dir / MODEL_FILE)

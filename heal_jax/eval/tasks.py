@@ -30,6 +30,7 @@ import dataclasses
 import json
 import pathlib
 import random
+import zlib
 from typing import Any, Iterator
 from collections.abc import Mapping, Sequence
 
@@ -77,11 +78,28 @@ def medqa_prompt(question: str, options: Mapping[str, str]) -> str:
   return f"Question: {question}\n{answers}Answer:"
 
 
+class _DuplicateKey(ValueError):
+  pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for key, value in pairs:
+    if key in out:
+      raise _DuplicateKey(key)
+    out[key] = value
+  return out
+
+
 def _read_json(path: pathlib.Path) -> Any:
+  """The JSON value of a file; DataError for an unreadable file, malformed JSON or a key given twice
+  in one object (a PMID twice: json would keep the last one, a silently changed question or label)."""
   try:
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys)
   except FileNotFoundError:
     raise DataError(f"{path}: file not found") from None
+  except _DuplicateKey as e:
+    raise DataError(f"{path}: key {e} appears twice in one object; which one is meant?") from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DataError(f"{path}: not valid JSON ({e})") from None
 
@@ -136,20 +154,22 @@ def load_pubmedqa_fewshot_pool(data_dir: str | pathlib.Path) -> list[Example]:
 
 
 def iter_jsonl(path: str | pathlib.Path) -> Iterator[tuple[str, Any]]:
-  """("FILE:LINE", parsed JSON value) of each non-blank line; DataError naming file:line otherwise."""
+  """("FILE:LINE", parsed JSON value) of each non-blank line (lines as `data check` reads them: a
+  byte-order mark allowed, .gz/.zst decompressed); DataError naming file:line otherwise."""
+  from heal_jax.data import check  # pylint: disable=import-outside-toplevel
   path = pathlib.Path(path)
   try:
-    lines = path.read_text(encoding="utf-8").splitlines()
+    for lineno, line, problem in check.numbered_lines(path):
+      if problem:
+        raise DataError(f"{path}:{lineno}: {problem}")
+      value, reason = check.parse_json(line)
+      if reason is not None:
+        raise DataError(f"{path}:{lineno}: not valid JSON ({reason.removeprefix('malformed JSON: ')})")
+      yield f"{path}:{lineno}", value
   except FileNotFoundError:
     raise DataError(f"{path}: file not found") from None
-  except (IsADirectoryError, UnicodeDecodeError) as e:
-    raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
-  for lineno, line in enumerate(lines, 1):
-    if line.strip():
-      try:
-        yield f"{path}:{lineno}", json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: not valid JSON ({e})") from None
+  except (ImportError, EOFError, OSError, zlib.error) as e:  # a directory, a damaged .gz/.zst, ...
+    raise DataError(f"{path}: cannot be read ({e})") from None
 
 
 def load_medqa(path: str | pathlib.Path) -> list[Example]:
