@@ -33,6 +33,10 @@ def _convert_orbax_to_hf(args: argparse.Namespace, overrides: list[str]) -> int:
   from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
   summary = hf_convert.orbax_to_hf(args.src, args.dst, max_shard_bytes=int(args.max_shard_gb * 1024**3),
                                    overwrite=args.overwrite, dtype=args.dtype)
+  if "tokenizer.model" not in summary["tokenizer_files"]:
+    print(f"heal-jax convert orbax-to-hf: warning: {args.src} has no tokenizer/tokenizer.model, so {args.dst} has "
+          "weights and configs only (AutoTokenizer cannot load it); copy the model's tokenizer files into it",
+          file=sys.stderr)
   print(json.dumps(summary))
   return 0
 
@@ -57,6 +61,11 @@ def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
 def _data_synth(args: argparse.Namespace, overrides: list[str]) -> int:
   _no_overrides(overrides)
   from heal_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  if args.out.exists() and not args.out.is_dir():
+    raise ValueError(f"--out {args.out}: a file, not a directory")
+  present = [f"{tier}.jsonl" for tier in synthetic.DEFAULT_SIZES if (args.out / f"{tier}.jsonl").exists()]
+  if present and not args.overwrite:
+    raise ValueError(f"--out {args.out} already holds {', '.join(present)}; pass --overwrite to replace them")
   files = synthetic.generate_corpus(args.out, seed=args.seed)
   print(json.dumps({k: str(v) for k, v in files.items()}))
   return 0
@@ -186,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
   synth = dsub.add_parser("synth", help="write the bundled synthetic three-tier medical corpus")
   synth.add_argument("--out", required=True, type=pathlib.Path)
   synth.add_argument("--seed", type=int, default=0)
+  synth.add_argument("--overwrite", action="store_true", help="replace corpus files already in --out")
   synth.set_defaults(handler=_data_synth)
   tok = dsub.add_parser("train-tokenizer", help="train a LLaMA-compatible sentencepiece model")
   tok.add_argument("inputs", nargs="+", type=pathlib.Path, help="text files (one sentence a line) or .jsonl files (their string values)")

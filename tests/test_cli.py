@@ -60,6 +60,19 @@ def test_overrides_to_a_command_without_a_config_are_refused(tmp_path, capsys):
   assert not (tmp_path / "c").exists()
 
 
+def test_data_synth_replaces_corpus_files_only_when_told(tmp_path, capsys):
+  out = tmp_path / "c"
+  out.mkdir()
+  (out / "medical.jsonl").write_text("mine\n")
+  assert cli.main(["data", "synth", "--out", str(out)]) == 2
+  assert f"--out {out} already holds medical.jsonl; pass --overwrite" in capsys.readouterr().err
+  assert (out / "medical.jsonl").read_text() == "mine\n" and not (out / "general.jsonl").exists()
+  assert cli.main(["data", "synth", "--out", str(out / "medical.jsonl")]) == 2
+  assert "a file, not a directory" in capsys.readouterr().err
+  assert cli.main(["data", "synth", "--out", str(out), "--overwrite"]) == 0
+  assert (out / "medical.jsonl").read_text() != "mine\n"
+
+
 def test_overrides_may_come_before_a_passthrough_subcommand(capsys):
   assert cli.main(["--config.plan.mfu=2", "plan", "--config", TINY]) == 2
   assert capsys.readouterr().err == "heal-jax plan: error: config.plan.mfu=2.0 is a fraction: in (0, 1]\n"

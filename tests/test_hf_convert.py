@@ -443,6 +443,12 @@ def test_a_flipped_bit_in_a_converted_checkpoint_is_named(tmp_path, capsys):
   assert cli.main(["convert", "orbax-to-hf", str(ck), str(tmp_path / "hf")]) == 2
   assert "does not match its CRC-32" in capsys.readouterr().err
   _assert_no_output(tmp_path / "hf")
+  data.write_bytes(bytes(raw[:len(raw) // 2]) + bytes([raw[len(raw) // 2] ^ 1]) + bytes(raw[len(raw) // 2 + 1:]))
+  manifest = json.loads((ck / params_store.MANIFEST).read_text())
+  del manifest["crc32"]["lm_head/kernel"]  # a map that lost an entry must not skip that tensor's check
+  (ck / params_store.MANIFEST).write_text(json.dumps(manifest))
+  with pytest.raises(CheckpointError, match=r"heal_checkpoint.json: no CRC-32 for tensor lm_head/kernel"):
+    restore.load_model(ck)
 
 
 def test_export_writes_the_tokenizers_special_ids_and_keeps_a_chat_template(tmp_path, tokenizer_dir):
@@ -523,3 +529,18 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused_at_init_and_export(tm
   with pytest.raises(CheckpointError, match=r"tokenizer.model has 90 pieces but the model's vocabulary is 64"):
     hf_convert.orbax_to_hf(tmp_path / "ck", tmp_path / "hf")
   _assert_no_output(tmp_path / "hf")
+
+
+def test_an_export_without_a_tokenizer_says_so(tmp_path, capsys, tokenizer_dir):
+  from heal_jax.checkpoint import random_init  # pylint: disable=import-outside-toplevel
+  from heal_jax.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
+  cfg = ModelConfig(vocab_size=90, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=4, num_kv_heads=2,
+                    max_position_embeddings=64)
+  random_init.write_random_checkpoint(cfg, tmp_path / "bare")
+  assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "bare"), str(tmp_path / "hf_bare")]) == 0
+  out = capsys.readouterr()
+  assert "has no tokenizer/tokenizer.model" in out.err and json.loads(out.out)["tokenizer_files"] == []
+  random_init.write_random_checkpoint(cfg, tmp_path / "ck", tokenizer_dir=tokenizer_dir)
+  assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "ck"), str(tmp_path / "hf")]) == 0
+  out = capsys.readouterr()
+  assert "warning" not in out.err and "tokenizer.model" in json.loads(out.out)["tokenizer_files"]

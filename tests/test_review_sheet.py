@@ -84,10 +84,12 @@ def test_round_trip(tmp_path, capsys, delimiter):
 
 
 @pytest.mark.parametrize("cells, message", [
-    (("x", "0", "0"), r"row 3 \(id 'b'\): missed_count must be a whole number >= 0, got 'x'"),
+    (("x", "0", "0"), r"review.csv: row 3 \(id 'b'\): missed_count must be a whole number >= 0, got 'x'"),
     (("1", "-1", "0"), r"row 3 \(id 'b'\): incorrect_count must be a whole number >= 0, got '-1'"),
     (("1", "0", "1.5"), r"row 3 \(id 'b'\): irrelevant_count must be a whole number"),
     (("1", "", "0"), r"row 3 \(id 'b'\): incorrect_count empty while other counts are filled"),
+    (("99999", "0", "0"), r"review.csv: row 3 \(id 'b'\): missed_count 99999 exceeds reference_facts \d+"),
+    (("0", "500", "500"), r"row 3 \(id 'b'\): incorrect_count \+ irrelevant_count 1000 exceeds generated_facts"),
 ])
 def test_bad_cells_name_the_row(tmp_path, capsys, cells, message):
   sheet = _write(tmp_path)

@@ -112,6 +112,22 @@ def test_the_bootstrap_never_replaces_a_folder_of_someone_elses(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_a_converted_checkpoint_or_a_file_is_refused_as_work_directory(data_root, tmp_path):
+  """Training into a converted checkpoint's folder used to work, and eval of that folder then read the
+  converted weights, never the training's."""
+  from heal_jax.checkpoint import random_init  # pylint: disable=import-outside-toplevel
+  config = train_helpers.load(data_root, 2)
+  ckpt = tmp_path / "ckpt"
+  random_init.write_random_checkpoint(config_lib.model_config(config), ckpt)
+  before = sorted(p.name for p in ckpt.iterdir())
+  with pytest.raises(ValueError, match=f"--workdir {ckpt} holds a converted checkpoint .*--config.init_from={ckpt}"):
+    loop.train(config, ckpt)
+  assert sorted(p.name for p in ckpt.iterdir()) == before
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(ValueError, match="a file, not a directory"):
+    loop.train(config, tmp_path / "file")
+
+
 def _cli(workdir: pathlib.Path, data_root: pathlib.Path, steps: int, extra: tuple[str, ...] = ()) -> list[str]:
   args = train_helpers.overrides(data_root, steps, ("--config.checkpoint.every_steps=4",
                                                      "--config.mesh.fsdp=2", "--config.mesh.data=-1") + extra)

@@ -335,8 +335,9 @@ def orbax_to_hf(src: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int = DEF
     (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     (out / "generation_config.json").write_text(
         json.dumps(_generation_config(manifest, hf_config), indent=2, sort_keys=True) + "\n")
-    params_store.copy_tokenizer(src / "tokenizer", out)
-  return {"tensors": len(specs), "bytes": total, "shards": len(shards), "dtype": manifest["dtype"]}
+    copied = params_store.copy_tokenizer(src / "tokenizer", out)
+  return {"tensors": len(specs), "bytes": total, "shards": len(shards), "dtype": manifest["dtype"],
+          "tokenizer_files": copied}
 
 
 def _workdir_to_hf(workdir: pathlib.Path, dst: pathlib.Path, max_shard_bytes: int, overwrite: bool,

@@ -129,9 +129,14 @@ def _crc32(x: Any) -> str:
 
 def _check_crc(ckpt_dir: pathlib.Path, manifest: dict[str, Any], path: hf_mapping.ParamPath, x: Any) -> None:
   """A tensor read whole must have the CRC-32 its manifest records (checkpoints written before
-  checksums existed have none and are not checked)."""
-  stored = manifest.get("crc32", {}).get("/".join(path))
-  if stored is not None and _crc32(x) != stored:
+  checksums existed have no "crc32" map and are not checked; a map without this tensor is damaged)."""
+  if "crc32" not in manifest:
+    return
+  stored = manifest["crc32"].get("/".join(path))
+  if stored is None:
+    raise CheckpointError(f"{ckpt_dir / MANIFEST}: no CRC-32 for tensor {'/'.join(path)} in its \"crc32\" map, "
+                          "which lists every tensor of a checkpoint written whole: the manifest is damaged")
+  if _crc32(x) != stored:
     raise CheckpointError(f"{_params_dir(ckpt_dir)}: tensor {'/'.join(path)} does not match its CRC-32 in "
                           f"{MANIFEST} (stored {stored}, read {_crc32(x)}): the file holding it is damaged")
 

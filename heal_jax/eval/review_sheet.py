@@ -52,7 +52,10 @@ note, then the generated note, and fill in three whole numbers (0 or more) per r
 A piece of information is one clinical statement (about one clause: "denies fever", "lisinopril 20 mg
 daily"). reference_facts and generated_facts are the automatic counts of such statements in each note; the
 summary divides by them (missed by reference_facts, incorrect and irrelevant by generated_facts) so human
-and automatic rates are comparable. Leave them as they are unless a count is clearly wrong.
+and automatic rates are comparable. Leave them as they are unless a count is clearly wrong. A row whose
+missed_count exceeds reference_facts, or incorrect_count + irrelevant_count exceeds generated_facts, is
+refused as a likely typo; where the statements really are more (missed information that only the
+conversation holds, say), raise reference_facts or generated_facts to the number you counted from.
 
 Leave all three counts empty to skip a note; fill all three or none. Do not edit the id, the texts or the
 header row. Save as CSV (comma or semicolon separated) and read it back with:
@@ -88,13 +91,13 @@ def write_review_sheet(path: pathlib.Path, predictions: Mapping[str, str], refer
   return path, instructions
 
 
-def _count(cell: str, row: int, column: str, key: str) -> float:
+def _count(cell: str, where: str, column: str) -> float:
   try:
     value = float(cell)
   except ValueError:
     value = math.nan
   if not math.isfinite(value) or value < 0 or value != int(value):
-    raise ReviewError(f"row {row} (id {key!r}): {column} must be a whole number >= 0, got {cell[:40]!r}")
+    raise ReviewError(f"{where}: {column} must be a whole number >= 0, got {cell[:40]!r}")
   return value
 
 
@@ -126,10 +129,17 @@ def read_review_sheet(path: pathlib.Path) -> tuple[dict[str, float], list[dict[s
       if empty:
         raise ReviewError(f"{path}: row {n} (id {key!r}): {', '.join(empty)} empty while other counts are filled; "
                           "fill all three counts or none")
-      counts = {c: _count(v, n, c, key) for c, v in cells.items()}
-      n_ref = _count((record.get("reference_facts") or "").strip(), n, "reference_facts", key)
-      n_gen = _count((record.get("generated_facts") or "").strip(), n, "generated_facts", key)
+      where = f"{path}: row {n} (id {key!r})"
+      counts = {c: _count(v, where, c) for c, v in cells.items()}
+      n_ref = _count((record.get("reference_facts") or "").strip(), where, "reference_facts")
+      n_gen = _count((record.get("generated_facts") or "").strip(), where, "generated_facts")
       missed, incorrect, irrelevant = (counts[c] for c in _COUNTS)
+      for column, count, facts, of in (("missed_count", missed, n_ref, "reference_facts"),
+                                        ("incorrect_count + irrelevant_count", incorrect + irrelevant, n_gen,
+                                         "generated_facts")):
+        if count > facts:  # a typo (99999), or a fact count the reviewer found too low
+          raise ReviewError(f"{where}: {column} {count:g} exceeds {of} {facts:g}, the statements there to count "
+                            f"from; correct the count, or {of} where the automatic count missed statements")
       rows.append({"id": key, "missed_rate": missed / n_ref if n_ref else 0.0,
                    "incorrect_rate": incorrect / n_gen if n_gen else 0.0,
                    "irrelevant_rate": irrelevant / n_gen if n_gen else 0.0,

@@ -352,6 +352,7 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   devices: the devices of the mesh (default: all of them, over every process).
   """
   workdir = pathlib.Path(workdir).absolute()
+  _check_workdir(workdir)
   # A bad data, phase, model or mesh setting fails here, before anything is written to the work directory.
   sources.check_config(config, workdir)
   done = (workdir_restore.completed_steps(workdir) or [0])[-1]
@@ -373,6 +374,17 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
     return _train_locked(config, workdir, phases, base_cfg, mesh, tasks)
   finally:
     lock.release()
+
+
+def _check_workdir(workdir: pathlib.Path) -> None:
+  """ValueError for a --workdir that is a file, or a converted checkpoint (eval and export of that
+  directory would read its converted weights, never the training's checkpoints)."""
+  from heal_jax.checkpoint import params_store  # pylint: disable=import-outside-toplevel
+  if workdir.exists() and not workdir.is_dir():
+    raise ValueError(f"--workdir {workdir}: a file, not a directory")
+  if (workdir / params_store.MANIFEST).is_file():
+    raise ValueError(f"--workdir {workdir} holds a converted checkpoint ({params_store.MANIFEST}); train in another "
+                     f"directory, starting from it with --config.init_from={workdir}")
 
 
 def _on_process_0(what: str, fn: Callable[[], Any]) -> Any:
