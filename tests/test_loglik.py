@@ -223,6 +223,24 @@ def test_run_main_writes_rows(setup, shared_data, tmp_path, capsys):
   assert f"{tmp_path / 'ori_pqal.json'}: file not found" in capsys.readouterr().err
   assert run.main(["medqa", "--checkpoint", str(tmp_path), "--data", str(shared_data / MEDQA_FILE)]) == 2
   assert str(tmp_path) in capsys.readouterr().err
+  assert "left-truncated" not in captured.err  # the 5 questions fit the model's context
+  assert run.main([*argv[:7], "--max-length", "32"]) == 0
+  assert "5 of 5 questions' prompts were longer than 32 tokens and were left-truncated" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--num-fewshot", "1"), "apply to pubmedqa and medqa, not perplexity"),
+    (("--fewshot-data", "x.jsonl"), "apply to pubmedqa and medqa, not perplexity"),
+    (("--seed", "-5"), "--seed must be >= 0, got -5"),
+])
+def test_options_that_would_be_ignored_are_refused(tmp_path, capsys, extra, message):
+  texts = tmp_path / "t.jsonl"
+  texts.write_text('{"text": "a"}\n')
+  assert run.main(["perplexity", "--checkpoint", str(tmp_path / "none"), "--data", str(texts), *extra]) == 2
+  assert message in capsys.readouterr().err
+  assert run.main(["medqa", "--checkpoint", str(tmp_path / "none"), "--data", str(texts), "--fewshot-data",
+                   str(texts)]) == 2
+  assert "--fewshot-data is a pool of shots: give --num-fewshot N" in capsys.readouterr().err
 
 
 def test_greedy_flag_and_padding_do_not_leak(setup):

@@ -310,6 +310,8 @@ def test_cli_refuses_bad_arguments(note_checkpoint, tmp_path, capsys):
   assert generate.main(base + ["--conversations", str(conversations), "--output", str(tmp_path / "p.jsonl"),
                                "--batch-size", "0"]) == 2
   assert "--batch-size must be >= 1, got 0" in capsys.readouterr().err
+  assert generate.main(base + ["--conversation", str(tmp_path / "one.txt"), "--batch-size", "4"]) == 2
+  assert "--batch-size goes with --conversations" in capsys.readouterr().err
   assert generate.main(base + ["--conversations", str(tmp_path / "none.jsonl"),
                                "--output", str(tmp_path / "p.jsonl")]) == 2
   assert "none.jsonl" in capsys.readouterr().err

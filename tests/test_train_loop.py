@@ -594,6 +594,10 @@ def test_a_phase_end_eval_that_did_not_run_runs_on_resume(data_root, tmp_path, c
   capsys.readouterr()
   assert loop.train(train_helpers.load(data_root, 2, evals), workdir)["status"] == "done"  # nothing left to do
   assert "nothing to do" in capsys.readouterr().err
+  # a finished run given another model is refused as a resume would be, not reported done
+  from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
+  with pytest.raises(CheckpointError, match=r"holds a different model: model.num_layers: saved 2, now 3"):
+    loop.train(train_helpers.load(data_root, 2, evals + ("--config.model.num_layers=3",)), workdir)
 
 
 def test_sample_note_uses_a_held_out_conversation_that_fits_the_context(data_root, tmp_path, capsys):

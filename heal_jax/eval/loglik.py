@@ -191,8 +191,16 @@ def score(cfg: ModelConfig, params: Any, tokenizer: TokenizerLike, requests: Seq
   batch_sharding as in `score_windows`.
   """
   max_length = resolve_max_length(cfg, max_length)
-  windows = [harness_window(*encode_pair(tokenizer, c, x, add_bos), max_length) for c, x in requests]
+  windows, _ = _windows(tokenizer, requests, add_bos, max_length)
   return score_windows(cfg, params, windows, batch_size, buckets or default_buckets(max_length), batch_sharding)
+
+
+def _windows(tokenizer: TokenizerLike, requests: Sequence[tuple[str, str]], add_bos: bool,
+             max_length: int) -> tuple[list[Window], list[bool]]:
+  """The harness windows of `requests`, and whether each was left-truncated to fit `max_length`."""
+  pairs = [encode_pair(tokenizer, c, x, add_bos) for c, x in requests]
+  return ([harness_window(c, x, max_length) for c, x in pairs],
+          [len(c) + len(x) > max_length + 1 for c, x in pairs])
 
 
 def evaluate(task_name: str, cfg: ModelConfig, params: Any, tokenizer: TokenizerLike,
@@ -200,7 +208,8 @@ def evaluate(task_name: str, cfg: ModelConfig, params: Any, tokenizer: Tokenizer
              contexts: Sequence[str] | None = None, add_bos: bool = True, max_length: int | None = None,
              buckets: Sequence[int] | None = None,
              batch_sharding: jax.sharding.Sharding | None = None) -> dict[str, Any]:
-  """Scores multiple-choice examples; returns {"task", "n", "acc", "acc_norm", "rows"}.
+  """Scores multiple-choice examples; returns {"task", "n", "acc", "acc_norm", "rows", "truncated"}
+  (truncated: questions whose prompt was left-truncated to max_length, as the harness cuts it).
 
   contexts: the prompt of each example (e.g. from `tasks.fewshot_contexts`); default the zero-shot query.
   batch_sharding: as in `score_windows` (the trainer's eval hook passes its mesh's, so that it runs in
@@ -211,11 +220,13 @@ def evaluate(task_name: str, cfg: ModelConfig, params: Any, tokenizer: Tokenizer
   if len(contexts) != len(examples):
     raise ValueError(f"{len(contexts)} contexts for {len(examples)} examples")
   requests = [(ctx, cont) for ctx, ex in zip(contexts, examples) for cont in ex.continuations]
-  results = score(cfg, params, tokenizer, requests, batch_size, add_bos=add_bos, max_length=max_length,
-                  buckets=buckets, batch_sharding=batch_sharding)
-  rows, k = [], 0
+  max_length = resolve_max_length(cfg, max_length)
+  windows, cut = _windows(tokenizer, requests, add_bos, max_length)
+  results = score_windows(cfg, params, windows, batch_size, buckets or default_buckets(max_length), batch_sharding)
+  rows, k, truncated = [], 0, 0
   for ex in examples:
     res = results[k:k + len(ex.choices)]
+    truncated += any(cut[k:k + len(ex.choices)])
     k += len(ex.choices)
     lls = np.array([r[0] for r in res], np.float64)
     lengths = np.array([float(len(c)) for c in ex.choices])
@@ -225,4 +236,4 @@ def evaluate(task_name: str, cfg: ModelConfig, params: Any, tokenizer: Tokenizer
   n = len(rows)
   acc = sum(r["pred"] == r["gold"] for r in rows) / n if n else float("nan")
   acc_norm = sum(r["pred_norm"] == r["gold"] for r in rows) / n if n else float("nan")
-  return {"task": task_name, "n": n, "acc": acc, "acc_norm": acc_norm, "rows": rows}
+  return {"task": task_name, "n": n, "acc": acc, "acc_norm": acc_norm, "rows": rows, "truncated": truncated}

@@ -62,6 +62,12 @@ def _run(args: argparse.Namespace) -> dict:
     raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
   if args.max_length is not None and args.max_length < 1:
     raise ValueError(f"--max-length must be >= 1, got {args.max_length}")
+  if args.task == "perplexity" and (args.num_fewshot or args.fewshot_data):
+    raise ValueError("--num-fewshot and --fewshot-data apply to pubmedqa and medqa, not perplexity")
+  if args.fewshot_data and args.num_fewshot < 1:
+    raise ValueError("--fewshot-data is a pool of shots: give --num-fewshot N (N >= 1) too")
+  if args.seed < 0:
+    raise ValueError(f"--seed must be >= 0, got {args.seed}")
   batch_size = placement.batch_rows(args.batch_size, args.mesh)  # (a mesh that does not fit: before loading)
   if args.output:  # before the model is loaded: a bad path must not cost the scoring
     output.check_writable(args.output, [args.data, args.fewshot_data])
@@ -93,6 +99,10 @@ def _run(args: argparse.Namespace) -> dict:
       result = loglik.evaluate(args.task, model.cfg, model.params, tokenizer, examples, batch_size,
                                contexts=contexts, add_bos=add_bos, max_length=args.max_length)
       summary_keys = ("task", "n", "acc", "acc_norm")
+      if result["truncated"]:
+        print(f"heal-jax eval {args.task}: note: {result['truncated']} of {result['n']} questions' prompts were longer "
+              f"than {loglik.resolve_max_length(model.cfg, args.max_length)} tokens and were left-truncated to fit "
+              "(as lm-evaluation-harness does)", file=sys.stderr)
   if args.output:
     output.write_rows(args.output, result["rows"])
   return {k: result[k] for k in summary_keys}

@@ -244,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
                      help='JSONL of {"id", "text"} conversations; the notes go to --output')
   parser.add_argument("--output", type=pathlib.Path,
                       help="with --conversations: JSONL of notes, the predictions of `eval notes`")
-  parser.add_argument("--batch-size", type=int, default=8, help="with --conversations: notes per batch")
+  parser.add_argument("--batch-size", type=int, help="with --conversations: notes per batch (default 8)")
   parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
   parser.add_argument("--seed", type=int, default=0, help="sampling seed, 0 <= S < 2**32")
   parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy")
@@ -334,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
   if not 0 <= args.seed < 2**32:  # jax.random.PRNGKey keeps 32 bits: 2**32 would draw as 0 does
     return _error(f"--seed must be in [0, 2**32), got {args.seed}")
+  if args.batch_size is not None and args.conversation is not None:
+    return _error("--batch-size goes with --conversations: --conversation writes one note")
+  args.batch_size = 8 if args.batch_size is None else args.batch_size
   if args.batch_size < 1:
     return _error(f"--batch-size must be >= 1, got {args.batch_size}")
   if (args.output is None) != (args.conversation is not None):

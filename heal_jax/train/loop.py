@@ -453,7 +453,8 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
     # A SIGTERM on a phase's last step saves that step and exits before the phase's held-out eval.
     ended = next((p for p in phases if p.end == latest), None) if latest else None
     eval_due = ended is not None and bool(data.heldout or tasks) and _eval_row_missing(workdir, latest)
-    if phase is None and not eval_due:
+    if phase is None and not eval_due:  # (a model of other shapes is an error, as on any resume)
+      checkpointing.check_resumable(mngr, latest, phases_lib.model_config(base_cfg, phases[-1]))
       writer.log(f"all {len(phases)} phases are done (step {start}); nothing to do")
       return {"status": "done", "step": start}
     phase = phase or ended  # all done but the last phase's eval: restore its state to run it
