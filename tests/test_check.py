@@ -21,7 +21,7 @@ BAD_JSONL = b"\n".join([
     b'{"text": "second good one"}',   # 10 valid
 ]) + b"\n"
 BAD_JSONL_PROBLEMS = [
-    {"line": 2, "reason": "malformed JSON: Expecting ',' delimiter at column 24"},
+    {"line": 2, "reason": "malformed JSON: Expecting ',' delimiter (column 24)"},
     {"line": 4, "reason": "missing field text"},
     {"line": 5, "reason": "empty text in field text"},
     {"line": 6, "reason": "invalid UTF-8 (byte 0xe9 at column 14)"},

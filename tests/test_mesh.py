@@ -18,6 +18,8 @@ def test_minus_one_fills_the_remaining_devices():
     mesh_lib.mesh_shape({"data": 3, "fsdp": -1, "tensor": 1}, 8)
   with pytest.raises(mesh_lib.ShardingError, match="at most one axis"):
     mesh_lib.mesh_shape({"data": -1, "fsdp": -1, "tensor": 1}, 8)
+  with pytest.raises(mesh_lib.ShardingError, match="tensor=0; each axis is >= 1, or -1 for the devices left over"):
+    mesh_lib.mesh_shape({"data": 1, "fsdp": 1, "tensor": 0}, 8)
 
 
 def _cfg(**kw):

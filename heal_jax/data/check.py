@@ -232,7 +232,7 @@ def parse_json(text: str) -> tuple[Any, str | None]:
   try:
     return json.loads(text), None
   except json.JSONDecodeError as e:
-    return None, f"malformed JSON: {e.msg} at column {e.colno}"
+    return None, f"malformed JSON: {e.msg} (column {e.colno})"
   except (ValueError, RecursionError) as e:
     return None, f"malformed JSON: {type(e).__name__}: {str(e)[:200]}"
 

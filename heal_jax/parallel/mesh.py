@@ -57,8 +57,12 @@ def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, int, int
   sizes = [int(spec[a]) for a in AXES]
   if sizes.count(-1) > 1:
     raise ShardingError(f"mesh {dict(zip(AXES, sizes))}: at most one axis may be -1")
+  bad = [f"{a}={s}" for a, s in zip(AXES, sizes) if s == 0 or s < -1]
+  if bad:
+    raise ShardingError(f"mesh {dict(zip(AXES, sizes))}: {', '.join(bad)}; each axis is >= 1, or -1 for the "
+                        "devices left over")
   known = int(np.prod([s for s in sizes if s != -1]))
-  if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
+  if num_devices % known:
     raise ShardingError(f"mesh {dict(zip(AXES, sizes))} does not fit {num_devices} devices")
   sizes = [num_devices // known if s == -1 else s for s in sizes]
   if int(np.prod(sizes)) != num_devices:
