@@ -267,6 +267,9 @@ def test_cli_errors_name_the_id_file_and_line(tmp_path, capsys):
   bad.write_text('{"id": "a", "text": "x"}\n\n{"id": "b", "text": \n')
   assert notes.main(["--predictions", str(bad), "--references", ref]) == 2
   assert f"{bad}:3: malformed JSON" in capsys.readouterr().err
+  bad.write_text('{"id": "a", "text": "x"}\n{"id": null, "text": "y"}\n')  # str(None) would match an id 'None'
+  assert notes.main(["--predictions", str(bad), "--references", ref]) == 2
+  assert f'{bad}:2: "id" must be a string or an integer, got null' in capsys.readouterr().err
   empty = tmp_path / "empty.jsonl"
   empty.write_text("\n")
   assert notes.main(["--predictions", str(empty), "--references", ref]) == 2

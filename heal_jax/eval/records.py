@@ -7,6 +7,8 @@ import json
 import pathlib
 from typing import Any
 
+from heal_jax.data import check
+
 
 class InputError(ValueError):
   """A malformed or inconsistent input file; the message names the file and line."""
@@ -41,12 +43,13 @@ def read(path: pathlib.Path) -> list[Record]:
         raise InputError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start})") from None
       if not line.strip():
         continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{n}: malformed JSON: {e}") from e
+      record, reason = check.parse_json(line)
+      if reason is not None:
+        raise InputError(f"{path}:{n}: {reason}")
       if not isinstance(record, dict) or "id" not in record or not isinstance(record.get("text"), str):
         raise InputError(f'{path}:{n}: expected an object with "id" and a string "text"')
+      if isinstance(record["id"], bool) or not isinstance(record["id"], (str, int)):
+        raise InputError(f'{path}:{n}: "id" must be a string or an integer, got {json.dumps(record["id"])[:40]}')
       key = str(record["id"])
       if key in seen:
         raise InputError(f"{path}:{n}: duplicate id {key!r} (first on line {seen[key]})")
