@@ -455,10 +455,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     arms = dict(zip(names, dirs))
   out = args.out or args.workdir / "report"
   try:
+    if out.exists() and not out.is_dir():
+      raise ReportError(f"--out {out}: a file, not a directory")
     path = build_report(args.workdir, out, arms)
-  except (OSError, ReportError) as e:
+  except (OSError, ReportError) as e:  # exit 2 on bad input, as the other commands
     print(f"heal-jax report: error: {e}", file=sys.stderr)
-    return 1
+    return 2
   print(json.dumps({"report": str(path), "plots": plots_of(path)}))
   return 0
 

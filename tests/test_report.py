@@ -125,7 +125,7 @@ def test_phases_resume_and_mfu(tmp_path):
   (workdir / "metrics.jsonl").write_text('{"step": 1, "kind": "train"}\nnot json\n{"step": 2, "kind": "train"}\n')
   with pytest.raises(report.ReportError, match=r"metrics.jsonl:2: malformed"):
     report.build_report(workdir, tmp_path / "out2")
-  assert report.main(["--workdir", str(tmp_path / "missing")]) == 1
+  assert report.main(["--workdir", str(tmp_path / "missing")]) == 2
 
 
 def test_rows_of_an_attempt_a_restart_replaced_are_dropped(tmp_path):
@@ -148,7 +148,7 @@ def test_rows_of_an_attempt_a_restart_replaced_are_dropped(tmp_path):
 
 
 def test_a_missing_work_directory_is_an_error_that_writes_nothing(tmp_path, capsys):
-  assert report.main(["--workdir", str(tmp_path / "typo")]) == 1
+  assert report.main(["--workdir", str(tmp_path / "typo")]) == 2
   assert "typo" in capsys.readouterr().err
   assert not (tmp_path / "typo").exists()
 
@@ -177,8 +177,10 @@ def test_without_config_eval_rows_or_utf8(tmp_path, capsys):
   assert printed["plots"] == _check_pngs(text, out) and "eval_loss.png" not in printed["plots"]
   assert sorted(p.name for p in out.glob("*.png")) == sorted(printed["plots"] + ["mine.png"])
   (workdir / "metrics.jsonl").write_bytes(b'{"step": 1, "kind": "train"}\n{"step": 2, "note": "caf\xe9"}\n')
-  assert report.main(["--workdir", str(workdir)]) == 1
+  assert report.main(["--workdir", str(workdir)]) == 2
   assert f"{workdir / 'metrics.jsonl'}:2: not UTF-8 (byte 0xe9)" in capsys.readouterr().err
+  assert report.main(["--workdir", str(workdir), "--out", str(workdir / "metrics.jsonl")]) == 2
+  assert "a file, not a directory" in capsys.readouterr().err
   (workdir / "metrics.jsonl").write_text('{"step": 1e400, "kind": "train"}\n{"step": 2, "kind": "train"}\n')
   with pytest.raises(report.ReportError, match=r"metrics.jsonl:1: malformed metrics row"):
     report.build_report(workdir, out)
