@@ -355,3 +355,10 @@ def test_a_real_header_with_punctuation_is_listed(tmp_path):
   with pytest.raises(check.FileError, match=r"CSV missing columns: text \(header: ID,  Patient's Age \(years\), "
                      r" Visit date: first\?,  \[Dept\] & Unit,  % Dose\)"):
     list(check.iter_records(path, "document"))
+
+
+def test_a_null_field_is_named_null_not_missing(tmp_path):
+  path = tmp_path / "conv.jsonl"
+  path.write_text('{"conversation": null, "note": "n"}\n{"note": "n"}\n')
+  assert check.check_file(path, "conversation")["problems"] == [
+      {"line": 1, "reason": "field conversation is null"}, {"line": 2, "reason": "missing field conversation"}]

@@ -196,7 +196,7 @@ def _record(obj: Mapping[str, Any], kind: str,
       if ours in optional:
         record[ours] = None
         continue
-      return None, f"missing field {_label(ours, theirs)}"
+      return None, (f"field {_label(ours, theirs)} is null" if theirs in obj else f"missing field {_label(ours, theirs)}")
     if not isinstance(value, str):
       return None, f"field {_label(ours, theirs)} is not a string (got {type(value).__name__})"
     if _SURROGATE.search(value):
