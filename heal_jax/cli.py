@@ -33,10 +33,9 @@ def _convert_orbax_to_hf(args: argparse.Namespace, overrides: list[str]) -> int:
   from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
   summary = hf_convert.orbax_to_hf(args.src, args.dst, max_shard_bytes=int(args.max_shard_gb * 1024**3),
                                    overwrite=args.overwrite, dtype=args.dtype)
-  if "tokenizer.model" not in summary["tokenizer_files"]:
-    print(f"heal-jax convert orbax-to-hf: warning: {args.src} has no tokenizer/tokenizer.model, so {args.dst} has "
-          "weights and configs only (AutoTokenizer cannot load it); copy the model's tokenizer files into it",
-          file=sys.stderr)
+  if not summary["tokenizer_files"]:
+    print(f"heal-jax convert orbax-to-hf: warning: {args.src} has no tokenizer files, so {args.dst} has weights "
+          "and configs only (AutoTokenizer cannot load it); copy the model's tokenizer files into it", file=sys.stderr)
   print(json.dumps(summary))
   return 0
 

@@ -6,6 +6,7 @@ checkpoint and exported to HF; the reference reads the HF export with AutoTokeni
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -262,3 +263,21 @@ def test_perplexity_of_no_texts_is_an_error(tmp_path):
   (tmp_path / "empty.jsonl").write_text("\n")
   with pytest.raises(tasks.DataError, match=f"{tmp_path / 'empty.jsonl'}: no texts"):
     perplexity.read_texts(tmp_path / "empty.jsonl")
+
+
+def test_rows_placed_over_a_mesh_score_as_on_one_device(setup):
+  """batch_sharding (the trainer's hook passes its mesh's): each row of a batch goes to the device the
+  mesh puts it on and its result comes back to its own index, equal to the unplaced scoring."""
+  from heal_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  model, tok, _, _, _ = setup
+  texts = [f"Question: is dose {i} mg of drug {chr(65 + i)} safe for patient {i * 7}?" for i in range(11)]
+  windows = [loglik.harness_window(tok.encode(t)[:-2 - i % 3], tok.encode(t)[-2 - i % 3:], 64)
+             for i, t in enumerate(texts)]
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 4, "tensor": 1}, jax.devices())
+  params = jax.device_put(model.params, mesh_lib.replicated(mesh))
+  placed = loglik.score_windows(model.cfg, params, windows, batch_size=8, buckets=(64,),
+                                batch_sharding=mesh_lib.batch_sharding(mesh))
+  plain = loglik.score_windows(model.cfg, model.params, windows, batch_size=8, buckets=(64,))
+  np.testing.assert_allclose([r[0] for r in placed], [r[0] for r in plain], rtol=1e-5)
+  assert [r[1] for r in placed] == [r[1] for r in plain]
+  assert len({round(r[0], 3) for r in plain}) == len(windows)  # distinct rows: a mix-up would show

@@ -140,7 +140,7 @@ def test_compressed_bom_and_line_separator_files_train_as_their_lines(tmp_path, 
 
 
 @pytest.mark.parametrize("size,message", [(0, "vocab_size 0: at least 260"),
-                                          (261, "vocab_size 261 is too small for this corpus: sentencepiece needs more than")])
+                                          (261, "vocab_size 261 is too small for this corpus: sentencepiece needs at least")])
 def test_a_vocabulary_too_small_is_named_and_writes_nothing(tmp_path, texts, size, message):
   with pytest.raises(ValueError, match=message):
     tok_lib.train_tokenizer(texts + ["\u00e9\u00e8\u00ea\u00eb\u0101\u0113\u012b\u014d\u016b"], tmp_path / "tok", vocab_size=size)

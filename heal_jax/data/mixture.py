@@ -55,7 +55,7 @@ def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) ->
       try:
         pieces = tokenizer_lib.train_tokenizer([corpus / f"{t}.jsonl" for t in ("general", "medical", "clinical")],
                                                staging, vocab_size=config.model.vocab_size).vocab_size
-      except ValueError as e:  # e.g. a vocabulary too small for the corpus's characters
+      except tokenizer_lib.VocabSizeError as e:
         raise ValueError(f"config.model.vocab_size (the size of the tokenizer data.bootstrap trains): {e}") from None
     log(f"trained a {pieces}-piece sentencepiece tokenizer in {tok_dir} on the bundled corpus")
   theirs = sorted(name for name, src in config.data.sources.items()

@@ -50,7 +50,11 @@ _LLAMA_TRAINER_SPEC = dict(
 )
 _VOCAB_CAP = re.compile(r"value <= (\d+)")
 _TOO_FEW_PIECES = re.compile(r"smaller than required_chars\. (\d+) vs (\d+)")
-MIN_VOCAB_SIZE = 260  # the 3 special and 256 byte pieces, and at least one learnt piece
+MIN_VOCAB_SIZE = 260  # with byte fallback: the 3 special and 256 byte pieces, and at least one learnt piece
+
+
+class VocabSizeError(ValueError):
+  """A vocabulary size too small for the corpus (or for byte fallback)."""
 
 
 class Tokenizer:
@@ -247,14 +251,14 @@ def train_tokenizer(texts_or_files: Iterable[str | os.PathLike], out_dir: str | 
   Returns:
     The trained `Tokenizer`, loaded from `out_dir/tokenizer.model`. Same input -> same file bytes.
   """
-  if vocab_size < MIN_VOCAB_SIZE:
-    raise ValueError(f"vocab_size {vocab_size}: at least {MIN_VOCAB_SIZE} (3 special pieces, 256 byte pieces "
-                     "and the corpus's characters)")
+  options = {**_LLAMA_TRAINER_SPEC, "max_sentence_length": max_sentence_length,
+             "num_threads": num_threads or os.cpu_count() or 1, "minloglevel": 2, **overrides}
+  if vocab_size < MIN_VOCAB_SIZE and options.get("byte_fallback"):
+    raise VocabSizeError(f"vocab_size {vocab_size}: at least {MIN_VOCAB_SIZE} (3 special pieces, 256 byte "
+                         "pieces and the corpus's characters)")
   lines = _training_lines(texts_or_files, max_sentence_length)
   if not lines:
     raise ValueError("no training text: every input was empty or blank")
-  options = {**_LLAMA_TRAINER_SPEC, "max_sentence_length": max_sentence_length,
-             "num_threads": num_threads or os.cpu_count() or 1, "minloglevel": 2, **overrides}
 
   def run(size: int) -> bytes:
     model = io.BytesIO()
@@ -267,8 +271,9 @@ def train_tokenizer(texts_or_files: Iterable[str | os.PathLike], out_dir: str | 
   except RuntimeError as e:
     chars = _TOO_FEW_PIECES.search(str(e))
     if chars is not None:  # the corpus has more distinct characters than the vocabulary has room for
-      raise ValueError(f"vocab_size {vocab_size} is too small for this corpus: sentencepiece needs more than "
-                       f"{chars.group(2)} pieces (its distinct characters with the special and byte pieces)") from None
+      raise VocabSizeError(f"vocab_size {vocab_size} is too small for this corpus: sentencepiece needs at least "
+                           f"{chars.group(2)} pieces (its distinct characters with the special and byte "
+                           "pieces)") from None
     cap = _VOCAB_CAP.search(str(e))
     if cap is None or int(cap.group(1)) >= vocab_size:
       raise

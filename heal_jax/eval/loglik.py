@@ -135,7 +135,7 @@ def _device_params(params: Any) -> Any:
 
 def score_windows(cfg: ModelConfig, params: Any, windows: Sequence[Window], batch_size: int = 8,
                   buckets: Sequence[int] | None = None,
-                  batch_sharding: jax.sharding.Sharding | None = None) -> list[tuple[float, bool]]:
+                  batch_sharding: jax.sharding.NamedSharding | None = None) -> list[tuple[float, bool]]:
   """(sum of log-probs of the scored targets, all greedy) per window, in input order.
 
   Args:
@@ -184,7 +184,7 @@ def score_windows(cfg: ModelConfig, params: Any, windows: Sequence[Window], batc
 def score(cfg: ModelConfig, params: Any, tokenizer: TokenizerLike, requests: Sequence[tuple[str, str]],
           batch_size: int = 8, *, add_bos: bool = True, max_length: int | None = None,
           buckets: Sequence[int] | None = None,
-          batch_sharding: jax.sharding.Sharding | None = None) -> list[tuple[float, bool]]:
+          batch_sharding: jax.sharding.NamedSharding | None = None) -> list[tuple[float, bool]]:
   """Harness `loglikelihood`: (sum log p(continuation | context), is greedy) per (context, continuation).
 
   max_length defaults to cfg.max_position_embeddings; buckets to default_buckets(max_length);
@@ -207,7 +207,7 @@ def evaluate(task_name: str, cfg: ModelConfig, params: Any, tokenizer: Tokenizer
              examples: Sequence[tasks_lib.Example], batch_size: int = 8, *,
              contexts: Sequence[str] | None = None, add_bos: bool = True, max_length: int | None = None,
              buckets: Sequence[int] | None = None,
-             batch_sharding: jax.sharding.Sharding | None = None) -> dict[str, Any]:
+             batch_sharding: jax.sharding.NamedSharding | None = None) -> dict[str, Any]:
   """Scores multiple-choice examples; returns {"task", "n", "acc", "acc_norm", "rows", "truncated"}
   (truncated: questions whose prompt was left-truncated to max_length, as the harness cuts it).
 

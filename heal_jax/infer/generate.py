@@ -176,8 +176,8 @@ def generate_batches(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, plan: 
           cfg, size, sampling, tokenizer.eos_id, vocab_limit=tokenizer.vocab_size, max_positions=context)
     rows = [plan.prompts[i] for i in batch]
     rows += [rows[0]] * (width - len(rows))
-    new_tokens = decode.run(programs[cfg, size, sampling], params, rows, seed=(seed + b) % 2**32, eos_id=tokenizer.eos_id,
-                             batch_sharding=batch_sharding)
+    new_tokens = decode.run(programs[cfg, size, sampling], params, rows, seed=(seed + b) % 2**32,
+                            eos_id=tokenizer.eos_id, batch_sharding=batch_sharding)
     notes = []
     for i, tokens in zip(batch, new_tokens):  # each cut at EOS and at its room (decode's max_positions)
       text = tokenizer.decode(tokens)
