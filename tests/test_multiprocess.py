@@ -271,4 +271,5 @@ def test_note_eval_and_sample_note_run_in_two_processes(data_root, tmp_path):
   loaded = restore.load_model(workdir)
   direct = note_eval.evaluate(loaded.cfg, jax.device_put(loaded.params), data, 3, 6, 1, lambda m: None)
   assert {k: logged[k] for k in direct} == pytest.approx(direct, abs=1e-9)
-  assert summary["sample_note"] == note_eval.sample_note(workdir, data, 6, lambda m: None)
+  assert summary["sample_note"] == note_eval.sample_note(loaded.cfg, jax.device_put(loaded.params), data, 6,
+                                                        lambda m: None)

@@ -490,9 +490,12 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
         return {"status": "preempted", "step": int(state.step)}
     summary = {"status": "done", "step": int(state.step), "skipped": int(state.skipped)}
     mngr.wait_until_finished()
-    if config.eval.sample_note_tokens > 0:  # every process writes it on its own first device
+    if config.eval.sample_note_tokens > 0:  # from the trained parameters where they are, on every process
       from heal_jax.train import note_eval  # pylint: disable=import-outside-toplevel
-      summary["sample_note"] = note_eval.sample_note(workdir, run.data, config.eval.sample_note_tokens, writer.log)
+      with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
+        summary["sample_note"] = note_eval.sample_note(
+            phases_lib.model_config(base_cfg, phases[-1]), state.params, run.data, config.eval.sample_note_tokens,
+            writer.log, mesh.shape["data"] * mesh.shape["fsdp"], mesh_lib.batch_sharding(mesh))
     return summary
   finally:
     mngr.wait_until_finished()

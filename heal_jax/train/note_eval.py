@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-import pathlib
 from typing import Any
 
 import numpy as np
 
-from heal_jax.checkpoint import restore
 from heal_jax.data import mixture, pipeline
 from heal_jax.eval import notes as notes_lib
 from heal_jax.infer import decode, generate
@@ -98,9 +96,13 @@ def evaluate(cfg: ModelConfig, params: Any, data: mixture.RunData, count: int, m
   return out
 
 
-def sample_note(workdir: pathlib.Path, data: mixture.RunData, max_new_tokens: int,
-                log: Callable[[str], None]) -> dict[str, Any] | None:
-  """A note written greedily by the trained model from a held-out conversation (None if there is none).
+def sample_note(cfg: ModelConfig, params: Any, data: mixture.RunData, max_new_tokens: int,
+                log: Callable[[str], None], batch_devices: int = 1,
+                batch_sharding: Any = None) -> dict[str, Any] | None:
+  """A note written greedily by the model `params` (`Llama(cfg)`'s tree, where the trainer holds it:
+  sharded under its mesh, so no second copy is loaded) from a held-out conversation (None if there is
+  none). The prompt fills `batch_devices` rows placed by `batch_sharding` (the mesh's; needed in
+  multi-process runs, where every process makes the same call).
 
   The conversation is the newest held-out example (`data.heldout`; without a holdout, the last
   example) of the conversation sources, in name order, whose prompt leaves room for `max_new_tokens`
@@ -112,9 +114,8 @@ def sample_note(workdir: pathlib.Path, data: mixture.RunData, max_new_tokens: in
   conv = [name for name in sorted(data.kinds) if data.kinds[name] == "conversation"]
   if not conv:
     return None
-  loaded = restore.load_model(workdir, dtype="float32", scan_layers=False)
   tok = data.tokenizer
-  context = loaded.cfg.max_position_embeddings
+  context = cfg.max_position_embeddings
   candidates = []  # (source name, prompt ids), newest first within each source
   for name in conv:
     held = data.heldout.get(name) or pipeline.Slice(data.train[name], len(data.train[name]) - 1,
@@ -129,8 +130,8 @@ def sample_note(workdir: pathlib.Path, data: mixture.RunData, max_new_tokens: in
     return None
   name, ids = next((c for c in fitting if len(c[1]) + max_new_tokens <= context), min(fitting, key=lambda c: len(c[1])))
   new_tokens = min(max_new_tokens, context - len(ids))
-  new = decode.generate(loaded.cfg, loaded.params, [ids], max_new_tokens=new_tokens, eos_id=tok.eos_id,
-                        vocab_limit=tok.vocab_size)[0]
+  program = decode.make_generate_fn(cfg, new_tokens, eos_id=tok.eos_id, vocab_limit=tok.vocab_size)
+  new = decode.run(program, params, [ids] * batch_devices, eos_id=tok.eos_id, batch_sharding=batch_sharding)[0]
   note = tok.decode(new).strip()
   log(f"sample note from held-out conversation of {name!r} ({len(ids)} prompt tokens, at most {new_tokens} new; "
       f"the model has {context} positions), greedy:\n{note}")
