@@ -37,6 +37,29 @@ def xla_attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Arr
   return out_BxLxKxGxD.reshape(b, l, h, d).astype(q_BxLxHxD.dtype)
 
 
+XLA_BLOCK = 256  # query rows per block of `_xla_blocks`
+
+
+def _xla_blocks(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
+                mask_BxLxS: jax.Array) -> jax.Array:
+  """`xla_attention` of the self-attention of a sequence (L == S), one block of XLA_BLOCK query rows
+  at a time against the keys up to the block's end: the keys after it are masked for every row of
+  the block (a query never sees a later slot: within a document index order is slot order, and
+  other documents are masked), so their scores, half of the work at long L, are never computed.
+  The Pallas kernels skip the same blocks. Each real token's result is the full computation's
+  (padding, segment id 0, may see fewer keys; no loss or score reads it); shorter sequences, and
+  queries against a cache, take one block."""
+  l, s = q_BxLxHxD.shape[1], k_BxSxKxD.shape[1]
+  if l != s or l <= XLA_BLOCK:
+    return xla_attention(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxLxS)
+  outs = []
+  for start in range(0, l, XLA_BLOCK):
+    end = min(start + XLA_BLOCK, l)
+    outs.append(xla_attention(q_BxLxHxD[:, start:end], k_BxSxKxD[:, :end], v_BxSxKxD[:, :end],
+                              mask_BxLxS[:, start:end, :end]))
+  return jnp.concatenate(outs, axis=1)
+
+
 def cached_attention(q_BxLxHxD: jax.Array, k_BxKxDxS: jax.Array, v_BxKxSxD: jax.Array,
                      mask_BxLxS: jax.Array) -> jax.Array:
   """`xla_attention` over a KV cache stored heads-major, keys transposed (the decode layout).
@@ -108,7 +131,7 @@ def attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array, 
   impl = resolve_impl(impl)
   if impl == "xla":
     mask = make_mask(q_segment_ids_BxL, kv_segment_ids_BxS, q_index_BxL, kv_index_BxS)
-    return xla_attention(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, mask)
+    return _xla_blocks(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, mask)
   if impl == "cudnn":
     if packed:
       raise ValueError("attention_impl='cudnn' cannot honour segment ids of packed rows;"
