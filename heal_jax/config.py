@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import json
 import math
 import pathlib
 import traceback
@@ -281,6 +282,26 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
   for key in _ABOVE_ZERO:
     if key in values and values[key] <= 0:
       raise ConfigError(f"config.{key}={values[key]}: must be > 0")
+
+
+_ABSENT = object()
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(node, dict):
+    return {prefix.rstrip("."): node}
+  return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """`config.KEY: saved X, now Y` for each field where `config` differs from `saved` (a config in its
+  JSON form, as checkpoints keep it), sorted by key; a field only one side has is `absent` on the
+  other (a config saved by another version of heal-jax)."""
+  old, now = _flat(saved), _flat(json.loads(config.to_json()))
+  def shown(side: dict[str, Any], key: str) -> str:
+    return repr(side[key]) if key in side else "absent"
+  return [f"config.{key}: saved {shown(old, key)}, now {shown(now, key)}"
+          for key in sorted(old.keys() | now.keys()) if old.get(key, _ABSENT) != now.get(key, _ABSENT)]
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:

@@ -1,5 +1,6 @@
 """Config files, command-line overrides, and the HF config mapping."""
 
+import json
 import pathlib
 
 import pytest
@@ -180,3 +181,18 @@ def test_a_config_file_value_of_the_wrong_type_or_a_missing_field_names_the_key(
                   "  return c\n")
   with pytest.raises(config_lib.ConfigError, match=f"config file {path}: {message}"):
     config_lib.load_config(str(path))
+
+
+def test_differences_name_each_changed_field_against_the_saved_json():
+  config = config_lib.load_config(str(CONFIGS / "tiny.py"), ["--config.seed=3", "--config.phases.pretrain.steps=7"])
+  saved = json.loads(config_lib.load_config(str(CONFIGS / "tiny.py")).to_json())
+  assert config_lib.differences(saved, config) == [
+      f"config.phases.pretrain.steps: saved {saved['phases']['pretrain']['steps']}, now 7",
+      f"config.seed: saved {saved['seed']}, now 3"]
+  saved["retired_field"] = 1  # saved by another version
+  del saved["eval"]["batches"]
+  assert config_lib.differences(saved, config) == [
+      f"config.eval.batches: saved absent, now {config.eval.batches!r}",
+      "config.phases.pretrain.steps: saved 150, now 7",
+      "config.retired_field: saved 1, now absent", "config.seed: saved 0, now 3"]
+  assert config_lib.differences(json.loads(config.to_json()), config) == []

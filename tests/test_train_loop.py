@@ -525,9 +525,11 @@ def test_a_resume_keeps_the_phases_that_already_ran(data_root, tmp_path, capsys)
   config_json = (workdir / "config.json").read_text()
   capsys.readouterr()
   loop.train(train_helpers.load(data_root, 2, two), workdir)  # extend grows from 1 to 3 steps: allowed
+  err = capsys.readouterr().err
   found = re.search(r"phase extend now has 3 steps \(saved with 1, 1 of them run\): its learning-rate schedule is "
-                    r"recomputed over 3 steps, so the rate at step 3 is ([0-9.e+-]+) \(it was ([0-9.e+-]+)\)",
-                    capsys.readouterr().err)
+                    r"recomputed over 3 steps, so the rate at step 3 is ([0-9.e+-]+) \(it was ([0-9.e+-]+)\)", err)
+  assert ("resumed from step 3 (phase extend) with a config changed since then: config.phases.extend.steps: saved 1, "
+          "now 3 (the saved parameters") in err
   assert found and float(found.group(1)) > float(found.group(2))  # the decay ended at step 3; stretched, it rises
   assert restore.load_model(workdir).source.endswith("step 5")
   assert config_json != (workdir / "config.json").read_text()  # rewritten by the allowed resume only
@@ -593,7 +595,12 @@ def test_a_phase_end_eval_that_did_not_run_runs_on_resume(data_root, tmp_path, c
   assert all(abs(again[0][k] - expected[0][k]) < 1e-6 for k in expected[0] if k.startswith("loss/"))
   capsys.readouterr()
   assert loop.train(train_helpers.load(data_root, 2, evals), workdir)["status"] == "done"  # nothing left to do
-  assert "nothing to do" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "nothing to do" in err and "not the run's" not in err
+  # another seed does not retrain a finished run; the log says the config was not used, and how to use it
+  assert loop.train(train_helpers.load(data_root, 2, evals + ("--config.seed=7",)), workdir)["status"] == "done"
+  assert (f"nothing to do, and this config is not the run's (config.seed: saved 0, now 7): to train with it, use a "
+          f"new --workdir (--config.init_from={workdir} starts from this run)") in capsys.readouterr().err
   # a finished run given another model is refused as a resume would be, not reported done
   from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
   with pytest.raises(CheckpointError, match=r"holds a different model: model.num_layers: saved 2, now 3"):

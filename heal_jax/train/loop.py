@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import json
 import pathlib
-import signal
 import sys
 import time
 from typing import Any, Callable
@@ -29,7 +28,7 @@ from heal_jax.model.config import ModelConfig
 from heal_jax.parallel import mesh as mesh_lib
 from heal_jax.train import checkpointing, init as init_lib, metrics as metrics_lib
 from heal_jax.train import optimizer as optimizer_lib, phases as phases_lib, state as state_lib, step as step_lib
-from heal_jax.train import profiling, setup, workdir_lock
+from heal_jax.train import preemption, profiling, setup, workdir_lock
 
 
 class Process0Failed(RuntimeError):
@@ -38,39 +37,6 @@ class Process0Failed(RuntimeError):
 
 class TrainingHalted(RuntimeError):
   """Too many consecutive non-finite steps; the newest checkpoint is the last good state."""
-
-
-class _Preemption:
-  """SIGTERM as a decision every process takes at the same step.
-
-  One process: a Python signal handler sets a flag the loop checks after every step. Several
-  processes: jax.distributed's preemption sync manager (which owns SIGTERM there) agrees on the
-  first step all processes can stop at, so every process saves the same step.
-  """
-
-  def __init__(self):
-    self._flag = False
-    self._multi = jax.process_count() > 1
-    self._previous = None
-    if not self._multi:
-      try:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-      except ValueError:  # not the main thread
-        pass
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self._flag = True
-
-  def reached(self, step: int) -> bool:
-    """Call once per step on every process; True at the step to save and stop at."""
-    if self._multi:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._flag
-
-  def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding, global_rows: int) -> dict[str, jax.Array]:
@@ -88,7 +54,7 @@ class _Run:
   source_names: list[str]
   mngr: Any
   writer: metrics_lib.MetricWriter
-  preempt: _Preemption
+  preempt: preemption.Preemption
   base_cfg: ModelConfig
   task_examples: dict[str, list]  # config.eval.tasks, read once at start
   phases: list[phases_lib.Phase]
@@ -433,10 +399,12 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
     writer.log("note eval (config.eval.note_examples) will not run: it runs in instruction-tuning phases only")
   mngr = checkpointing.manager(workdir, config.checkpoint.keep, config.checkpoint.keep_period,
                                config.checkpoint.async_save)
-  run = _Run(config, workdir, mesh, data, sorted(data.train), mngr, writer, _Preemption(), base_cfg, tasks, phases)
+  run = _Run(config, workdir, mesh, data, sorted(data.train), mngr, writer, preemption.Preemption(), base_cfg, tasks,
+             phases)
   try:
     latest = mngr.latest_step()
     writer.restart_at(latest or 0)
+    changed = []  # config fields that differ from the newest checkpoint's
     if latest is not None:
       try:
         saved_config = checkpointing.restore_meta(mngr, latest).get("config")
@@ -448,6 +416,7 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
         resized = phases_lib.resized_note(saved_phases, phases, latest)
         if resized:
           writer.log(resized)
+        changed = config_lib.differences(saved_config, config)
     start = latest or 0
     phase = phases_lib.phase_at(phases, start)
     # A SIGTERM on a phase's last step saves that step and exits before the phase's held-out eval.
@@ -455,7 +424,9 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
     eval_due = ended is not None and bool(data.heldout or tasks) and _eval_row_missing(workdir, latest)
     if phase is None and not eval_due:  # (a model of other shapes is an error, as on any resume)
       checkpointing.check_resumable(mngr, latest, phases_lib.model_config(base_cfg, phases[-1]))
-      writer.log(f"all {len(phases)} phases are done (step {start}); nothing to do")
+      writer.log(f"all {len(phases)} phases are done (step {start}); nothing to do" + (
+          f", and this config is not the run's ({'; '.join(changed)}): to train with it, use a new --workdir "
+          f"(--config.init_from={workdir} starts from this run)" if changed else ""))
       return {"status": "done", "step": start}
     phase = phase or ended  # all done but the last phase's eval: restore its state to run it
     cfg = phases_lib.model_config(base_cfg, phase)
@@ -469,7 +440,9 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, st_shard)
         checkpointing.check_resumable(mngr, latest, cfg)
         state = checkpointing.restore_state(mngr, latest, target)
-        writer.log(f"resumed from step {latest} (phase {phase.name})")
+        writer.log(f"resumed from step {latest} (phase {phase.name})" + (
+            f" with a config changed since then: {'; '.join(changed)} (the saved parameters, optimizer state, RNG "
+            "and data position stand; config.seed and config.init_from act only at a fresh start)" if changed else ""))
         if eval_due:
           writer.log(f"phase {ended.name}'s held-out eval at step {latest} did not run (stopped first); running it")
           with nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
