@@ -95,6 +95,9 @@ def test_a_changed_bit_in_a_saved_state_is_refused_by_every_reader(tmp_path_fact
     loop.train(longer, workdir)
   with pytest.raises(CheckpointError, match=r"checkpoints/2 \(params\): params/embed/embedding differ"):
     restore.load_model(workdir)  # as eval, generate and export read it
+  from heal_jax.infer import placement  # pylint: disable=import-outside-toplevel
+  with pytest.raises(CheckpointError, match=r"checkpoints/2 \(params\): params/embed/embedding differ"):
+    placement.load(str(workdir), "fsdp=2,tensor=4", "bfloat16")  # checked before the cast, tensor by tensor
   init = train_helpers.load(data_root, 1, (f"--config.init_from={workdir}",))
   with pytest.raises(CheckpointError, match=r"checkpoints/2 \(params\): params/embed/embedding differ.*"
                      r"or point init_from elsewhere$"):

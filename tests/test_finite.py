@@ -77,3 +77,6 @@ def test_a_resume_from_a_step_with_nan_names_it_and_the_step_before(tmp_path_fac
     loop.train(longer, workdir)
   with pytest.raises(CheckpointError, match=r"checkpoints/2 \(params\) holds NaN/Inf"):
     restore.load_model(workdir)  # as eval, generate and export read it
+  from heal_jax.infer import placement  # pylint: disable=import-outside-toplevel
+  with pytest.raises(CheckpointError, match=r"checkpoints/2 \(params\) holds NaN/Inf in embed/embedding \(1 of "):
+    placement.load(str(workdir), "fsdp=2,tensor=4")  # eval and generate with --mesh: tensor by tensor

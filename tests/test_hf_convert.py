@@ -440,6 +440,9 @@ def test_a_flipped_bit_in_a_converted_checkpoint_is_named(tmp_path, capsys):
   data.write_bytes(bytes(raw))
   with pytest.raises(CheckpointError, match=r"/params: tensor \S+ does not match its CRC-32 in heal_checkpoint.json"):
     restore.load_model(ck)
+  from heal_jax.infer import placement  # pylint: disable=import-outside-toplevel
+  with pytest.raises(CheckpointError, match=r"/params: tensor \S+ does not match its CRC-32 in heal_checkpoint.json"):
+    placement.load(str(ck), "fsdp=2,tensor=4")  # read tensor by tensor onto a mesh: the same check
   assert cli.main(["convert", "orbax-to-hf", str(ck), str(tmp_path / "hf")]) == 2
   assert "does not match its CRC-32" in capsys.readouterr().err
   _assert_no_output(tmp_path / "hf")
@@ -449,6 +452,8 @@ def test_a_flipped_bit_in_a_converted_checkpoint_is_named(tmp_path, capsys):
   (ck / params_store.MANIFEST).write_text(json.dumps(manifest))
   with pytest.raises(CheckpointError, match=r"heal_checkpoint.json: no CRC-32 for tensor lm_head/kernel"):
     restore.load_model(ck)
+  with pytest.raises(CheckpointError, match=r"heal_checkpoint.json: no CRC-32 for tensor lm_head/kernel"):
+    placement.load(str(ck), "fsdp=2,tensor=4")
 
 
 def test_export_writes_the_tokenizers_special_ids_and_keeps_a_chat_template(tmp_path, tokenizer_dir):

@@ -27,6 +27,7 @@ import shutil
 import zlib
 from typing import Any, Iterator
 
+import jax
 import numpy as np
 
 from heal_jax import atomic_dir
@@ -244,6 +245,28 @@ def load_params(ckpt_dir: pathlib.Path, cfg: ModelConfig, dtype: Any = None) -> 
   finite.require_finite(params, str(ckpt_dir))
   if cfg.scan_layers:
     params = hf_mapping.stack_layers(params, cfg.num_layers)
+  return params
+
+
+def params_placed(ckpt_dir: pathlib.Path, cfg: ModelConfig, shardings: dict[str, Any], dtype: Any = None
+                  ) -> dict[str, Any]:
+  """The parameter tree (unscanned: `cfg.scan_layers` must be False) read one tensor at a time, each
+  checked against its CRC-32, cast to `dtype`, checked for NaN/Inf and placed by `shardings` (same
+  tree) before the next is read: host memory holds one tensor, not the model."""
+  if cfg.scan_layers:
+    raise ValueError(f"{ckpt_dir}: a converted checkpoint is read onto devices per layer (scan_layers=False)")
+  manifest = read_manifest(ckpt_dir)
+  check_params(ckpt_dir, cfg)
+  params: dict[str, Any] = {}
+  for spec in hf_mapping.tensor_specs(cfg):
+    x = read_tensor(ckpt_dir, spec.path, manifest)
+    if dtype is not None:
+      x = x.astype(dtype)
+    one: dict[str, Any] = {}
+    hf_mapping.set_path(one, spec.path, x)
+    finite.require_finite(one, str(ckpt_dir))
+    hf_mapping.set_path(params, spec.path, jax.device_put(x, hf_mapping.get_path(shardings, spec.path)))
+    del x, one
   return params
 
 

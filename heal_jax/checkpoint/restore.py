@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 from heal_jax.checkpoint import params_store
 from heal_jax.checkpoint.errors import CheckpointError
@@ -23,8 +23,8 @@ WORKDIR_TOKENIZER = "tokenizer"
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-  """Model config, parameters (numpy as loaded, unscanned unless `cfg.scan_layers`; `infer.placement`
-  puts them on devices) and tokenizer location.
+  """Model config, parameters (numpy as loaded, or jax arrays read onto devices by `infer.placement`;
+  unscanned unless `cfg.scan_layers`) and tokenizer location.
 
   add_bos: whether the tokenizer's config asks for BOS (LLaMA's does); evaluation follows it.
   weights_digest: a SHA-256 of the checksums stored with the weights (a converted checkpoint's CRC-32s,
@@ -95,12 +95,17 @@ def is_workdir(path: pathlib.Path) -> bool:
   return workdir_and_step(path) is not None
 
 
-def load_model(path: str | pathlib.Path, dtype: Any = None, **cfg_overrides: Any) -> LoadedModel:
+def load_model(path: str | pathlib.Path, dtype: Any = None,
+               shardings_for: Callable[[ModelConfig], Any] | None = None, **cfg_overrides: Any) -> LoadedModel:
   """Loads a converted checkpoint, a work directory's newest checkpoint or one of its steps.
 
   Args:
     path: checkpoint, work directory, or a step of it (WORKDIR/checkpoints/N).
     dtype: cast parameters (e.g. "float32"); None keeps the stored dtype.
+    shardings_for: None: numpy parameters, the whole model in host memory. Else a function of the
+      model config giving the parameters' shardings (`infer.placement`): each tensor is read straight
+      onto its devices, checked as above, and the host never holds the whole model. A converted
+      checkpoint is then read per layer (scan_layers=False), a work directory in its stored layout.
     cfg_overrides: ModelConfig fields to change for inference (e.g. attention_impl, compute_dtype,
       scan_layers=False); shapes cannot change.
   Raises CheckpointError naming the directory when neither layout is found or the data is damaged.
@@ -109,7 +114,11 @@ def load_model(path: str | pathlib.Path, dtype: Any = None, **cfg_overrides: Any
   if (path / params_store.MANIFEST).is_file():
     cfg = params_store.model_config(path).replace(**cfg_overrides)
     tok = _tokenizer_dir(path, cfg)  # before the weights: a mismatch is reported at once
-    params = params_store.load_params(path, cfg, dtype)
+    if shardings_for is None:
+      params = params_store.load_params(path, cfg, dtype)
+    else:
+      cfg = cfg.replace(scan_layers=False)
+      params = params_store.params_placed(path, cfg, shardings_for(cfg), dtype)
     crc = params_store.read_manifest(path).get("crc32")
     digest = hashlib.sha256(json.dumps(crc, sort_keys=True).encode()).hexdigest() if crc else None
     return LoadedModel(cfg, params, tok, _add_bos(tok), str(path), digest)
@@ -117,7 +126,8 @@ def load_model(path: str | pathlib.Path, dtype: Any = None, **cfg_overrides: Any
   if found is not None:
     from heal_jax.checkpoint import workdir_restore  # pylint: disable=import-outside-toplevel
     workdir, step = found
-    cfg, params, step, digest = workdir_restore.newest_params(workdir, dtype, step=step, **cfg_overrides)
+    cfg, params, step, digest = workdir_restore.newest_params(workdir, dtype, step=step, shardings_for=shardings_for,
+                                                              **cfg_overrides)
     tok = _tokenizer_dir(workdir, cfg)
     return LoadedModel(cfg, params, tok, _add_bos(tok), f"{workdir} step {step}", digest)
   raise CheckpointError(f"{path}: neither a converted checkpoint ({params_store.MANIFEST}), a training work "

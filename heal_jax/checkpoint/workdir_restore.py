@@ -8,7 +8,7 @@ import json
 import logging
 import pathlib
 import time
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import numpy as np
@@ -89,21 +89,30 @@ def newest_step(workdir: pathlib.Path, step: int | None = None) -> StoredStep:
   return StoredStep(cfg, state_dir, int(step), meta.get("fingerprints"))
 
 
-def _restore_params(state_dir: pathlib.Path, make_args) -> dict:
-  """The `params` subtree of a train-state checkpoint; make_args(metadata tree) -> RestoreArgs tree."""
+def _params_meta(state_dir: pathlib.Path) -> Any:
+  """The metadata tree (shapes, dtypes) of a train-state checkpoint's `params`."""
   with errors.reading(str(state_dir.parent), f"if a file of it is truncated or missing, {_GO_BACK}"):
     # The handler's metadata: the item directory has no step-level _CHECKPOINT_METADATA to look for.
     handler = ocp.PyTreeCheckpointHandler()
     try:
-      params_meta = handler.metadata(state_dir).tree["params"]
+      return handler.metadata(state_dir).tree["params"]
     finally:
       handler.close()
-    with ocp.PyTreeCheckpointer() as ckpt:
-      item = {"params": jax.tree.map(lambda _: 0, params_meta)}
-      restore_args = {"params": make_args(params_meta)}
-      restored = ckpt.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
-                                                                     partial_restore=True))
-  return restored["params"]
+
+
+def _read_params(state_dir: pathlib.Path, item: Any, restore_args: Any) -> dict:
+  """The leaves of the `params` subtree named by `item` (a tree of 0s), read as `restore_args` say."""
+  with errors.reading(str(state_dir.parent), f"if a file of it is truncated or missing, {_GO_BACK}"), \
+      ocp.PyTreeCheckpointer() as ckpt:
+    return ckpt.restore(state_dir, args=ocp.args.PyTreeRestore(item={"params": item},
+                                                               restore_args={"params": restore_args},
+                                                               partial_restore=True))["params"]
+
+
+def _restore_params(state_dir: pathlib.Path, make_args) -> dict:
+  """The `params` subtree of a train-state checkpoint; make_args(metadata tree) -> RestoreArgs tree."""
+  params_meta = _params_meta(state_dir)
+  return _read_params(state_dir, jax.tree.map(lambda _: 0, params_meta), make_args(params_meta))
 
 
 def params_sharded(stored: StoredStep, shardings: Any, dtype: Any) -> dict:
@@ -122,14 +131,46 @@ def params_sharded(stored: StoredStep, shardings: Any, dtype: Any) -> dict:
   return params
 
 
+def params_placed(stored: StoredStep, shardings_for: Callable[[ModelConfig], Any], dtype: Any) -> dict:
+  """The params of a step (see `newest_step`) read straight onto devices, one tensor at a time:
+  `shardings_for(stored.cfg)` places each (a tree in the checkpoint's own layout, scanned or not);
+  orbax reads each device's blocks in the stored dtype, which are checked against the step's
+  fingerprints and for NaN/Inf, then cast to `dtype`. Device memory peaks at the cast model plus one
+  stored tensor; host memory holds no whole tensor."""
+  state_dir, where = stored.state_dir, f"{stored.state_dir.parent} (params)"
+  shardings = shardings_for(stored.cfg)
+  params_meta = _params_meta(state_dir)
+  if jax.tree.structure(params_meta) != jax.tree.structure(shardings):
+    raise CheckpointError(f"{state_dir}: stored parameters do not match the model's parameter tree")
+  params: dict[str, Any] = {}
+  for path, meta in hf_mapping.iter_paths(params_meta):
+    item, args = {}, {}
+    hf_mapping.set_path(item, path, 0)
+    hf_mapping.set_path(args, path, ocp.ArrayRestoreArgs(sharding=hf_mapping.get_path(shardings, path),
+                                                         dtype=meta.dtype))
+    one = _read_params(state_dir, item, args)  # this tensor alone, named by its path as in the whole tree
+    finite.require_finite(one, where, f"{_GO_BACK}, or export an earlier run")
+    fingerprint.require_match(one, stored.fingerprints, where, "params/", f"{_GO_BACK}, or export an earlier run")
+    x = hf_mapping.get_path(one, path)
+    if dtype is not None and np.dtype(x.dtype) != np.dtype(dtype):
+      x = x.astype(dtype)
+      hf_mapping.set_path(one, path, x)
+      finite.require_finite(one, f"{where} read as {np.dtype(dtype).name}", "read it in a wider --dtype")
+    hf_mapping.set_path(params, path, x)
+  return params
+
+
 _RETRIES = 3  # reads of the newest step that a running trainer may remove (checkpoint.keep) meanwhile
 
 
 def newest_params(workdir: pathlib.Path, dtype: Any = None, step: int | None = None,
+                  shardings_for: Callable[[ModelConfig], Any] | None = None,
                   **cfg_overrides: Any) -> tuple[ModelConfig, dict, int, str | None]:
-  """(model config of the checkpoint's phase, numpy params, step, weights digest) of the newest
-  completed step, or of the completed step `step`. The digest is a SHA-256 of the params'
-  fingerprints saved with the step (checked against what was read; None for steps saved without).
+  """(model config of the checkpoint's phase, params, step, weights digest) of the newest completed
+  step, or of the completed step `step`. The digest is a SHA-256 of the params' fingerprints saved
+  with the step (checked against what was read; None for steps saved without). The params are numpy
+  arrays, or with `shardings_for` jax arrays read straight onto devices (`params_placed`; the stored
+  layout, scanned or not, is kept).
 
   A trainer may be running in `workdir`: the newest step can be removed (its `checkpoint.keep` is
   reached) while it is read. A failed read of the newest step is retried on the new newest, up to
@@ -139,7 +180,7 @@ def newest_params(workdir: pathlib.Path, dtype: Any = None, step: int | None = N
   for attempt in range(1, _RETRIES + 1):
     picked = (completed_steps(workdir) or [None])[-1] if step is None else None
     try:
-      return _params_of_step(workdir, dtype, step, cfg_overrides)
+      return _params_of_step(workdir, dtype, step, shardings_for, cfg_overrides)
     except Exception:  # pylint: disable=broad-except  # re-raised unless the step read was removed meanwhile
       if picked is None or attempt == _RETRIES:
         raise
@@ -149,9 +190,14 @@ def newest_params(workdir: pathlib.Path, dtype: Any = None, step: int | None = N
   raise AssertionError("unreachable")
 
 
-def _params_of_step(workdir: pathlib.Path, dtype: Any, step: int | None,
+def _params_of_step(workdir: pathlib.Path, dtype: Any, step: int | None, shardings_for: Any,
                     cfg_overrides: dict[str, Any]) -> tuple[ModelConfig, dict, int, str | None]:
-  cfg, state_dir, step, saved = newest_step(workdir, step)
+  stored = newest_step(workdir, step)
+  cfg, state_dir, step, saved = stored
+  if shardings_for is not None:
+    if cfg_overrides.get("scan_layers", cfg.scan_layers) != cfg.scan_layers:
+      raise ValueError(f"{state_dir.parent}: read onto devices in its stored layout (scan_layers={cfg.scan_layers})")
+    return cfg.replace(**cfg_overrides), params_placed(stored, shardings_for, dtype), step, _digest(saved)
   params = _restore_params(
       state_dir, lambda meta: jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta))
   params = _to_numpy(params, None)
@@ -163,11 +209,14 @@ def _params_of_step(workdir: pathlib.Path, dtype: Any, step: int | None,
     params = hf_mapping.unstack_layers(params, cfg.num_layers)
   elif not cfg.scan_layers and cfg_overrides.get("scan_layers", False):
     params = hf_mapping.stack_layers(params, cfg.num_layers)
-  digest = None
-  if saved:
-    digest = hashlib.sha256(json.dumps({k: v for k, v in saved.items() if k.startswith("params/")},
-                                       sort_keys=True).encode()).hexdigest()
-  return cfg.replace(**cfg_overrides), params, step, digest
+  return cfg.replace(**cfg_overrides), params, step, _digest(saved)
+
+
+def _digest(saved: dict[str, Any] | None) -> str | None:
+  if not saved:
+    return None
+  return hashlib.sha256(json.dumps({k: v for k, v in saved.items() if k.startswith("params/")},
+                                   sort_keys=True).encode()).hexdigest()
 
 
 def _to_numpy(tree: Any, dtype: Any) -> Any:

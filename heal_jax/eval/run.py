@@ -51,7 +51,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> dict:
   # Imported here so that `--help` and argument errors stay fast.
-  from heal_jax.checkpoint.restore import load_model  # pylint: disable=import-outside-toplevel
   from heal_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from heal_jax.eval import loglik, output, perplexity, tasks  # pylint: disable=import-outside-toplevel
   from heal_jax.infer import placement  # pylint: disable=import-outside-toplevel
@@ -80,7 +79,7 @@ def _run(args: argparse.Namespace) -> dict:
   overrides = {"remat_policy": "none"}
   if args.dtype:
     overrides["compute_dtype"] = args.dtype
-  model = load_model(args.checkpoint, args.dtype, **overrides)
+  model = placement.load(args.checkpoint, args.mesh, args.dtype, **overrides)  # onto the mesh's devices
   print(f"heal-jax eval {args.task}: scoring {model.source}", file=sys.stderr)  # which step of a work directory
   if model.tokenizer_dir is None:
     raise ValueError(f"{args.checkpoint}: no tokenizer/ directory with tokenizer.model")

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import jax
 
 from heal_jax.checkpoint.errors import CheckpointError
-from heal_jax.checkpoint.restore import LoadedModel, load_model
+from heal_jax.checkpoint.restore import LoadedModel
 from heal_jax.data import templates
 from heal_jax.data.tokenizer import Tokenizer
 from heal_jax.infer import decode, placement
@@ -260,7 +260,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
-  return load_model(args.checkpoint, args.dtype, **({"compute_dtype": args.dtype} if args.dtype else {}))
+  return placement.load(args.checkpoint, args.mesh, args.dtype,
+                        **({"compute_dtype": args.dtype} if args.dtype else {}))
 
 
 def _error(message: str) -> int:
@@ -302,7 +303,7 @@ def _notes_of_file(args: argparse.Namespace, sampling: Sampling) -> int:
       loaded = _load(args)
       print(f"heal-jax generate: model {loaded.source}; {len(rows)} conversations from {args.conversations}",
             file=sys.stderr)
-      loaded = dataclasses.replace(loaded, weights_digest=note_file.weights_digest(loaded))  # on the host
+      loaded = dataclasses.replace(loaded, weights_digest=note_file.weights_digest(loaded))  # stored checksums, or sums
       with placement.placed(loaded, args.mesh) as loaded:
         counts = note_file.write_notes(
             loaded, rows, args.output, conversations=args.conversations, max_new_tokens=args.max_new_tokens,

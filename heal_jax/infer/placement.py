@@ -7,8 +7,9 @@ split over the devices (tensor parallelism within a host is the fast choice for 
 batch are split over data x fsdp: batches take a multiple of data x fsdp rows. The axes not named are
 1; one axis may be -1 and takes the devices left over; the mesh must use every device of the process.
 A mesh with fsdp or tensor above 1 that would leave a large parameter whole on every device (40 heads
-on tensor=16) is refused, as the trainer refuses it. One process only. The weights are read whole
-into host memory first, then placed; the host copy is dropped once they are.
+on tensor=16) is refused, as the trainer refuses it. One process only. `load` reads each tensor straight
+onto its devices (a 70B work directory's float32 weights never pass through host memory whole); the
+checks of a whole read (CRC-32s or fingerprints, NaN/Inf) are made tensor by tensor.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 import contextlib
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
 
-from heal_jax.checkpoint.restore import LoadedModel
+from heal_jax.checkpoint.restore import LoadedModel, load_model
 from heal_jax.model import llama
+from heal_jax.model.config import ModelConfig
 from heal_jax.parallel import mesh as mesh_lib
 
 
@@ -56,17 +59,15 @@ def batch_rows(rows: int, spec: str | None) -> int:
   return -(-rows // split) * split
 
 
-@contextlib.contextmanager
-def placed(loaded: LoadedModel, spec: str | None) -> Iterator[LoadedModel]:
-  """`loaded` with its parameters placed on the mesh of `spec` (None: unchanged), with that mesh and
-  the logical axis rules active for the block. Raises ShardingError (a ValueError) for a mesh that
-  does not fit the devices."""
-  if not spec:
-    yield loaded
-    return
+def _mesh(spec: str) -> jax.sharding.Mesh:
   _one_process()
-  mesh = mesh_lib.make_mesh(parse_mesh(spec), jax.local_devices())
-  boxed = llama.param_shapes(loaded.cfg)
+  return mesh_lib.make_mesh(parse_mesh(spec), jax.local_devices())
+
+
+def _shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh, spec: str) -> Any:
+  """The parameters' shardings on `mesh` (a tree like the model's params); ShardingError for a mesh
+  that would leave a large parameter whole on every device."""
+  boxed = llama.param_shapes(cfg)
   shardings = mesh_lib.logical_shardings(boxed, mesh)
   if mesh.shape["fsdp"] * mesh.shape["tensor"] > 1:  # (data only: a copy of the model per row group, on purpose)
     try:
@@ -74,6 +75,28 @@ def placed(loaded: LoadedModel, spec: str | None) -> Iterator[LoadedModel]:
     except mesh_lib.ShardingError as e:
       raise mesh_lib.ShardingError(f"--mesh {spec}: {str(e).split('. Change the mesh')[0]}: choose fsdp and "
                                    "tensor sizes that divide the model's dimensions (heads, MLP, vocabulary)") from None
+  return shardings
+
+
+def load(checkpoint: str, spec: str | None, dtype: Any = None, **cfg_overrides: Any) -> LoadedModel:
+  """`restore.load_model`; with a mesh `spec`, each tensor is read straight onto its devices (the host
+  holds one tensor at a time, never the model), in the layout `placed` then uses as it is."""
+  if not spec:
+    return load_model(checkpoint, dtype, **cfg_overrides)
+  mesh = _mesh(spec)
+  return load_model(checkpoint, dtype, shardings_for=lambda cfg: _shardings(cfg, mesh, spec), **cfg_overrides)
+
+
+@contextlib.contextmanager
+def placed(loaded: LoadedModel, spec: str | None) -> Iterator[LoadedModel]:
+  """`loaded` with its parameters placed on the mesh of `spec` (None: unchanged; parameters `load`
+  already read onto it stay where they are), with that mesh and the logical axis rules active for
+  the block. Raises ShardingError (a ValueError) for a mesh that does not fit the devices."""
+  if not spec:
+    yield loaded
+    return
+  mesh = _mesh(spec)
+  shardings = _shardings(loaded.cfg, mesh, spec)
   out = dataclasses.replace(loaded, params=jax.device_put(loaded.params, shardings))  # same values: digest holds
   del loaded  # the host copy of the weights goes once the caller drops its own
   with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
