@@ -127,9 +127,10 @@ def test_jsonl_lines_end_at_newlines_only_and_may_start_with_a_bom(tmp_path):
     list(tasks.iter_jsonl(path))
 
 
-def test_limit_takes_a_seeded_random_subset_in_file_order(shared_data):
-  """PubMedQA's test split lists its 276 "yes" questions first: the first 20 are all "yes". A limit
-  takes a seeded random subset instead, in file order, the same every time."""
+def test_subset_is_seeded_random_in_file_order(shared_data):
+  """PubMedQA's test split lists its 276 "yes" questions first: the first 20 are all "yes". `subset`
+  (eval --sample, the trainer's eval.task_limit) takes a seeded random subset, in file order, the same
+  every time."""
   pub = tasks.load_task("pubmedqa", shared_data / "pubmedqa")[0]
   assert {e.gold for e in pub[:20]} == {0}
   picked = tasks.subset(pub, 20)

@@ -211,15 +211,32 @@ def test_run_main_writes_rows(setup, shared_data, tmp_path, capsys):
   assert set(summary) == {"task", "n", "acc", "acc_norm"} and summary["task"] == "medqa" and summary["n"] == 5
   rows = [json.loads(line) for line in out.read_text().splitlines()]
   medqa = tasks.load_task("medqa", shared_data / MEDQA_FILE)[0]
-  assert [r["id"] for r in rows] == [e.id for e in tasks.subset(medqa, 5)]  # --limit: the seeded subset
+  assert [r["id"] for r in rows] == [0, 1, 2, 3, 4] == [e.id for e in medqa[:5]]  # --limit: the first N, as the harness
   assert all(r["choices"] == ["A", "B", "C", "D"] and len(r["loglikelihoods"]) == 4 for r in rows)
   assert rows[0]["gold"] == medqa[rows[0]["id"]].gold and rows[0]["pred"] == int(np.argmax(rows[0]["loglikelihoods"]))
   assert summary["acc"] == np.mean([r["pred"] == r["gold"] for r in rows])
-  assert run.main(["pubmedqa", "--checkpoint", str(ckpt), "--data", str(shared_data / "pubmedqa"),
-                   "--limit", "2", "--num-fewshot", "1", "--output", str(out)]) == 0
   pubmedqa = tasks.load_task("pubmedqa", shared_data / "pubmedqa")[0]
-  assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [e.id for e in tasks.subset(pubmedqa, 2)]
-  capsys.readouterr()
+  truth = json.loads((shared_data / "pubmedqa" / "test_ground_truth.json").read_text())
+  for flag, ids in [("--limit", list(truth)[:2]), ("--sample", [e.id for e in tasks.subset(pubmedqa, 2)])]:
+    assert run.main(["pubmedqa", "--checkpoint", str(ckpt), "--data", str(shared_data / "pubmedqa"),
+                     flag, "2", "--num-fewshot", "1", "--output", str(out)]) == 0
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ids
+    err = capsys.readouterr().err  # the first questions of PubMedQA's file are all "yes"
+    assert ("note: the first 2 questions all have the answer 'yes'" in err) == (flag == "--limit")
+  assert set(ids) != set(list(truth)[:2])  # the seeded sample is not the first two
+  texts = tmp_path / "texts.jsonl"
+  texts.write_text('{"text": "fever and cough"}\n{"text": "no rash"}\n')
+  assert run.main(["perplexity", "--checkpoint", str(ckpt), "--data", str(texts), "--limit", "5"]) == 0
+  scored = capsys.readouterr()
+  assert json.loads(scored.out)["texts"] == 2
+  assert f"note: --limit 5 is more than the 2 texts in {texts}; scoring all 2" in scored.err
+  for bad, message in [(["--limit", "1", "--sample", "1"], "--limit (the first N) and --sample (a random N) are "
+                                                            "alternatives"),
+                        (["--sample", "0"], "--sample must be >= 1, got 0")]:
+    assert run.main(["pubmedqa", "--checkpoint", str(ckpt), "--data", str(shared_data / "pubmedqa")] + bad) == 2
+    assert message in capsys.readouterr().err
+  assert run.main(["perplexity", "--checkpoint", str(ckpt), "--data", str(texts), "--sample", "1"]) == 2
+  assert "perplexity takes --limit N" in capsys.readouterr().err
   assert run.main(["pubmedqa", "--checkpoint", str(ckpt), "--data", str(tmp_path)]) == 2
   assert f"{tmp_path / 'ori_pqal.json'}: file not found" in capsys.readouterr().err
   assert run.main(["medqa", "--checkpoint", str(tmp_path), "--data", str(shared_data / MEDQA_FILE)]) == 2

@@ -1,6 +1,6 @@
 """`heal-jax eval pubmedqa|medqa|perplexity`: score a checkpoint, print one JSON object.
 
-  heal-jax eval pubmedqa --checkpoint DIR --data ../shared/data/pubmedqa [--limit N] [--output F.jsonl]
+  heal-jax eval pubmedqa --checkpoint DIR --data ../shared/data/pubmedqa [--limit N | --sample N] [--output F.jsonl]
   heal-jax eval medqa --checkpoint DIR --data .../US_4_options_phrases_no_exclude_test.jsonl [...]
   heal-jax eval perplexity --checkpoint DIR --data texts.jsonl
 
@@ -9,8 +9,9 @@ tasks print {"task", "n", "acc", "acc_norm"} and write one row per question to -
 {"id", "choices", "loglikelihoods", "pred", "gold"} plus "pred_norm" and "is_greedy"; perplexity prints
 {"nll_per_token", "tokens", "texts"} and writes one row per text: {"index", "tokens", "nll",
 "nll_per_token"}. --output is checked (writable, not an input) before the model is loaded. --limit N scores
-a seeded random N questions, in file order (perplexity: the first N texts). Errors print a message on
-stderr and exit with status 2.
+the first N questions (texts), as lm-evaluation-harness's --limit does; --sample N a seeded random N
+questions, in file order (PubMedQA's test file lists its 276 "yes" questions first, so its first N <= 276
+hold one class: a note on stderr says so). Errors print a message on stderr and exit with status 2.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--checkpoint", required=True, type=pathlib.Path,
                  help="converted checkpoint or training work directory (newest step)")
   p.add_argument("--data", required=True, type=pathlib.Path)
-  p.add_argument("--limit", type=int, help="score N questions, a seeded random subset in file order (PubMedQA's "
-                 "file lists all 'yes' first); for perplexity, the first N texts")
+  p.add_argument("--limit", type=int, help="score the first N questions (perplexity: texts), as the harness does")
+  p.add_argument("--sample", type=int, help="score a seeded random N questions, in file order (PubMedQA's test file "
+                 "lists all 'yes' first); the trainer's eval.task_limit takes the same N")
   p.add_argument("--output", type=pathlib.Path, help="JSONL file of per-question (perplexity: per-text) rows")
   p.add_argument("--num-fewshot", type=int, default=0)
   p.add_argument("--fewshot-data", type=pathlib.Path,
@@ -55,8 +57,13 @@ def _run(args: argparse.Namespace) -> dict:
   from heal_jax.eval import loglik, output, perplexity, tasks  # pylint: disable=import-outside-toplevel
   from heal_jax.infer import placement  # pylint: disable=import-outside-toplevel
 
-  if args.limit is not None and args.limit < 1:
-    raise ValueError(f"--limit must be >= 1, got {args.limit}")
+  for name in ("limit", "sample"):
+    if getattr(args, name) is not None and getattr(args, name) < 1:
+      raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+  if args.limit is not None and args.sample is not None:
+    raise ValueError("--limit (the first N) and --sample (a random N) are alternatives: give one")
+  if args.task == "perplexity" and args.sample is not None:
+    raise ValueError("--sample applies to pubmedqa and medqa; perplexity takes --limit N (the first N texts)")
   if args.batch_size < 1:
     raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
   if args.max_length is not None and args.max_length < 1:
@@ -71,10 +78,18 @@ def _run(args: argparse.Namespace) -> dict:
   if args.output:  # before the model is loaded: a bad path must not cost the scoring
     output.check_writable(args.output, [args.data, args.fewshot_data])
   if args.task == "perplexity":
-    texts = perplexity.read_texts(args.data)[:args.limit]
+    texts = perplexity.read_texts(args.data)
+    _note_limit(args, len(texts), "texts")
+    texts = texts[:args.limit]
   else:
     examples, pool = tasks.load_task(args.task, args.data, args.fewshot_data)
-    examples = tasks.subset(examples, args.limit)
+    _note_limit(args, len(examples), "questions")
+    examples = tasks.subset(examples, args.sample) if args.sample else examples[:args.limit]
+    golds = {e.choices[e.gold] for e in examples}
+    if args.limit is not None and len(examples) > 1 and len(golds) == 1:
+      print(f"heal-jax eval {args.task}: note: the first {len(examples)} questions all have the answer "
+            f"{golds.pop()!r}, so accuracy on them says little; --sample N scores a seeded random N",
+            file=sys.stderr)
     contexts = tasks.fewshot_contexts(examples, pool, args.num_fewshot, args.seed)
   overrides = {"remat_policy": "none"}
   if args.dtype:
@@ -105,6 +120,15 @@ def _run(args: argparse.Namespace) -> dict:
   if args.output:
     output.write_rows(args.output, result["rows"])
   return {k: result[k] for k in summary_keys}
+
+
+def _note_limit(args: argparse.Namespace, count: int, what: str) -> None:
+  """A note on stderr when --limit or --sample asks for more than the data holds (all of it is scored)."""
+  asked = args.limit or args.sample
+  if asked is not None and asked > count:
+    flag = "--limit" if args.limit else "--sample"
+    print(f"heal-jax eval {args.task}: note: {flag} {asked} is more than the {count} {what} in {args.data}; "
+          f"scoring all {count}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
