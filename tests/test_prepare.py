@@ -269,6 +269,9 @@ def test_training_reads_prepared_data_only_as_it_was_prepared(corpus, tmp_path):
   shard.write_bytes(shard.read_bytes()[:len(shard.read_bytes()) // 2])
   with pytest.raises(prepare.DataError, match=rf"{shard}: 0 records, dataset_info.json says 40 \(truncated"):
     mixture.load(config, tmp_path / "w", 0)
+  with pytest.raises(prepare.DataError, match=rf"{shard}: 0 records"):  # what the trainer checks before it locks
+    mixture.check_prepared_dir(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
 
 
 def test_an_output_behind_a_symlink_is_written_where_the_link_points(corpus, tmp_path):

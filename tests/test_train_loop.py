@@ -77,6 +77,8 @@ def test_the_train_step_compiles_once_per_run_fresh_and_resumed(data_root, tmp_p
     ("--config.data.on_error=ignore", "config.data.on_error='ignore'"),
     ("--config.data.dedup.bands=7", "data.dedup.num_perm=128 must be a positive multiple of data.dedup.bands=7"),
     ("--config.init_from=/nonexistent/ckpt", r"config.init_from='/nonexistent/ckpt': no such directory"),
+    ("--config.data.prepared_dir=/nonexistent/prep", r"data.prepared_dir=/nonexistent/prep: no report.json; not a "
+                                                     r"`heal-jax data prepare` output"),
 ])
 def test_a_bad_setting_fails_before_the_work_directory_is_touched(data_root, tmp_path, override, message):
   config = train_helpers.load(data_root, 2, (override, "--config.data.bootstrap=synthetic",
@@ -655,3 +657,14 @@ def test_every_data_state_field_names_its_config_key():
   from heal_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   fields = {f.name for f in dataclasses.fields(pipeline.PipelineSpec)} | {"examples"}
   assert fields == set(loop._SPEC_FROM)  # pylint: disable=protected-access
+
+
+def test_prepared_data_trains_as_the_same_data_read_online(data_root, tmp_path):
+  """`heal-jax data prepare` once, then train from data.prepared_dir: the same examples as reading and
+  deduplicating the raw files at start, so the same losses, to the bit (fp32, one host)."""
+  from heal_jax.data import prepare  # pylint: disable=import-outside-toplevel
+  prepare.prepare(train_helpers.load(data_root, 3), tmp_path / "prep")
+  loop.train(train_helpers.load(data_root, 3), tmp_path / "online")
+  loop.train(train_helpers.load(data_root, 3, (f"--config.data.prepared_dir={tmp_path}/prep",)), tmp_path / "prepared")
+  online, prepared = train_helpers.losses(tmp_path / "online"), train_helpers.losses(tmp_path / "prepared")
+  assert sorted(online) == [1, 2, 3] and prepared == online

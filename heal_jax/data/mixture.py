@@ -38,6 +38,15 @@ def resolve(path: str, workdir: pathlib.Path, key: str) -> pathlib.Path:
   return pathlib.Path(sources_lib.with_workdir(path, workdir, key))
 
 
+def check_prepared_dir(config: Any, workdir: pathlib.Path) -> None:
+  """config.data.prepared_dir (if set), checked before a run locks or writes anything: its report,
+  format version and every source's shard files (`prepare.check_prepared_dir`)."""
+  if config.data.prepared_dir:
+    from heal_jax.data import prepare  # pylint: disable=import-outside-toplevel
+    prepare.check_prepared_dir(resolve(config.data.prepared_dir, workdir, "data.prepared_dir"),
+                               sorted(config.data.sources))
+
+
 def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) -> None:
   """For data.bootstrap == "synthetic": writes the bundled corpus and trains a tokenizer if absent."""
   if not config.data.bootstrap:

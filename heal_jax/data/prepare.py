@@ -219,16 +219,29 @@ def read_report(out_dir: pathlib.Path) -> dict[str, Any]:
   return report
 
 
-def check_prepared(out_dir: pathlib.Path, tokenizer_dir: pathlib.Path, vocab_size: int,
-                   raw_files: Mapping[str, list[pathlib.Path] | None]) -> None:
-  """`out_dir` was prepared with this tokenizer and, for each source of `raw_files` whose files are
-  present (None: not on this machine, not compared), from files of the same names and sizes.
-  DataError saying what differs and to re-run `heal-jax data prepare` otherwise."""
+_REDO = "; run `heal-jax data prepare` again (or point data.prepared_dir elsewhere)"
+
+
+def check_prepared_dir(out_dir: pathlib.Path, source_names: Sequence[str]) -> dict[str, Any]:
+  """What can be checked of `out_dir` before a run writes anything (the tokenizer may not exist yet):
+  its report is readable, its examples are of this version, and each of `source_names` is prepared
+  with whole shard files. Returns the report; DataError naming the file otherwise."""
   report = read_report(out_dir)
-  redo = "; run `heal-jax data prepare` again (or point data.prepared_dir elsewhere)"
   if report.get("text_format") != examples.TEXT_FORMAT:
     raise DataError(f"data.prepared_dir={out_dir} holds examples made as {report.get('text_format') or 'before 2026-11-27'}"
-                    f", not as {examples.TEXT_FORMAT!r} (how generation shows conversations to the model){redo}")
+                    f", not as {examples.TEXT_FORMAT!r} (how generation shows conversations to the model){_REDO}")
+  for name in source_names:
+    open_prepared(out_dir, name)
+  return report
+
+
+def check_prepared(out_dir: pathlib.Path, tokenizer_dir: pathlib.Path, vocab_size: int,
+                   raw_files: Mapping[str, list[pathlib.Path] | None]) -> None:
+  """`out_dir` passes `check_prepared_dir`, was prepared with this tokenizer and, for each source of
+  `raw_files` whose files are present (None: not on this machine, not compared), from files of the
+  same names and sizes. DataError saying what differs and to re-run `heal-jax data prepare` otherwise."""
+  report = check_prepared_dir(out_dir, sorted(raw_files))
+  redo = _REDO
   sha = report.get("tokenizer_sha256")
   if (sha is not None and sha != tokenizer_sha256(tokenizer_dir)) or report.get("vocab_size") != vocab_size:
     raise DataError(f"data.prepared_dir={out_dir} was tokenized with {report.get('tokenizer')} "
