@@ -284,9 +284,6 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{key}={values[key]}: must be > 0")
 
 
-_ABSENT = object()
-
-
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
   if not isinstance(node, dict):
     return {prefix.rstrip("."): node}
@@ -295,13 +292,11 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """`config.KEY: saved X, now Y` for each field where `config` differs from `saved` (a config in its
-  JSON form, as checkpoints keep it), sorted by key; a field only one side has is `absent` on the
-  other (a config saved by another version of heal-jax)."""
+  JSON form, as checkpoints keep it), sorted by key. Fields only one side has (a config saved by
+  another version of heal-jax, before a field was added or after one was removed) are not compared."""
   old, now = _flat(saved), _flat(json.loads(config.to_json()))
-  def shown(side: dict[str, Any], key: str) -> str:
-    return repr(side[key]) if key in side else "absent"
-  return [f"config.{key}: saved {shown(old, key)}, now {shown(now, key)}"
-          for key in sorted(old.keys() | now.keys()) if old.get(key, _ABSENT) != now.get(key, _ABSENT)]
+  return [f"config.{key}: saved {old[key]!r}, now {now[key]!r}"
+          for key in sorted(old.keys() & now.keys()) if old[key] != now[key]]
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:

@@ -34,7 +34,8 @@ def _assert_placed_equal(host: restore.LoadedModel, placed: restore.LoadedModel,
   mesh = placement._mesh(MESH)  # pylint: disable=protected-access
   shardings = placement._shardings(placed.cfg, mesh, MESH)  # pylint: disable=protected-access
   pairs = list(zip(hf_mapping.iter_paths(host.params), hf_mapping.iter_paths(placed.params)))
-  assert pairs and len(pairs) == len(list(hf_mapping.iter_paths(host.params)))
+  assert pairs and len(pairs) == len(list(hf_mapping.iter_paths(host.params))) == len(
+      list(hf_mapping.iter_paths(placed.params)))
   for (path, want), (path2, got) in pairs:
     assert path == path2
     assert isinstance(got, jax.Array) and got.sharding == hf_mapping.get_path(shardings, path), path
@@ -85,3 +86,22 @@ def test_a_mesh_that_does_not_fit_fails_before_anything_is_read(note_checkpoint,
   monkeypatch.setattr(placement, "_REPLICATED_LIMIT", 100)
   with pytest.raises(ValueError, match=r"--mesh tensor=-1: parameter .* would be replicated"):
     placement.load(str(note_checkpoint), "tensor=-1")
+
+
+def test_damage_in_the_last_tensor_read_is_named(note_checkpoint, tmp_path):
+  """Every tensor is checked, not only the first: a NaN in lm_head (read last), and a float32 value
+  beyond float16's range, are refused by name as the host read refuses them."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
+  host = restore.load_model(note_checkpoint, "float32")
+  params = jax.tree.map(np.array, host.params)
+  params["lm_head"]["kernel"][1, 2] = np.nan
+  params_store.write_checkpoint(tmp_path / "nan", params, host.cfg, None, "float32", host.tokenizer_dir)
+  with pytest.raises(CheckpointError, match=r"holds NaN/Inf in lm_head/kernel \(1 of "):
+    placement.load(str(tmp_path / "nan"), MESH)
+  params["lm_head"]["kernel"][1, 2] = 1e6  # finite in float32, inf in float16
+  params_store.write_checkpoint(tmp_path / "big", params, dataclasses.replace(host.cfg), None, "float32",
+                                host.tokenizer_dir)
+  for mesh in (None, MESH):
+    with pytest.raises(CheckpointError, match=r"holds NaN/Inf in lm_head/kernel \(1 of .*float16"):
+      placement.load(str(tmp_path / "big"), mesh, "float16")

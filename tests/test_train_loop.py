@@ -531,7 +531,7 @@ def test_a_resume_keeps_the_phases_that_already_ran(data_root, tmp_path, capsys)
   found = re.search(r"phase extend now has 3 steps \(saved with 1, 1 of them run\): its learning-rate schedule is "
                     r"recomputed over 3 steps, so the rate at step 3 is ([0-9.e+-]+) \(it was ([0-9.e+-]+)\)", err)
   assert ("resumed from step 3 (phase extend) with a config changed since then: config.phases.extend.steps: saved 1, "
-          "now 3 (the saved parameters") in err
+          "now 3 (config.init_from acts only at a fresh start") in err
   assert found and float(found.group(1)) > float(found.group(2))  # the decay ended at step 3; stretched, it rises
   assert restore.load_model(workdir).source.endswith("step 5")
   assert config_json != (workdir / "config.json").read_text()  # rewritten by the allowed resume only

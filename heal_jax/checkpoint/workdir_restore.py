@@ -204,7 +204,10 @@ def _params_of_step(workdir: pathlib.Path, dtype: Any, step: int | None, shardin
   finite.require_finite(params, f"{state_dir.parent} (params)", f"{_GO_BACK}, or export an earlier run")
   fingerprint.require_match(params, saved, f"{state_dir.parent} (params)", "params/",
                             f"{_GO_BACK}, or export an earlier run")
-  params = _to_numpy(params, dtype)
+  if dtype is not None:
+    params = _to_numpy(params, dtype)
+    finite.require_finite(params, f"{state_dir.parent} (params) read as {np.dtype(dtype).name}",
+                          "read it in a wider --dtype")
   if cfg.scan_layers and not cfg_overrides.get("scan_layers", True):
     params = hf_mapping.unstack_layers(params, cfg.num_layers)
   elif not cfg.scan_layers and cfg_overrides.get("scan_layers", False):

@@ -118,7 +118,8 @@ def run_settings(conversations: pathlib.Path, rows: Sequence[records.Record], *,
 def weights_digest(loaded: LoadedModel) -> str:
   """`loaded.weights_digest` (the checksums stored with the weights, which the load checked); without
   one, a SHA-256 of `fingerprint.fingerprints(loaded.params)`: for host arrays summed with NumPy
-  (~150M values/s a core, no device memory), so take it before the weights are placed on devices."""
+  (~150M values/s a core, no device memory), so take it before the weights are placed on devices
+  (weights `placement.load` read onto a mesh are summed there, in one call)."""
   return loaded.weights_digest or hashlib.sha256(
       json.dumps(fingerprint.fingerprints(loaded.params), sort_keys=True).encode()).hexdigest()
 
@@ -126,7 +127,9 @@ def weights_digest(loaded: LoadedModel) -> str:
 def model_fingerprint(loaded: LoadedModel) -> str:
   """A digest of the weights (`weights_digest`), the model config and the tokenizer model file: the
   same for one model however its path is written."""
-  digest = hashlib.sha256(json.dumps({"weights": weights_digest(loaded), "config": dataclasses.asdict(loaded.cfg)},
+  # scan_layers is how the layers are laid out (`--mesh` reads a converted checkpoint per layer), not the model
+  config = {k: v for k, v in dataclasses.asdict(loaded.cfg).items() if k != "scan_layers"}
+  digest = hashlib.sha256(json.dumps({"weights": weights_digest(loaded), "config": config},
                                      sort_keys=True, default=str).encode())
   if loaded.tokenizer_dir is not None:
     digest.update(file_sha256(loaded.tokenizer_dir / "tokenizer.model").encode())

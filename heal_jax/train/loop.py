@@ -442,8 +442,9 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
         checkpointing.check_resumable(mngr, latest, cfg)
         state = checkpointing.restore_state(mngr, latest, target)
         writer.log(f"resumed from step {latest} (phase {phase.name})" + (
-            f" with a config changed since then: {'; '.join(changed)} (the saved parameters, optimizer state, RNG "
-            "and data position stand; config.seed and config.init_from act only at a fresh start)" if changed else ""))
+            f" with a config changed since then: {'; '.join(changed)} (config.init_from acts only at a fresh start; "
+            "the phase under way refuses a changed data setting, config.seed included, which orders each phase's "
+            "data; the phases after it use the new one)" if changed else ""))
         if eval_due:
           writer.log(f"phase {ended.name}'s held-out eval at step {latest} did not run (stopped first); running it")
           with nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
