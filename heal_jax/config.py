@@ -284,17 +284,11 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{key}={values[key]}: must be > 0")
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-  if not isinstance(node, dict):
-    return {prefix.rstrip("."): node}
-  return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-
-
 def differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """`config.KEY: saved X, now Y` for each field where `config` differs from `saved` (a config in its
   JSON form, as checkpoints keep it), sorted by key. Fields only one side has (a config saved by
   another version of heal-jax, before a field was added or after one was removed) are not compared."""
-  old, now = _flat(saved), _flat(json.loads(config.to_json()))
+  old, now = (dict(_leaves(ml_collections.ConfigDict(tree))) for tree in (saved, json.loads(config.to_json())))
   return [f"config.{key}: saved {old[key]!r}, now {now[key]!r}"
           for key in sorted(old.keys() & now.keys()) if old[key] != now[key]]
 

@@ -149,14 +149,19 @@ def params_placed(stored: StoredStep, shardings_for: Callable[[ModelConfig], Any
     hf_mapping.set_path(args, path, ocp.ArrayRestoreArgs(sharding=hf_mapping.get_path(shardings, path),
                                                          dtype=meta.dtype))
     one = _read_params(state_dir, item, args)  # this tensor alone, named by its path as in the whole tree
-    finite.require_finite(one, where, f"{_GO_BACK}, or export an earlier run")
-    fingerprint.require_match(one, stored.fingerprints, where, "params/", f"{_GO_BACK}, or export an earlier run")
-    x = hf_mapping.get_path(one, path)
-    if dtype is not None and np.dtype(x.dtype) != np.dtype(dtype):
-      x = x.astype(dtype)
-      hf_mapping.set_path(one, path, x)
-      finite.require_finite(one, f"{where} read as {np.dtype(dtype).name}", "read it in a wider --dtype")
-    hf_mapping.set_path(params, path, x)
+    hf_mapping.set_path(params, path, hf_mapping.get_path(_checked(one, stored.fingerprints, where, dtype), path))
+  return params
+
+
+def _checked(params: Any, saved: dict[str, Any] | None, where: str, dtype: Any) -> Any:
+  """`params` (numpy or jax arrays, as stored) checked for NaN/Inf and against the fingerprints
+  `saved` with their step, then cast to `dtype` and checked for NaN/Inf again where cast."""
+  finite.require_finite(params, where, f"{_GO_BACK}, or export an earlier run")
+  fingerprint.require_match(params, saved, where, "params/", f"{_GO_BACK}, or export an earlier run")
+  if dtype is None or all(np.dtype(x.dtype) == np.dtype(dtype) for x in jax.tree.leaves(params)):
+    return params
+  params = jax.tree.map(lambda x: x.astype(dtype), params)
+  finite.require_finite(params, f"{where} read as {np.dtype(dtype).name}", "read it in a wider --dtype")
   return params
 
 
@@ -200,14 +205,7 @@ def _params_of_step(workdir: pathlib.Path, dtype: Any, step: int | None, shardin
     return cfg.replace(**cfg_overrides), params_placed(stored, shardings_for, dtype), step, _digest(saved)
   params = _restore_params(
       state_dir, lambda meta: jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta))
-  params = _to_numpy(params, None)
-  finite.require_finite(params, f"{state_dir.parent} (params)", f"{_GO_BACK}, or export an earlier run")
-  fingerprint.require_match(params, saved, f"{state_dir.parent} (params)", "params/",
-                            f"{_GO_BACK}, or export an earlier run")
-  if dtype is not None:
-    params = _to_numpy(params, dtype)
-    finite.require_finite(params, f"{state_dir.parent} (params) read as {np.dtype(dtype).name}",
-                          "read it in a wider --dtype")
+  params = _checked(_to_numpy(params), saved, f"{state_dir.parent} (params)", dtype)
   if cfg.scan_layers and not cfg_overrides.get("scan_layers", True):
     params = hf_mapping.unstack_layers(params, cfg.num_layers)
   elif not cfg.scan_layers and cfg_overrides.get("scan_layers", False):
@@ -222,8 +220,5 @@ def _digest(saved: dict[str, Any] | None) -> str | None:
                                    sort_keys=True).encode()).hexdigest()
 
 
-def _to_numpy(tree: Any, dtype: Any) -> Any:
-  if isinstance(tree, dict):
-    return {k: _to_numpy(v, dtype) for k, v in tree.items()}
-  x = np.asarray(tree)
-  return x.astype(dtype) if dtype is not None else x
+def _to_numpy(tree: Any) -> Any:
+  return jax.tree.map(np.asarray, tree)

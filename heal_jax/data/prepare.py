@@ -222,31 +222,36 @@ def read_report(out_dir: pathlib.Path) -> dict[str, Any]:
 _REDO = "; run `heal-jax data prepare` again (or point data.prepared_dir elsewhere)"
 
 
-def check_prepared_dir(out_dir: pathlib.Path, source_names: Sequence[str]) -> dict[str, Any]:
-  """What can be checked of `out_dir` before a run writes anything (the tokenizer may not exist yet):
-  its report is readable, its examples are of this version, and each of `source_names` is prepared
-  with whole shard files. Returns the report; DataError naming the file otherwise."""
+def _current_report(out_dir: pathlib.Path) -> dict[str, Any]:
+  """`out_dir`'s report, of examples made as this version makes them; DataError otherwise."""
   report = read_report(out_dir)
   if report.get("text_format") != examples.TEXT_FORMAT:
     raise DataError(f"data.prepared_dir={out_dir} holds examples made as {report.get('text_format') or 'before 2026-11-27'}"
                     f", not as {examples.TEXT_FORMAT!r} (how generation shows conversations to the model){_REDO}")
+  return report
+
+
+def check_prepared_dir(out_dir: pathlib.Path, source_names: Sequence[str]) -> None:
+  """What can be checked of `out_dir` before a run writes anything (the tokenizer may not exist yet):
+  its report is readable, its examples are of this version, and each of `source_names` is prepared
+  with whole shard files. DataError naming the file otherwise."""
+  _current_report(out_dir)
   for name in source_names:
     open_prepared(out_dir, name)
-  return report
 
 
 def check_prepared(out_dir: pathlib.Path, tokenizer_dir: pathlib.Path, vocab_size: int,
                    raw_files: Mapping[str, list[pathlib.Path] | None]) -> None:
-  """`out_dir` passes `check_prepared_dir`, was prepared with this tokenizer and, for each source of
+  """`out_dir` holds examples of this version, prepared with this tokenizer and, for each source of
   `raw_files` whose files are present (None: not on this machine, not compared), from files of the
-  same names and sizes. DataError saying what differs and to re-run `heal-jax data prepare` otherwise."""
-  report = check_prepared_dir(out_dir, sorted(raw_files))
-  redo = _REDO
+  same names and sizes (each source's shard files are checked as `open_prepared` opens them).
+  DataError saying what differs and to re-run `heal-jax data prepare` otherwise."""
+  report = _current_report(out_dir)
   sha = report.get("tokenizer_sha256")
   if (sha is not None and sha != tokenizer_sha256(tokenizer_dir)) or report.get("vocab_size") != vocab_size:
     raise DataError(f"data.prepared_dir={out_dir} was tokenized with {report.get('tokenizer')} "
                     f"({report.get('vocab_size')} pieces), not with config.data.tokenizer {tokenizer_dir} "
-                    f"({vocab_size} pieces, different file){redo}")
+                    f"({vocab_size} pieces, different file){_REDO}")
   for name, files in raw_files.items():
     recorded = report["sources"].get(name, {}).get("files")
     if files is None or recorded is None:
@@ -258,7 +263,7 @@ def check_prepared(out_dir: pathlib.Path, tokenizer_dir: pathlib.Path, vocab_siz
       gone, new = sorted((Counter(then) - Counter(now)).elements()), sorted((Counter(now) - Counter(then)).elements())
       raise DataError(f"data.prepared_dir={out_dir}: source {name!r} was prepared from other files than "
                       f"data.sources.{name}.paths matches now (prepared only: {gone[:3]}; now only: {new[:3]}, "
-                      f"as (name, bytes)){redo}")
+                      f"as (name, bytes)){_REDO}")
 
 
 def open_prepared(out_dir: str | os.PathLike, source_name: str) -> PreparedSource:
