@@ -137,10 +137,12 @@ def _cli(workdir: pathlib.Path, data_root: pathlib.Path, steps: int, extra: tupl
           "--workdir", str(workdir), *args]
 
 
-def _env() -> dict[str, str]:
+def _env(compilation_cache: bool = True) -> dict[str, str]:
   env = dict(os.environ)
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
   env["JAX_PLATFORMS"] = "cpu"
+  if not compilation_cache:
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
   return env
 
 
@@ -162,13 +164,16 @@ def _checkpoint_tmp_exists(workdir: pathlib.Path) -> bool:
 def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(data_root, tmp_path):
   steps = 24
   reference = tmp_path / "reference"
-  subprocess.run(_cli(reference, data_root, steps), env=_env(), check=True, capture_output=True, cwd=REPO)
+  # Without the tests' shared XLA program cache: each restart compiles afresh, as a run does in production
+  # when no cache is set, and the kill moments below keep their place in the run.
+  env = _env(compilation_cache=False)
+  subprocess.run(_cli(reference, data_root, steps), env=env, check=True, capture_output=True, cwd=REPO)
   workdir = tmp_path / "killed"
   rng = np.random.default_rng(0)
   kills = 0
   during_save = False
   for attempt in range(8):
-    proc = subprocess.Popen(_cli(workdir, data_root, steps), env=_env(), cwd=REPO,
+    proc = subprocess.Popen(_cli(workdir, data_root, steps), env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if attempt == 0:  # first kill: the moment an async save is in flight
       deadline = time.time() + 120
