@@ -4,6 +4,7 @@ import json
 import pathlib
 
 import pytest
+import transformers
 
 from heal_jax import config as config_lib
 from heal_jax.model.config import ConfigError as ModelConfigError
@@ -101,6 +102,9 @@ def test_hf_config_both_rope_styles():
   new = from_hf_config({**base, "rope_parameters": {"rope_theta": 5e5, "rope_type": "linear", "factor": 4.0}})
   assert old == new and (old.rope_theta, old.rope_scaling_factor) == (5e5, 4.0)
   assert from_hf_config(to_hf_config(new)) == new
+  wide = new.replace(head_dim=16)  # wider than hidden / heads = 4: only an exported head_dim says so
+  assert from_hf_config(to_hf_config(wide)) == wide
+  assert transformers.LlamaConfig(**to_hf_config(wide)).head_dim == 16
   with pytest.raises(ModelConfigError, match="rope_scaling.rope_type='dynamic' is not supported"):
     from_hf_config({**base, "rope_scaling": {"type": "dynamic", "factor": 2.0}})
 

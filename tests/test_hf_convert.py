@@ -55,7 +55,8 @@ def _assert_no_output(dst: pathlib.Path):
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_round_trip_is_bitwise_and_loads_in_transformers(tmp_path, tokenizer_dir, dtype, tied):
   model = hf_reference.hf_llama(vocab_size=90, tie_word_embeddings=tied,
-                                rope_scaling={"rope_type": "linear", "factor": 2.0})
+                                rope_scaling={"rope_type": "linear", "factor": 2.0},
+                                head_dim=16 if tied else 32)  # 32: wider than hidden / heads
   src = _save_hf(model, tmp_path / "hf", tokenizer_dir, dtype)
   assert len(list(src.glob("*.safetensors"))) >= 2
   assert cli.main(["convert", "hf-to-orbax", str(src), str(tmp_path / "ck")]) == 0

@@ -19,6 +19,7 @@ VARIANTS = {
     "linear_rope_x2": dict(rope_scaling={"rope_type": "linear", "factor": 2.0}),
     "theta_500k": dict(rope_theta=500000.0),
     "tied_embeddings": dict(tie_word_embeddings=True),
+    "head_dim_32": dict(head_dim=32),  # wider than hidden / heads = 16, as some LLaMA-family models are
 }
 
 
