@@ -1,11 +1,14 @@
 """configs/ablations: the arms differ only in mixture weights; bench/ablation.py --smoke runs end to end."""
 
 import json
+import math
 import os
 import pathlib
 import subprocess
 import sys
 import time
+
+import pytest
 
 from heal_jax import config as config_lib
 
@@ -60,6 +63,11 @@ def test_smoke_run_writes_results_and_report(tmp_path, shared_data):
     results = json.loads((tmp_path / "runs" / arm / "eval_results.json").read_text())
     assert set(EVAL_KEYS) <= set(results), (arm, sorted(results))
     assert all(isinstance(v, (int, float)) for v in results.values())
+    for tier in ("general", "medical", "clinical"):
+      assert results[f"nll_{tier}"] > 0 and results[f"ppl_{tier}"] == pytest.approx(math.exp(results[f"nll_{tier}"]),
+                                                                                    rel=1e-3), (arm, tier)
+    for key in EVAL_KEYS[6:]:  # accuracies, ROUGE and rubric rates
+      assert 0.0 <= results[key] <= 1.0, (arm, key, results[key])
   summary = json.loads((out / "results.json").read_text())
   assert set(summary["results"]) == set(ARMS)
   assert {"dropping_general_hurts_general", "medical_data_lowers_medical_ppl"} <= set(summary["table2_pattern"])

@@ -4,6 +4,8 @@ import json
 import sys
 import pathlib
 
+import numpy as np
+
 from heal_jax import cli
 
 TINY = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py")
@@ -97,3 +99,51 @@ def test_closed_event_loop_noise_is_dropped_and_nothing_else(tmp_path, monkeypat
   Raises("Event loop is closed")  # pylint: disable=expression-not-assigned
   Raises("something else")  # pylint: disable=expression-not-assigned
   assert seen == ["something else"]
+
+
+def test_train_tokenizer_then_init_a_checkpoint_that_carries_it(tmp_path, capsys):
+  """`data train-tokenizer` on a text file and a JSONL file, then `init --tokenizer`: read back with
+  sentencepiece itself and the checkpoint reader."""
+  import sentencepiece  # pylint: disable=import-outside-toplevel
+  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
+  from heal_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  files = synthetic.generate_corpus(tmp_path / "corpus", seed=0, sizes={"general": 40, "medical": 20,
+                                                                       "clinical": 0, "instructions": 0})
+  text = tmp_path / "plain.txt"
+  text.write_text("The patient takes lisinopril 20 mg daily.\nNo chest pain or shortness of breath.\n")
+  assert cli.main(["data", "train-tokenizer", str(files["general"]), str(files["medical"]), str(text),
+                   "--out", str(tmp_path / "tok"), "--vocab-size", "400"]) == 0
+  assert json.loads(capsys.readouterr().out) == {"out": str(tmp_path / "tok"), "vocab_size": 400}
+  sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "tok" / "tokenizer.model"))
+  assert (sp.vocab_size(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (400, 0, 1, 2)  # LLaMA's special ids
+  sample = "No chest pain. Takes lisinopril 20 mg daily."
+  assert sp.decode(sp.encode(sample)) == sample
+
+  overrides = ["--config.model.vocab_size=400", "--config.model.num_layers=1", "--config.seed=5"]
+  for out in ("a", "b"):
+    assert cli.main(["init", "--config", TINY, "--out", str(tmp_path / out), "--tokenizer", str(tmp_path / "tok"),
+                     *overrides]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  loaded = [restore.load_model(tmp_path / out) for out in ("a", "b")]
+  cfg = loaded[0].cfg
+  assert (cfg.vocab_size, cfg.num_layers, summary["dtype"]) == (400, 1, "float32")
+  assert summary["params"] == cfg.num_params()
+  assert (tmp_path / "b" / "tokenizer" / "tokenizer.model").read_bytes() == \
+      (tmp_path / "tok" / "tokenizer.model").read_bytes()
+  a, b = loaded[0].params, loaded[1].params
+  assert a["embed"]["embedding"].shape == (400, cfg.hidden_size)
+  assert all(np.array_equal(x, y) for x, y in zip(_leaves(a), _leaves(b)))  # the config's seed decides
+  assert cli.main(["init", "--config", TINY, "--out", str(tmp_path / "c"), *overrides[:2], "--config.seed=6"]) == 0
+  c = restore.load_model(tmp_path / "c").params
+  assert not np.array_equal(a["embed"]["embedding"], c["embed"]["embedding"])
+
+
+def _leaves(tree):
+  return [v for _, v in sorted(_flat(tree).items())]
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    out.update(_flat(v, f"{prefix}/{k}") if isinstance(v, dict) else {f"{prefix}/{k}": v})
+  return out

@@ -86,7 +86,9 @@ def test_every_parameter_has_logical_axes():
   cfg = hf_reference.our_config(hf_reference.hf_llama(), scan_layers=True)
   shapes = nn.unbox(llama.param_shapes(cfg))
   axes = llama.logical_axes(cfg)
-  for (path, spec), (_, shape) in zip(hf_mapping.iter_paths(axes), hf_mapping.iter_paths(shapes)):
+  axes_paths, shape_paths = list(hf_mapping.iter_paths(axes)), list(hf_mapping.iter_paths(shapes))
+  assert [p for p, _ in axes_paths] == [p for p, _ in shape_paths]  # the same parameters, none left out
+  for (path, spec), (_, shape) in zip(axes_paths, shape_paths):
     assert len(spec) == len(shape.shape), path
     assert spec[0] == "layers" or path[0] != "layers", path
   assert tuple(axes["layers"]["attention"]["wk"]["kernel"]) == ("layers", "embed", "kv_heads", "head_dim")

@@ -1,11 +1,14 @@
 """bench/rubric_planted.py: each planting makes exactly the one change it names; the bench runs on real rows."""
 
+import json
 import pathlib
 import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from scipy import stats
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -33,5 +36,18 @@ def test_bench_runs_on_the_training_split(shared_data):
     pytest.skip(f"{data} is absent (../shared/data, see its README)")
   proc = subprocess.run([sys.executable, str(REPO / "bench" / "rubric_planted.py"), "--data", str(data),
                          "--rows", "40"], capture_output=True, text=True, timeout=300, check=True)
-  last = proc.stdout.strip().splitlines()[-1]
-  assert '"auc_pooled"' in last and '"clean_flagged"' in last
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert {"clean_flagged", "auc_pooled", "auc_added", "auc_negation"} <= set(result)
+  assert all(0.0 <= v <= 1.0 for v in result.values()), result
+  assert result["auc_pooled"] > 0.6, result  # planted errors rank above clean notes (0.78 at stop 24; chance 0.5)
+
+
+def test_roc_auc_and_spearman_against_hand_counts_and_scipy():
+  from rubric_correlation import roc_auc, spearman  # pylint: disable=import-outside-toplevel
+  # positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of 4 pairs ordered right
+  assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+  assert roc_auc(np.array([0.5, 0.5, 0.9]), np.array([0, 1, 1])) == 0.75  # a tie counts one half
+  assert np.isnan(roc_auc(np.array([0.1, 0.2]), np.array([1, 1])))
+  rng = np.random.default_rng(0)
+  x, y = rng.integers(0, 5, 30).astype(float), rng.normal(size=30)  # ties in x
+  assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)

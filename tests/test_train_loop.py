@@ -293,11 +293,27 @@ def test_init_from_a_work_directory(data_root, tmp_path):
 
 def test_init_from_an_hf_directory(data_root, tmp_path, capsys):
   """A run initialised from an HF export (read block by block, train.init.from_hf) starts from it."""
+  import safetensors.torch  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from heal_jax import cli  # pylint: disable=import-outside-toplevel
   from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
+  from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
   first = tmp_path / "first"
   loop.train(train_helpers.load(data_root, 4), first)
   hf_convert.orbax_to_hf(first, tmp_path / "hf", dtype="float32")
   assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".hf")]  # the intermediate is gone
+  # The command's default export of a work directory: bfloat16, each tensor the float32 one rounded
+  # as torch rounds it; a converted checkpoint has no --dtype to choose.
+  assert cli.main(["convert", "orbax-to-hf", str(first), str(tmp_path / "hf_bf16")]) == 0
+  assert json.loads((tmp_path / "hf_bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+  fp32, bf16 = (safetensors.torch.load_file(str(tmp_path / d / "model.safetensors")) for d in ("hf", "hf_bf16"))
+  assert fp32.keys() == bf16.keys()
+  for name, x in fp32.items():
+    assert x.dtype == torch.float32 and bf16[name].dtype == torch.bfloat16, name
+    assert torch.equal(x.to(torch.bfloat16), bf16[name]), name
+  hf_convert.hf_to_orbax(tmp_path / "hf_bf16", tmp_path / "ck")
+  with pytest.raises(CheckpointError, match="--dtype applies to exports from a training work directory"):
+    hf_convert.orbax_to_hf(tmp_path / "ck", tmp_path / "x", dtype="float32")
   config = train_helpers.load(data_root, 1, (f"--config.init_from={tmp_path / 'hf'}",
                                              "--config.phases.pretrain.peak_lr=0.0"))
   capsys.readouterr()
@@ -326,7 +342,7 @@ def test_pubmedqa_accuracy_is_an_eval_hook(data_root, tmp_path, shared_data):
   assert len(examples) == 12 and len({e.gold for e in examples}) > 1  # a random subset, not the all-"yes" head
 
 
-def test_non_finite_steps_are_skipped_counted_and_halt_the_run(data_root, tmp_path):
+def test_non_finite_steps_are_skipped_counted_and_halt_the_run(data_root, tmp_path, capsys):
   """A checkpoint with a finite weight so large that the logits overflow: every step's loss is non-finite,
   so every step is skipped (parameters untouched) and the run halts. (A NaN weight is refused on read.)"""
   from heal_jax.checkpoint import params_store  # pylint: disable=import-outside-toplevel
@@ -338,10 +354,12 @@ def test_non_finite_steps_are_skipped_counted_and_halt_the_run(data_root, tmp_pa
   with params_store.atomic_output_dir(tmp_path / "nan") as out:
     params_store.write_checkpoint(out, jax.tree.map(jax.numpy.asarray, params), loaded.cfg, None, "float32",
                                   loaded.tokenizer_dir)
-  config = train_helpers.load(data_root, 10, (f"--config.init_from={tmp_path / 'nan'}",
-                                              "--config.train.max_bad_steps=3"))
-  with pytest.raises(loop.TrainingHalted, match="3 consecutive steps with a non-finite"):
-    loop.train(config, tmp_path / "bad")
+  from heal_jax import cli  # pylint: disable=import-outside-toplevel
+  capsys.readouterr()
+  assert cli.main(["train", "--config", str(train_helpers.TINY), "--workdir", str(tmp_path / "bad"),
+                   *train_helpers.overrides(data_root, 10, (f"--config.init_from={tmp_path / 'nan'}",
+                                                            "--config.train.max_bad_steps=3"))]) == 3
+  assert "heal-jax: training halted: 3 consecutive steps with a non-finite" in capsys.readouterr().err
   rows = [r for r in train_helpers.losses(tmp_path / "bad").items()]
   assert rows and all(loss is None for _, loss in rows)  # no finite step to average: null (strict JSON)
   import json  # pylint: disable=import-outside-toplevel
