@@ -14,7 +14,7 @@ from heal_jax import config as config_lib
 
 
 def get_config():
-  config = config_lib.llama2_config("13b")
+  config = config_lib.llama2_config("13b", corpus_source=False)
   config.init_from = "/shared/models/Llama-2-13b-hf"
   config.data.tokenizer = "/shared/models/Llama-2-13b-hf"
   config.data.prepared_dir = "/shared/heal/prepared"

@@ -199,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
   tok = dsub.add_parser("train-tokenizer", help="train a LLaMA-compatible sentencepiece model")
   tok.add_argument("inputs", nargs="+", type=pathlib.Path, help="text files (one sentence a line) or .jsonl files (their string values)")
   tok.add_argument("--out", required=True, type=pathlib.Path)
-  tok.add_argument("--vocab-size", type=int, default=32000)
+  tok.add_argument("--vocab-size", type=int, default=32000,
+                   help="pieces asked for (default 32000, LLaMA's); a small corpus yields fewer, and the "
+                        "printed vocab_size says how many")
   tok.set_defaults(handler=_data_train_tokenizer)
   evaluate = sub.add_parser("eval", help="score checkpoints and notes")
   esub = evaluate.add_subparsers(dest="eval_task", required=True)

@@ -47,9 +47,17 @@ LLAMA2_SHAPES = {
 }
 
 
-def llama2_config(size: str) -> ml_collections.ConfigDict:
-  """Base config with a LLaMA2 preset's shape, bf16 compute, full remat, scanned layers."""
+def llama2_config(size: str, corpus_source: bool = True) -> ml_collections.ConfigDict:
+  """Base config with a LLaMA2 preset's shape, bf16 compute, full remat, scanned layers.
+
+  corpus_source: one data source, `corpus` (documents), whose paths a run gives on the command line:
+    `heal-jax train --config configs/llama2_7b.py --config.data.sources.corpus.paths=/data/*.jsonl
+    --config.data.tokenizer=DIR --config.init_from=DIR`. A config file that names its own sources (a
+    mixture, as configs/heal_13b.py) leaves it out.
+  """
   config = base_config()
+  if corpus_source:
+    config.data.sources.corpus = source_config("", "document", 1.0)
   config.model.update(dict(
       vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
       param_dtype="float32", compute_dtype="bfloat16", remat_policy="full", scan_layers=True,

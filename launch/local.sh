@@ -4,7 +4,9 @@
 #   launch/local.sh N [--gpus-per-process K | --cpu-devices D] [--port P] [--kill-grace S] -- COMMAND [ARGS...]
 #
 #   launch/local.sh 2 --cpu-devices 1 -- heal-jax train --config configs/tiny.py --workdir runs/local2
-#   launch/local.sh 2 --gpus-per-process 4 -- heal-jax train --config configs/llama2_7b.py --workdir /scratch/run
+#   launch/local.sh 2 --gpus-per-process 4 -- heal-jax train --config configs/llama2_7b.py --workdir /scratch/run \
+#       --config.data.sources.corpus.paths='/data/*.jsonl' --config.data.tokenizer=/models/Llama-2-7b-hf \
+#       --config.init_from=/models/Llama-2-7b-hf
 #
 # CPU mode (default): each process gets JAX_PLATFORMS=cpu and D fake devices
 #   (XLA_FLAGS+=--xla_force_host_platform_device_count=D, default D=4).

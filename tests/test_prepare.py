@@ -251,6 +251,8 @@ def test_training_reads_prepared_data_only_as_it_was_prepared(corpus, tmp_path):
   with pytest.raises(prepare.DataError, match=rf"prepared_dir={tmp_path / 'prep'} was tokenized with {tok_dir} "
                      rf"\(800 pieces\), not with config.data.tokenizer {other_tok} \(700 pieces"):
     mixture.load(config, tmp_path / "w", 0)
+  with pytest.raises(prepare.DataError, match=r"was tokenized with"):  # also before the trainer locks
+    mixture.check_before_writing(config, tmp_path / "w")
   config.data.tokenizer = str(tok_dir)
   (raw / "more.jsonl").write_text((corpus_dir / "general.jsonl").read_text())  # the glob now matches 2 files
   with pytest.raises(prepare.DataError, match=r"source 'medical' was prepared from other files .* now only: "
@@ -270,7 +272,7 @@ def test_training_reads_prepared_data_only_as_it_was_prepared(corpus, tmp_path):
   with pytest.raises(prepare.DataError, match=rf"{shard}: 0 records, dataset_info.json says 40 \(truncated"):
     mixture.load(config, tmp_path / "w", 0)
   with pytest.raises(prepare.DataError, match=rf"{shard}: 0 records"):  # what the trainer checks before it locks
-    mixture.check_prepared_dir(config, tmp_path / "w")
+    mixture.check_before_writing(config, tmp_path / "w")
   assert not (tmp_path / "w").exists()
 
 

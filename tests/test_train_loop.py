@@ -89,6 +89,36 @@ def test_a_bad_setting_fails_before_the_work_directory_is_touched(data_root, tmp
 
 
 @pytest.mark.parametrize("override,message", [
+    ("--config.data.sources.general.paths=/nonexistent/*.jsonl",
+     r"data.sources.general.paths: '/nonexistent/\*.jsonl' matches no file"),
+    ("--config.data.sources.general.paths=", r"data.sources.general.paths is empty: give the source's files"),
+    ("--config.data.tokenizer=/nonexistent/tok", "config.data.tokenizer: no tokenizer.model in /nonexistent/tok"),
+    ("--config.model.vocab_size=300", r"has 512 pieces, more than config.model.vocab_size=300"),
+])
+def test_a_missing_data_file_or_tokenizer_fails_before_the_work_directory_is_touched(data_root, tmp_path,
+                                                                                     override, message):
+  """Without the bootstrap nothing will write them: found missing before the lock, metrics.jsonl and the
+  tokenizer copy, not after."""
+  config = train_helpers.load(data_root, 2, (override,))
+  with pytest.raises(ValueError, match=message):
+    loop.train(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("size", ["7b", "13b", "70b"])
+def test_a_llama2_preset_builds_its_phases_and_names_the_paths_to_give(tmp_path, size):
+  """`plan` builds the phases from the preset's one source; `train` asks for its files by key."""
+  from heal_jax.train import phases as phases_lib  # pylint: disable=import-outside-toplevel
+  preset = str(train_helpers.TINY.parent / f"llama2_{size}.py")
+  (phase,) = phases_lib.from_config(config_lib.load_config(preset))
+  assert phase.weights == {"corpus": 1.0}
+  config = config_lib.load_config(preset, [f"--config.data.tokenizer={tmp_path}/tok"])
+  with pytest.raises(ValueError, match=r"data.sources.corpus.paths is empty: .*--config.data.sources.corpus.paths="):
+    loop.train(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("override,message", [
     ("--config.data.bootstrap=web", "config.data.bootstrap='web'"),
     ("--config.data.tokenizer=", "config.data.tokenizer is empty"),
 ])

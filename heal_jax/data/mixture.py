@@ -38,13 +38,34 @@ def resolve(path: str, workdir: pathlib.Path, key: str) -> pathlib.Path:
   return pathlib.Path(sources_lib.with_workdir(path, workdir, key))
 
 
-def check_prepared_dir(config: Any, workdir: pathlib.Path) -> None:
-  """config.data.prepared_dir (if set), checked before a run locks or writes anything: its report,
-  format version and every source's shard files (`prepare.check_prepared_dir`)."""
-  if config.data.prepared_dir:
-    from heal_jax.data import prepare  # pylint: disable=import-outside-toplevel
-    prepare.check_prepared_dir(resolve(config.data.prepared_dir, workdir, "data.prepared_dir"),
-                               sorted(config.data.sources))
+def check_before_writing(config: Any, workdir: pathlib.Path) -> None:
+  """What `load` would refuse, checked before a run locks or writes anything, as far as it can be:
+  config.data.prepared_dir's report, format version and every source's shard files; and, unless the
+  bootstrap is still to write them, the tokenizer (present, no larger than the model's vocabulary, the
+  one the prepared data was made with) and every source's raw files (when they are read online).
+  DataError or ValueError naming the key, as `load` raises them."""
+  from heal_jax.data import prepare  # pylint: disable=import-outside-toplevel
+  prepared = resolve(config.data.prepared_dir, workdir, "data.prepared_dir") if config.data.prepared_dir else None
+  if prepared is not None:
+    prepare.check_prepared_dir(prepared, sorted(config.data.sources))
+  if config.data.bootstrap:
+    return
+  tok_dir, tok = _tokenizer(config, workdir)
+  srcs = sources_lib.from_config(config.data.sources, workdir=str(workdir), require_files=prepared is None)
+  if prepared is not None:
+    prepare.check_prepared(prepared, tok_dir, tok.vocab_size, {s.name: _present_files(s) for s in srcs})
+
+
+def _tokenizer(config: Any, workdir: pathlib.Path) -> tuple[pathlib.Path, tokenizer_lib.Tokenizer]:
+  """config.data.tokenizer's directory and tokenizer; ValueError if absent or larger than the model's vocabulary."""
+  tok_dir = sources_lib.tokenizer_dir(config, workdir)
+  if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
+    raise ValueError(f"config.data.tokenizer: no {tokenizer_lib.MODEL_FILE} in {tok_dir}")
+  tok = tokenizer_lib.Tokenizer(tok_dir)
+  if tok.vocab_size > config.model.vocab_size:
+    raise ValueError(f"tokenizer {tok_dir} has {tok.vocab_size} pieces, more than config.model.vocab_size="
+                     f"{config.model.vocab_size}")
+  return tok_dir, tok
 
 
 def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) -> None:
@@ -105,13 +126,7 @@ def _present_files(src: sources_lib.Source) -> list[pathlib.Path] | None:
 
 def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
   """Reads config.data (the single reader of its source, tokenizer and prepared_dir fields)."""
-  tok_dir = sources_lib.tokenizer_dir(config, workdir)
-  if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
-    raise ValueError(f"config.data.tokenizer: no {tokenizer_lib.MODEL_FILE} in {tok_dir}")
-  tok = tokenizer_lib.Tokenizer(tok_dir)
-  if tok.vocab_size > config.model.vocab_size:
-    raise ValueError(f"tokenizer {tok_dir} has {tok.vocab_size} pieces, more than config.model.vocab_size="
-                     f"{config.model.vocab_size}")
+  tok_dir, tok = _tokenizer(config, workdir)
   train, heldout, counts = {}, {}, {}
   t_start = time.time()
   prepared = resolve(config.data.prepared_dir, workdir, "data.prepared_dir") if config.data.prepared_dir else None

@@ -143,8 +143,8 @@ def from_config(sources_cfg: Mapping[str, Any], workdir: str | None = None,
   not `require_files`: training from prepared data needs no raw file).
 
   `{workdir}` in paths is replaced by `workdir`. Raises DataError naming `data.sources.NAME.FIELD`
-  for no sources, an unknown kind or format, a weight <= 0 (a zero-weight source), a bad field map,
-  a glob that matches no file or a file whose format cannot be told from its name.
+  for no sources, empty paths, an unknown kind or format, a weight <= 0 (a zero-weight source), a bad
+  field map, a glob that matches no file or a file whose format cannot be told from its name.
   """
   if sources_cfg is None or not list(sources_cfg.keys()):
     raise DataError("data.sources: no sources configured")
@@ -153,6 +153,9 @@ def from_config(sources_cfg: Mapping[str, Any], workdir: str | None = None,
     cfg = sources_cfg[name]
     key = f"data.sources.{name}"
     paths = with_workdir(str(cfg.get("paths", "") or ""), workdir, f"{key}.paths")
+    if not paths.strip(" ,"):
+      raise DataError(f"{key}.paths is empty: give the source's files as comma-separated globs "
+                      f"(--config.{key}.paths=/data/notes/*.jsonl)")
     fmt = str(cfg.get("format", "") or "")
     whole = fmt == "tfds" or pathlib.Path(paths.strip()).is_file()  # one file whose name has a comma
     globs = (paths.strip(),) if whole else tuple(p.strip() for p in paths.split(",") if p.strip())

@@ -245,7 +245,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--output", type=pathlib.Path,
                       help="with --conversations: JSONL of notes, the predictions of `eval notes`")
   parser.add_argument("--batch-size", type=int, help="with --conversations: notes per batch (default 8)")
-  parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+  parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                      help=f"at most this many tokens a note (default {DEFAULT_MAX_NEW_TOKENS})")
   parser.add_argument("--seed", type=int, default=0, help="sampling seed, 0 <= S < 2**32")
   parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy")
   parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")

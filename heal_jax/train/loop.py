@@ -321,7 +321,7 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   _check_workdir(workdir)
   # A bad data, phase, model or mesh setting fails here, before anything is written to the work directory.
   sources.check_config(config, workdir)
-  mixture.check_prepared_dir(config, workdir)
+  mixture.check_before_writing(config, workdir)
   done = (workdir_restore.completed_steps(workdir) or [0])[-1]
   if not done:  # (a resume reads its own checkpoint: the weights it started from may be gone by now)
     init_lib.check_source(config.init_from)
