@@ -10,12 +10,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # One XLA program cache for the session, its workers and the heal-jax processes tests start: many
 # tests train the same tiny model, and each run would otherwise compile the same train step again.
-# pytest-xdist's workers inherit the directory from the process that made it, which removes it at the end.
+# pytest-xdist's workers inherit the directory from the process that made it, which removes it at the end
+# (never a cache the user's environment names: the tests would fill it with their small programs). A size
+# limit turns on jax's file lock, so a process never reads an entry another is still writing.
 _OWN_CACHE = None
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+if "HEAL_JAX_TESTS_XLA_CACHE" not in os.environ:
   import tempfile  # noqa: E402  pylint: disable=g-import-not-at-top
-  _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="heal-jax-tests-xla-cache-")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  _OWN_CACHE = tempfile.mkdtemp(prefix="heal-jax-tests-xla-cache-")
+  os.environ["HEAL_JAX_TESTS_XLA_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 * 2**30)
 
 import pathlib  # noqa: E402
 import shutil  # noqa: E402

@@ -6,6 +6,7 @@ the result."""
 import dataclasses
 import fcntl
 import json
+import os
 import re
 import signal
 import subprocess
@@ -279,10 +280,13 @@ def test_cli_sigterm_keeps_the_finished_batches_and_the_rerun_equals_one_run(not
   conversations = _write_conversations(tmp_path / "c.jsonl", many)
   command = [sys.executable, "-m", "heal_jax.cli", "generate", "--checkpoint", str(note_checkpoint),
              "--conversations", str(conversations), "--max-new-tokens", "24", "--batch-size", "2"]
+  # Without the tests' shared XLA program cache: each run compiles its prompt shapes as it reaches them,
+  # which keeps the interrupted run going long enough for the signal to find it mid-file.
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   whole = tmp_path / "whole.jsonl"
-  subprocess.run(command + ["--output", str(whole)], check=True, capture_output=True, timeout=300)
+  subprocess.run(command + ["--output", str(whole)], check=True, capture_output=True, timeout=300, env=env)
   out = tmp_path / "p.jsonl"
-  proc = subprocess.Popen(command + ["--output", str(out)], stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(command + ["--output", str(out)], stderr=subprocess.PIPE, text=True, env=env)
   partial = note_file.partial_path(out)
   deadline = time.time() + 120
   while time.time() < deadline and not (partial.exists() and partial.read_text().count("\n") >= 3):
@@ -291,7 +295,7 @@ def test_cli_sigterm_keeps_the_finished_batches_and_the_rerun_equals_one_run(not
   _, err = proc.communicate(timeout=120)
   assert proc.returncode != 0, "the run finished before SIGTERM arrived: give it more conversations"
   assert proc.returncode == 143 and "SIGTERM: the finished batches are kept in" in err and not out.exists()
-  rerun = subprocess.run(command + ["--output", str(out)], capture_output=True, text=True, timeout=300)
+  rerun = subprocess.run(command + ["--output", str(out)], capture_output=True, text=True, timeout=300, env=env)
   assert rerun.returncode == 0 and "kept from an earlier run" in rerun.stderr
   assert out.read_text() == whole.read_text()
 

@@ -45,9 +45,16 @@ def learning_rate(spec: OptimizerSpec) -> optax.Schedule:
   return optax.join_schedules([warmup, decay], [spec.warmup_steps])
 
 
+DECAYED = ("kernel", "embedding")
+
+
 def _decay_mask(params: Any) -> Any:
-  """Weight decay on matrices (kernels, embeddings), not on norm scales."""
-  return jax.tree.map(lambda x: x.ndim >= 2, params)
+  """Weight decay on matrices (kernels, embeddings), not on norm scales. Decided by name: with scanned
+  layers a norm scale is [layers, hidden], as many dimensions as a matrix."""
+  def decayed(path, _):
+    last = path[-1]
+    return str(getattr(last, "key", getattr(last, "name", last))) in DECAYED
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
