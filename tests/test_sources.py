@@ -191,3 +191,10 @@ def test_tfds_dataset_on_disk(tmp_path):
     sources.load_texts(u, "raise")
   assert sources.load_texts(u, "skip") == ([("", "gamma doc")],
                                            {"read": 2, "invalid": 1, "duplicates_exact": 0, "duplicates_near": 0})
+
+
+@pytest.mark.parametrize("paths", ["", " , ", "\t\n"])
+def test_empty_paths_are_named_with_the_flag_to_give(paths):
+  cfg = ml_collections.ConfigDict({"notes": dict(paths=paths, kind="document", weight=1.0, format="", fields="")})
+  with pytest.raises(sources.DataError, match=r"data.sources.notes.paths is empty: .*--config.data.sources.notes.paths="):
+    sources.from_config(cfg, require_files=False)

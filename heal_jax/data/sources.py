@@ -153,7 +153,7 @@ def from_config(sources_cfg: Mapping[str, Any], workdir: str | None = None,
     cfg = sources_cfg[name]
     key = f"data.sources.{name}"
     paths = with_workdir(str(cfg.get("paths", "") or ""), workdir, f"{key}.paths")
-    if not paths.strip(" ,"):
+    if not paths.replace(",", " ").strip():  # only commas and whitespace
       raise DataError(f"{key}.paths is empty: give the source's files as comma-separated globs "
                       f"(--config.{key}.paths=/data/notes/*.jsonl)")
     fmt = str(cfg.get("format", "") or "")
