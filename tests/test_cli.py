@@ -4,6 +4,7 @@ import json
 import sys
 import pathlib
 
+import jax
 import numpy as np
 
 from heal_jax import cli
@@ -132,18 +133,7 @@ def test_train_tokenizer_then_init_a_checkpoint_that_carries_it(tmp_path, capsys
       (tmp_path / "tok" / "tokenizer.model").read_bytes()
   a, b = loaded[0].params, loaded[1].params
   assert a["embed"]["embedding"].shape == (400, cfg.hidden_size)
-  assert all(np.array_equal(x, y) for x, y in zip(_leaves(a), _leaves(b)))  # the config's seed decides
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # the config's seed decides
   assert cli.main(["init", "--config", TINY, "--out", str(tmp_path / "c"), *overrides[:2], "--config.seed=6"]) == 0
   c = restore.load_model(tmp_path / "c").params
   assert not np.array_equal(a["embed"]["embedding"], c["embed"]["embedding"])
-
-
-def _leaves(tree):
-  return [v for _, v in sorted(_flat(tree).items())]
-
-
-def _flat(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    out.update(_flat(v, f"{prefix}/{k}") if isinstance(v, dict) else {f"{prefix}/{k}": v})
-  return out

@@ -51,10 +51,7 @@ DECAYED = ("kernel", "embedding")
 def _decay_mask(params: Any) -> Any:
   """Weight decay on matrices (kernels, embeddings), not on norm scales. Decided by name: with scanned
   layers a norm scale is [layers, hidden], as many dimensions as a matrix."""
-  def decayed(path, _):
-    last = path[-1]
-    return str(getattr(last, "key", getattr(last, "name", last))) in DECAYED
-  return jax.tree_util.tree_map_with_path(decayed, params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key in DECAYED, params)
 
 
 def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
