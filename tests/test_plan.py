@@ -56,12 +56,20 @@ def test_a_plan_that_describes_no_cluster_is_an_error(override, message, capfd):
   assert capfd.readouterr().err.splitlines()[-1] == f"heal-jax plan: error: {message}"
 
 
-def test_plan_runs_on_the_tiny_preset_as_it_trains(capfd):
+def test_plan_runs_on_the_tiny_preset_as_it_trains(capfd, monkeypatch):
   """configs/tiny.py plans for the one CPU device its README command trains on (with the default 8
-  devices its 2-row phases could not be split, and plan failed on the preset users meet first)."""
+  devices its 2-row phases could not be split, and plan failed on the preset users meet first).
+  Its extend and instruct phases differ only in data and schedule: one compile serves both."""
+  compiled = []
+  real = plan.plan_phase
+  monkeypatch.setattr(plan, "plan_phase", lambda config, phase, mesh: compiled.append(phase.name) or
+                      real(config, phase, mesh))
   assert plan.main(["--config", str(REPO / "configs" / "tiny.py")]) == 0
+  assert compiled == ["pretrain", "extend"]
   out = capfd.readouterr().out.strip().splitlines()
   assert out[0].startswith("plan: 1.00M parameters on 1 devices")
   result = json.loads(out[-1])
   assert result["fits"] is True and [r["phase"] for r in result["phases"]] == ["pretrain", "extend", "instruct"]
   assert result["total_tokens"] == 150 * 8 * 256 + 20 * 2 * 2048 + 80 * 2 * 2048
+  extend, instruct = result["phases"][1:]
+  assert dict(extend, phase="instruct") == instruct

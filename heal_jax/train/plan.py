@@ -1,7 +1,7 @@
 """`heal-jax plan`: will a run fit, and how long will a step take, before renting the cluster.
 
 For every phase of the config, the train step is compiled ahead of time (nothing is allocated:
-abstract inputs) against a mesh of `plan.devices` fake CPU devices, with the run's shardings, remat
+abstract inputs; phases with the same model, length and rows share one compile) against a mesh of `plan.devices` fake CPU devices, with the run's shardings, remat
 and micro-batching; `attention_impl="auto"` is planned as it runs on a GPU (our Pallas kernel,
 compiled here in interpret mode: memory linear in the sequence length, not XLA's L x L scores).
 Reported per device: parameters and optimizer state (exact, from the
@@ -118,7 +118,17 @@ def run_plan(config: Any) -> dict[str, Any]:
   devices = jax.devices()[:config.plan.devices]
   with _planned_devices(config):
     mesh = setup.make_mesh(config, devices)
-  rows = [plan_phase(config, p, mesh) for p in phases_lib.from_config(config)]
+  rows, measured = [], {}
+  for phase in phases_lib.from_config(config):
+    # Phases with the same model, rows and length compile to the same program up to the schedule's
+    # constants (e.g. the paper's extend and instruct phases): compiled once, each phase's row its own.
+    key = (phases_lib.model_config(config_lib.model_config(config), phase), phase.seq_len, phase.global_batch)
+    if key in measured:
+      with _planned_devices(config):
+        setup.check_phase(config, phase, key[0], mesh)
+      rows.append(dict(measured[key], phase=phase.name))
+    else:
+      rows.append(measured.setdefault(key, plan_phase(config, phase, mesh)))
   limit = config.plan.device_memory_gb * config.plan.memory_fraction * 1024**3
   worst = max(rows, key=lambda r: r["per_device_bytes"])
   cfg = config_lib.model_config(config)
