@@ -58,14 +58,16 @@ from heal_jax.train import metrics, optimizer as opt_lib, state as state_lib, st
 def _our_step(cfg: ModelConfig, batch_rows: int, seq: int, packed: bool = True, devices: int = 1):
   mesh = mesh_lib.make_mesh({"data": devices, "fsdp": 1, "tensor": 1}, jax.devices()[:devices])
   spec = opt_lib.OptimizerSpec(peak_lr=1e-4, steps=1000, warmup_steps=0, schedule="constant")
-  tx, lr = opt_lib.make_optimizer(spec), opt_lib.learning_rate(spec)
+  tx = opt_lib.make_optimizer(opt_lib.hyperparams(spec))
   p_shard = state_lib.param_shardings(cfg, mesh)
   params = jax.jit(lambda k: state_lib.unboxed_init(cfg, k), out_shardings=p_shard)(jax.random.PRNGKey(0))
   state = state_lib.new_state(params, tx, jax.random.PRNGKey(0))
   st_shard = state_lib.state_shardings(jax.eval_shape(lambda: state), p_shard, mesh)
   # The step's outputs carry st_shard; inputs placed otherwise would compile a second program.
   state = jax.device_put(state, st_shard)
-  fn = step_lib.jit_train_step(cfg, tx, lr, 1, 0.0, 1, st_shard, mesh_lib.batch_sharding(mesh), packed=packed)
+  jitted = step_lib.jit_train_step(cfg, 1, 0.0, 1, st_shard, mesh_lib.batch_sharding(mesh), packed=packed)
+  hp = step_lib.replicated_hyperparams(spec, mesh)
+  fn = lambda st, b: jitted(st, b, hp)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, cfg.vocab_size, (batch_rows, seq), dtype=np.int32)
   ones = np.ones_like(tokens)

@@ -132,7 +132,8 @@ def test_from_a_work_directory_in_either_layout(tmp_path, stored_scan, run_scan)
   params = jax.jit(lambda k: state_lib.unboxed_init(stored, k),
                    out_shardings=state_lib.param_shardings(stored, mesh))(jax.random.PRNGKey(1))
   from heal_jax.train import optimizer as opt_lib  # pylint: disable=import-outside-toplevel
-  tx = opt_lib.make_optimizer(opt_lib.OptimizerSpec(peak_lr=1e-3, steps=10, warmup_steps=0, schedule="constant"))
+  tx = opt_lib.make_optimizer(opt_lib.hyperparams(opt_lib.OptimizerSpec(peak_lr=1e-3, steps=10, warmup_steps=0,
+                                                                      schedule="constant")))
 
   class _Iterator:  # the data state a run saves beside its train state
     def get_state(self):

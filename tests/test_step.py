@@ -56,13 +56,12 @@ def _ours(micro_steps: int, z_loss: float = 0.0, steps: int = 2, seed: int = 0, 
   params = jax.tree.map(jnp.asarray, _params(model, cfg))
   spec = optimizer.OptimizerSpec(peak_lr=LR, steps=10, schedule="constant", weight_decay=WEIGHT_DECAY,
                                  clip_norm=CLIP, eps=EPS)
-  tx = optimizer.make_optimizer(spec)
-  fn = jax.jit(functools.partial(step.train_step, cfg=cfg, tx=tx, lr_fn=optimizer.learning_rate(spec),
-                                 micro_steps=micro_steps, z_loss=z_loss, num_sources=2))
-  st = state_lib.new_state(params, tx, jax.random.PRNGKey(0))
+  hp = optimizer.hyperparams(spec)
+  fn = jax.jit(functools.partial(step.train_step, cfg=cfg, micro_steps=micro_steps, z_loss=z_loss, num_sources=2))
+  st = state_lib.new_state(params, optimizer.make_optimizer(hp), jax.random.PRNGKey(0))
   metrics = []
   for i in range(steps):
-    st, m = fn(st, jax.tree.map(jnp.asarray, _batch(cfg.vocab_size, seed=i)))
+    st, m = fn(st, jax.tree.map(jnp.asarray, _batch(cfg.vocab_size, seed=i)), hp)
     metrics.append(jax.tree.map(np.asarray, m))
   return model, cfg, st, metrics
 
@@ -129,3 +128,26 @@ def test_per_source_sums_split_the_batch_by_source():
         want_tokens[src] += 1
   np.testing.assert_allclose(metrics[0]["source_tokens_S"], want_tokens)
   np.testing.assert_allclose(metrics[0]["source_nll_S"], want_nll, rtol=1e-5)
+
+
+def test_bfloat16_moments_keep_their_dtype_under_float32_step_numbers():
+  """The optimizer's numbers enter the step as float32 arrays (one program for every schedule): the
+  moments of bfloat16 parameters stay bfloat16, so step 2 reuses step 1's program; the learning rate
+  logged is the schedule's at the optimizer's count."""
+  model = hf_reference.hf_llama(0)
+  cfg = hf_reference.our_config(model).replace(param_dtype="bfloat16")
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), _params(model, cfg))
+  spec = optimizer.OptimizerSpec(peak_lr=LR, steps=4, warmup_steps=2, schedule="linear")
+  hp = {k: np.float32(v) for k, v in optimizer.hyperparams(spec).items()}
+  fn = jax.jit(functools.partial(step.train_step, cfg=cfg, micro_steps=1, z_loss=0.0, num_sources=2))
+  st = state_lib.new_state(params, optimizer.make_optimizer(hp), jax.random.PRNGKey(0))
+  dtypes = [x.dtype for x in jax.tree.leaves(st.opt_state)]
+  assert jnp.bfloat16 in dtypes
+  rates = []
+  for i in range(3):
+    st, m = fn(st, jax.tree.map(jnp.asarray, _batch(cfg.vocab_size, seed=i)), hp)
+    rates.append(float(m["learning_rate"]))
+  assert [x.dtype for x in jax.tree.leaves(st.opt_state)] == dtypes
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(st.params))
+  assert fn._cache_size() == 1  # pylint: disable=protected-access
+  np.testing.assert_allclose(rates, [0.0, LR / 2, LR], rtol=1e-6)

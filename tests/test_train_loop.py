@@ -44,16 +44,29 @@ def test_fsdp_mesh_matches_one_device(data_root, tmp_path):
 
 def test_the_train_step_compiles_once_per_run_fresh_and_resumed(data_root, tmp_path, caplog):
   """State entering the step is placed as the step returns it, so step 2 reuses step 1's program (a
-  second compile of a 13B step costs minutes); also after a resume from a checkpoint."""
-  def train_step_compiles(steps):
+  second compile of a 13B step costs minutes); also after a resume from a checkpoint, and in a second
+  phase of the same model and shapes with another schedule (its numbers are arguments of the step)."""
+  second = ("--config.phase_order=pretrain,extend", "--config.phases.extend.seq_len=64",
+            "--config.phases.extend.global_batch=8", "--config.phases.extend.rope_scaling_factor=1.0",
+            "--config.phases.extend.peak_lr=1e-3", "--config.phases.extend.schedule=linear",
+            "--config.phases.extend.warmup_steps=1", "--config.phases.extend.end_lr_ratio=0.5")
+
+  def train_step_compiles(steps, extend_steps):
     caplog.clear()
     with caplog.at_level("WARNING", logger="jax"), jax.log_compiles(True):
-      loop.train(train_helpers.load(data_root, steps), tmp_path / "w")
+      loop.train(train_helpers.load(data_root, steps, second + (f"--config.phases.extend.steps={extend_steps}",)),
+                 tmp_path / "w")
     return sum("Finished XLA compilation of jit(train_step)" in r.getMessage() for r in caplog.records)
 
-  assert train_step_compiles(4) == 1
-  assert train_step_compiles(8) == 1  # resumes at step 4
-  assert sorted(train_helpers.losses(tmp_path / "w")) == list(range(1, 9))
+  assert train_step_compiles(4, 2) == 1
+  assert train_step_compiles(4, 4) == 1  # resumes at step 6, inside extend
+  rows = [r for r in map(json.loads, (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+  assert [r["step"] for r in rows] == list(range(1, 9))
+  # each phase's own schedule: pretrain cosine 3e-3 warming up over 2 steps; extend linear 1e-3 to 5e-4
+  # over its 4 steps after 1 of warmup (the rate logged is the one the step applied)
+  lr = [r["learning_rate"] for r in rows]
+  np.testing.assert_allclose(lr[:2], [0.0, 1.5e-3], rtol=1e-6)
+  np.testing.assert_allclose(lr[4:], [0.0, 1e-3, 1e-3 - 5e-4 / 3, 1e-3 - 1e-3 / 3], rtol=1e-6)
 
 
 @pytest.mark.parametrize("override,message", [

@@ -58,7 +58,10 @@ class _Run:
   base_cfg: ModelConfig
   task_examples: dict[str, list]  # config.eval.tasks, read once at start
   phases: list[phases_lib.Phase]
-  eval_fns: dict[ModelConfig, Any] = dataclasses.field(default_factory=dict)  # the held-out eval per phase model
+  # The train step and held-out eval per phase model: phases that differ in data, length or schedule only
+  # reuse one compiled step (its optimizer numbers are arguments).
+  step_fns: dict[ModelConfig, Any] = dataclasses.field(default_factory=dict)
+  eval_fns: dict[ModelConfig, Any] = dataclasses.field(default_factory=dict)
   note_programs: dict[Any, Any] = dataclasses.field(default_factory=dict)  # note_eval's decode programs, kept
 
 
@@ -164,7 +167,7 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   """Trains `phase` from state.step to phase.end. Returns (state, "done" | "preempted")."""
   cfg = phases_lib.model_config(run.base_cfg, phase)
   config = run.config
-  tx = optimizer_lib.make_optimizer(phase.optimizer)
+  tx = optimizer_lib.make_optimizer(optimizer_lib.hyperparams(phase.optimizer))
   p_shard = state_lib.param_shardings(cfg, run.mesh)
   st_shard = state_lib.state_shardings(jax.eval_shape(lambda: state), p_shard, run.mesh)
   step0 = int(state.step)
@@ -190,7 +193,10 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   if jax.process_index() == 0:  # Only once the config is known to fit the work directory's checkpoints.
     (run.workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
   batch_sharding = mesh_lib.batch_sharding(run.mesh)
-  step_fn = setup.phase_train_step(config, phase, cfg, tx, st_shard, run.mesh, len(run.source_names))
+  if cfg not in run.step_fns:
+    run.step_fns[cfg] = setup.phase_train_step(config, cfg, st_shard, run.mesh, len(run.source_names))
+  step_fn = run.step_fns[cfg]
+  hp = step_lib.replicated_hyperparams(phase.optimizer, run.mesh)
   run.writer.log(f"phase {phase.name} ({phase.index + 1}): steps {phase.start}..{phase.end}, seq_len "
                  f"{phase.seq_len}, rope x{phase.rope_scaling_factor}, weights {phase.weights}, "
                  f"instruction tuning {'on' if phase.instruction_tuning else 'off'}, from step {step0}")
@@ -208,7 +214,7 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
     for step in range(step0, phase.end):
       profiler.before_step(step)
       batch = _global_batch(next(it), batch_sharding, spec.global_batch)
-      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, batch, hp)
       done = step + 1
       profiler.after_step(done, state)
       if pending is not None:
@@ -432,7 +438,7 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
     phase = phase or ended  # all done but the last phase's eval: restore its state to run it
     cfg = phases_lib.model_config(base_cfg, phase)
     p_shard = state_lib.param_shardings(cfg, mesh)
-    tx = optimizer_lib.make_optimizer(phase.optimizer)
+    tx = optimizer_lib.make_optimizer(optimizer_lib.hyperparams(phase.optimizer))
     with jax.set_mesh(mesh):
       if latest is not None:
         abstract = jax.eval_shape(lambda: state_lib.new_state(

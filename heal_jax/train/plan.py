@@ -70,7 +70,7 @@ def plan_phase(config: Any, phase: Any, mesh: Any) -> dict[str, Any]:
 
   cfg = phases_lib.model_config(config_lib.model_config(config), phase)
   cfg = cfg.replace(attention_impl=attention.resolve_impl(cfg.attention_impl, "gpu"))
-  tx = opt_lib.make_optimizer(phase.optimizer)
+  tx = opt_lib.make_optimizer(opt_lib.hyperparams(phase.optimizer))
   p_shard = state_lib.param_shardings(cfg, mesh)
   abstract = jax.eval_shape(lambda: state_lib.new_state(state_lib.unboxed_init(cfg, jax.random.PRNGKey(0)), tx,
                                                         jax.random.PRNGKey(0)))
@@ -82,9 +82,12 @@ def plan_phase(config: Any, phase: Any, mesh: Any) -> dict[str, Any]:
   batch = {k: jax.ShapeDtypeStruct((phase.global_batch, phase.seq_len), jnp.int32, sharding=b_shard)
            for k in ("tokens", "segment_ids", "positions", "loss_mask", "source")}
   num_sources = max(len(config.data.sources), 1)
-  step_fn = setup.phase_train_step(config, phase, cfg, tx, st_shard, mesh, num_sources)
+  step_fn = setup.phase_train_step(config, cfg, st_shard, mesh, num_sources)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  hp = {k: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
+        for k in opt_lib.hyperparams(phase.optimizer)}
   with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
-    compiled = step_fn.lower(state_in, batch).compile()
+    compiled = step_fn.lower(state_in, batch, hp).compile()
   mem = compiled.memory_analysis()
   params_b = _sharded_bytes(state_in.params)
   opt_b = _sharded_bytes(state_in.opt_state)
@@ -120,8 +123,8 @@ def run_plan(config: Any) -> dict[str, Any]:
     mesh = setup.make_mesh(config, devices)
   rows, measured = [], {}
   for phase in phases_lib.from_config(config):
-    # Phases with the same model, rows and length compile to the same program up to the schedule's
-    # constants (e.g. the paper's extend and instruct phases): compiled once, each phase's row its own.
+    # Phases with the same model, rows and length run the same program (the optimizer's numbers are its
+    # arguments), as the paper's extend and instruct phases do: compiled once, each phase's row its own.
     key = (phases_lib.model_config(config_lib.model_config(config), phase), phase.seq_len, phase.global_batch)
     if key in measured:
       with _planned_devices(config):

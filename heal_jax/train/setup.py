@@ -9,11 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import optax
 
 from heal_jax.model.config import ModelConfig
 from heal_jax.parallel import mesh as mesh_lib
-from heal_jax.train import optimizer as optimizer_lib
 from heal_jax.train import phases as phases_lib
 from heal_jax.train import state as state_lib
 from heal_jax.train import step as step_lib
@@ -41,8 +39,9 @@ def check_phase(config: Any, phase: phases_lib.Phase, cfg: ModelConfig, mesh: ja
   mesh_lib.check_no_large_replicated(shapes, state_lib.param_shardings(cfg, mesh), config.mesh.max_replicated_elements)
 
 
-def phase_train_step(config: Any, phase: phases_lib.Phase, cfg: ModelConfig, tx: optax.GradientTransformation,
-                     state_shardings: Any, mesh: jax.sharding.Mesh, num_sources: int):
-  """The jitted train step of `phase` (see step.jit_train_step), fed batches sharded over the mesh."""
-  return step_lib.jit_train_step(cfg, tx, optimizer_lib.learning_rate(phase.optimizer), config.train.micro_steps,
-                                 config.train.z_loss, num_sources, state_shardings, mesh_lib.batch_sharding(mesh))
+def phase_train_step(config: Any, cfg: ModelConfig, state_shardings: Any, mesh: jax.sharding.Mesh,
+                     num_sources: int):
+  """The jitted train step for a phase's model `cfg` (see step.jit_train_step), fed batches sharded over
+  the mesh and the phase's `step.replicated_hyperparams`."""
+  return step_lib.jit_train_step(cfg, config.train.micro_steps, config.train.z_loss, num_sources, state_shardings,
+                                 mesh_lib.batch_sharding(mesh))

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from heal_jax.model import llama
 from heal_jax.model.config import ModelConfig
 from heal_jax.train import loss as loss_lib
+from heal_jax.train import optimizer as optimizer_lib
 from heal_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -68,11 +70,11 @@ def loss_and_grads(params: Any, batch: Batch, cfg: ModelConfig, micro_steps: int
   return stats, grads
 
 
-def train_step(state: TrainState, batch: Batch, *, cfg: ModelConfig, tx: optax.GradientTransformation,
-               lr_fn: Callable[[jax.Array], jax.Array], micro_steps: int, z_loss: float,
-               num_sources: int, packed: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, batch: Batch, hp: dict[str, jax.Array], *, cfg: ModelConfig, micro_steps: int,
+               z_loss: float, num_sources: int, packed: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch (int32 [B, L] arrays: tokens, segment_ids, positions,
-  loss_mask, source). The loss is the mean NLL over every target token of the global batch.
+  loss_mask, source). The loss is the mean NLL over every target token of the global batch. `hp` are
+  the phase's optimizer numbers (`optimizer.hyperparams`), AdamW's and the schedule's.
 
   A step whose loss or gradient norm is not finite changes nothing but the counters (skipped,
   bad_streak); the caller halts after too long a streak. `packed=False` promises one document per
@@ -84,7 +86,9 @@ def train_step(state: TrainState, batch: Batch, *, cfg: ModelConfig, tx: optax.G
   grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)))
   loss = (stats["nll_sum"] + stats["z_sum"]) / denom
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  updates, new_opt_state = optimizer_lib.make_optimizer(hp).update(grads, state.opt_state, state.params)
+  # float32 numbers in `hp` would promote moments of lower precision: each keeps its dtype
+  new_opt_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_opt_state, state.opt_state)
   new_params = optax.apply_updates(state.params, updates)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   new_state = state.replace(
@@ -97,7 +101,7 @@ def train_step(state: TrainState, batch: Batch, *, cfg: ModelConfig, tx: optax.G
              "nll_sum": stats["nll_sum"], "z_sum": stats["z_sum"], "tokens": stats["tokens"], "finite": finite, "skipped": new_state.skipped,
              "bad_streak": new_state.bad_streak, "source_nll_S": stats["source_nll_S"],
              "source_tokens_S": stats["source_tokens_S"],
-             "learning_rate": lr_fn(_opt_count(state.opt_state))}
+             "learning_rate": optimizer_lib.schedule_value(hp, _opt_count(state.opt_state))}
   return new_state, metrics
 
 
@@ -110,11 +114,20 @@ def _opt_count(opt_state: Any) -> jax.Array:
   return jnp.zeros((), jnp.int32)
 
 
-def jit_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, lr_fn, micro_steps: int,
-                   z_loss: float, num_sources: int, state_shardings: Any, batch_sharding: Any,
-                   packed: bool = True):
-  """jax.jit of `train_step` with explicit in/out shardings and the state donated."""
-  fn = functools.partial(train_step, cfg=cfg, tx=tx, lr_fn=lr_fn, micro_steps=micro_steps, z_loss=z_loss,
-                         num_sources=num_sources, packed=packed)
-  return jax.jit(fn, in_shardings=(state_shardings, batch_sharding),
+def jit_train_step(cfg: ModelConfig, micro_steps: int, z_loss: float, num_sources: int, state_shardings: Any,
+                   batch_sharding: jax.sharding.NamedSharding, packed: bool = True):
+  """jax.jit of `train_step` with explicit in/out shardings and the state donated; called as
+  fn(state, batch, hp) with hp replicated (`replicated_hyperparams`)."""
+  fn = functools.partial(train_step, cfg=cfg, micro_steps=micro_steps, z_loss=z_loss, num_sources=num_sources,
+                         packed=packed)
+  hp_sharding = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+  return jax.jit(fn, in_shardings=(state_shardings, batch_sharding, hp_sharding),
                  out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+
+def replicated_hyperparams(spec: optimizer_lib.OptimizerSpec, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """`optimizer.hyperparams(spec)` as float32 scalars on every device of `mesh` (every process passes the
+  same spec)."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return {k: jax.make_array_from_callback((), replicated, lambda _, v=v: np.asarray(v, np.float32))
+          for k, v in optimizer_lib.hyperparams(spec).items()}
