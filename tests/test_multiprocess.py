@@ -230,25 +230,12 @@ def test_a_coordinator_port_in_use_is_named(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
-def test_a_topology_given_in_the_config_differs_by_process_id_only(data_root, tmp_path):
-  """--config.distributed.process_id=i is the one setting that differs between processes by design:
-  the same-command check leaves it out, and the run trains."""
-  port = _port()
-  cmd = [sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY), "--workdir",
-         str(tmp_path / "w"), *train_helpers.overrides(data_root, 2, MESH),
-         f"--config.distributed.coordinator_address=127.0.0.1:{port}", "--config.distributed.num_processes=2"]
-  env = {k: v for k, v in _env(0, port).items() if not k.startswith("HEAL_")}
-  procs = [subprocess.Popen(cmd + [f"--config.distributed.process_id={pid}"], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
-  outs = [p.communicate(timeout=300) for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
-  assert '"status": "done"' in outs[0][0]
-
-
 def test_note_eval_and_sample_note_run_in_two_processes(data_root, tmp_path):
   """While instruction tuning, both processes write every held-out note (rows split over the mesh)
   and log their scores; the closing sample note is written too. Both equal what one process writes
-  from the run's checkpoint."""
+  from the run's checkpoint. The topology is given in the config, not the environment:
+  --config.distributed.process_id=i is the one setting that differs between the processes by design
+  (the same-command check leaves it out)."""
   from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
   from heal_jax.data import mixture  # pylint: disable=import-outside-toplevel
   from heal_jax.train import note_eval  # pylint: disable=import-outside-toplevel
@@ -256,8 +243,13 @@ def test_note_eval_and_sample_note_run_in_two_processes(data_root, tmp_path):
   notes = ("--config.eval.holdout_examples=3", "--config.eval.note_examples=3", "--config.eval.note_tokens=6",
            "--config.eval.sample_note_tokens=6", "--config.model.max_position_embeddings=4096",
            "--config.phases.pretrain.instruction_tuning=true", "--config.phases.pretrain.weights=clinical=1")
-  args = train_helpers.overrides(data_root, 1, MESH + notes)
-  procs = _start(workdir, args)
+  port = _port()
+  cmd = [sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY), "--workdir",
+         str(workdir), *train_helpers.overrides(data_root, 1, MESH + notes),
+         f"--config.distributed.coordinator_address=127.0.0.1:{port}", "--config.distributed.num_processes=2"]
+  env = {k: v for k, v in _env(0, port).items() if not k.startswith("HEAL_")}
+  procs = [subprocess.Popen(cmd + [f"--config.distributed.process_id={pid}"], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]

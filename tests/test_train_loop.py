@@ -207,10 +207,10 @@ def _checkpoint_tmp_exists(workdir: pathlib.Path) -> bool:
 def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(data_root, tmp_path):
   steps = 24
   reference = tmp_path / "reference"
-  # Without the tests' shared XLA program cache: each restart compiles afresh, as a run does in production
-  # when no cache is set, and the kill moments below keep their place in the run.
+  subprocess.run(_cli(reference, data_root, steps), env=_env(), check=True, capture_output=True, cwd=REPO)
+  # The killed runs go without the tests' shared XLA program cache: each restart compiles afresh, as a run
+  # does in production when no cache is set, and the kill moments below keep their place in the run.
   env = _env(compilation_cache=False)
-  subprocess.run(_cli(reference, data_root, steps), env=env, check=True, capture_output=True, cwd=REPO)
   workdir = tmp_path / "killed"
   rng = np.random.default_rng(0)
   kills = 0
@@ -274,10 +274,10 @@ def test_tiny_recipe_learns_reproduces_and_exports(data_root, tmp_path):
   extra = ("--config.phase_order=pretrain,extend", "--config.phases.extend.steps=10",
            "--config.phases.extend.seq_len=128", "--config.phases.extend.global_batch=8",
            "--config.phases.pretrain.peak_lr=3e-3",
-           "--config.checkpoint.every_steps=100")
+           "--config.checkpoint.every_steps=100", "--config.mesh.fsdp=1")
   runs = []
-  for name in ("a", "b"):
-    loop.train(train_helpers.load(data_root, 200, extra), tmp_path / name)
+  for name in ("a", "b"):  # one device: sharding has its own tests, and 8 on 2 cores cost a third more here
+    loop.train(train_helpers.load(data_root, 200, extra), tmp_path / name, devices=jax.devices()[:1])
     runs.append(train_helpers.losses(tmp_path / name))
   assert runs[0] == runs[1]  # same seed, same numbers, exactly
   entropy = _unigram_entropy(data_root, ("general", "medical", "clinical"))
