@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -40,6 +41,27 @@ def _start(workdir: pathlib.Path, args: list[str]) -> list[subprocess.Popen]:
   cmd = [sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY), "--workdir", str(workdir)]
   return [subprocess.Popen(cmd + args, env=_env(pid, port), cwd=REPO, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True) for pid in range(2)]
+
+
+def _communicate_all(procs: list[subprocess.Popen], timeout: float) -> tuple[list[str], list[float]]:
+  """Each process's stderr and the time.time() at which it exited (read concurrently, so that one
+  process's full pipe never holds up the other's exit time)."""
+  results: dict[int, tuple[str, float]] = {}
+
+  def wait(i: int) -> None:
+    try:
+      _, err = procs[i].communicate(timeout=timeout)
+      results[i] = (err, time.time())
+    except subprocess.TimeoutExpired:
+      procs[i].kill()
+      procs[i].communicate()
+  threads = [threading.Thread(target=wait, args=(i,)) for i in range(len(procs))]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(results) == len(procs), "a process did not exit in time"
+  return [results[i][0] for i in range(len(procs))], [results[i][1] for i in range(len(procs))]
 
 
 @pytest.fixture(scope="module")
@@ -170,28 +192,27 @@ def test_a_failure_on_process_0_alone_stops_both_at_once(data_root, tmp_path):
   workdir = tmp_path / "busy"
   lock = workdir_lock.acquire(workdir, print)
   try:
-    start = time.time()
     procs = _start(workdir, train_helpers.overrides(data_root, 2, MESH))
-    errs = [p.communicate(timeout=120)[1] for p in procs]
-    elapsed = time.time() - start
+    errs, exits = _communicate_all(procs, timeout=120)
   finally:
     lock.release()
   assert [p.returncode for p in procs] == [2, 2], errs
   assert "is in use by another heal-jax train" in errs[0]
   assert f"process 0 could not lock work directory {workdir}; its log says why" in errs[1]
-  assert elapsed < 25, elapsed  # well under the 30 s a peer waits before a collective times out
+  # Process 1 ends with process 0, not 30 s later when its collective would time out. (Measured between
+  # the exits: the time to start two jax processes varies with the machine's load.)
+  assert max(exits) - min(exits) < 15, exits
   # The same for a failure inside process 0's bootstrap: a work directory with a checkpoint and another
   # tokenizer is refused there (process 1 used to wait at a barrier until the coordinator vanished).
   (workdir / "checkpoints" / "1").mkdir(parents=True)
   (workdir / "tokenizer").mkdir()
   (workdir / "tokenizer" / "tokenizer.model").write_bytes(b"another tokenizer")
-  start = time.time()
   procs = _start(workdir, train_helpers.overrides(data_root, 2, MESH))
-  errs = [p.communicate(timeout=120)[1] for p in procs]
+  errs, exits = _communicate_all(procs, timeout=120)
   assert [p.returncode for p in procs] == [2, 2], errs
   assert "differs from the tokenizer this work directory was trained with" in errs[0]
   assert "process 0 could not prepare the work directory (bundled corpus, tokenizer); its log says why" in errs[1]
-  assert time.time() - start < 25
+  assert max(exits) - min(exits) < 15, exits
 
 
 @pytest.mark.parametrize("theirs,named", [
