@@ -1,0 +1,120 @@
+"""Trainer: a bad setting, a missing file or a wrong work directory is refused before anything is
+written, naming the config key or path."""
+
+from __future__ import annotations
+
+import pytest
+
+from heal_jax import config as config_lib
+from heal_jax.train import loop
+
+from tests import train_helpers
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  return train_helpers.make_corpus(tmp_path_factory.mktemp("train_data"))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.phases.pretrain.weights=general=1,pubmed=1", "unknown source 'pubmed'"),
+    ("--config.model.attention_impl=flash", "attention_impl='flash' is not one of"),
+    ("--config.mesh.fsdp=3", "does not fit"),
+    ("--config.phases.pretrain.warmup_steps=-5", "warmup_steps must be >= 0"),
+    ("--config.phases.pretrain.warmup_steps=3", "warmup_steps=3 is more than the phase's steps=2"),
+    ("--config.train.global_batch=12", "must be a multiple of the data x fsdp devices"),
+    ("--config.phases.pretrain.weights=general=nan,medical=1", "weight nan; a weight is a finite number > 0"),
+    ("--config.phases.pretrain.weights=general=1,general=2", "'general' is given twice"),
+    ("--config.phase_order=pretrain,pretrain", r"names phase\(s\) \['pretrain'\] more than once"),
+    ("--config.phases.pretrain.schedule=bogus", "phases.pretrain.schedule='bogus'; expected one of cosine"),
+    ("--config.data.num_shards=3", "global batch 8 is not divisible by the data shards"),
+    ("--config.eval.tasks=pubmedqa=/nonexistent/pubmedqa", "/nonexistent/pubmedqa"),
+    ("--config.phases.pretrain.weights=,", r"config.phases.pretrain.weights=',' names no source"),
+    ("--config.phases.pretrain.rope_scaling_factor=0.5", "phases.pretrain: .*rope_scaling_factor >= 1"),
+    ("--config.data.sources.general.weight=0", "data.sources.general.weight: zero-weight source"),
+    ("--config.data.sources.general.kind=doc", "data.sources.general.kind: unknown kind 'doc'"),
+    ("--config.data.sources.general.format=parquet", "data.sources.general.format: unknown format"),
+    ("--config.data.on_error=ignore", "config.data.on_error='ignore'"),
+    ("--config.data.dedup.bands=7", "data.dedup.num_perm=128 must be a positive multiple of data.dedup.bands=7"),
+    ("--config.init_from=/nonexistent/ckpt", r"config.init_from='/nonexistent/ckpt': no such directory"),
+    ("--config.data.prepared_dir=/nonexistent/prep", r"data.prepared_dir=/nonexistent/prep: no report.json; not a "
+                                                     r"`heal-jax data prepare` output"),
+])
+def test_a_bad_setting_fails_before_the_work_directory_is_touched(data_root, tmp_path, override, message):
+  config = train_helpers.load(data_root, 2, (override, "--config.data.bootstrap=synthetic",
+                                             f"--config.data.tokenizer={tmp_path}/w/tok"))
+  with pytest.raises(ValueError, match=message):
+    loop.train(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.data.sources.general.paths=/nonexistent/*.jsonl",
+     r"data.sources.general.paths: '/nonexistent/\*.jsonl' matches no file"),
+    ("--config.data.sources.general.paths=", r"data.sources.general.paths is empty: give the source's files"),
+    ("--config.data.tokenizer=/nonexistent/tok", "config.data.tokenizer: no tokenizer.model in /nonexistent/tok"),
+    ("--config.model.vocab_size=300", r"has 512 pieces, more than config.model.vocab_size=300"),
+])
+def test_a_missing_data_file_or_tokenizer_fails_before_the_work_directory_is_touched(data_root, tmp_path,
+                                                                                     override, message):
+  """Without the bootstrap nothing will write them: found missing before the lock, metrics.jsonl and the
+  tokenizer copy, not after."""
+  config = train_helpers.load(data_root, 2, (override,))
+  with pytest.raises(ValueError, match=message):
+    loop.train(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("size", ["7b", "13b", "70b"])
+def test_a_llama2_preset_builds_its_phases_and_names_the_paths_to_give(tmp_path, size):
+  """`plan` builds the phases from the preset's one source; `train` asks for its files by key."""
+  from heal_jax.train import phases as phases_lib  # pylint: disable=import-outside-toplevel
+  preset = str(train_helpers.TINY.parent / f"llama2_{size}.py")
+  (phase,) = phases_lib.from_config(config_lib.load_config(preset))
+  assert phase.weights == {"corpus": 1.0}
+  config = config_lib.load_config(preset, [f"--config.data.tokenizer={tmp_path}/tok"])
+  with pytest.raises(ValueError, match=r"data.sources.corpus.paths is empty: .*--config.data.sources.corpus.paths="):
+    loop.train(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.data.bootstrap=web", "config.data.bootstrap='web'"),
+    ("--config.data.tokenizer=", "config.data.tokenizer is empty"),
+])
+def test_a_bad_data_setting_fails_before_the_bootstrap(tmp_path, override, message):
+  """Checked before the lock and the bootstrap: an empty data.tokenizer used to reach the bootstrap, which
+  tried to replace the current directory with a trained tokenizer."""
+  config = config_lib.load_config(str(train_helpers.TINY), [override])
+  with pytest.raises(ValueError, match=message):
+    loop.train(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+def test_the_bootstrap_never_replaces_a_folder_of_someone_elses(tmp_path):
+  """data.tokenizer naming a folder without tokenizer.model (a typo, the wrong folder) used to be replaced
+  whole by the bootstrap's tokenizer, deleting what was there."""
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("keep me")
+  config = config_lib.load_config(str(train_helpers.TINY), [f"--config.data.tokenizer={mine}"])
+  with pytest.raises(ValueError, match=f"config.data.tokenizer {mine} holds other files than the bootstrap's"):
+    loop.train(config, tmp_path / "w")
+  assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_converted_checkpoint_or_a_file_is_refused_as_work_directory(data_root, tmp_path):
+  """Training into a converted checkpoint's folder used to work, and eval of that folder then read the
+  converted weights, never the training's."""
+  from heal_jax.checkpoint import random_init  # pylint: disable=import-outside-toplevel
+  config = train_helpers.load(data_root, 2)
+  ckpt = tmp_path / "ckpt"
+  random_init.write_random_checkpoint(config_lib.model_config(config), ckpt)
+  before = sorted(p.name for p in ckpt.iterdir())
+  with pytest.raises(ValueError, match=f"--workdir {ckpt} holds a converted checkpoint .*--config.init_from={ckpt}"):
+    loop.train(config, ckpt)
+  assert sorted(p.name for p in ckpt.iterdir()) == before
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(ValueError, match="a file, not a directory"):
+    loop.train(config, tmp_path / "file")
