@@ -91,6 +91,17 @@ def test_a_bad_data_setting_fails_before_the_bootstrap(tmp_path, override, messa
   assert not (tmp_path / "w").exists()
 
 
+def test_the_bootstrap_trains_a_tokenizer_outside_the_work_directory_only_in_an_existing_directory(tmp_path):
+  """A mistyped data.tokenizer with the bootstrap on used to get a new tokenizer trained at that path
+  (a helper's run created /nonexistent)."""
+  missing = tmp_path / "tok_typo"
+  config = config_lib.load_config(str(train_helpers.TINY), [f"--config.data.tokenizer={missing}"])
+  with pytest.raises(ValueError, match=rf"config.data.tokenizer: {missing} does not exist; data.bootstrap trains a "
+                                       r"tokenizer in a new directory only inside the work directory"):
+    loop.train(config, tmp_path / "w")
+  assert not missing.exists() and not (tmp_path / "w").exists()
+
+
 def test_the_bootstrap_never_replaces_a_folder_of_someone_elses(tmp_path):
   """data.tokenizer naming a folder without tokenizer.model (a typo, the wrong folder) used to be replaced
   whole by the bootstrap's tokenizer, deleting what was there."""

@@ -49,6 +49,12 @@ def check_before_writing(config: Any, workdir: pathlib.Path) -> None:
   if prepared is not None:
     prepare.check_prepared_dir(prepared, sorted(config.data.sources))
   if config.data.bootstrap:
+    tok_dir = sources_lib.tokenizer_dir(config, workdir)
+    if not tok_dir.exists() and not tok_dir.resolve().is_relative_to(workdir.resolve()):
+      # (a mistyped path of an existing tokenizer would get a new one trained there, outside the run)
+      raise ValueError(f"config.data.tokenizer: {tok_dir} does not exist; data.bootstrap trains a tokenizer in "
+                       "a new directory only inside the work directory (the default, {workdir}/tokenizer), or in "
+                       "an existing empty one: fix the path, or create the directory first")
     return
   tok_dir, tok = _tokenizer(config, workdir)
   srcs = sources_lib.from_config(config.data.sources, workdir=str(workdir), require_files=prepared is None)
