@@ -77,3 +77,29 @@ def test_place_rows_splits_rows_over_the_batch_axes_and_to_host_returns_the_whol
       np.testing.assert_array_equal(np.asarray(s.data), whole[s.index])
     np.testing.assert_array_equal(mesh_lib.to_host(x), whole)
   assert mesh_lib.place_rows(pad_B, None) is pad_B
+
+
+@pytest.mark.parametrize("data,fsdp", [(2, 4), (1, 8)])
+def test_no_device_gathers_the_whole_batch_of_activations(data, fsdp):
+  """The compiled gradient of the loss on a (data, fsdp) mesh moves weights (gathered over fsdp), weight
+  gradients and token ids, never an activation of the whole global batch: with data > 1, XLA used to gather
+  the embedding lookup's [B, L, D/fsdp] on every device ("involuntary full rematerialization")."""
+  import re  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from heal_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
+  cfg = _cfg()
+  mesh = mesh_lib.make_mesh({"data": data, "fsdp": fsdp, "tensor": 1})
+  params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        jax.eval_shape(lambda: state_lib.unboxed_init(cfg, jax.random.PRNGKey(0))),
+                        state_lib.param_shardings(cfg, mesh))
+  rows = mesh_lib.batch_sharding(mesh)
+  batch = {k: jax.ShapeDtypeStruct((8, 48), jnp.int32, sharding=rows)
+           for k in ("tokens", "segment_ids", "positions", "loss_mask", "source")}
+  grads = jax.jit(lambda p, b: step_lib.loss_and_grads(p, b, cfg, 1, 0.0, 1)[1])
+  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
+    hlo = grads.lower(params, batch).compile().as_text()
+  collectives = re.findall(r"= (\S+) (?:all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)\(", hlo)
+  assert len(collectives) > 10, collectives  # the weights' gathers at least: the pattern reads this HLO
+  # (token ids, int32 [B, L], may be gathered within an fsdp group for the lookup: B x L x 4 bytes)
+  assert not [c for c in collectives if "[8,48," in c and not c.startswith("s32")], collectives

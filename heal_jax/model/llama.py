@@ -242,7 +242,12 @@ class Llama(nn.Module):
     embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, name="embed",
                      dtype=_dtype(cfg.compute_dtype), param_dtype=_dtype(cfg.param_dtype),
                      embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")))
-    x_BxLxD = embed(tokens_BxL)
+    # The lookup's output first keeps the table's hidden split (fsdp) with the batch split over data only,
+    # then takes the layers' batch split: an all-to-all inside each fsdp group, both ways. Left to itself,
+    # XLA replicated the whole [B, L, D] cotangent on every device to scatter it into the table's
+    # gradient whenever data > 1 ("involuntary full rematerialization").
+    x_BxLxD = _constrain(embed(tokens_BxL), ("data_batch", "act_len", "embed"))
+    x_BxLxD = _constrain(x_BxLxD, ("batch", "act_len", "act_embed"))
     cos, sin = rope.rope_angles(positions_BxL, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor)
     args = (cos, sin, segment_ids_BxL, index_BxL)
     new_cache = None

@@ -4,7 +4,8 @@ Parameters carry logical axis names (heal_jax/model/llama.py); these rules say w
 
   parameter axis   mesh axes      activation axis   mesh axes
   vocab            tensor         batch             (data, fsdp)
-  embed            fsdp           act_len           -
+  embed            fsdp           data_batch        data   (the embedding lookup's output)
+                                  act_len           -
   q_heads          tensor         act_embed         -
   kv_heads         tensor         act_heads         tensor
   mlp              tensor         act_kv_heads      tensor
@@ -38,6 +39,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("norm", None),
     ("layers", None),
     ("batch", ("data", "fsdp")),
+    ("data_batch", "data"),
     ("act_len", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
