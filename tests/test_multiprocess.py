@@ -54,13 +54,13 @@ def _communicate_all(procs: list[subprocess.Popen], timeout: float) -> tuple[lis
       results[i] = (err, time.time())
     except subprocess.TimeoutExpired:
       procs[i].kill()
-      procs[i].communicate()
+      results[i] = (procs[i].communicate()[1] + f"\n[test] killed after {timeout} s", float("inf"))
   threads = [threading.Thread(target=wait, args=(i,)) for i in range(len(procs))]
   for t in threads:
     t.start()
   for t in threads:
     t.join()
-  assert len(results) == len(procs), "a process did not exit in time"
+  assert len(results) == len(procs), "a reader thread failed"
   return [results[i][0] for i in range(len(procs))], [results[i][1] for i in range(len(procs))]
 
 
@@ -192,6 +192,7 @@ def test_a_failure_on_process_0_alone_stops_both_at_once(data_root, tmp_path):
   workdir = tmp_path / "busy"
   lock = workdir_lock.acquire(workdir, print)
   try:
+    started = time.time()
     procs = _start(workdir, train_helpers.overrides(data_root, 2, MESH))
     errs, exits = _communicate_all(procs, timeout=120)
   finally:
@@ -200,19 +201,21 @@ def test_a_failure_on_process_0_alone_stops_both_at_once(data_root, tmp_path):
   assert "is in use by another heal-jax train" in errs[0]
   assert f"process 0 could not lock work directory {workdir}; its log says why" in errs[1]
   # Process 1 ends with process 0, not 30 s later when its collective would time out. (Measured between
-  # the exits: the time to start two jax processes varies with the machine's load.)
-  assert max(exits) - min(exits) < 15, exits
+  # the exits: the time to start two jax processes varies with the machine's load; the whole launch is
+  # bounded loosely.)
+  assert max(exits) - min(exits) < 15 and max(exits) - started < 90, (started, exits)
   # The same for a failure inside process 0's bootstrap: a work directory with a checkpoint and another
   # tokenizer is refused there (process 1 used to wait at a barrier until the coordinator vanished).
   (workdir / "checkpoints" / "1").mkdir(parents=True)
   (workdir / "tokenizer").mkdir()
   (workdir / "tokenizer" / "tokenizer.model").write_bytes(b"another tokenizer")
+  started = time.time()
   procs = _start(workdir, train_helpers.overrides(data_root, 2, MESH))
   errs, exits = _communicate_all(procs, timeout=120)
   assert [p.returncode for p in procs] == [2, 2], errs
   assert "differs from the tokenizer this work directory was trained with" in errs[0]
   assert "process 0 could not prepare the work directory (bundled corpus, tokenizer); its log says why" in errs[1]
-  assert max(exits) - min(exits) < 15, exits
+  assert max(exits) - min(exits) < 15 and max(exits) - started < 90, (started, exits)
 
 
 @pytest.mark.parametrize("theirs,named", [

@@ -97,7 +97,9 @@ def test_the_bootstrap_trains_a_tokenizer_outside_the_work_directory_only_in_an_
   missing = tmp_path / "tok_typo"
   config = config_lib.load_config(str(train_helpers.TINY), [f"--config.data.tokenizer={missing}"])
   with pytest.raises(ValueError, match=rf"config.data.tokenizer: {missing} does not exist; data.bootstrap trains a "
-                                       r"tokenizer in a new directory only inside the work directory"):
+                                       rf"tokenizer in a new directory only inside the work directory \(the default, "
+                                       rf"\{{workdir\}}/tokenizer: {tmp_path / 'w' / 'tokenizer'}\), or in an existing "
+                                       r"empty one"):
     loop.train(config, tmp_path / "w")
   assert not missing.exists() and not (tmp_path / "w").exists()
 

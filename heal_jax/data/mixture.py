@@ -53,8 +53,9 @@ def check_before_writing(config: Any, workdir: pathlib.Path) -> None:
     if not tok_dir.exists() and not tok_dir.resolve().is_relative_to(workdir.resolve()):
       # (a mistyped path of an existing tokenizer would get a new one trained there, outside the run)
       raise ValueError(f"config.data.tokenizer: {tok_dir} does not exist; data.bootstrap trains a tokenizer in "
-                       "a new directory only inside the work directory (the default, {workdir}/tokenizer), or in "
-                       "an existing empty one: fix the path, or create the directory first")
+                       f"a new directory only inside the work directory (the default, {{workdir}}/tokenizer: "
+                       f"{workdir / 'tokenizer'}), or in an existing empty one: fix the path, or create the "
+                       "directory first")
     return
   tok_dir, tok = _tokenizer(config, workdir)
   srcs = sources_lib.from_config(config.data.sources, workdir=str(workdir), require_files=prepared is None)
