@@ -1,8 +1,8 @@
 """`heal-jax plan`: will a run fit, and how long will a step take, before renting the cluster.
 
 For every phase of the config, the train step is compiled ahead of time (nothing is allocated:
-abstract inputs; phases with the same model, length and rows share one compile) against a mesh of `plan.devices` fake CPU devices, with the run's shardings, remat
-and micro-batching; `attention_impl="auto"` is planned as it runs on a GPU (our Pallas kernel,
+abstract inputs; phases with the same model, length and rows share one compile) against a mesh of
+`plan.devices` fake CPU devices, with the run's shardings, remat and micro-batching; `attention_impl="auto"` is planned as it runs on a GPU (our Pallas kernel,
 compiled here in interpret mode: memory linear in the sequence length, not XLA's L x L scores).
 Reported per device: parameters and optimizer state (exact, from the
 shardings), activations and temporaries (XLA's memory analysis of the compiled step: the CPU
@@ -83,9 +83,7 @@ def plan_phase(config: Any, phase: Any, mesh: Any) -> dict[str, Any]:
            for k in ("tokens", "segment_ids", "positions", "loss_mask", "source")}
   num_sources = max(len(config.data.sources), 1)
   step_fn = setup.phase_train_step(config, cfg, st_shard, mesh, num_sources)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  hp = {k: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
-        for k in opt_lib.hyperparams(phase.optimizer)}
+  hp = {k: jax.ShapeDtypeStruct((), jnp.float32, sharding=mesh_lib.replicated(mesh)) for k in opt_lib.HYPERPARAMS}
   with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
     compiled = step_fn.lower(state_in, batch, hp).compile()
   mem = compiled.memory_analysis()

@@ -12,6 +12,7 @@ import optax
 
 from heal_jax.model import llama
 from heal_jax.model.config import ModelConfig
+from heal_jax.parallel import mesh as mesh_lib
 from heal_jax.train import loss as loss_lib
 from heal_jax.train import optimizer as optimizer_lib
 from heal_jax.train.state import TrainState
@@ -120,14 +121,12 @@ def jit_train_step(cfg: ModelConfig, micro_steps: int, z_loss: float, num_source
   fn(state, batch, hp) with hp replicated (`replicated_hyperparams`)."""
   fn = functools.partial(train_step, cfg=cfg, micro_steps=micro_steps, z_loss=z_loss, num_sources=num_sources,
                          packed=packed)
-  hp_sharding = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-  return jax.jit(fn, in_shardings=(state_shardings, batch_sharding, hp_sharding),
+  return jax.jit(fn, in_shardings=(state_shardings, batch_sharding, mesh_lib.replicated(batch_sharding.mesh)),
                  out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
 def replicated_hyperparams(spec: optimizer_lib.OptimizerSpec, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   """`optimizer.hyperparams(spec)` as float32 scalars on every device of `mesh` (every process passes the
   same spec)."""
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return {k: jax.make_array_from_callback((), replicated, lambda _, v=v: np.asarray(v, np.float32))
+  return {k: jax.make_array_from_callback((), mesh_lib.replicated(mesh), lambda _, v=v: np.asarray(v, np.float32))
           for k, v in optimizer_lib.hyperparams(spec).items()}
