@@ -2,8 +2,9 @@
 
 For every phase of the config, the train step is compiled ahead of time (nothing is allocated:
 abstract inputs; phases with the same model, length and rows share one compile) against a mesh of
-`plan.devices` fake CPU devices, with the run's shardings, remat and micro-batching; `attention_impl="auto"` is planned as it runs on a GPU (our Pallas kernel,
-compiled here in interpret mode: memory linear in the sequence length, not XLA's L x L scores).
+`plan.devices` fake CPU devices, with the run's shardings, remat and micro-batching;
+`attention_impl="auto"` is planned as it runs on a GPU (our Pallas kernel, compiled here in interpret
+mode: memory linear in the sequence length, not XLA's L x L scores).
 Reported per device: parameters and optimizer state (exact, from the
 shardings), activations and temporaries (XLA's memory analysis of the compiled step: the CPU
 backend's buffer assignment, an estimate of the GPU one), the total against the usable memory,
