@@ -18,9 +18,16 @@ the greedy tokens of the two are compared token by token.
 `--dtype bfloat16` casts the weights of both sides to bfloat16 and computes in it (ours:
 param and compute dtype; transformers: `dtype=torch.bfloat16`), as a bfloat16 export is used.
 
+`--lookahead K` (default 4; 0 skips it) also times our speculative prompt-lookup decoding (K draft
+tokens a forward pass, `infer/ngram_draft.py`), whose tokens must equal our plain greedy ones, and, at
+batch 1 (transformers' assisted generation takes one row), transformers' own prompt lookup
+(`prompt_lookup_num_tokens=K`, its default 2-token n-grams, as ours) at its fastest thread count. How
+much speculation gains depends on how often the model repeats its prompt or itself: this bench's
+random model soon repeats one token, so its passes per token flatter drafts; the table prints them.
+
   python bench/generate.py [--max-new-tokens 128] [--batches 1,8] [--repeats 3] [--torch-threads 1,2]
-                           [--dtype float32|bfloat16]
-Prints a table and, last, one JSON line. Targets: ours >= 5x at batch 1 and >= 3x at batch 8.
+                           [--dtype float32|bfloat16] [--lookahead 4]
+Prints a table and, last, one JSON line. Targets: ours >= 5x at batch 1 and >= 3x at batch 8 (plain).
 """
 
 from __future__ import annotations
@@ -85,6 +92,9 @@ def main() -> None:
                       help="torch thread counts to time transformers with (best one is the baseline)")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="weights and compute of both sides")
+  parser.add_argument("--lookahead", type=int, default=4,
+                      help="draft tokens per pass of our speculative decoding (and transformers' prompt lookup "
+                           "at batch 1); 0: plain decoding only")
   args = parser.parse_args()
   workdir = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="heal_bench_generate_"))
   ckpt, hf_dir, conversations = build(workdir)
@@ -93,6 +103,8 @@ def main() -> None:
   params = jax.device_put(loaded.params)
   n = args.max_new_tokens
   fn = decode.make_generate_fn(loaded.cfg, n, stop_on_eos=False)
+  k = args.lookahead
+  fn_k = decode.make_generate_fn(loaded.cfg, n, stop_on_eos=False, lookahead=k) if k else None
   hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, args.dtype)).eval()
   hf.generation_config.eos_token_id = None
   hf.generation_config.pad_token_id = 0
@@ -104,7 +116,8 @@ def main() -> None:
   threads = sorted({int(t) for t in args.torch_threads.split(",")})
   hf_cols = " ".join(f"{f'hf tok/s {t}T':>12}" for t in threads)
   print(f"{'batch':>5} {'prompt len':>11} {'ours tok/s':>11} {hf_cols} {'ratio':>6} "
-        f"{f'vs {default_threads}T':>6} {'compile s':>10} {'tokens equal':>13}")
+        f"{f'vs {default_threads}T':>6} {'compile s':>10} {'tokens equal':>13}"
+        + (f" | {f'ours K={k}':>10} {'passes':>6} {'ratio':>6} {f'hf K={k}':>8} {'vs hf K':>7} {'equal':>5}" if k else ""))
   rows = []
   for batch in [int(b) for b in args.batches.split(",")]:
     prompts = prompts_for(tok, conversations, batch)
@@ -128,22 +141,53 @@ def main() -> None:
       hf_s[t] = time_calls(hf_generate, args.repeats)
     agree = np.asarray(ours) == theirs
     best = min(hf_s.values())
+    spec = {}
+    if k:
+      drafted = decode.run(fn_k, params, prompts)  # compiles
+      spec["ours_s"] = time_calls(lambda: decode.run(fn_k, params, prompts), args.repeats)
+      tokens_BxP, pad_B = decode.left_pad(prompts)
+      spec["passes"] = int(fn_k(params, tokens_BxP, pad_B, jax.random.PRNGKey(0))[2]) + 1  # with the prefill
+      spec["tokens_equal"] = drafted == ours
+      if batch == 1:
+        torch.set_num_threads(min(hf_s, key=hf_s.get))
+
+        def hf_lookup():
+          with torch.inference_mode():
+            return hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                               prompt_lookup_num_tokens=k)[:, ids.shape[1]:].numpy()
+
+        hf_lookup()  # warm-up
+        spec["hf_s"] = time_calls(hf_lookup, args.repeats)
+        torch.set_num_threads(default_threads)
     row = dict(batch=batch, prompt_lengths=[len(p) for p in prompts], ours_tokens_per_s=batch * n / ours_s,
                hf_tokens_per_s={t: batch * n / s for t, s in hf_s.items()}, ratio=best / ours_s,
                ratio_vs_default_threads=hf_s[default_threads] / ours_s if default_threads in hf_s else None,
                ours_compile_s=compile_s - ours_s, tokens_equal=bool(agree.all()),
                tokens_agreeing=f"{int(agree.sum())}/{agree.size}")
+    if k:
+      row.update(lookahead=k, ours_lookahead_tokens_per_s=batch * n / spec["ours_s"], lookahead_passes=spec["passes"],
+                 ratio_lookahead=best / spec["ours_s"], lookahead_tokens_equal=spec["tokens_equal"],
+                 hf_lookup_tokens_per_s=batch * n / spec["hf_s"] if "hf_s" in spec else None,
+                 ratio_lookahead_vs_hf_lookup=spec["hf_s"] / spec["ours_s"] if "hf_s" in spec else None)
     rows.append(row)
     hf_cells = " ".join(f"{row['hf_tokens_per_s'][t]:>12.0f}" for t in threads)
     print(f"{batch:>5} {min(row['prompt_lengths']):>4}-{max(row['prompt_lengths']):<6} "
           f"{row['ours_tokens_per_s']:>11.0f} {hf_cells} {row['ratio']:>5.1f}x "
           f"{row['ratio_vs_default_threads'] or float('nan'):>5.1f}x "
-          f"{row['ours_compile_s']:>10.1f} {row['tokens_agreeing']:>13}")
+          f"{row['ours_compile_s']:>10.1f} {row['tokens_agreeing']:>13}"
+          + (f" | {row['ours_lookahead_tokens_per_s']:>10.0f} {row['lookahead_passes']:>6} "
+             f"{row['ratio_lookahead']:>5.1f}x "
+             + (f"{row['hf_lookup_tokens_per_s']:>8.0f} {row['ratio_lookahead_vs_hf_lookup']:>6.1f}x "
+                if row['hf_lookup_tokens_per_s'] else f"{'-':>8} {'-':>7} ")
+             + f"{str(row['lookahead_tokens_equal']):>5}" if k else ""))
   print("ours: median wall time of one jitted prefill + while_loop decode call, compile excluded "
         "(first call per shape untimed); hf: model.generate, greedy, one warm-up call untimed per "
         "thread count (nT = torch threads); "
-        f"ratio = fastest hf time / ours; vs {default_threads}T = torch's default thread count / ours.")
-  print(json.dumps({"max_new_tokens": n, "dtype": args.dtype, "params": loaded.cfg.num_params(), "rows": rows}))
+        f"ratio = fastest hf time / ours; vs {default_threads}T = torch's default thread count / ours."
+        + (f" K={k}: our speculative decoding (passes: forward passes incl. the prefill, for {n} tokens a row; "
+           "ratio against the fastest plain hf; equal: its tokens equal our plain ones); hf K: transformers' "
+           "prompt lookup at batch 1, its fastest thread count." if k else ""))
+  print(json.dumps({"max_new_tokens": n, "dtype": args.dtype, "lookahead": k, "params": loaded.cfg.num_params(), "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ from heal_jax.checkpoint import hf_mapping, random_init, restore
 from heal_jax.data import templates, tokenizer as tokenizer_lib
 from heal_jax.infer import decode, generate, sampling as sampling_lib
 from heal_jax.model import llama
-from heal_jax.model.config import ModelConfig
 from heal_jax.parallel import mesh as mesh_lib
+from tests.test_ngram_draft import reference_draft
 
 NEW = 8
 
@@ -88,6 +88,27 @@ def test_cached_logits_match_full_forward_with_left_padding(model):
   alone = np.asarray(apply({"params": p}, jnp.asarray(seqs[1][None])))[0]
   np.testing.assert_allclose(cached[1, pad_B[1]:], alone, atol=1e-5, rtol=0)
   assert jax.tree.map(jnp.shape, cache) == jax.tree.map(jnp.shape, llama.init_cache(cfg, b, plen + 3))
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
+def test_rows_write_the_cache_at_their_own_slots(model, scan):
+  """A per-row cache_index (speculative decoding): after a 4-token prefill both rows write 2 tokens at
+  slot 4; row 0 keeps both, row 1 only the first, so the next step writes 3 tokens at slots [6, 5]
+  (row 1 over its rejected token). Its logits equal a plain forward pass of each row's kept tokens."""
+  cfg, p = _scanned(*model) if scan else model
+  apply = jax.jit(llama.Llama(cfg).apply)
+  rng = np.random.RandomState(3)
+  prefix_Bx4, first_Bx2, second_Bx3 = (rng.randint(3, cfg.vocab_size, (2, n)).astype(np.int32) for n in (4, 2, 3))
+  seg_BxS = jnp.ones((2, 10), jnp.int32)
+  cache = llama.init_cache(cfg, 2, 10)
+  _, cache = apply({"params": p}, prefix_Bx4, cache=cache, cache_index=0, cache_segment_ids_BxS=seg_BxS)
+  _, cache = apply({"params": p}, first_Bx2, None, jnp.asarray([[4, 5], [4, 5]]), cache=cache,
+                   cache_index=jnp.asarray([4, 4]), cache_segment_ids_BxS=seg_BxS)
+  logits_Bx3xV, _ = apply({"params": p}, second_Bx3, None, jnp.asarray([[6, 7, 8], [5, 6, 7]]), cache=cache,
+                          cache_index=jnp.asarray([6, 5]), cache_segment_ids_BxS=seg_BxS)
+  for row, kept in enumerate((2, 1)):
+    tokens = np.concatenate([prefix_Bx4[row], first_Bx2[row, :kept], second_Bx3[row]])[None]
+    np.testing.assert_allclose(logits_Bx3xV[row], apply({"params": p}, tokens)[0, -3:], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
@@ -194,12 +215,102 @@ def test_stops_at_eos(model, prompts, greedy_fn):
   eos = free[0][3]
   stop = free[0].index(eos)
   fn = decode.make_generate_fn(cfg, NEW, eos_id=eos)
-  _, steps = fn(p, *map(jnp.asarray, decode.left_pad(prompts[:1])), jax.random.PRNGKey(0))
+  _, steps, _ = fn(p, *map(jnp.asarray, decode.left_pad(prompts[:1])), jax.random.PRNGKey(0))
   assert int(steps) == stop + 1  # the loop ended when the only row finished
   batch = decode.run(fn, p, prompts, eos_id=eos)
   assert batch[0] == free[0][:stop]  # cut before its EOS
   for row, full in zip(batch[1:], free[1:]):  # the others go on, each cut at its own first EOS
     assert row == (full[:full.index(eos)] if eos in full else full)
+
+
+LOOKAHEAD = 3
+
+
+@pytest.fixture(scope="module")
+def attending_model(model):
+  """`model` with its attention outputs scaled up 16x, so that each pick depends on the earlier tokens
+  and their positions, not on the newest token alone (a slot or position error changes the tokens)."""
+  cfg, p = model
+  return cfg, jax.tree_util.tree_map_with_path(
+      lambda path, x: x * 16 if any(getattr(k, "key", None) == "wo" for k in path) else x, p)
+
+
+@pytest.fixture(scope="module")
+def looping_prompts(model):
+  """Prompts of different lengths, two of them repeating a phrase (drafts get kept) and one random."""
+  rng = np.random.RandomState(2)
+  phrase = [int(t) for t in rng.randint(3, model[0].vocab_size, 3)]
+  return [[1] + phrase * 4, [1] + [int(t) for t in rng.randint(3, model[0].vocab_size, 9)], [1, 5] + phrase * 2]
+
+
+def _expected_passes(prompts, greedy, rooms, k, eos=None):
+  """Forward passes after the prefill that the draft rule (`reference_draft`, max_ngram 2) needs for each
+  row to make rooms[b] tokens (or reach EOS), given the row's greedy tokens (at least rooms[b] + k)."""
+  passes = []
+  for prompt, tokens, room in zip(prompts, greedy, rooms):
+    made, n = 1, 0
+    while made < room and (eos is None or eos not in tokens[:made]):
+      draft = reference_draft(list(prompt) + tokens[:made], k, 2)
+      kept = 0
+      while kept < k and draft[kept] == tokens[made + kept]:
+        kept += 1
+      made, n = made + kept + 1, n + 1
+    passes.append(n)
+  return max(passes)
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
+def test_speculative_decoding_keeps_exactly_the_greedy_tokens(attending_model, looping_prompts, scan):
+  """lookahead 3: the tokens of plain greedy decoding (itself equal to full recompute above) in fewer
+  forward passes, as many as the draft rule predicts from those tokens."""
+  cfg, p = _scanned(*attending_model) if scan else attending_model
+  n = 20
+  greedy = decode.run(decode.make_generate_fn(cfg, n + LOOKAHEAD), p, looping_prompts)
+  fn = decode.make_generate_fn(cfg, n, lookahead=LOOKAHEAD)
+  assert decode.run(fn, p, looping_prompts) == [g[:n] for g in greedy]
+  _, made, passes = fn(p, *map(jnp.asarray, decode.left_pad(looping_prompts)), jax.random.PRNGKey(0))
+  expected = _expected_passes(looping_prompts, greedy, [n] * 3, LOOKAHEAD)
+  assert (int(made), int(passes)) == (n, expected)
+  assert expected < n - 1  # some drafts were kept
+
+
+def test_speculative_decoding_copies_what_the_prompt_shows(model):
+  """With the layers' output projections zeroed, a token's logits depend on that token alone, so a
+  prompt that shows the chain the model makes from a token and then that token again gets the chain
+  drafted and kept whole: 24 tokens in ceil(23 / 4) = 6 passes, the same tokens as plain decoding."""
+  cfg, p = model
+  p = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.zeros_like(x) if any(getattr(k, "key", None) in ("wo", "w_down") for k in path) else x, p)
+  n, start = 24, [[1, 17], [1, 23]]
+  chains = decode.run(decode.make_generate_fn(cfg, n + LOOKAHEAD), p, start)
+  prompts = [s + c + s[1:] for s, c in zip(start, chains)]
+  fn = decode.make_generate_fn(cfg, n, lookahead=LOOKAHEAD)
+  assert decode.run(fn, p, prompts) == [c[:n] for c in chains]
+  _, made, passes = fn(p, *map(jnp.asarray, decode.left_pad(prompts)), jax.random.PRNGKey(0))
+  assert (int(made), int(passes)) == (n, 6)
+
+
+def test_speculative_decoding_stops_rows_at_eos_and_at_the_context(attending_model, looping_prompts):
+  cfg, p = attending_model
+  free = decode.run(decode.make_generate_fn(cfg, 16 + LOOKAHEAD), p, looping_prompts)
+  eos = free[1][5]  # the random row's sixth token
+  fn = decode.make_generate_fn(cfg, 16, eos_id=eos, lookahead=LOOKAHEAD)
+  got = decode.run(fn, p, looping_prompts, eos_id=eos)
+  assert got == [row[:16][:row.index(eos)] if eos in row[:16] else row[:16] for row in free]
+  _, _, passes = fn(p, *map(jnp.asarray, decode.left_pad(looping_prompts)), jax.random.PRNGKey(0))
+  assert int(passes) == _expected_passes(looping_prompts, free, [16] * 3, LOOKAHEAD, eos)
+  fn = decode.make_generate_fn(cfg, 16, max_positions=20, lookahead=LOOKAHEAD)
+  rooms = [20 - len(q) for q in looping_prompts]  # 7, 10 and 12
+  assert decode.run(fn, p, looping_prompts) == [row[:room] for row, room in zip(free, rooms)]
+  _, made, passes = fn(p, *map(jnp.asarray, decode.left_pad(looping_prompts)), jax.random.PRNGKey(0))
+  assert int(made) == 12 and int(passes) == _expected_passes(looping_prompts, free, rooms, LOOKAHEAD)
+
+
+def test_speculative_decoding_needs_greedy_sampling(model):
+  with pytest.raises(ValueError, match="needs temperature 0"):
+    decode.make_generate_fn(model[0], NEW, sampling_lib.Sampling(temperature=0.7), lookahead=2)
+  with pytest.raises(ValueError, match="lookahead must be >= 0"):
+    decode.make_generate_fn(model[0], NEW, lookahead=-1)
 
 
 def test_truncate_at_stop_and_normalize_conversation():
@@ -254,6 +365,8 @@ def test_generate_main_on_a_mesh_writes_the_same_note(checkpoint, tmp_path, caps
   alone = capsys.readouterr().out
   assert generate.main(command + ["--mesh", "data=2,tensor=-1"]) == 0  # one conversation, 2 rows: one is padding
   assert capsys.readouterr().out == alone
+  assert generate.main(command + ["--mesh", "data=2,tensor=-1", "--lookahead", "4"]) == 0  # speculative
+  assert capsys.readouterr().out == alone
   assert generate.main(command + ["--mesh", "tensor=3"]) == 2
   assert capsys.readouterr().err == ("heal-jax generate: error: mesh {'data': 1, 'fsdp': 1, 'tensor': 3} does not "
                                      "fit 8 devices\n")  # before the model loads
@@ -290,6 +403,11 @@ def test_generate_main_errors_exit_2(checkpoint, tmp_path, capsys):
   assert "temperature" in capsys.readouterr().err
   assert generate.main(["--checkpoint", str(checkpoint)]) == 2
   capsys.readouterr()
+  assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(conv), "--lookahead", "-1"]) == 2
+  assert "--lookahead must be >= 0, got -1" in capsys.readouterr().err
+  assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(conv), "--lookahead", "3",
+                        "--temperature", "0.5"]) == 2
+  assert "--lookahead keeps only greedy tokens: it needs --temperature 0" in capsys.readouterr().err
   for seed in ("4294967296", "-1", "99999999999999999999"):  # PRNGKey keeps 32 bits: 2**32 drew as 0 did
     assert generate.main(["--checkpoint", str(checkpoint), "--conversation", str(conv), "--seed", seed]) == 2
     assert f"--seed must be in [0, 2**32), got {seed}" in capsys.readouterr().err
@@ -307,6 +425,7 @@ def test_sharded_decoding_matches_and_constrains_the_cache(model, prompts, greed
   with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
     fn = decode.make_generate_fn(cfg, NEW)
     assert decode.run(fn, sharded, batch) == expected
+    assert decode.run(decode.make_generate_fn(cfg, NEW, lookahead=LOOKAHEAD), sharded, batch) == expected
     tokens_BxP, pad_B = decode.left_pad(batch)
     hlo = fn.lower(sharded, tokens_BxP, pad_B, jax.random.PRNGKey(0)).as_text()
   slots = tokens_BxP.shape[1] + NEW

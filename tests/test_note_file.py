@@ -266,6 +266,11 @@ def test_cli_writes_predictions_that_eval_notes_reads(note_checkpoint, tmp_path,
                         "--output", str(out), "--max-new-tokens", "4", "--batch-size", "4"]) == 0
   err = capsys.readouterr().err
   assert f"wrote 5 notes to {out} (5 conversations read; 0 kept from an earlier run, 5 generated)" in err
+  drafted = tmp_path / "drafted.jsonl"  # speculative decoding writes the same file
+  assert generate.main(["--checkpoint", str(note_checkpoint), "--conversations", str(conversations),
+                        "--output", str(drafted), "--max-new-tokens", "4", "--batch-size", "4", "--lookahead", "3"]) == 0
+  assert drafted.read_text() == out.read_text()
+  capsys.readouterr()
   references = tmp_path / "r.jsonl"
   references.write_text("".join(json.dumps({"id": i, "text": "CHIEF COMPLAINT\n\nCough."}) + "\n"
                                 for i, _ in CONVERSATIONS))

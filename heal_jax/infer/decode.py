@@ -11,6 +11,17 @@ exactly what they would in an unpadded forward pass of that row alone.
 Stopping: a row is finished at its first EOS (when `stop_on_eos`); the loop ends when every row is
 finished or `max_new_tokens` are made. Stop strings are applied afterwards on the decoded text
 (`truncate_at_stop`), which gives the same text as stopping early would.
+
+Speculative decoding (`lookahead` K > 0, greedy only): each step feeds a row's newest token and K
+draft tokens guessed from its own text (`ngram_draft`) in one forward pass, keeps the drafts up to the
+first one that differs from the model's greedy choice, and adds the model's choice after them (1 to
+K + 1 new tokens a step). Rows advance by different amounts, so each row writes the cache at its own
+slot (the model's per-row `cache_index`); a row's slot s still holds its (s - pad)-th token, and
+rejected drafts left in later slots are never attended to (queries see only earlier slots) and are
+overwritten by the next step. The kept tokens are the greedy tokens of the plain loop: a token is kept
+only where it equals the argmax of logits computed from the same preceding tokens (up to float
+rounding: logits of a K + 1-token pass can differ in the last bits from a 1-token pass, which can flip
+an exact near-tie).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from heal_jax.infer import ngram_draft
 from heal_jax.infer import sampling as sampling_lib
 from heal_jax.model import llama
 from heal_jax.model.config import ModelConfig
@@ -34,12 +46,13 @@ Sampling = sampling_lib.Sampling
 @dataclasses.dataclass(frozen=True)
 class GenerateFn:
   """A compiled generation program: `(params, tokens_BxP int32, pad_B int32, rng) -> (new_tokens_BxN int32,
-  steps: int32 scalar)`, and the `max_positions` it was made with, which `run` cuts rows at."""
-  jitted: Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+  made, passes)` (int32 scalars: columns holding new tokens, decoding forward passes after the
+  prefill), and the `max_positions` it was made with, which `run` cuts rows at."""
+  jitted: Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
   max_positions: int | None = None
 
   def __call__(self, params: Any, tokens_BxP: jax.Array, pad_B: jax.Array,
-               rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+               rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return self.jitted(params, tokens_BxP, pad_B, rng)
 
   def lower(self, *args: Any) -> Any:
@@ -68,9 +81,10 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_multiple: int = 64,
 
 def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling = Sampling(),
                      eos_id: int | None = None, stop_on_eos: bool = True,
-                     vocab_limit: int | None = None, max_positions: int | None = None) -> GenerateFn:
-  """A jitted `(params, tokens_BxP, pad_B, rng) -> (new_tokens_BxN, steps)`, N = max_new_tokens, as a
-  `GenerateFn` that also carries `max_positions` for `run`.
+                     vocab_limit: int | None = None, max_positions: int | None = None,
+                     lookahead: int = 0, max_ngram: int = 2) -> GenerateFn:
+  """A jitted `(params, tokens_BxP, pad_B, rng) -> (new_tokens_BxN, made, passes)`, N = max_new_tokens,
+  as a `GenerateFn` that also carries `max_positions` for `run`.
 
   params: the `Llama(cfg)` parameter tree (stacked when cfg.scan_layers).
   tokens_BxP, pad_B: from `left_pad`.
@@ -80,15 +94,21 @@ def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling =
   max_positions: a row is finished once its prompt and new tokens fill this many positions (the
     model's context): a row of a P_b-token prompt gets at most max_positions - P_b new tokens, whatever
     its batch's longest or shortest prompt; None: every row may make N.
-  Returns the new tokens (columns from `steps` on are 0: the loop stopped because every row had
-  finished; tokens after a row's EOS or its max_positions are whatever the model produced: `run` cuts
-  them) and the number of steps run.
+  lookahead: draft tokens checked per forward pass (speculative decoding, module docstring; greedy
+    sampling only); 0: one token per pass. max_ngram: the longest suffix the drafts match (>= 1).
+  Returns the new tokens (columns from `made` on are not new tokens of any row: the loop stopped because
+  every row had finished; tokens after a row's EOS or its max_positions are whatever the model
+  produced: `run` cuts them), `made` and the number of forward passes after the prefill.
   One program is compiled per (B, P) shape.
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   if vocab_limit is not None and not 0 < vocab_limit <= cfg.vocab_size:
     raise ValueError(f"vocab_limit must be in [1, {cfg.vocab_size}], got {vocab_limit}")
+  if lookahead < 0 or max_ngram < 1:
+    raise ValueError(f"lookahead must be >= 0 and max_ngram >= 1, got {lookahead} and {max_ngram}")
+  if lookahead and not sampling.greedy:
+    raise ValueError("lookahead (speculative decoding) keeps only greedy tokens; it needs temperature 0")
   model = llama.Llama(cfg)
   check_eos = stop_on_eos and eos_id is not None
 
@@ -97,19 +117,30 @@ def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling =
 
   def generate(params, tokens_BxP, pad_B, rng):
     b, p = tokens_BxP.shape
-    slots_S = jnp.arange(p + max_new_tokens, dtype=jnp.int32)
+    slots = p + max_new_tokens + (lookahead + 1 if lookahead else 0)  # room for a step's drafts
+    slots_S = jnp.arange(slots, dtype=jnp.int32)
     cache_segment_ids_BxS = (slots_S[None, :] >= pad_B[:, None]).astype(jnp.int32)
     positions_BxP = jnp.maximum(slots_S[None, :p] - pad_B[:, None], 0)
-    cache = llama.init_cache(cfg, b, p + max_new_tokens)
+    cache = llama.init_cache(cfg, b, slots)
     logits_Bx1xV, cache = model.apply(
         {"params": params}, tokens_BxP, cache_segment_ids_BxS[:, :p], positions_BxP, cache=cache,
         cache_index=0, cache_segment_ids_BxS=cache_segment_ids_BxS, last_only=True)
     token_B = pick(logits_Bx1xV[:, 0], jax.random.fold_in(rng, 0))
-    out_BxN = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(token_B)
     done_B = (token_B == eos_id) if check_eos else jnp.zeros((b,), bool)
     room_B = (max_new_tokens if max_positions is None else
               jnp.minimum(max_new_tokens, max_positions - (p - pad_B)))  # new tokens each row may make
     done_B = done_B | (room_B <= 1)
+
+    def step(tokens_BxL, index, cache):  # index: the slot of tokens_BxL[:, 0], scalar or [B]
+      return model.apply(
+          {"params": params}, tokens_BxL, jnp.ones(tokens_BxL.shape, jnp.int32),
+          (index - pad_B)[:, None] + jnp.arange(tokens_BxL.shape[1], dtype=jnp.int32), cache=cache,
+          cache_index=index, cache_segment_ids_BxS=cache_segment_ids_BxS)
+
+    if lookahead:
+      return _speculative_loop(step, tokens_BxP, token_B, cache, done_B, room_B, pad_B, slots,
+                               lookahead, max_ngram, max_new_tokens, vocab_limit, eos_id if check_eos else None)
+    out_BxN = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(token_B)
 
     def cond(state):
       t, _, _, _, done_B = state
@@ -117,11 +148,7 @@ def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling =
 
     def body(state):
       t, token_B, cache, out_BxN, done_B = state  # token_B: new token t-1, not yet in the cache
-      slot = p + t - 1
-      logits_Bx1xV, cache = model.apply(
-          {"params": params}, token_B[:, None], jnp.ones((b, 1), jnp.int32),
-          (slot - pad_B)[:, None], cache=cache, cache_index=slot,
-          cache_segment_ids_BxS=cache_segment_ids_BxS)
+      logits_Bx1xV, cache = step(token_B[:, None], p + t - 1, cache)
       token_B = pick(logits_Bx1xV[:, 0], jax.random.fold_in(rng, t))
       out_BxN = jax.lax.dynamic_update_slice(out_BxN, token_B[:, None], (0, t))
       if check_eos:
@@ -129,11 +156,52 @@ def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling =
       done_B = done_B | (t + 1 >= room_B)
       return t + 1, token_B, cache, out_BxN, done_B
 
-    steps, _, _, out_BxN, _ = jax.lax.while_loop(
+    made, _, _, out_BxN, _ = jax.lax.while_loop(
         cond, body, (jnp.asarray(1, jnp.int32), token_B, cache, out_BxN, done_B))
-    return out_BxN, steps
+    return out_BxN, made, made - 1
 
   return GenerateFn(jax.jit(generate), max_positions)
+
+
+def _speculative_loop(step, tokens_BxP, token_B, cache, done_B, room_B, pad_B, slots, lookahead, max_ngram,
+                      max_new_tokens, vocab_limit, eos_id):
+  """The decoding loop of `make_generate_fn` with `lookahead` > 0 (module docstring).
+
+  hist_BxT (T = `slots`) holds each row's tokens at their cache slots: prompt at [pad_b, P), new token t
+  at P + t. Row b has made t_B[b] new tokens; the newest, at P + t_B[b] - 1, is not yet in the cache.
+  A finished row stops advancing and writes its step into the last L slots, which hold no kept token.
+  """
+  b, p = tokens_BxP.shape
+  width = lookahead + 1
+  hist_BxT = jnp.zeros((b, slots), jnp.int32).at[:, :p].set(tokens_BxP).at[:, p].set(token_B)
+  t_B = jnp.ones((b,), jnp.int32)
+
+  def cond(state):
+    _, _, _, done_B, _ = state
+    return ~jnp.all(done_B)
+
+  def body(state):
+    hist_BxT, cache, t_B, done_B, passes = state
+    end_B = p + t_B
+    draft_BxK = ngram_draft.propose(hist_BxT, pad_B, end_B, lookahead, max_ngram)
+    newest_B = jnp.take_along_axis(hist_BxT, end_B[:, None] - 1, axis=1)
+    index_B = jnp.where(done_B, slots - width, end_B - 1)
+    logits_BxLxV, cache = step(jnp.concatenate([newest_B, draft_BxK], axis=1), index_B, cache)
+    # greedy_BxL[:, j]: the model's token for slot end + j, given the newest token and drafts < j
+    greedy_BxL = jnp.argmax(logits_BxLxV[:, :, :vocab_limit], axis=-1).astype(jnp.int32)
+    kept_B = jnp.sum(jnp.cumprod(draft_BxK == greedy_BxL[:, :-1], axis=1), axis=1)
+    made_B = jnp.where(done_B, 0, kept_B + 1)  # new tokens: greedy_BxL[:, :made_B]
+    hist_BxT = jax.vmap(lambda h, g, i: jax.lax.dynamic_update_slice(h, g, (i,)))(
+        hist_BxT, greedy_BxL, jnp.where(done_B, slots - width, end_B))
+    if eos_id is not None:
+      done_B = done_B | jnp.any((jnp.arange(width)[None] < made_B[:, None]) & (greedy_BxL == eos_id), axis=1)
+    t_B = t_B + made_B
+    done_B = done_B | (t_B >= room_B)
+    return hist_BxT, cache, t_B, done_B, passes + 1
+
+  hist_BxT, _, t_B, _, passes = jax.lax.while_loop(
+      cond, body, (hist_BxT, cache, t_B, done_B, jnp.asarray(0, jnp.int32)))
+  return hist_BxT[:, p:p + max_new_tokens], jnp.max(jnp.minimum(t_B, room_B)), passes
 
 
 def cut_at_eos(tokens: Sequence[int], eos_id: int | None) -> list[int]:
@@ -160,9 +228,9 @@ def run(generate_fn: GenerateFn, params: Any, prompts: Sequence[Sequence[int]], 
   prompts a multiple of the rows it splits over). Needed in multi-process runs, where every process
   calls this with the same prompts and gets every row's tokens; None: one process."""
   tokens_BxP, pad_B = left_pad(prompts, pad_multiple)
-  out_BxN, steps = generate_fn(params, mesh_lib.place_rows(tokens_BxP, batch_sharding),
-                               mesh_lib.place_rows(pad_B, batch_sharding), jax.random.PRNGKey(seed))
-  out_BxN = mesh_lib.to_host(out_BxN)[:, :int(mesh_lib.to_host(steps))]
+  out_BxN, made, _ = generate_fn(params, mesh_lib.place_rows(tokens_BxP, batch_sharding),
+                                 mesh_lib.place_rows(pad_B, batch_sharding), jax.random.PRNGKey(seed))
+  out_BxN = mesh_lib.to_host(out_BxN)[:, :int(mesh_lib.to_host(made))]
   if generate_fn.max_positions is not None:
     out_BxN = [row[:max(generate_fn.max_positions - len(prompt), 0)] for row, prompt in zip(out_BxN, prompts)]
   return [cut_at_eos(row, eos_id) for row in out_BxN]

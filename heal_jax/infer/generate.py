@@ -1,7 +1,8 @@
 """SOAP notes from doctor-patient conversations: `generate_notes` (library) and `heal-jax generate`.
 
   heal-jax generate --checkpoint DIR --conversation FILE [--max-new-tokens N] [--seed S]
-                    [--temperature T] [--top-k K] [--top-p P] [--dtype bfloat16] [--mesh tensor=8]
+                    [--temperature T] [--top-k K] [--top-p P] [--lookahead K] [--dtype bfloat16]
+                    [--mesh tensor=8]
   heal-jax generate --checkpoint DIR --conversations C.jsonl --output P.jsonl [--batch-size B] [...]
 
 The second form writes a note for every conversation of a JSONL file, resumably (`note_file`).
@@ -14,6 +15,8 @@ are kept as speakers too. A line without a speaker continues the
 turn above it; blank lines are dropped; `-` reads standard input. The model input is the instruction-tuning prompt,
 `format_instruction(note_prompt(conversation))[0]`, encoded with BOS as in training. Default is greedy
 decoding; `--temperature` > 0 samples (with `--top-k`, `--top-p`) reproducibly for a `--seed`.
+`--lookahead K` (greedy only) checks K draft tokens per forward pass, copied from where the text so far
+last had its newest tokens (`infer/ngram_draft.py`): the same note in fewer passes.
 The note is printed to stdout; errors go to stderr with exit status 2.
 """
 
@@ -149,7 +152,7 @@ def generate_batches(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, plan: 
                      sampling: Sampling = Sampling(), seed: int = 0, stop_strings: Sequence[str] = STOP_STRINGS,
                      skip: Container[int] = (), width: int | None = None,
                      programs: dict[Any, decode.GenerateFn] | None = None,
-                     batch_sharding: jax.sharding.NamedSharding | None = None
+                     batch_sharding: jax.sharding.NamedSharding | None = None, lookahead: int = 0
                      ) -> Iterator[tuple[int, list[tuple[int, Note]]]]:
   """Yields (batch number, [(conversation index, Note), ...]) for each batch of `plan` not in `skip`.
 
@@ -163,6 +166,8 @@ def generate_batches(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, plan: 
   such as the trainer's note eval, keeps them; one tokenizer per dict); None: made for this call.
   batch_sharding: as in `decode.run` (the trainer's note eval passes its mesh's, so that it runs in
     multi-process runs too).
+  lookahead: draft tokens per forward pass (`decode.make_generate_fn`; greedy sampling only): the same
+    notes in fewer passes where a note repeats its conversation or itself.
   """
   params = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x), params)
   context = cfg.max_position_embeddings
@@ -171,12 +176,13 @@ def generate_batches(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, plan: 
   for b, (batch, size) in enumerate(zip(plan.batches, plan.sizes)):
     if b in skip:
       continue
-    if (cfg, size, sampling) not in programs:
-      programs[cfg, size, sampling] = decode.make_generate_fn(
-          cfg, size, sampling, tokenizer.eos_id, vocab_limit=tokenizer.vocab_size, max_positions=context)
+    key = (cfg, size, sampling, lookahead)
+    if key not in programs:
+      programs[key] = decode.make_generate_fn(cfg, size, sampling, tokenizer.eos_id, vocab_limit=tokenizer.vocab_size,
+                                              max_positions=context, lookahead=lookahead)
     rows = [plan.prompts[i] for i in batch]
     rows += [rows[0]] * (width - len(rows))
-    new_tokens = decode.run(programs[cfg, size, sampling], params, rows, seed=(seed + b) % 2**32,
+    new_tokens = decode.run(programs[key], params, rows, seed=(seed + b) % 2**32,
                             eos_id=tokenizer.eos_id, batch_sharding=batch_sharding)
     notes = []
     for i, tokens in zip(batch, new_tokens):  # each cut at EOS and at its room (decode's max_positions)
@@ -209,9 +215,10 @@ def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
                    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, sampling: Sampling = Sampling(),
                    seed: int = 0, batch_size: int = 8,
                    stop_strings: Sequence[str] = STOP_STRINGS,
-                   log: Callable[[str], None] | None = None, width: int | None = None) -> list[str]:
+                   log: Callable[[str], None] | None = None, width: int | None = None,
+                   lookahead: int = 0) -> list[str]:
   """One generated note (`Note.text`) per conversation, in order: `plan_notes` then `generate_batches`
-  (`width`: its rows per program).
+  (`width`: its rows per program; `lookahead`: its draft tokens per pass).
 
   Notes stay within the model's context (`max_position_embeddings`); `log` (default: stderr) names
   the notes that have less room and those that were cut. Raises ValueError as `plan_notes` does.
@@ -222,7 +229,8 @@ def generate_notes(loaded: LoadedModel, conversations: Sequence[str], *,
                     batch_size=min(batch_size, len(conversations)), log=log)
   notes: dict[int, Note] = {}
   for _, batch in generate_batches(loaded.cfg, loaded.params, Tokenizer(loaded.tokenizer_dir), plan,
-                                   sampling=sampling, seed=seed, stop_strings=stop_strings, width=width):
+                                   sampling=sampling, seed=seed, stop_strings=stop_strings, width=width,
+                                   lookahead=lookahead):
     notes.update(batch)
   warn_unfinished(list(notes.values()), log)
   return [notes[i].text for i in range(len(conversations))]
@@ -254,6 +262,10 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                       help="cast parameters and compute to this dtype (a work directory keeps float32 master "
                            "weights: bfloat16 halves the memory); default: as stored")
+  parser.add_argument("--lookahead", type=int, default=0,
+                      help="greedy only: check this many draft tokens, copied from the conversation or the note "
+                           "so far, per forward pass (speculative prompt-lookup decoding: the same note in fewer "
+                           "passes; see BENCHMARKS.md for when it pays); default 0")
   parser.add_argument("--mesh", help="split the model over this process's devices, e.g. tensor=8 or "
                                      "fsdp=2,tensor=4 (axes data, fsdp, tensor; see infer/placement.py); a batch "
                                      "short of a multiple of data x fsdp rows is filled with copies")
@@ -309,7 +321,7 @@ def _notes_of_file(args: argparse.Namespace, sampling: Sampling) -> int:
         counts = note_file.write_notes(
             loaded, rows, args.output, conversations=args.conversations, max_new_tokens=args.max_new_tokens,
             sampling=sampling, seed=args.seed, batch_size=args.batch_size, dtype=args.dtype, log=_stderr,
-            stop=stop, partial_file=partial_file,
+            stop=stop, partial_file=partial_file, lookahead=args.lookahead,
             width=placement.batch_rows(min(args.batch_size, len(rows)), args.mesh))
   except (CheckpointError, ConfigError, ValueError, OSError) as e:
     return _error(str(e))
@@ -334,6 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(e.code or 0)
   if args.max_new_tokens < 1:
     return _error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+  if args.lookahead < 0:
+    return _error(f"--lookahead must be >= 0, got {args.lookahead}")
+  if args.lookahead and args.temperature != 0:
+    return _error("--lookahead keeps only greedy tokens: it needs --temperature 0")
   if not 0 <= args.seed < 2**32:  # jax.random.PRNGKey keeps 32 bits: 2**32 would draw as 0 does
     return _error(f"--seed must be in [0, 2**32), got {args.seed}")
   if args.batch_size is not None and args.conversation is not None:
@@ -364,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"heal-jax generate: model {loaded.source}", file=sys.stderr)
     with placement.placed(loaded, args.mesh) as loaded:
       note = generate_notes(loaded, [text], max_new_tokens=args.max_new_tokens, sampling=sampling,
-                            seed=args.seed, width=placement.batch_rows(1, args.mesh))[0]
+                            seed=args.seed, width=placement.batch_rows(1, args.mesh), lookahead=args.lookahead)[0]
   except (CheckpointError, ConfigError, ValueError, OSError) as e:
     return _error(str(e))
   print(note)

@@ -222,22 +222,23 @@ def write_notes(loaded: LoadedModel, rows: Sequence[records.Record], output: pat
                 conversations: pathlib.Path, max_new_tokens: int, sampling: Sampling, seed: int,
                 batch_size: int, dtype: str | None, log: Callable[[str], None],
                 stop: threading.Event | None = None, partial_file: BinaryIO | None = None,
-                width: int | None = None) -> Counts:
+                width: int | None = None, lookahead: int = 0) -> Counts:
   """Generates the notes of `rows` (read from `conversations`) into `output`, continuing
   `output`.partial (see the module doc). Raises Interrupted when `stop` is set between batches.
 
   partial_file: `open_partial(output)`'s file when the caller took the lock already (before loading
   the model, so that a second run stops at once); None: taken here.
   width: rows of each decode program (`generate.generate_batches`; a multiple of the mesh's data x fsdp).
-  The mesh is not a setting: a rerun on other devices continues the file (its float sums may round
-  differently, so a greedy near-tie can go the other way in the notes made there).
+  The mesh and `lookahead` (`generate.generate_batches`) are not settings: a rerun on other devices or
+  with other drafts continues the file (its float sums may round differently, so a greedy near-tie can
+  go the other way in the notes made there).
   """
   check_output(output)
   if partial_file is None:
     with open_partial(output) as f:
       return write_notes(loaded, rows, output, conversations=conversations, max_new_tokens=max_new_tokens,
                          sampling=sampling, seed=seed, batch_size=batch_size, dtype=dtype, log=log, stop=stop,
-                         partial_file=f, width=width)
+                         partial_file=f, width=width, lookahead=lookahead)
   f, partial = partial_file, partial_path(output)
   settings = run_settings(conversations, rows, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
                           batch_size=batch_size, dtype=dtype)
@@ -264,7 +265,8 @@ def write_notes(loaded: LoadedModel, rows: Sequence[records.Record], output: pat
     log(f"keeping {kept_count} note(s) of an earlier run from {partial}; {len(rows) - kept_count} to generate")
   start = time.monotonic()
   for b, batch in generate.generate_batches(loaded.cfg, loaded.params, Tokenizer(loaded.tokenizer_dir), plan,
-                                            sampling=sampling, seed=seed, skip=done, width=width):
+                                            sampling=sampling, seed=seed, skip=done, width=width,
+                                            lookahead=lookahead):
     _append(f, [{"index": i, **_note_row(rows[i], note)} for i, note in batch])
     notes.update(batch)
     elapsed = time.monotonic() - start  # the first batch's time includes compiling: a pessimistic start

@@ -101,6 +101,17 @@ def _dense(features: Any, axis: Any, names: tuple[str, ...], cfg: ModelConfig, n
   return _Dense(tuple(in_sizes[n] for n in names[:n_in]), out, names, cfg, name=name)
 
 
+def _write_slots(cache: jax.Array, update: jax.Array, cache_index: jax.Array, axis: int) -> jax.Array:
+  """`cache` with `update` written along its slot `axis` from `cache_index` on: a scalar (every row
+  at the same slot) or [B] int32 (row b from slot cache_index[b]). Slots must fit: a start past
+  S - L would be clamped."""
+  update = update.astype(cache.dtype)
+  if jnp.ndim(cache_index) == 0:
+    return jax.lax.dynamic_update_slice_in_dim(cache, update, cache_index, axis)
+  return jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice_in_dim(c, u, i, axis - 1))(
+      cache, update, cache_index)
+
+
 class Attention(nn.Module):
   """Grouped-query self-attention with rotary embeddings.
 
@@ -117,7 +128,8 @@ class Attention(nn.Module):
                cache_segment_ids_BxS: jax.Array | None = None) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """x: [B, L, D] compute dtype; cos/sin: [B, L, Dh] float32 rotary angles; segment_ids (0 =
     padding) and index (position within the document): [B, L] int32. Returns [B, L, D] (and the
-    updated cache when one is given; cache_index: scalar int32 slot of the first new token)."""
+    updated cache when one is given; cache_index: int32 slot of the first new token, a scalar or
+    one per row [B])."""
     cfg = self.cfg
     q = _dense((cfg.num_heads, cfg.head_dim), -1, ("embed", "q_heads", "head_dim"), cfg, "wq")(x_BxLxD)
     k = _dense((cfg.num_kv_heads, cfg.head_dim), -1, ("embed", "kv_heads", "head_dim"), cfg, "wk")(x_BxLxD)
@@ -134,12 +146,10 @@ class Attention(nn.Module):
       out_BxLxHxDh = checkpoint_name(out_BxLxHxDh, "attention_out")
       return wo(out_BxLxHxDh)
     new_cache = {
-        "k": _constrain(jax.lax.dynamic_update_slice(
-            cache["k"], k_BxLxKxDh.transpose(0, 2, 3, 1).astype(cache["k"].dtype), (0, 0, 0, cache_index)),
-            CACHE_AXES["k"]),
-        "v": _constrain(jax.lax.dynamic_update_slice(
-            cache["v"], v.transpose(0, 2, 1, 3).astype(cache["v"].dtype), (0, 0, cache_index, 0)),
-            CACHE_AXES["v"]),
+        "k": _constrain(_write_slots(cache["k"], k_BxLxKxDh.transpose(0, 2, 3, 1), cache_index, axis=3),
+                        CACHE_AXES["k"]),
+        "v": _constrain(_write_slots(cache["v"], v.transpose(0, 2, 1, 3), cache_index, axis=2),
+                        CACHE_AXES["v"]),
     }
     b, s = cache_segment_ids_BxS.shape
     mask_BxLxS = attention_lib.make_mask(
@@ -217,7 +227,8 @@ class Llama(nn.Module):
       that, and 'pallas' then masks by causal order alone (left padding would break both).
     cache: a KV cache from `init_cache` (inference). The L tokens are written at slots
       `cache_index + arange(L)` and attend to every earlier real slot of their row.
-    cache_index: int32 scalar, the slot of the first of the L tokens (cache mode only).
+    cache_index: int32, the slot of the first of the L tokens (cache mode only): a scalar, or [B]
+      for rows at different slots (speculative decoding).
     cache_segment_ids_BxS: int32, 1 for slots holding (or going to hold) real tokens, 0 for
       padding slots (cache mode only; queries with segment id 1 see only slots with id 1).
     last_only: return logits of the last position only (L -> 1), e.g. after a left-padded prefill.
@@ -234,7 +245,8 @@ class Llama(nn.Module):
     b, l = tokens_BxL.shape
     index_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     if cache is not None:
-      index_BxL = index_BxL + jnp.asarray(cache_index, jnp.int32)
+      cache_index = jnp.asarray(cache_index, jnp.int32)
+      index_BxL = index_BxL + (cache_index[:, None] if cache_index.ndim else cache_index)
     if segment_ids_BxL is None:
       segment_ids_BxL = jnp.ones((b, l), jnp.int32)
     if positions_BxL is None:
