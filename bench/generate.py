@@ -21,7 +21,8 @@ param and compute dtype; transformers: `dtype=torch.bfloat16`), as a bfloat16 ex
 `--lookahead K` (default 4; 0 skips it) also times our speculative prompt-lookup decoding (K draft
 tokens a forward pass, `infer/ngram_draft.py`), whose tokens must equal our plain greedy ones, and, at
 batch 1 (transformers' assisted generation takes one row), transformers' own prompt lookup
-(`prompt_lookup_num_tokens=K`, its default 2-token n-grams, as ours) at its fastest thread count. How
+(`prompt_lookup_num_tokens=K`, its default 2-token n-grams, as ours) at the thread count fastest for
+its plain decoding. How
 much speculation gains depends on how often the model repeats its prompt or itself: this bench's
 random model soon repeats one token, so its passes per token flatter drafts; the table prints them.
 
@@ -186,7 +187,7 @@ def main() -> None:
         f"ratio = fastest hf time / ours; vs {default_threads}T = torch's default thread count / ours."
         + (f" K={k}: our speculative decoding (passes: forward passes incl. the prefill, for {n} tokens a row; "
            "ratio against the fastest plain hf; equal: its tokens equal our plain ones); hf K: transformers' "
-           "prompt lookup at batch 1, its fastest thread count." if k else ""))
+           "prompt lookup at batch 1, at plain hf's fastest thread count." if k else ""))
   print(json.dumps({"max_new_tokens": n, "dtype": args.dtype, "lookahead": k, "params": loaded.cfg.num_params(), "rows": rows}))
 
 

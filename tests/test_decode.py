@@ -150,6 +150,7 @@ def test_vocab_limit_keeps_ids_the_tokenizer_lacks_out(model, prompts):
   assert all(t >= limit for row in free for t in row)
   limited = decode.run(decode.make_generate_fn(cfg, NEW, vocab_limit=limit), padded, prompts)
   assert limited == _greedy_by_full_forward(cfg, padded, prompts, NEW, limit=limit)
+  assert decode.run(decode.make_generate_fn(cfg, NEW, vocab_limit=limit, lookahead=3), padded, prompts) == limited
   with pytest.raises(ValueError, match="vocab_limit"):
     decode.make_generate_fn(cfg, NEW, vocab_limit=cfg.vocab_size + 1)
 
@@ -243,14 +244,14 @@ def looping_prompts(model):
   return [[1] + phrase * 4, [1] + [int(t) for t in rng.randint(3, model[0].vocab_size, 9)], [1, 5] + phrase * 2]
 
 
-def _expected_passes(prompts, greedy, rooms, k, eos=None):
-  """Forward passes after the prefill that the draft rule (`reference_draft`, max_ngram 2) needs for each
-  row to make rooms[b] tokens (or reach EOS), given the row's greedy tokens (at least rooms[b] + k)."""
+def _expected_passes(prompts, greedy, rooms, k, eos=None, max_ngram=2):
+  """Forward passes after the prefill that the draft rule (`reference_draft`) needs for each row to
+  make rooms[b] tokens (or reach EOS), given the row's greedy tokens (at least rooms[b] + k)."""
   passes = []
   for prompt, tokens, room in zip(prompts, greedy, rooms):
     made, n = 1, 0
     while made < room and (eos is None or eos not in tokens[:made]):
-      draft = reference_draft(list(prompt) + tokens[:made], k, 2)
+      draft = reference_draft(list(prompt) + tokens[:made], k, max_ngram)
       kept = 0
       while kept < k and draft[kept] == tokens[made + kept]:
         kept += 1
@@ -272,6 +273,9 @@ def test_speculative_decoding_keeps_exactly_the_greedy_tokens(attending_model, l
   expected = _expected_passes(looping_prompts, greedy, [n] * 3, LOOKAHEAD)
   assert (int(made), int(passes)) == (n, expected)
   assert expected < n - 1  # some drafts were kept
+  fn = decode.make_generate_fn(cfg, n, lookahead=LOOKAHEAD, max_ngram=1)
+  _, _, passes = fn(p, *map(jnp.asarray, decode.left_pad(looping_prompts)), jax.random.PRNGKey(0))
+  assert int(passes) == _expected_passes(looping_prompts, greedy, [n] * 3, LOOKAHEAD, max_ngram=1)
 
 
 def test_speculative_decoding_copies_what_the_prompt_shows(model):
@@ -288,22 +292,34 @@ def test_speculative_decoding_copies_what_the_prompt_shows(model):
   assert decode.run(fn, p, prompts) == [c[:n] for c in chains]
   _, made, passes = fn(p, *map(jnp.asarray, decode.left_pad(prompts)), jax.random.PRNGKey(0))
   assert (int(made), int(passes)) == (n, 6)
+  # A prompt showing the chain with its 6th token changed to x: the second pass drafts x (rejected) and
+  # its next position predicts f(x), which as EOS must not end the row: only kept tokens can.
+  chain, one = chains[0][:n], decode.make_generate_fn(cfg, 1)
+  x = next(t for t in range(3, cfg.vocab_size) if t not in chain and decode.run(one, p, [[1, t]])[0][0] not in chain)
+  eos = decode.run(one, p, [[1, x]])[0][0]
+  altered = start[0] + chain[:5] + [x] + chains[0][6:] + start[0][1:]
+  for k in (0, LOOKAHEAD):
+    assert decode.run(decode.make_generate_fn(cfg, n, eos_id=eos, lookahead=k), p, [altered], eos_id=eos) == [chain]
 
 
 def test_speculative_decoding_stops_rows_at_eos_and_at_the_context(attending_model, looping_prompts):
   cfg, p = attending_model
   free = decode.run(decode.make_generate_fn(cfg, 16 + LOOKAHEAD), p, looping_prompts)
-  eos = free[1][5]  # the random row's sixth token
-  fn = decode.make_generate_fn(cfg, 16, eos_id=eos, lookahead=LOOKAHEAD)
-  got = decode.run(fn, p, looping_prompts, eos_id=eos)
-  assert got == [row[:16][:row.index(eos)] if eos in row[:16] else row[:16] for row in free]
-  _, _, passes = fn(p, *map(jnp.asarray, decode.left_pad(looping_prompts)), jax.random.PRNGKey(0))
-  assert int(passes) == _expected_passes(looping_prompts, free, [16] * 3, LOOKAHEAD, eos)
+  for eos in free[1][:6]:  # some of these are also picked at drafts the step rejects: they must not end a row
+    fn = decode.make_generate_fn(cfg, 16, eos_id=eos, lookahead=LOOKAHEAD)
+    got = decode.run(fn, p, looping_prompts, eos_id=eos)
+    assert got == [row[:16][:row.index(eos)] if eos in row[:16] else row[:16] for row in free]
+    _, made, passes = fn(p, *map(jnp.asarray, decode.left_pad(looping_prompts)), jax.random.PRNGKey(0))
+    assert int(made) == max(row[:16].index(eos) + 1 if eos in row[:16] else 16 for row in free)
+    assert int(passes) == _expected_passes(looping_prompts, free, [16] * 3, LOOKAHEAD, eos)
   fn = decode.make_generate_fn(cfg, 16, max_positions=20, lookahead=LOOKAHEAD)
   rooms = [20 - len(q) for q in looping_prompts]  # 7, 10 and 12
   assert decode.run(fn, p, looping_prompts) == [row[:room] for row, room in zip(free, rooms)]
   _, made, passes = fn(p, *map(jnp.asarray, decode.left_pad(looping_prompts)), jax.random.PRNGKey(0))
   assert int(made) == 12 and int(passes) == _expected_passes(looping_prompts, free, rooms, LOOKAHEAD)
+  full = decode.make_generate_fn(cfg, 16, max_positions=4, lookahead=LOOKAHEAD)  # no row has room: as plain
+  assert decode.run(full, p, looping_prompts) == [[], [], []]
+  assert [int(x) for x in full(p, *map(jnp.asarray, decode.left_pad(looping_prompts)), jax.random.PRNGKey(0))[1:]] == [1, 0]
 
 
 def test_speculative_decoding_needs_greedy_sampling(model):

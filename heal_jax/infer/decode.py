@@ -201,7 +201,7 @@ def _speculative_loop(step, tokens_BxP, token_B, cache, done_B, room_B, pad_B, s
 
   hist_BxT, _, t_B, _, passes = jax.lax.while_loop(
       cond, body, (hist_BxT, cache, t_B, done_B, jnp.asarray(0, jnp.int32)))
-  return hist_BxT[:, p:p + max_new_tokens], jnp.max(jnp.minimum(t_B, room_B)), passes
+  return hist_BxT[:, p:p + max_new_tokens], jnp.maximum(jnp.max(jnp.minimum(t_B, room_B)), 1), passes
 
 
 def cut_at_eos(tokens: Sequence[int], eos_id: int | None) -> list[int]:
