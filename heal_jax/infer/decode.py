@@ -138,8 +138,8 @@ def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling =
           cache_index=index, cache_segment_ids_BxS=cache_segment_ids_BxS)
 
     if lookahead:
-      return _speculative_loop(step, tokens_BxP, token_B, cache, done_B, room_B, pad_B, slots,
-                               lookahead, max_ngram, max_new_tokens, vocab_limit, eos_id if check_eos else None)
+      return _speculative_loop(step, pick, tokens_BxP, token_B, cache, done_B, room_B, pad_B, slots,
+                               lookahead, max_ngram, max_new_tokens, eos_id if check_eos else None)
     out_BxN = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(token_B)
 
     def cond(state):
@@ -163,8 +163,8 @@ def make_generate_fn(cfg: ModelConfig, max_new_tokens: int, sampling: Sampling =
   return GenerateFn(jax.jit(generate), max_positions)
 
 
-def _speculative_loop(step, tokens_BxP, token_B, cache, done_B, room_B, pad_B, slots, lookahead, max_ngram,
-                      max_new_tokens, vocab_limit, eos_id):
+def _speculative_loop(step, pick, tokens_BxP, token_B, cache, done_B, room_B, pad_B, slots, lookahead, max_ngram,
+                      max_new_tokens, eos_id):
   """The decoding loop of `make_generate_fn` with `lookahead` > 0 (module docstring).
 
   hist_BxT (T = `slots`) holds each row's tokens at their cache slots: prompt at [pad_b, P), new token t
@@ -188,7 +188,7 @@ def _speculative_loop(step, tokens_BxP, token_B, cache, done_B, room_B, pad_B, s
     index_B = jnp.where(done_B, slots - width, end_B - 1)
     logits_BxLxV, cache = step(jnp.concatenate([newest_B, draft_BxK], axis=1), index_B, cache)
     # greedy_BxL[:, j]: the model's token for slot end + j, given the newest token and drafts < j
-    greedy_BxL = jnp.argmax(logits_BxLxV[:, :, :vocab_limit], axis=-1).astype(jnp.int32)
+    greedy_BxL = pick(logits_BxLxV.reshape(b * width, -1), None).reshape(b, width)  # greedy: no rng
     kept_B = jnp.sum(jnp.cumprod(draft_BxK == greedy_BxL[:, :-1], axis=1), axis=1)
     made_B = jnp.where(done_B, 0, kept_B + 1)  # new tokens: greedy_BxL[:, :made_B]
     hist_BxT = jax.vmap(lambda h, g, i: jax.lax.dynamic_update_slice(h, g, (i,)))(
