@@ -22,19 +22,40 @@ def make_mask(q_segment_ids_BxL: jax.Array, kv_segment_ids_BxS: jax.Array,
   return same_segment & causal
 
 
+def _heads_major(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array):
+  """q [B, K, G, L, D] (G = H / K query heads per K/V head), k and v [B, K, S, D]."""
+  b, l, h, d = q_BxLxHxD.shape
+  kv_heads = k_BxSxKxD.shape[2]
+  q_BxKxGxLxD = q_BxLxHxD.reshape(b, l, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)
+  return q_BxKxGxLxD, k_BxSxKxD.transpose(0, 2, 1, 3), v_BxSxKxD.transpose(0, 2, 1, 3)
+
+
+def _tokens_major(out_BxKxGxLxD: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """[B, K, G, L, D] -> [B, L, H, D] in `dtype`."""
+  b, k, g, l, d = out_BxKxGxLxD.shape
+  return out_BxKxGxLxD.transpose(0, 3, 1, 2, 4).reshape(b, l, k * g, d).astype(dtype)
+
+
+def _attend(q_BxKxGxLxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxD: jax.Array,
+            mask_BxLxS: jax.Array) -> jax.Array:
+  """Softmax attention in heads-major layouts, scores and softmax in float32; [B, K, G, L, D] float32.
+
+  With the batch axes (b, k) leading on every operand, the products' results are in the layout
+  the softmax and the next product read. When the products took q, k, v as [B, L, H, D], XLA:CPU
+  copied the [.., L, S] score tensors between layouts, forward and backward: one layer's forward and
+  backward took 1.5x as long at L = 2048."""
+  d = q_BxKxGxLxD.shape[-1]
+  scores_BxKxGxLxS = jnp.einsum("bkgld,bksd->bkgls", q_BxKxGxLxD, k_BxKxSxD,
+                                preferred_element_type=jnp.float32) * (d ** -0.5)
+  scores_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], scores_BxKxGxLxS, _NEG_INF)
+  probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(v_BxKxSxD.dtype)
+  return jnp.einsum("bkgls,bksd->bkgld", probs, v_BxKxSxD, preferred_element_type=jnp.float32)
+
+
 def xla_attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
                   mask_BxLxS: jax.Array) -> jax.Array:
   """Reference attention in plain XLA ops, softmax in float32. Returns [B, L, H, D] in q's dtype."""
-  b, l, h, d = q_BxLxHxD.shape
-  kv_heads = k_BxSxKxD.shape[2]
-  q_BxLxKxGxD = q_BxLxHxD.reshape(b, l, kv_heads, h // kv_heads, d)
-  scores_BxKxGxLxS = jnp.einsum("blkgd,bskd->bkgls", q_BxLxKxGxD, k_BxSxKxD,
-                                preferred_element_type=jnp.float32) * (d ** -0.5)
-  scores_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], scores_BxKxGxLxS, _NEG_INF)
-  probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(v_BxSxKxD.dtype)
-  out_BxLxKxGxD = jnp.einsum("bkgls,bskd->blkgd", probs, v_BxSxKxD,
-                             preferred_element_type=jnp.float32)
-  return out_BxLxKxGxD.reshape(b, l, h, d).astype(q_BxLxHxD.dtype)
+  return _tokens_major(_attend(*_heads_major(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD), mask_BxLxS), q_BxLxHxD.dtype)
 
 
 XLA_BLOCK = 256  # query rows per block of `_xla_blocks`
@@ -52,12 +73,13 @@ def _xla_blocks(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array
   l, s = q_BxLxHxD.shape[1], k_BxSxKxD.shape[1]
   if l != s or l <= XLA_BLOCK:
     return xla_attention(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxLxS)
+  q_BxKxGxLxD, k_BxKxSxD, v_BxKxSxD = _heads_major(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD)
   outs = []
   for start in range(0, l, XLA_BLOCK):
     end = min(start + XLA_BLOCK, l)
-    outs.append(xla_attention(q_BxLxHxD[:, start:end], k_BxSxKxD[:, :end], v_BxSxKxD[:, :end],
-                              mask_BxLxS[:, start:end, :end]))
-  return jnp.concatenate(outs, axis=1)
+    outs.append(_attend(q_BxKxGxLxD[:, :, :, start:end], k_BxKxSxD[:, :, :end], v_BxKxSxD[:, :, :end],
+                        mask_BxLxS[:, start:end, :end]))
+  return _tokens_major(jnp.concatenate(outs, axis=3), q_BxLxHxD.dtype)
 
 
 def cached_attention(q_BxLxHxD: jax.Array, k_BxKxDxS: jax.Array, v_BxKxSxD: jax.Array,
