@@ -27,7 +27,11 @@ much speculation gains depends on how often the model repeats its prompt or itse
 random model soon repeats one token, so its passes per token flatter drafts; the table prints them.
 
   python bench/generate.py [--max-new-tokens 128] [--batches 1,8] [--repeats 3] [--torch-threads 1,2]
-                           [--dtype float32|bfloat16] [--lookahead 4]
+                           [--dtype float32|bfloat16] [--lookahead 4] [--checkpoint DIR]
+
+`--checkpoint DIR` times a given model instead (a converted checkpoint or a training work directory,
+exported to HF for transformers), e.g. the tiny recipe's `runs/tiny`, whose notes show how often drafts
+are kept on text a trained model writes.
 Prints a table and, last, one JSON line. Targets: ours >= 5x at batch 1 and >= 3x at batch 8 (plain).
 """
 
@@ -68,6 +72,19 @@ def build(workdir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, list[str]]
   return workdir / "ckpt", workdir / "hf", conversations
 
 
+def use_checkpoint(checkpoint: pathlib.Path, workdir: pathlib.Path, dtype: str) -> tuple[pathlib.Path, list[str]]:
+  """(HF export of `checkpoint`, conversations) for timing a given model, e.g. the tiny recipe's trained one.
+
+  `checkpoint` is a converted checkpoint or a training work directory (its newest checkpoint, exported
+  in `dtype`); the conversations are the bundled synthetic corpus's, written under `workdir`."""
+  files = synthetic.generate_corpus(workdir / "corpus", seed=0)
+  from_workdir = restore.is_workdir(checkpoint)
+  hf_convert.orbax_to_hf(checkpoint, workdir / "hf", overwrite=True, dtype=dtype if from_workdir else None)
+  with open(files["clinical"], encoding="utf-8") as f:
+    conversations = [json.loads(line)["conversation"] for line in f]
+  return workdir / "hf", conversations
+
+
 def prompts_for(tok: tokenizer_lib.Tokenizer, conversations: list[str], batch: int) -> list[list[int]]:
   """Note-writing prompts over the first 2..(batch+1) turns of `batch` conversations."""
   texts = ["\n".join(c.splitlines()[:2 + i % 6]) for i, c in enumerate(conversations[:batch])]
@@ -93,12 +110,19 @@ def main() -> None:
                       help="torch thread counts to time transformers with (best one is the baseline)")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="weights and compute of both sides")
+  parser.add_argument("--checkpoint", type=pathlib.Path, default=None,
+                      help="time this model (a converted checkpoint or a training work directory, e.g. the "
+                           "README's runs/tiny) instead of the random 10M-parameter one")
   parser.add_argument("--lookahead", type=int, default=4,
                       help="draft tokens per pass of our speculative decoding (and transformers' prompt lookup "
                            "at batch 1); 0: plain decoding only")
   args = parser.parse_args()
   workdir = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="heal_bench_generate_"))
-  ckpt, hf_dir, conversations = build(workdir)
+  if args.checkpoint:
+    ckpt = args.checkpoint
+    hf_dir, conversations = use_checkpoint(ckpt, workdir, args.dtype)
+  else:
+    ckpt, hf_dir, conversations = build(workdir)
   loaded = restore.load_model(ckpt, dtype=args.dtype, compute_dtype=args.dtype)
   tok = tokenizer_lib.Tokenizer(loaded.tokenizer_dir)
   params = jax.device_put(loaded.params)
@@ -109,7 +133,8 @@ def main() -> None:
   hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, args.dtype)).eval()
   hf.generation_config.eos_token_id = None
   hf.generation_config.pad_token_id = 0
-  print(f"model: {loaded.cfg.num_params() / 1e6:.2f}M parameters, vocab {loaded.cfg.vocab_size}, "
+  print(f"model: {loaded.source if args.checkpoint else 'random'}, "
+        f"{loaded.cfg.num_params() / 1e6:.2f}M parameters, vocab {loaded.cfg.vocab_size}, "
         f"{args.dtype}; max_new_tokens {n}; jax {jax.__version__} ({jax.default_backend()}), torch "
         f"{torch.__version__}, transformers {transformers.__version__}; "
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
@@ -188,7 +213,8 @@ def main() -> None:
         + (f" K={k}: our speculative decoding (passes: forward passes incl. the prefill, for {n} tokens a row; "
            "ratio against the fastest plain hf; equal: its tokens equal our plain ones); hf K: transformers' "
            "prompt lookup at batch 1, at plain hf's fastest thread count." if k else ""))
-  print(json.dumps({"max_new_tokens": n, "dtype": args.dtype, "lookahead": k, "params": loaded.cfg.num_params(), "rows": rows}))
+  print(json.dumps({"model": str(args.checkpoint or "random"), "max_new_tokens": n, "dtype": args.dtype, "lookahead": k,
+                    "params": loaded.cfg.num_params(), "rows": rows}))
 
 
 if __name__ == "__main__":
