@@ -10,7 +10,8 @@ message below the table, and the run goes on):
   cudnn     jax.nn.dot_product_attention(..., is_causal=True, implementation='cudnn'); GQA native.
   mha       jax.experimental.pallas.ops.gpu.attention.mha(causal=True, sm_scale=1/sqrt(D)) with its
             default blocks; it has no GQA, so K/V are repeated to H heads inside the timed function.
-  xla       heal_jax.model.attention.xla_attention + make_mask (the 'xla' attention_impl).
+  xla       heal_jax.model.attention.xla_attention + make_mask: the 'xla' attention_impl's computation
+            in one block (the impl itself splits sequences over 256 into blocks of query rows).
 
 FLOPs (model FLOPs, causal halving applied, the same count for every implementation):
   forward          = 4 * B * H * L * L * D / 2        (QK^T and PV, 2 FLOPs per MAC, half the pairs)

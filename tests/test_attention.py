@@ -1,4 +1,5 @@
-"""The XLA path's query blocks (`attention._xla_blocks`) against the one-block reference."""
+"""The XLA attention path: its query blocks (`attention._xla_blocks`) against the one-block computation,
+and outputs and gradients against a float64 NumPy attention with a hand-written backward."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +7,14 @@ import numpy as np
 import pytest
 
 from heal_jax.model import attention as attention_lib
+
+
+def _positions(seg_BxL: np.ndarray) -> np.ndarray:
+  """Positions restarting at 0 with each document of packed rows, as the trainer gives them."""
+  pos = np.zeros_like(seg_BxL)
+  for i in range(1, seg_BxL.shape[1]):
+    pos[:, i] = np.where(seg_BxL[:, i] == seg_BxL[:, i - 1], pos[:, i - 1] + 1, 0)
+  return pos
 
 
 def test_xla_blocks_equal_the_whole_computation_for_real_tokens():
@@ -16,10 +25,7 @@ def test_xla_blocks_equal_the_whole_computation_for_real_tokens():
   rng = np.random.RandomState(0)
   seg = np.sort(rng.randint(1, 6, (b, l)), axis=1)
   seg[:, l - 9:] = 0  # padding tail
-  pos = np.zeros_like(seg)
-  for r in range(b):
-    for i in range(1, l):
-      pos[r, i] = pos[r, i - 1] + 1 if seg[r, i] == seg[r, i - 1] else 0
+  pos = _positions(seg)
   seg, pos = jnp.asarray(seg, jnp.int32), jnp.asarray(pos, jnp.int32)
   keys = jax.random.split(jax.random.PRNGKey(1), 3)
   q = jax.random.normal(keys[0], (b, l, h, d))
@@ -79,10 +85,7 @@ def test_xla_attention_and_gradients_equal_a_float64_numpy_reference(l, h, kv):
   b, d = 2, 16
   rng = np.random.RandomState(l)
   seg = np.sort(rng.randint(1, 5, (b, l)), axis=1)
-  pos = np.zeros_like(seg)
-  for r in range(b):
-    for i in range(1, l):
-      pos[r, i] = pos[r, i - 1] + 1 if seg[r, i] == seg[r, i - 1] else 0
+  pos = _positions(seg)
   q, d_out = rng.randn(b, l, h, d), rng.randn(b, l, h, d)
   k, v = rng.randn(b, l, kv, d), rng.randn(b, l, kv, d)
   want_out, want_grads = _numpy_attention(q, k, v, seg, pos, d_out)
@@ -97,3 +100,26 @@ def test_xla_attention_and_gradients_equal_a_float64_numpy_reference(l, h, kv):
   got_grads = vjp(f32(d_out))
   for got, want in zip((out,) + tuple(got_grads), (want_out,) + want_grads):
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5 * np.abs(want).max())
+
+
+def test_bfloat16_inputs_give_bfloat16_outputs_and_gradients_near_the_float64_reference():
+  """The model computes attention in its compute dtype: bf16 q, k, v give bf16 outputs and gradients
+  (softmax in float32 inside), within bf16 rounding (3e-2 relative to the largest value) of float64."""
+  b, l, h, kv, d = 2, attention_lib.XLA_BLOCK + 45, 4, 2, 16
+  rng = np.random.RandomState(1)
+  seg = np.sort(rng.randint(1, 4, (b, l)), axis=1)
+  pos = _positions(seg)
+  q, d_out = rng.randn(b, l, h, d), rng.randn(b, l, h, d)
+  k, v = rng.randn(b, l, kv, d), rng.randn(b, l, kv, d)
+  bf16 = lambda x: jnp.asarray(x, jnp.bfloat16)
+  # the reference sees the same bf16-rounded inputs
+  rounded = [np.asarray(bf16(x), np.float64) for x in (q, k, v, d_out)]
+  want_out, want_grads = _numpy_attention(*rounded[:3], seg, pos, rounded[3])
+  ids = {name: jnp.asarray(x, jnp.int32) for name, x in (("seg", seg), ("pos", pos))}
+  fn = lambda q, k, v: attention_lib.attention(q, k, v, q_segment_ids_BxL=ids["seg"], kv_segment_ids_BxS=ids["seg"],
+                                               q_index_BxL=ids["pos"], kv_index_BxS=ids["pos"], impl="xla")
+  out, vjp = jax.vjp(fn, bf16(q), bf16(k), bf16(v))
+  got_grads = vjp(bf16(d_out))
+  for got, want in zip((out,) + tuple(got_grads), (want_out,) + want_grads):
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, atol=3e-2 * np.abs(want).max())

@@ -42,8 +42,8 @@ def _attend(q_BxKxGxLxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxD: jax.Array,
 
   With the batch axes (b, k) leading on every operand, the products' results are in the layout
   the softmax and the next product read. When the products took q, k, v as [B, L, H, D], XLA:CPU
-  copied the [.., L, S] score tensors between layouts, forward and backward: one layer's forward and
-  backward took 1.5x as long at L = 2048."""
+  copied the [.., L, S] score tensors between layouts, forward and backward (on the 2-core CPU VM,
+  2026-11-29, one layer's forward and backward at [2, 2048, 4 heads, 32]: 319 ms then, 245 ms now)."""
   d = q_BxKxGxLxD.shape[-1]
   scores_BxKxGxLxS = jnp.einsum("bkgld,bksd->bkgls", q_BxKxGxLxD, k_BxKxSxD,
                                 preferred_element_type=jnp.float32) * (d ** -0.5)
