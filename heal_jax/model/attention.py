@@ -22,12 +22,16 @@ def make_mask(q_segment_ids_BxL: jax.Array, kv_segment_ids_BxS: jax.Array,
   return same_segment & causal
 
 
-def _heads_major(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array):
-  """q [B, K, G, L, D] (G = H / K query heads per K/V head), k and v [B, K, S, D]."""
+def _queries_heads_major(q_BxLxHxD: jax.Array, kv_heads: int) -> jax.Array:
+  """[B, L, H, D] -> [B, K, G, L, D]: G = H / K query heads share each K/V head (head h uses h // G)."""
   b, l, h, d = q_BxLxHxD.shape
-  kv_heads = k_BxSxKxD.shape[2]
-  q_BxKxGxLxD = q_BxLxHxD.reshape(b, l, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)
-  return q_BxKxGxLxD, k_BxSxKxD.transpose(0, 2, 1, 3), v_BxSxKxD.transpose(0, 2, 1, 3)
+  return q_BxLxHxD.reshape(b, l, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)
+
+
+def _heads_major(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array):
+  """q [B, K, G, L, D], k and v [B, K, S, D]."""
+  return (_queries_heads_major(q_BxLxHxD, k_BxSxKxD.shape[2]), k_BxSxKxD.transpose(0, 2, 1, 3),
+          v_BxSxKxD.transpose(0, 2, 1, 3))
 
 
 def _tokens_major(out_BxKxGxLxD: jax.Array, dtype: jnp.dtype) -> jax.Array:
@@ -36,16 +40,18 @@ def _tokens_major(out_BxKxGxLxD: jax.Array, dtype: jnp.dtype) -> jax.Array:
   return out_BxKxGxLxD.transpose(0, 3, 1, 2, 4).reshape(b, l, k * g, d).astype(dtype)
 
 
-def _attend(q_BxKxGxLxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxD: jax.Array,
-            mask_BxLxS: jax.Array) -> jax.Array:
+def _attend(q_BxKxGxLxD: jax.Array, k: jax.Array, v_BxKxSxD: jax.Array, mask_BxLxS: jax.Array,
+            keys_transposed: bool = False) -> jax.Array:
   """Softmax attention in heads-major layouts, scores and softmax in float32; [B, K, G, L, D] float32.
+  k: [B, K, S, D], or [B, K, D, S] with `keys_transposed` (the KV cache's layout).
 
   With the batch axes (b, k) leading on every operand, the products' results are in the layout
   the softmax and the next product read. When the products took q, k, v as [B, L, H, D], XLA:CPU
   copied the [.., L, S] score tensors between layouts, forward and backward (on the 2-core CPU VM,
   2026-11-29, one layer's forward and backward at [2, 2048, 4 heads, 32]: 319 ms then, 245 ms now)."""
   d = q_BxKxGxLxD.shape[-1]
-  scores_BxKxGxLxS = jnp.einsum("bkgld,bksd->bkgls", q_BxKxGxLxD, k_BxKxSxD,
+  keys = "bkds" if keys_transposed else "bksd"
+  scores_BxKxGxLxS = jnp.einsum(f"bkgld,{keys}->bkgls", q_BxKxGxLxD, k,
                                 preferred_element_type=jnp.float32) * (d ** -0.5)
   scores_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], scores_BxKxGxLxS, _NEG_INF)
   probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(v_BxKxSxD.dtype)
@@ -91,15 +97,9 @@ def cached_attention(q_BxLxHxD: jax.Array, k_BxKxDxS: jax.Array, v_BxKxSxD: jax.
   never transposed, which would copy it whole at every decoding step. Returns [B, L, H, D] in q's
   dtype.
   """
-  b, l, h, d = q_BxLxHxD.shape
-  kv_heads = k_BxKxDxS.shape[1]
-  q_BxKxGxLxD = q_BxLxHxD.reshape(b, l, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)
-  scores_BxKxGxLxS = jnp.einsum("bkgld,bkds->bkgls", q_BxKxGxLxD, k_BxKxDxS,
-                                preferred_element_type=jnp.float32) * (d ** -0.5)
-  scores_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], scores_BxKxGxLxS, _NEG_INF)
-  probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(v_BxKxSxD.dtype)
-  out_BxKxGxLxD = jnp.einsum("bkgls,bksd->bkgld", probs, v_BxKxSxD, preferred_element_type=jnp.float32)
-  return out_BxKxGxLxD.transpose(0, 3, 1, 2, 4).reshape(b, l, h, d).astype(q_BxLxHxD.dtype)
+  q_BxKxGxLxD = _queries_heads_major(q_BxLxHxD, k_BxKxDxS.shape[1])
+  return _tokens_major(_attend(q_BxKxGxLxD, k_BxKxDxS, v_BxKxSxD, mask_BxLxS, keys_transposed=True),
+                       q_BxLxHxD.dtype)
 
 
 def _cudnn_attention(q, k, v, q_seg, kv_seg, q_idx, kv_idx):
