@@ -170,20 +170,25 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def phase_stats(run: RunData, phase: PhaseSpan) -> dict[str, float | None]:
-  """Steps run, tokens seen, training time, median tokens/s and MFU, final train and held-out losses."""
+  """Steps run, tokens seen, training time, median tokens/s and MFU, the batches' fill (share of slots
+  holding a token, weighted by the steps each row covers; None for logs that predate it), final train
+  and held-out losses."""
   train = [r for r in run.train if phase.start < r["step"] <= phase.end]
   evals = [r for r in run.eval if phase.start < r["step"] <= phase.end]
   last_step = int(train[-1]["step"]) if train else phase.start
-  seconds, prev = 0.0, phase.start
+  seconds, prev, filled, counted = 0.0, phase.start, 0.0, 0
   for r in train:
     seconds += r.get("step_time_s", 0.0) * (r["step"] - prev)
+    if r.get("fill") is not None:
+      filled += r["fill"] * (r["step"] - prev)
+      counted += r["step"] - prev
     prev = r["step"]
   out: dict[str, float | None] = {
       "steps": float(last_step - phase.start), "tokens": float((last_step - phase.start) * phase.global_batch
                                                                 * phase.seq_len),
       "time_s": seconds, "loss": _last(train, "loss"),
       "tokens_per_s": _median([r["tokens_per_s"] for r in train if "tokens_per_s" in r]),
-      "mfu": _median([r["mfu"] for r in train if "mfu" in r])}
+      "mfu": _median([r["mfu"] for r in train if "mfu" in r]), "fill": filled / counted if counted else None}
   for s in run.sources("loss"):
     out[f"train/{s}"] = _last(train, f"loss/{s}")
     out[f"heldout/{s}"] = _last(evals, f"loss/{s}")
@@ -325,11 +330,12 @@ def run_section(run: RunData, out_dir: pathlib.Path) -> list[str]:
   lines += _table(["", "value"], summary)
   lines += ["## Phases", ""]
   lines += _table(["phase", "steps", "seq_len", "batch", "tokens", "time (s)", "median tokens/s", "median MFU",
-                   "final train loss"],
+                   "fill", "final train loss"],
                   [[p.name, f"{p.start}..{p.end}", str(p.seq_len or "?"), str(p.global_batch or "?"),
                     f"{s['tokens']:,.0f}" if p.seq_len else "?",
                     _fmt(s["time_s"], 1), _fmt(s["tokens_per_s"], 0),
-                    "" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%", _fmt(s["loss"])]
+                    "" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%",
+                    "" if s["fill"] is None else f"{100 * s['fill']:.1f}%", _fmt(s["loss"])]
                    for p, s in zip(run.phases, stats)])
   sources = run.sources("loss")
   lines += ["## Final losses per source", "", "At the end of each phase (for a phase still running, at its newest "

@@ -109,14 +109,17 @@ def test_phases_resume_and_mfu(tmp_path):
   rows = [{"step": s, "kind": "train", "time": float(s), "loss": 5.0 - 0.1 * s, "step_time_s": 1.0,
            "tokens_per_s": 64.0, "mfu": 0.25, "loss/a": 4.0 - 0.1 * s, "share/a": 1.0} for s in (1, 2, 3, 3, 4)]
   rows[3]["loss"] = 4.6543  # the resumed run's row for step 3
+  for row, fill in zip(rows, (0.2, 0.4, 0.1, 0.6, 0.8)):  # the resumed run's step 3 (0.6) replaces 0.1
+    row["fill"] = fill
   rows += [{"step": 4, "kind": "eval", "time": 9.0, "loss/a": 3.1234}]
   rows += [{"step": s, "kind": "train", "time": 9.0 + s, "loss": 4.0, "step_time_s": 2.0, "tokens_per_s": 32.0,
             "mfu": 0.5, "loss/a": 3.5, "share/a": 1.0} for s in (5, 6)]
+  rows[-1]["fill"] = 0.9  # step 6; step 5's row has none (logs from before the fill was logged)
   rows += [{"step": 6, "kind": "eval", "time": 16.0, "notes/rougeL": 0.25, "pubmedqa/acc": 0.5}]
   (workdir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 7, "ki')
   text = report.build_report(workdir, tmp_path / "out").read_text()
-  assert "| pretrain | 0..4 | 16 | 4 | 256 | 4.0 | 64 | 25.0% | 4.6000 |" in text
-  assert "| extend | 4..6 | 32 | 2 | 128 | 4.0 | 32 | 50.0% | 4.0000 |" in text
+  assert "| pretrain | 0..4 | 16 | 4 | 256 | 4.0 | 64 | 25.0% | 50.0% | 4.6000 |" in text  # fill (.2+.4+.6+.8)/4
+  assert "| extend | 4..6 | 32 | 2 | 128 | 4.0 | 32 | 50.0% | 90.0% | 4.0000 |" in text
   assert "| a | 3.6000 | 3.1234 | 3.5000 |  |" in text
   assert "Throughput and MFU" in text
   assert "| metric | pretrain | extend |" in text  # the other evaluations, by phase

@@ -104,7 +104,7 @@ def test_two_steps_equal_transformers_with_torch_adamw(scan):
 def test_gradient_accumulation_equals_the_whole_batch(micro_steps):
   _, _, whole, m_whole = _ours(micro_steps=1, z_loss=1e-2)
   _, _, accum, m_accum = _ours(micro_steps=micro_steps, z_loss=1e-2)
-  for key in ("loss", "z_loss", "grad_norm", "tokens", "source_nll_S", "source_tokens_S"):
+  for key in ("loss", "z_loss", "grad_norm", "tokens", "source_nll_S", "source_tokens_S", "filled", "slots"):
     for a, b in zip(m_whole, m_accum):
       np.testing.assert_allclose(b[key], a[key], rtol=2e-6, err_msg=key)
   assert m_whole[0]["z_loss"] > 0
@@ -128,6 +128,7 @@ def test_per_source_sums_split_the_batch_by_source():
         want_tokens[src] += 1
   np.testing.assert_allclose(metrics[0]["source_tokens_S"], want_tokens)
   np.testing.assert_allclose(metrics[0]["source_nll_S"], want_nll, rtol=1e-5)
+  assert (metrics[0]["filled"], metrics[0]["slots"]) == (12 + 9 + 16 + 5, 4 * 16)  # the packing's fill
 
 
 def test_bfloat16_moments_keep_their_dtype_under_float32_step_numbers():

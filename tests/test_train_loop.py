@@ -251,6 +251,8 @@ def test_a_logged_row_sums_its_interval_of_steps(data_root, tmp_path):
   np.testing.assert_allclose(five["loss"], np.dot([r["loss"] for r in each], tokens) / tokens.sum(), rtol=1e-6)
   np.testing.assert_allclose(five["target_tokens"], tokens.mean(), rtol=1e-6)
   np.testing.assert_allclose(five["grad_norm"], np.mean([r["grad_norm"] for r in each]), rtol=1e-6)
+  assert all(0 < r["fill"] <= 1 for r in each)  # every step has the same slots: the fill is their mean
+  np.testing.assert_allclose(five["fill"], np.mean([r["fill"] for r in each]), rtol=1e-6)
   for name in ("general", "medical", "clinical"):
     src = np.array([r[f"share/{name}"] * r["target_tokens"] for r in each])  # this source's tokens per step
     nll = sum(r[f"loss/{name}"] * n for r, n in zip(each, src))

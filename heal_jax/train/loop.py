@@ -244,7 +244,8 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
                  f"{metrics_lib.format_eta((phase.end - done) * dt + later)} (run)")
         run.writer.log(f"{phase.name} step {done}/{phase.end} loss {scalars['loss']:.4f} lr "
                        f"{host['learning_rate']:.2e} gnorm {scalars['grad_norm']:.3f} "
-                       f"{rows_tokens / dt:,.0f} tok/s" + (f" mfu {scalars['mfu']:.1%}" if peak else "") +
+                       f"{rows_tokens / dt:,.0f} tok/s fill {scalars['fill']:.0%}" +
+                       (f" mfu {scalars['mfu']:.1%}" if peak else "") +
                        f" eta {eta}")
         t_last, last_logged = time.time(), done
         _check_streak(host, config.train.max_bad_steps)  # after logging, so the skipped steps are on record

@@ -139,7 +139,7 @@ class MetricWriter:
       self._tb.close()
 
 
-_SUMMED = ("nll_sum", "z_sum", "tokens", "source_nll_S", "source_tokens_S", "grad_norm")
+_SUMMED = ("nll_sum", "z_sum", "tokens", "source_nll_S", "source_tokens_S", "grad_norm", "filled", "slots")
 
 
 @jax.jit
@@ -158,13 +158,15 @@ def add_step(interval: dict[str, jax.Array] | None, metrics: Mapping[str, Any]) 
 def interval_scalars(sums: Mapping[str, Any], source_names: list[str]) -> dict[str, float]:
   """Logged numbers of an interval of steps from its host sums (`add_step`), token-weighted over its
   finite steps: loss, z_loss, loss/<source>, share/<source>; target_tokens and grad_norm are means
-  per finite step. NaN where no step of the interval was finite."""
+  per finite step; fill is the share of the batches' slots that hold a token (not padding). NaN where
+  no step of the interval was finite."""
   steps = float(sums["finite_steps"])
   tokens = float(sums["tokens"])
   out = {"loss": float(sums["nll_sum"]) / tokens if tokens else float("nan"),
          "z_loss": float(sums["z_sum"]) / tokens if tokens else float("nan"),
          "grad_norm": float(sums["grad_norm"]) / steps if steps else float("nan"),
-         "target_tokens": tokens / steps if steps else float("nan")}
+         "target_tokens": tokens / steps if steps else float("nan"),
+         "fill": float(sums["filled"]) / float(sums["slots"]) if steps else float("nan")}
   source_tokens = sums["source_tokens_S"]
   total = float(source_tokens.sum())
   for i, name in enumerate(source_names):

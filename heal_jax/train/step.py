@@ -102,6 +102,9 @@ def train_step(state: TrainState, batch: Batch, hp: dict[str, jax.Array], *, cfg
              "nll_sum": stats["nll_sum"], "z_sum": stats["z_sum"], "tokens": stats["tokens"], "finite": finite, "skipped": new_state.skipped,
              "bad_streak": new_state.bad_streak, "source_nll_S": stats["source_nll_S"],
              "source_tokens_S": stats["source_tokens_S"],
+             # slots holding a token (segment id > 0) and all slots: the packing's fill
+             "filled": jnp.sum(batch["segment_ids"] > 0, dtype=jnp.float32),
+             "slots": jnp.float32(batch["segment_ids"].size),
              "learning_rate": optimizer_lib.schedule_value(hp, _opt_count(state.opt_state))}
   return new_state, metrics
 
