@@ -57,9 +57,16 @@ from heal_jax.infer import decode, generate as generate_lib
 from heal_jax.model.config import ModelConfig
 
 
-def build(workdir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, list[str]]:
-  """(heal-jax checkpoint, HF directory, conversations) under `workdir`."""
+def corpus(workdir: pathlib.Path) -> tuple[dict[str, pathlib.Path], list[str]]:
+  """(the bundled synthetic corpus's files, written under `workdir`; its conversations)."""
   files = synthetic.generate_corpus(workdir / "corpus", seed=0)
+  with open(files["clinical"], encoding="utf-8") as f:
+    return files, [json.loads(line)["conversation"] for line in f]
+
+
+def build(workdir: pathlib.Path, files: dict[str, pathlib.Path]) -> tuple[pathlib.Path, pathlib.Path]:
+  """(heal-jax checkpoint, HF directory) of the random model under `workdir`, its tokenizer trained on
+  `files`."""
   tok = tokenizer_lib.train_tokenizer([files[t] for t in sorted(files)], workdir / "tokenizer",
                                       vocab_size=8000)
   cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=256, intermediate_size=688, num_layers=8,
@@ -67,22 +74,15 @@ def build(workdir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, list[str]]
   random_init.write_random_checkpoint(cfg, workdir / "ckpt", seed=0, tokenizer_dir=workdir / "tokenizer",
                                       overwrite=True)
   hf_convert.orbax_to_hf(workdir / "ckpt", workdir / "hf", overwrite=True)
-  with open(files["clinical"], encoding="utf-8") as f:
-    conversations = [json.loads(line)["conversation"] for line in f]
-  return workdir / "ckpt", workdir / "hf", conversations
+  return workdir / "ckpt", workdir / "hf"
 
 
-def use_checkpoint(checkpoint: pathlib.Path, workdir: pathlib.Path, dtype: str) -> tuple[pathlib.Path, list[str]]:
-  """(HF export of `checkpoint`, conversations) for timing a given model, e.g. the tiny recipe's trained one.
-
-  `checkpoint` is a converted checkpoint or a training work directory (its newest checkpoint, exported
-  in `dtype`); the conversations are the bundled synthetic corpus's, written under `workdir`."""
-  files = synthetic.generate_corpus(workdir / "corpus", seed=0)
+def export(checkpoint: pathlib.Path, workdir: pathlib.Path, dtype: str) -> pathlib.Path:
+  """The HF export (under `workdir`) of a given model, e.g. the tiny recipe's trained one: a converted
+  checkpoint as stored, a training work directory's newest checkpoint in `dtype`."""
   from_workdir = restore.is_workdir(checkpoint)
   hf_convert.orbax_to_hf(checkpoint, workdir / "hf", overwrite=True, dtype=dtype if from_workdir else None)
-  with open(files["clinical"], encoding="utf-8") as f:
-    conversations = [json.loads(line)["conversation"] for line in f]
-  return workdir / "hf", conversations
+  return workdir / "hf"
 
 
 def prompts_for(tok: tokenizer_lib.Tokenizer, conversations: list[str], batch: int) -> list[list[int]]:
@@ -118,11 +118,11 @@ def main() -> None:
                            "at batch 1); 0: plain decoding only")
   args = parser.parse_args()
   workdir = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="heal_bench_generate_"))
+  files, conversations = corpus(workdir)
   if args.checkpoint:
-    ckpt = args.checkpoint
-    hf_dir, conversations = use_checkpoint(ckpt, workdir, args.dtype)
+    ckpt, hf_dir = args.checkpoint, export(args.checkpoint, workdir, args.dtype)
   else:
-    ckpt, hf_dir, conversations = build(workdir)
+    ckpt, hf_dir = build(workdir, files)
   loaded = restore.load_model(ckpt, dtype=args.dtype, compute_dtype=args.dtype)
   tok = tokenizer_lib.Tokenizer(loaded.tokenizer_dir)
   params = jax.device_put(loaded.params)
