@@ -59,7 +59,8 @@ def main():
   mixture.bootstrap(config, work, print)
   tok_dir = mixture.resolve(config.data.tokenizer, work)
   weights = {"general": 1.0, "medical": 1.0, "clinical": 1.0, "instructions": 1.0}
-  spec = pipeline.PipelineSpec(seq_len=args.seq_len, global_batch=args.batch, weights=weights, seed=0)
+  spec = pipeline.PipelineSpec(seq_len=args.seq_len, global_batch=args.batch, weights=weights, seed=0,
+                               pack_defer=config.data.pack_defer)
 
   # 1. raw encoding of the same (prompt, target) texts vs the online pipeline
   srcs = sources_lib.from_config(config.data.sources, workdir=str(work))

@@ -106,6 +106,8 @@ def base_data_config() -> ml_collections.ConfigDict:
       )),
       num_shards=0,        # shards of every global batch, each read by one process (0: one per process)
       worker_count=0,      # grain worker processes per host (0: read in the training process)
+      pack_defer=16,       # examples that fit no row of a batch and wait for the next while later ones fill
+                           # the gaps (0: a batch closes at the first such example, as before 2026-11-29)
   ))
 
 
@@ -204,6 +206,7 @@ MINIMUM = {
     "metrics.every_steps": 1, "metrics.peak_tflops": 0, "metrics.profile_steps": 0, "metrics.profile_after_step": 0,
     "eval.every_steps": 0, "eval.holdout_examples": 0, "eval.batches": 1, "eval.task_limit": 0,
     "eval.sample_note_tokens": 0, "eval.note_examples": 0, "eval.note_tokens": 1, "data.num_shards": 0, "data.worker_count": 0,
+    "data.pack_defer": 0,
 }
 _BELOW_ONE = ("train.b1", "train.b2")  # Adam's decay rates: in [0, 1)
 # Zero would break training silently: eps=0 makes AdamW divide 0 by 0 where a gradient is 0 (unused

@@ -29,13 +29,16 @@ def _sources():
   return {"a": _source(300, 10**6, 0), "b": _source(200, 2 * 10**6, 1), "c": _source(100, 3 * 10**6, 2)}
 
 
-def test_realised_token_shares_match_weights_whatever_the_document_lengths():
+@pytest.mark.parametrize("defer", [0, 16])
+def test_realised_token_shares_match_weights_whatever_the_document_lengths(defer):
   """Sources of short (3-9), middling (20-59) and long (100-299 tokens, split into windows) documents:
-  over 200k packed tokens, each source's share of the tokens is within 1% of its weight. (Counting
-  windows instead, the long source would get about 0.2 x 64 / mean window ~ 2x its weight.)"""
+  over 200k packed tokens, each source's share of the tokens is within 1% of its weight, also when the
+  packer holds examples back. (Counting windows instead, the long source would get about 0.2 x 64 /
+  mean window ~ 2x its weight.)"""
   srcs = {"a": _source(300, 10**6, 0, 3, 10), "b": _source(200, 2 * 10**6, 1, 20, 60),
           "c": _source(100, 3 * 10**6, 2, 100, 300)}
-  spec = pipeline.PipelineSpec(seq_len=64, global_batch=16, weights={"a": 0.5, "b": 0.3, "c": 0.2}, seed=3)
+  spec = pipeline.PipelineSpec(seq_len=64, global_batch=16, weights={"a": 0.5, "b": 0.3, "c": 0.2}, seed=3,
+                               pack_defer=defer)
   it = pipeline.BatchIterator(srcs, spec)
   counts = np.zeros(3)
   while counts.sum() < 200_000:
@@ -117,21 +120,37 @@ sys.path.insert(0, sys.argv[1])
 from tests.test_pipeline import _RESUME_WEIGHTS, _resume_sources
 from heal_jax.data import pipeline
 spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights=_RESUME_WEIGHTS, seed=5, num_shards=2,
-                             worker_count=int(sys.argv[3]))
+                             worker_count=int(sys.argv[3]), pack_defer=4)
 it = pipeline.BatchIterator(_resume_sources(), spec)
 it.set_state(json.loads(open(sys.argv[2]).read()))
 print(json.dumps([{k: v.tolist() for k, v in next(it).items()} for _ in range(5)]))
 """
 
 
+def _waiting(state) -> int:
+  """How many examples wait in the packers' states anywhere in `state` (Grain nests worker states)."""
+  if isinstance(state, dict):
+    return len(state.get("waiting", ())) + sum(_waiting(v) for k, v in state.items() if k != "waiting")
+  if isinstance(state, list):
+    return sum(_waiting(v) for v in state)
+  if isinstance(state, str) and state.startswith("{"):
+    try:
+      return _waiting(json.loads(state))
+    except json.JSONDecodeError:
+      return 0
+  return 0
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_state_restored_in_a_new_process_gives_the_same_next_batches(tmp_path, workers):
   spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights=_RESUME_WEIGHTS, seed=5, num_shards=2,
-                               worker_count=workers)
+                               worker_count=workers, pack_defer=4)
   it = pipeline.BatchIterator(_resume_sources(), spec)
   for _ in range(7):
     next(it)
-  (tmp_path / "state.json").write_text(json.dumps(it.get_state()))
+  state = it.get_state()
+  assert _waiting(state)  # examples wait for the next batch (in a worker's state, with workers)
+  (tmp_path / "state.json").write_text(json.dumps(state))
   expected = [{k: v.tolist() for k, v in next(it).items()} for _ in range(5)]
   repo = pathlib.Path(__file__).resolve().parents[1]
   out = subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, str(repo), str(tmp_path / "state.json"), str(workers)],
@@ -139,8 +158,10 @@ def test_state_restored_in_a_new_process_gives_the_same_next_batches(tmp_path, w
   assert json.loads(out.stdout.strip().splitlines()[-1]) == expected
 
 
-def test_every_saved_state_resumes_exactly_inside_documents_and_across_epochs():
-  spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights=_RESUME_WEIGHTS, seed=5, num_shards=2)
+@pytest.mark.parametrize("defer", [0, 8])
+def test_every_saved_state_resumes_exactly_inside_documents_and_across_epochs(defer):
+  spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights=_RESUME_WEIGHTS, seed=5, num_shards=2,
+                               pack_defer=defer)
   it = pipeline.BatchIterator(_resume_sources(), spec)
   states, batches = [], []
   for _ in range(30):
@@ -411,3 +432,99 @@ def test_overlong_examples_counts_what_does_not_fit_a_row():
   assert pipeline.overlong_examples(source, 7, sample=4) == (1, 4, 10)
   assert pipeline.overlong_examples(source, 10) == (0, 10, 10)
   assert pipeline.overlong_examples(grain.MapDataset.source([]), 7) == (0, 0, 0)
+
+
+def _length_stream(lengths: list[int]) -> grain.IterDataset:
+  """Elements of the given lengths; element i's tokens are 100 * i + 0, 1, ... (its id is token // 100)."""
+  items = [{"tokens": (100 * i + np.arange(n)).astype(np.int32), "loss_mask": np.ones(n, np.int32), "source": 0}
+           for i, n in enumerate(lengths)]
+  return grain.MapDataset.source(items).to_iter_dataset()
+
+
+def _rows(batch: dict[str, np.ndarray]) -> list[list[int]]:
+  """Per row, the ids of the elements in it, in row order."""
+  out = []
+  for seg, tok in zip(batch["segment_ids"], batch["tokens"]):
+    out.append([int(tok[seg == s][0]) // 100 for s in range(1, seg.max() + 1)])
+  return out
+
+
+_LENGTHS = [9, 3, 2, 7, 1, 5, 3, 6, 6, 6, 6, 6, 6]
+
+
+def test_packing_closes_at_the_first_misfit_without_deferral():
+  """One row of 10, lengths 9, 3, 2, 7, 1, 5, 3, 6: [9] (3 does not fit), [3, 2] (7 does not), [7, 1], [5, 3]."""
+  it = iter(pipeline.PackBatch(_length_stream(_LENGTHS), seq_len=10, rows=1, defer=0))
+  assert [_rows(next(it)) for _ in range(4)] == [[[0]], [[1, 2]], [[3, 4]], [[5, 6]]]
+
+
+def test_deferred_examples_wait_and_are_placed_oldest_then_longest_first():
+  """Hand-worked, one row of 10, defer 3 (ids in brackets, lengths 9, 3, 2, 7, 1, 5, 3):
+  round 1: 9 [0] in; 3 [1], 2 [2], 7 [3] fit no row and wait (3 waiting: not more than 3); 1 [4] fills the
+  row: [0, 4]. Round 2: the oldest waiting, 3 [1], then the rest longest first: 7 [3] (row full at 10), 2 [2]
+  waits again: [1, 3] (first-in-first-out would give 3 + 2 and leave 7 waiting). Round 3: 2 [2], then 5 [5],
+  3 [6] fill it: [2, 5, 6]. 100% fill against 9/10, 5/10 and 8/10 without deferral."""
+  it = iter(pipeline.PackBatch(_length_stream(_LENGTHS), seq_len=10, rows=1, defer=3))
+  assert [_rows(next(it)) for _ in range(3)] == [[[0, 4]], [[1, 3]], [[2, 5, 6]]]
+  two = iter(pipeline.PackBatch(_length_stream([7, 8, 9, 5, 2, 3, 4, 1, 6, 6]), seq_len=10, rows=2, defer=2))
+  # rows first-fit: 7 -> row 0, 8 -> row 1, 9 and 5 wait, 2 -> row 0, 3 waits (3 > 2: the batch closes);
+  # then 9 -> row 0, 5 -> row 1, 3 -> row 1, 4 waits, 1 -> row 0, 6 and 6 wait
+  assert [_rows(next(two)) for _ in range(2)] == [[[0, 4], [1]], [[2, 7], [3, 5]]]
+
+
+def test_deferral_loses_and_repeats_nothing_and_every_state_resumes_exactly():
+  """Over 40 batches the packed examples and the waiting ones are exactly the examples read, each once;
+  restoring any state between batches gives the uninterrupted run's next batches."""
+  lengths = [int(n) for n in np.random.default_rng(0).integers(1, 40, 2000)]
+  packer = pipeline.PackBatch(_length_stream(lengths), seq_len=48, rows=3, defer=6)
+  it = iter(packer)
+  states, batches = [], []
+  for _ in range(40):
+    states.append(it.get_state())
+    batches.append(next(it))
+  state = it.get_state()
+  read = state["parent"]["next_index"]
+  waiting = [s["next_index"] for s in state["waiting"]]  # the parent's state before each: its id
+  packed = [i for b in batches for row in _rows(b) for i in row]
+  assert sorted(packed + waiting) == list(range(read))
+  assert any(s["waiting"] for s in states)
+  filled = sum(int((b["segment_ids"] > 0).sum()) for b in batches)
+  assert filled == sum(lengths[i] for i in packed)
+  for start in range(0, 40, 7):
+    resumed = iter(packer)
+    resumed.set_state(states[start])
+    for expected in batches[start:start + 3]:
+      got = next(resumed)
+      assert all(np.array_equal(got[k], expected[k]) for k in pipeline.BATCH_KEYS), start
+
+
+def test_deferral_fills_more_and_a_state_saved_before_it_resumes():
+  """On the resume test's sources at 48 x 4: fill rises with pack_defer; a state in the format of heal-jax
+  before 2026-11-29 (the parent's state before the next batch's first example; its spec without pack_defer)
+  resumes as pack_defer 0."""
+  fills = {}
+  for defer in (0, 16):
+    spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights=_RESUME_WEIGHTS, seed=5, pack_defer=defer)
+    it = pipeline.BatchIterator(_resume_sources(), spec)
+    fills[defer] = np.mean([(next(it)["segment_ids"] > 0).mean() for _ in range(100)])
+  assert fills[16] > fills[0] + 0.03, fills
+  spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights=_RESUME_WEIGHTS, seed=5)
+  it = pipeline.BatchIterator(_resume_sources(), spec)
+  for _ in range(5):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(3)]
+  shard = state["shards"]["0"]
+  old = {"spec": json.dumps({k: v for k, v in json.loads(state["spec"]).items() if k != "pack_defer"}),
+         "shards": {"0": {"parent": shard["waiting"][0] if shard["waiting"] else shard["parent"], "placed": 0}}}
+  resumed = pipeline.BatchIterator(_resume_sources(), spec)
+  resumed.set_state(old)
+  for e in expected:
+    got = next(resumed)
+    assert all(np.array_equal(got[k], e[k]) for k in pipeline.BATCH_KEYS)
+  deferring = pipeline.BatchIterator(_resume_sources(), dataclasses.replace(spec, pack_defer=16))
+  with pytest.raises(pipeline.StateMismatch, match="pack_defer: saved 0, now 16"):
+    deferring.set_state(old)
+  old["shards"]["0"]["placed"] = 2
+  with pytest.raises(ValueError, match="taken inside a batch"):
+    pipeline.BatchIterator(_resume_sources(), spec).set_state(old)

@@ -104,7 +104,7 @@ def _copy_run(base: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
 
 
 def test_a_resume_that_cannot_continue_says_why_and_changes_nothing(data_root, tmp_path):
-  """A changed model shape, tokenizer, data.num_shards, seed or data.worker_count, or a damaged newest
+  """A changed model shape, tokenizer, data.num_shards, seed, data.worker_count or data.pack_defer, or a damaged newest
   step: one error naming the key or the step (and the step to go back to); the work directory's config and tokenizer stay."""
   from heal_jax.checkpoint.errors import CheckpointError  # pylint: disable=import-outside-toplevel
   base = tmp_path / "base"
@@ -130,6 +130,8 @@ def test_a_resume_that_cannot_continue_says_why_and_changes_nothing(data_root, t
       ("seed", ("--config.seed=1",), r"seed: saved 0, now 1.*\(in the config: seed is config.seed \+ 1000 x"),
       ("workers", ("--config.data.worker_count=1",),
        r"worker_count: saved 0, now 1.*\(in the config: worker_count is config.data.worker_count\)"),
+      ("defer", ("--config.data.pack_defer=4",),
+       r"pack_defer: saved 16, now 4.*\(in the config: pack_defer is config.data.pack_defer"),
   ]
   for name, extra, message in data_cases:
     with pytest.raises(ValueError, match=message):

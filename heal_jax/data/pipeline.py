@@ -10,7 +10,8 @@ output). For one data shard:
      context of the next window, a target of the previous one: every token is a target exactly
      once, nothing is dropped); mix the sources by weight (weights are token shares)
   -> first-fit pack into the rows_per_shard rows of a batch, with segment ids (0 = padding) and
-     positions restarting at 0 for each document (`PackBatch`).
+     positions restarting at 0 for each document; an example that fits no row may wait for the next
+     batch while later ones fill the gaps (`PackBatch`).
 
 A global batch is the concatenation of `num_shards` shard batches in shard order; process p of P
 builds only shards [p*S/P, (p+1)*S/P), so it reads exactly its rows of every global batch. With
@@ -73,6 +74,8 @@ class PipelineSpec:
     every token after BOS a target (continued pretraining on instruction text as documents).
   seed: shuffle and packing seed. num_shards: shards S of every global batch.
   worker_count: Grain worker processes per host (0: in process).
+  pack_defer: examples that fit no row of a batch and may wait for the next while later ones fill the
+    gaps (`PackBatch`; 0: a batch closes at the first example that fits no row).
   records: how the examples were made from the records (normalisation and dedup settings, as JSON):
     part of the data state, so a resume with other settings (other examples at the same positions,
     even in equal numbers) is refused.
@@ -85,10 +88,13 @@ class PipelineSpec:
   num_shards: int = 1
   worker_count: int = 0
   records: str = ""
+  pack_defer: int = 0
 
   def __post_init__(self):
     if self.global_batch % self.num_shards:
       raise ValueError(f"global batch {self.global_batch} is not divisible by data.num_shards={self.num_shards}")
+    if self.pack_defer < 0:
+      raise ValueError(f"pack_defer must be >= 0, got {self.pack_defer}")
     if not self.weights or any(w <= 0 for w in self.weights.values()):
       raise ValueError(f"mixture weights must be positive, got {dict(self.weights)}")
 
@@ -236,94 +242,84 @@ class _MixSplitIterator(grain.DatasetIterator):
 class PackBatch(grain.IterDataset):
   """First-fit packing fused with batching: each batch is one packing round of `rows` rows.
 
-  Examples (already at most seq_len tokens) go into the first row with room; when one fits in no
-  row, the rows are emitted as a batch and a new round starts with it. Numpy slice copies only, so
-  it costs a few microseconds per example (Grain's FirstFitPackIterDataset costs ~0.35 us per token
-  here). State: the parent's state before the round's first example, and how many examples of the
-  round were placed; restoring replays them, so the next batch is exactly the uninterrupted one.
+  Examples (already at most seq_len tokens) go into the first row with room. One that fits in no row
+  waits for the next round, and later examples go on filling the rows' gaps until more than `defer`
+  examples wait; then the rows are emitted as a batch (at once if every row is full). A round first
+  places the waiting examples: the oldest, which always fits an empty row, then the others longest
+  first (first-fit decreasing: the short ones are left for the gaps). So none waits more than
+  `defer` + 1 rounds and nothing is dropped. `defer=0` closes a round at the first example that fits
+  no row. Numpy slice copies only, so it costs a few microseconds per example (Grain's
+  FirstFitPackIterDataset costs ~0.35 us per token here).
+
+  State, taken between batches: the parent's state and, for each waiting example, the parent's state
+  before it; restoring re-reads those examples, so the next batch is exactly the uninterrupted one.
   """
 
-  def __init__(self, parent: grain.IterDataset, seq_len: int, rows: int):
+  def __init__(self, parent: grain.IterDataset, seq_len: int, rows: int, defer: int = 0):
     super().__init__(parent)
-    self.seq_len = seq_len
-    self.rows = rows
+    if defer < 0:
+      raise ValueError(f"defer must be >= 0, got {defer}")
+    self.seq_len, self.rows, self.defer = seq_len, rows, defer
 
   def __iter__(self):
-    return _PackBatchIterator(self._parent.__iter__(), self.seq_len, self.rows)
+    return _PackBatchIterator(self._parent.__iter__(), self.seq_len, self.rows, self.defer)
 
 
 class _PackBatchIterator(grain.DatasetIterator):
 
-  def __init__(self, parent, seq_len: int, rows: int):
+  def __init__(self, parent, seq_len: int, rows: int, defer: int):
     super().__init__(parent)
-    self._seq_len, self._rows = seq_len, rows
-    self._round_state = parent.get_state()
-    self._placed = 0
-    self._pending = None  # (parent state before it, element) that did not fit in the last round
-    self._new_round()
+    self._seq_len, self._rows, self._defer = seq_len, rows, defer
+    self._waiting = []  # (parent state before it, element): read, fitted no row, not yet placed
 
-  def _new_round(self):
-    shape = (self._rows, self._seq_len)
-    self._batch = {k: np.zeros(shape, np.int32) for k in ("tokens", "segment_ids", "positions", "loss_mask")}
-    self._batch["source"] = np.full(shape, -1, np.int32)
-    self._fill = [0] * self._rows
-    self._segments = [0] * self._rows
-
-  def _place(self, element) -> bool:
+  def _place(self, element, batch, fill, segments) -> bool:
     n = len(element["tokens"])
+    if n > self._seq_len:
+      raise ValueError(f"an example of {n} tokens does not fit a row of {self._seq_len}")
     room = self._seq_len - n
-    r = next((r for r, fill in enumerate(self._fill) if fill <= room), None)
+    r = next((r for r, f in enumerate(fill) if f <= room), None)
     if r is None:
       return False
-    start = self._fill[r]
-    self._segments[r] += 1
-    b = self._batch
-    b["tokens"][r, start:start + n] = element["tokens"]
-    b["loss_mask"][r, start:start + n] = element["loss_mask"]
-    b["source"][r, start:start + n] = element["source"]
-    b["segment_ids"][r, start:start + n] = self._segments[r]
-    b["positions"][r, start:start + n] = np.arange(n, dtype=np.int32)
-    self._fill[r] += n
+    start = fill[r]
+    segments[r] += 1
+    batch["tokens"][r, start:start + n] = element["tokens"]
+    batch["loss_mask"][r, start:start + n] = element["loss_mask"]
+    batch["source"][r, start:start + n] = element["source"]
+    batch["segment_ids"][r, start:start + n] = segments[r]
+    batch["positions"][r, start:start + n] = np.arange(n, dtype=np.int32)
+    fill[r] += n
     return True
 
   def __next__(self):
-    while True:
-      if self._pending is not None:
-        state, element = self._pending
-        self._pending = None
-      else:
-        state = self._parent.get_state()
-        element = next(self._parent)
-      if self._placed == 0:
-        self._round_state = state
-      if self._place(element):
-        self._placed += 1
-        continue
-      if self._placed == 0:
-        raise ValueError(f"an example of {len(element['tokens'])} tokens does not fit a row of {self._seq_len}")
-      batch = self._batch
-      self._pending = (state, element)
-      self._placed = 0
-      self._new_round()
-      return batch
+    shape = (self._rows, self._seq_len)
+    batch = {k: np.zeros(shape, np.int32) for k in ("tokens", "segment_ids", "positions", "loss_mask")}
+    batch["source"] = np.full(shape, -1, np.int32)
+    fill, segments = [0] * self._rows, [0] * self._rows
+    waiting = self._waiting  # oldest first
+    order = [0] + sorted(range(1, len(waiting)), key=lambda i: -len(waiting[i][1]["tokens"])) if waiting else []
+    placed = {i for i in order if self._place(waiting[i][1], batch, fill, segments)}
+    self._waiting = [w for i, w in enumerate(waiting) if i not in placed]
+    while len(self._waiting) <= self._defer and min(fill) < self._seq_len:
+      state = self._parent.get_state()
+      element = next(self._parent)
+      if not self._place(element, batch, fill, segments):
+        self._waiting.append((state, element))
+    return batch
 
   def get_state(self):
-    if self._pending is not None:  # at a batch boundary: the next round starts with the pending element
-      return {"parent": self._pending[0], "placed": 0}
-    return {"parent": self._round_state, "placed": self._placed}
+    return {"parent": self._parent.get_state(), "waiting": [state for state, _ in self._waiting]}
 
   def set_state(self, state):
+    self._waiting = []
+    if "placed" in state:  # heal-jax before 2026-11-29: the state before the next batch's first example
+      if state["placed"]:
+        raise ValueError(f"packing state {state} was taken inside a batch; states are saved between batches")
+      self._parent.set_state(state["parent"])
+      return
+    for before in state["waiting"]:
+      self._parent.set_state(before)
+      self._waiting.append((before, next(self._parent)))
     self._parent.set_state(state["parent"])
-    self._pending = None
-    self._placed = 0
-    self._new_round()
-    for _ in range(state["placed"]):
-      before = self._parent.get_state()
-      element = next(self._parent)
-      if self._placed == 0:
-        self._round_state = before
-      self._place(element)
-      self._placed += 1
 
 
 _NEVER_SHARED_MEMORY = 1 << 62  # Grain's min_shm_size: arrays under it are copied, not shared
@@ -343,7 +339,7 @@ def shard_dataset(sources: Mapping[str, Source], source_names: list[str], spec: 
     ids.append(source_names.index(name))
   mixed = MixSplit(parts, weights, ids, [spec.seed + 7919 * i for i in ids], spec.seq_len,
                    keep_mask=spec.instruction_tuning, offset=shard, stride=spec.num_shards)
-  batched = PackBatch(mixed, spec.seq_len, spec.global_batch // spec.num_shards)
+  batched = PackBatch(mixed, spec.seq_len, spec.global_batch // spec.num_shards, spec.pack_defer)
   if spec.worker_count > 0:
     from absl import flags  # pylint: disable=import-outside-toplevel
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we are not an absl app
@@ -425,6 +421,7 @@ class BatchIterator:
     for key in ("examples", "records"):  # saved before source sizes / record settings were recorded
       if key not in saved:
         now.pop(key)
+    saved.setdefault("pack_defer", 0)  # saved before packing could defer an example: it packed as 0 does
     if saved != now:
       fields = tuple(k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
       changed = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in fields)

@@ -73,6 +73,7 @@ _SPEC_FROM = {
     "global_batch": "config.phases.{phase}.global_batch (0: config.train.global_batch)",
     "weights": "config.phases.{phase}.weights", "instruction_tuning": "config.phases.{phase}.instruction_tuning",
     "records": "config.data.dedup, or the report of config.data.prepared_dir",
+    "pack_defer": "config.data.pack_defer (runs started before 2026-11-29 packed as 0 does)",
     "examples": "the sources' kept records (data.sources, data.dedup) less config.eval.holdout_examples",
 }
 
@@ -82,7 +83,8 @@ def _spec(run: _Run, phase: phases_lib.Phase) -> pipeline.PipelineSpec:
   return pipeline.PipelineSpec(
       seq_len=phase.seq_len, global_batch=phase.global_batch, weights=phase.weights,
       instruction_tuning=phase.instruction_tuning, seed=run.config.seed + 1000 * phase.index,
-      num_shards=num_shards, worker_count=run.config.data.worker_count, records=run.data.records)
+      num_shards=num_shards, worker_count=run.config.data.worker_count, records=run.data.records,
+      pack_defer=run.config.data.pack_defer)
 
 
 def _eval_fn(cfg: ModelConfig, num_sources: int):
