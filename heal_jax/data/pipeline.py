@@ -11,7 +11,7 @@ output). For one data shard:
      once, nothing is dropped); mix the sources by weight (weights are token shares)
   -> first-fit pack into the rows_per_shard rows of a batch, with segment ids (0 = padding) and
      positions restarting at 0 for each document; an example that fits no row may wait for the next
-     batch while later ones fill the gaps (`PackBatch`).
+     batch while later ones fill the gaps (`heal_jax.data.packing.PackBatch`).
 
 A global batch is the concatenation of `num_shards` shard batches in shard order; process p of P
 builds only shards [p*S/P, (p+1)*S/P), so it reads exactly its rows of every global batch. With
@@ -33,6 +33,7 @@ import grain
 import numpy as np
 
 from heal_jax.data import examples
+from heal_jax.data.packing import PackBatch
 from heal_jax.data.permutation import permuted_indices
 
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask", "source")
@@ -237,89 +238,6 @@ class _MixSplitIterator(grain.DatasetIterator):
     self._tokens, self._reads, self._taken = (list(state[k]) for k in ("tokens", "reads", "taken"))
     self._pending = [self._windows(i, self._reads[i] - 1)[taken:] if taken else []
                      for i, taken in enumerate(self._taken)]
-
-
-class PackBatch(grain.IterDataset):
-  """First-fit packing fused with batching: each batch is one packing round of `rows` rows.
-
-  Examples (already at most seq_len tokens) go into the first row with room. One that fits in no row
-  waits for the next round, and later examples go on filling the rows' gaps until more than `defer`
-  examples wait; then the rows are emitted as a batch (at once if every row is full). A round first
-  places the waiting examples: the oldest, which always fits an empty row, then the others longest
-  first (first-fit decreasing: the short ones are left for the gaps). So none waits more than
-  `defer` + 1 rounds and nothing is dropped. `defer=0` closes a round at the first example that fits
-  no row. Numpy slice copies only, so it costs a few microseconds per example (Grain's
-  FirstFitPackIterDataset costs ~0.35 us per token here).
-
-  State, taken between batches: the parent's state and, for each waiting example, the parent's state
-  before it; restoring re-reads those examples, so the next batch is exactly the uninterrupted one.
-  """
-
-  def __init__(self, parent: grain.IterDataset, seq_len: int, rows: int, defer: int = 0):
-    super().__init__(parent)
-    if defer < 0:
-      raise ValueError(f"defer must be >= 0, got {defer}")
-    self.seq_len, self.rows, self.defer = seq_len, rows, defer
-
-  def __iter__(self):
-    return _PackBatchIterator(self._parent.__iter__(), self.seq_len, self.rows, self.defer)
-
-
-class _PackBatchIterator(grain.DatasetIterator):
-
-  def __init__(self, parent, seq_len: int, rows: int, defer: int):
-    super().__init__(parent)
-    self._seq_len, self._rows, self._defer = seq_len, rows, defer
-    self._waiting = []  # (parent state before it, element): read, fitted no row, not yet placed
-
-  def _place(self, element, batch, fill, segments) -> bool:
-    n = len(element["tokens"])
-    if n > self._seq_len:
-      raise ValueError(f"an example of {n} tokens does not fit a row of {self._seq_len}")
-    room = self._seq_len - n
-    r = next((r for r, f in enumerate(fill) if f <= room), None)
-    if r is None:
-      return False
-    start = fill[r]
-    segments[r] += 1
-    batch["tokens"][r, start:start + n] = element["tokens"]
-    batch["loss_mask"][r, start:start + n] = element["loss_mask"]
-    batch["source"][r, start:start + n] = element["source"]
-    batch["segment_ids"][r, start:start + n] = segments[r]
-    batch["positions"][r, start:start + n] = np.arange(n, dtype=np.int32)
-    fill[r] += n
-    return True
-
-  def __next__(self):
-    shape = (self._rows, self._seq_len)
-    batch = {k: np.zeros(shape, np.int32) for k in ("tokens", "segment_ids", "positions", "loss_mask")}
-    batch["source"] = np.full(shape, -1, np.int32)
-    fill, segments = [0] * self._rows, [0] * self._rows
-    waiting = self._waiting  # oldest first
-    order = [0] + sorted(range(1, len(waiting)), key=lambda i: -len(waiting[i][1]["tokens"])) if waiting else []
-    placed = {i for i in order if self._place(waiting[i][1], batch, fill, segments)}
-    self._waiting = [w for i, w in enumerate(waiting) if i not in placed]
-    while len(self._waiting) <= self._defer and min(fill) < self._seq_len:
-      state = self._parent.get_state()
-      element = next(self._parent)
-      if not self._place(element, batch, fill, segments):
-        self._waiting.append((state, element))
-    return batch
-
-  def get_state(self):
-    return {"parent": self._parent.get_state(), "waiting": [state for state, _ in self._waiting]}
-
-  def set_state(self, state):
-    self._waiting = []
-    if "placed" in state:  # heal-jax before 2026-11-29: the state before the next batch's first example
-      if state["placed"]:
-        raise ValueError(f"packing state {state} was taken inside a batch; states are saved between batches")
-      self._parent.set_state(state["parent"])
-      return
-    for before in state["waiting"]:
-      self._parent.set_state(before)
-      self._waiting.append((before, next(self._parent)))
-    self._parent.set_state(state["parent"])
 
 
 _NEVER_SHARED_MEMORY = 1 << 62  # Grain's min_shm_size: arrays under it are copied, not shared
