@@ -53,11 +53,14 @@ def main():
   parser.add_argument("--seconds", type=float, default=20.0, help="per measurement")
   parser.add_argument("--rounds", type=int, default=10, help="alternating raw/online rounds")
   parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("/tmp/heal-bench-data"))
+  parser.add_argument("--pack-defer", type=int, default=None, help="data.pack_defer (default: the config's)")
   args = parser.parse_args()
   config = config_lib.load_config(str(REPO / "configs" / "tiny.py"))
+  if args.pack_defer is not None:
+    config.data.pack_defer = args.pack_defer
   work = args.workdir.absolute()
   mixture.bootstrap(config, work, print)
-  tok_dir = mixture.resolve(config.data.tokenizer, work)
+  tok_dir = mixture.resolve(config.data.tokenizer, work, "data.tokenizer")
   weights = {"general": 1.0, "medical": 1.0, "clinical": 1.0, "instructions": 1.0}
   spec = pipeline.PipelineSpec(seq_len=args.seq_len, global_batch=args.batch, weights=weights, seed=0,
                                pack_defer=config.data.pack_defer)
@@ -92,7 +95,8 @@ def main():
   next(prepared_it)  # start-up
   prepared, prepared_pos = _tokens_per_s(prepared_it, args.seconds)
 
-  print(f"packed rows of {args.seq_len}, batch {args.batch}, 4 sources, 1 process, in-process reading; "
+  print(f"packed rows of {args.seq_len}, batch {args.batch}, pack_defer {spec.pack_defer}, 4 sources, 1 process, "
+        "in-process reading; "
         "tokens/s count real tokens (padding excluded), positions/s count every row position; "
         f"online and raw: medians of {args.rounds} alternating rounds "
         f"(ratios per round {min(o / r for o, r in zip(onlines, raws)):.2f}..{max(o / r for o, r in zip(onlines, raws)):.2f})")
@@ -103,7 +107,8 @@ def main():
         f"   [{prepared_pos:,.0f} positions/s]")
   print(json.dumps({"raw_encode_tokens_per_s": raw, "online_tokens_per_s": online, "online_ratio": online / raw,
                     "online_positions_per_s": online_pos, "prepared_tokens_per_s": prepared,
-                    "prepared_positions_per_s": prepared_pos, "seq_len": args.seq_len, "batch": args.batch}))
+                    "prepared_positions_per_s": prepared_pos, "seq_len": args.seq_len, "batch": args.batch,
+                    "pack_defer": spec.pack_defer}))
 
 
 if __name__ == "__main__":
