@@ -106,8 +106,8 @@ def base_data_config() -> ml_collections.ConfigDict:
       )),
       num_shards=0,        # shards of every global batch, each read by one process (0: one per process)
       worker_count=0,      # grain worker processes per host (0: read in the training process)
-      pack_defer=16,       # examples that fit no row of a batch and wait for the next while later ones fill
-                           # the gaps (0: a batch closes at the first such example, as before 2026-11-29)
+      pack_defer=16,       # a batch closes when more than this many examples fit none of its rows (they wait
+                           # for the next batch; later ones fill the gaps); 0: at the first, as before 2026-11-29
   ))
 
 

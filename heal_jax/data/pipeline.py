@@ -75,8 +75,8 @@ class PipelineSpec:
     every token after BOS a target (continued pretraining on instruction text as documents).
   seed: shuffle and packing seed. num_shards: shards S of every global batch.
   worker_count: Grain worker processes per host (0: in process).
-  pack_defer: examples that fit no row of a batch and may wait for the next while later ones fill the
-    gaps (`PackBatch`; 0: a batch closes at the first example that fits no row).
+  pack_defer: a batch closes when more than pack_defer examples fit none of its rows (they wait for
+    the next batch while later ones fill the gaps: `PackBatch`; 0: it closes at the first).
   records: how the examples were made from the records (normalisation and dedup settings, as JSON):
     part of the data state, so a resume with other settings (other examples at the same positions,
     even in equal numbers) is refused.
