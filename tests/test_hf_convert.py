@@ -2,7 +2,6 @@
 
 import json
 import pathlib
-import struct
 
 import jax
 import numpy as np
@@ -12,9 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from heal_jax import cli
-from heal_jax.checkpoint import hf_convert, hf_mapping, params_store, restore, safetensors_io
+from heal_jax.checkpoint import hf_convert, params_store, restore
 from heal_jax.checkpoint.errors import CheckpointError
-from tests import hf_reference
+from tests import hf_files, hf_reference
 
 TEXT = ("The patient reports chest pain for 3 days. Denies fever. Takes lisinopril 20 mg daily.\n"
         "Blood pressure is 142/90. Plan: start aspirin 81 mg and follow up in 2 weeks.\n") * 20
@@ -34,37 +33,20 @@ def tokenizer_dir(tmp_path_factory) -> pathlib.Path:
   return d
 
 
-def _save_hf(model, path: pathlib.Path, tokenizer_dir=None, dtype=torch.float32, shard="40KB"):
-  model.to(dtype).save_pretrained(path, max_shard_size=shard)
-  if tokenizer_dir is not None:
-    params_store.copy_tokenizer(tokenizer_dir, path)
-  return path
-
-
-def _tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-  ckpt = hf_convert.open_hf(path)
-  return {name: t.load() for name, t in ckpt.tensors.items()}
-
-
-def _assert_no_output(dst: pathlib.Path):
-  assert not dst.exists()
-  assert not [p for p in dst.parent.iterdir() if p.name.startswith(f".{dst.name}.partial")]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_round_trip_is_bitwise_and_loads_in_transformers(tmp_path, tokenizer_dir, dtype, tied):
   model = hf_reference.hf_llama(vocab_size=90, tie_word_embeddings=tied,
                                 rope_scaling={"rope_type": "linear", "factor": 2.0},
                                 head_dim=16 if tied else 32)  # 32: wider than hidden / heads
-  src = _save_hf(model, tmp_path / "hf", tokenizer_dir, dtype)
+  src = hf_files.save_hf(model, tmp_path / "hf", tokenizer_dir, dtype)
   assert len(list(src.glob("*.safetensors"))) >= 2
   assert cli.main(["convert", "hf-to-orbax", str(src), str(tmp_path / "ck")]) == 0
   assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "ck"), str(tmp_path / "out"),
                    "--max-shard-gb", str(30_000 / 1024**3)]) == 0
   out = tmp_path / "out"
   assert (out / "model.safetensors.index.json").is_file()
-  before, after = _tensors(src), _tensors(out)
+  before, after = hf_files.tensors(src), hf_files.tensors(out)
   assert sorted(before) == sorted(after)
   for name, x in before.items():
     assert x.dtype == after[name].dtype and x.shape == after[name].shape, name
@@ -87,7 +69,7 @@ def test_converted_checkpoint_gives_hf_logits(tmp_path):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from heal_jax.model import llama  # pylint: disable=import-outside-toplevel
   model = hf_reference.hf_llama(num_key_value_heads=1)
-  src = _save_hf(model, tmp_path / "hf")
+  src = hf_files.save_hf(model, tmp_path / "hf")
   hf_convert.hf_to_orbax(src, tmp_path / "ck")
   for scan in (False, True):
     cfg = params_store.model_config(tmp_path / "ck").replace(scan_layers=scan)
@@ -97,168 +79,27 @@ def test_converted_checkpoint_gives_hf_logits(tmp_path):
     np.testing.assert_allclose(np.asarray(ours), hf_reference.hf_logits(model, tokens), atol=1e-4, rtol=0)
 
 
-# --- bad input: each fails before writing, names the tensor or field, leaves nothing ----------
-
-def _rewrite_single_file(path: pathlib.Path, edit) -> None:
-  """Loads all tensors of an HF dir, applies edit(dict), writes one model.safetensors."""
-  tensors = _tensors(path)
-  for f in list(path.glob("*.safetensors")) + list(path.glob("*.index.json")):
-    f.unlink()
-  edit(tensors)
-  plan = [safetensors_io.PlannedTensor(n, a.dtype, a.shape) for n, a in tensors.items()]
-  writer = safetensors_io.StreamingWriter(path / "model.safetensors", plan)
-  for n, a in tensors.items():
-    writer.write(n, a)
-  writer.close()
-
-
-def _edit_config(path: pathlib.Path, **changes):
-  config = json.loads((path / "config.json").read_text())
-  config.update(changes)
-  (path / "config.json").write_text(json.dumps(config))
-
-
-def _truncate(path: pathlib.Path):
-  f = sorted(path.glob("*.safetensors"))[-1]
-  data = f.read_bytes()
-  f.write_bytes(data[:-100])
-  return f.name
-
-
-def _edit_header(path: pathlib.Path, edit) -> None:
-  """One model.safetensors whose JSON header is replaced by edit(header) (same data bytes after it)."""
-  _rewrite_single_file(path, lambda t: None)
-  f = path / "model.safetensors"
-  raw = f.read_bytes()
-  (n,) = struct.unpack("<Q", raw[:8])
-  header = json.loads(raw[8:8 + n])
-  edit(header)
-  new = json.dumps(header).encode()
-  new += b" " * (n - len(new)) if len(new) <= n else b""
-  f.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n:])
-
-
-def _overlap(header):  # layer 1's input norm reads layer 0's bytes (both [64] float32)
-  header["model.layers.1.input_layernorm.weight"]["data_offsets"] = (
-      header["model.layers.0.input_layernorm.weight"]["data_offsets"])
-
-
-def _edit_index(path: pathlib.Path, **changes) -> None:
-  index = json.loads((path / "model.safetensors.index.json").read_text())
-  index["weight_map"].update(changes)
-  (path / "model.safetensors.index.json").write_text(json.dumps(index))
-
-
-def _other_shard(path: pathlib.Path, name: str) -> str:
-  index = json.loads((path / "model.safetensors.index.json").read_text())
-  return next(f for f in sorted(set(index["weight_map"].values())) if f != index["weight_map"][name])
-
-
-BAD_INPUTS = {
-    "config_not_an_object": (lambda p: (p / "config.json").write_text("[]"), "config.json: holds a JSON list"),
-    "rope_factor_not_a_number": (lambda p: _edit_config(p, rope_parameters={"rope_type": "linear", "factor": "two",
-                                                                            "rope_theta": 10000.0}),
-                                 "config.json: config.json field rope_parameters.factor='two' is not a valid float"),
-    "heads_not_a_number": (lambda p: _edit_config(p, num_attention_heads="four"),
-                           "field num_attention_heads='four' is not a valid int"),
-    "overlapping_tensors": (lambda p: _edit_header(p, _overlap),
-                            "tensor model.layers.1.input_layernorm.weight at byte"),
-    "bytes_after_the_data": (lambda p: (_rewrite_single_file(p, lambda t: None),
-                                        (p / "model.safetensors").open("ab").write(b"\0" * 8)),
-                             "8 bytes after the last tensor's data"),
-    "index_names_the_wrong_shard": (
-        lambda p: _edit_index(p, **{"model.norm.weight": _other_shard(p, "model.norm.weight")}),
-        "maps tensor model.norm.weight to"),
-    "index_leaves_the_directory": (lambda p: _edit_index(p, **{"model.norm.weight": "../model.safetensors"}),
-                                   "lists '../model.safetensors': shards must be plain file names"),
-    "missing_tensor": (lambda p: _rewrite_single_file(p, lambda t: t.pop("model.layers.1.mlp.up_proj.weight")),
-                       "missing tensor model.layers.1.mlp.up_proj.weight"),
-    "unexpected_tensor": (lambda p: _rewrite_single_file(
-        p, lambda t: t.__setitem__("model.layers.9.extra.weight", np.zeros(3, np.float32))),
-                          "unexpected tensor model.layers.9.extra.weight"),
-    "shape_mismatch": (lambda p: _rewrite_single_file(
-        p, lambda t: t.__setitem__("model.norm.weight", np.zeros(65, np.float32))),
-                       "tensor model.norm.weight has shape [65]"),
-    "config_disagrees": (lambda p: _edit_config(p, num_key_value_heads=4),
-                         "tensor model.layers.0.self_attn.k_proj.weight has shape [32, 64]"),
-    "mixed_dtypes": (lambda p: _rewrite_single_file(
-        p, lambda t: t.__setitem__("model.norm.weight", t["model.norm.weight"].astype(np.float16))),
-                     "mixed dtypes"),
-    "unsupported_rope": (lambda p: _edit_config(p, rope_parameters={"rope_type": "yarn", "factor": 4.0,
-                                                                     "rope_theta": 10000.0}),
-                         "rope_parameters.rope_type='yarn' is not supported"),
-    "truncated_file": (_truncate, "truncated"),
-    "tied_but_head_differs": (lambda p: _edit_config(p, tie_word_embeddings=True),
-                              "lm_head.weight in"),
-    "no_config": (lambda p: (p / "config.json").unlink(), "config.json is missing"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_fails_cleanly(tmp_path, case, capsys):
-  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
-  corrupt, message = BAD_INPUTS[case]
-  corrupt(src)
-  dst = tmp_path / "ck"
-  with pytest.raises(CheckpointError, match=None) as err:
-    hf_convert.hf_to_orbax(src, dst)
-  assert message in str(err.value)
-  _assert_no_output(dst)
-  assert cli.main(["convert", "hf-to-orbax", str(src), str(dst)]) == 2
-  assert message in capsys.readouterr().err
-  _assert_no_output(dst)
-
-
 def test_relative_paths_convert_and_load(tmp_path, monkeypatch):
-  _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  hf_files.save_hf(hf_reference.hf_llama(), tmp_path / "hf")
   monkeypatch.chdir(tmp_path)
   hf_convert.hf_to_orbax(pathlib.Path("hf"), pathlib.Path("ck"))
   hf_convert.orbax_to_hf(pathlib.Path("ck"), pathlib.Path("out"))
   cfg = params_store.model_config(pathlib.Path("ck"))
   assert params_store.load_params(pathlib.Path("ck"), cfg)["final_norm"]["scale"].shape == (cfg.hidden_size,)
-  for name, x in _tensors(tmp_path / "out").items():
-    assert x.tobytes() == _tensors(tmp_path / "hf")[name].tobytes(), name
-
-
-DAMAGED_CHECKPOINTS = {
-    "orbax_metadata_deleted": (lambda c: (c / "params" / "_METADATA").unlink(),
-                               "params: orbax metadata (_METADATA) missing or unreadable"),
-    "manifest_without_model": (lambda c: _edit_manifest(c, lambda m: m.pop("model")),
-                               "heal_checkpoint.json: no \"model\" object"),
-    "manifest_field_missing": (lambda c: _edit_manifest(c, lambda m: m["model"].pop("hidden_size")),
-                               "heal_checkpoint.json: \"model\": ModelConfig.__init__() missing"),
-    "manifest_unknown_key": (lambda c: _edit_manifest(c, lambda m: m["model"].update(hiden_size=3)),
-                             "heal_checkpoint.json: \"model\": unknown model config key(s): model.hiden_size"),
-}
-
-
-def _edit_manifest(ckpt: pathlib.Path, edit) -> None:
-  manifest = json.loads((ckpt / params_store.MANIFEST).read_text())
-  edit(manifest)
-  (ckpt / params_store.MANIFEST).write_text(json.dumps(manifest))
-
-
-@pytest.mark.parametrize("case", sorted(DAMAGED_CHECKPOINTS))
-def test_damaged_checkpoint_is_named_on_export(tmp_path, case, capsys):
-  hf_convert.hf_to_orbax(_save_hf(hf_reference.hf_llama(), tmp_path / "hf"), tmp_path / "ck")
-  damage, message = DAMAGED_CHECKPOINTS[case]
-  damage(tmp_path / "ck")
-  assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "ck"), str(tmp_path / "out")]) == 2
-  err = capsys.readouterr().err
-  assert message in err and "Traceback" not in err
-  _assert_no_output(tmp_path / "out")
+  for name, x in hf_files.tensors(tmp_path / "out").items():
+    assert x.tobytes() == hf_files.tensors(tmp_path / "hf")[name].tobytes(), name
 
 
 def test_an_output_that_would_delete_the_input_is_refused(tmp_path):
-  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
-  before = _tensors(src)
+  src = hf_files.save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  before = hf_files.tensors(src)
   for dst in (src, tmp_path):
     with pytest.raises(CheckpointError, match="would replace the input"):
       hf_convert.hf_to_orbax(src, dst, overwrite=True)
   hf_convert.hf_to_orbax(src, tmp_path / "ck")
   with pytest.raises(CheckpointError, match="would replace the input"):
     hf_convert.orbax_to_hf(tmp_path / "ck", tmp_path / "ck", overwrite=True)
-  assert _tensors(src).keys() == before.keys() and (tmp_path / "ck" / params_store.MANIFEST).is_file()
+  assert hf_files.tensors(src).keys() == before.keys() and (tmp_path / "ck" / params_store.MANIFEST).is_file()
   (tmp_path / "afile").write_text("mine")
   with pytest.raises(CheckpointError, match="exists and is not a directory"):
     hf_convert.orbax_to_hf(tmp_path / "ck", tmp_path / "afile", overwrite=True)
@@ -275,32 +116,9 @@ def test_config_defaults_follow_transformers():
       theirs.max_position_embeddings, theirs.rms_norm_eps, theirs.num_key_value_heads)
 
 
-def test_truncated_shard_names_file(tmp_path):
-  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
-  name = _truncate(src)
-  with pytest.raises(CheckpointError, match=f"{name}: truncated"):
-    hf_convert.hf_to_orbax(src, tmp_path / "ck")
-
-
-def test_pickle_weights_refused_unless_allowed(tmp_path):
-  model = hf_reference.hf_llama()
-  src = tmp_path / "hf"
-  src.mkdir()
-  model.config.save_pretrained(src)
-  torch.save(model.state_dict(), src / "pytorch_model.bin")
-  with pytest.raises(CheckpointError, match="pickle weights.*--allow-pickle"):
-    hf_convert.hf_to_orbax(src, tmp_path / "ck")
-  _assert_no_output(tmp_path / "ck")
-  hf_convert.hf_to_orbax(src, tmp_path / "ck", allow_pickle=True)
-  hf_convert.orbax_to_hf(tmp_path / "ck", tmp_path / "out")
-  state = {k: v.numpy() for k, v in model.state_dict().items()}
-  for name, x in _tensors(tmp_path / "out").items():
-    assert x.tobytes() == state[name].tobytes(), name
-
-
 def test_a_stale_config_dtype_is_a_warning_and_the_weights_convert_as_stored(tmp_path):
-  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
-  _edit_config(src, dtype="bfloat16")  # transformers reads it as a loading default; the weights are float32
+  src = hf_files.save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  hf_files.edit_config(src, dtype="bfloat16")  # transformers reads it as a loading default; the weights are float32
   messages = []
   summary = hf_convert.hf_to_orbax(src, tmp_path / "ck", log=messages.append)
   assert any("says dtype='bfloat16' but the weights are float32" in m for m in messages)
@@ -310,7 +128,7 @@ def test_a_stale_config_dtype_is_a_warning_and_the_weights_convert_as_stored(tmp
 
 
 def test_without_the_cpu_backend_conversion_says_how_to_add_it(tmp_path, monkeypatch):
-  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  src = hf_files.save_hf(hf_reference.hf_llama(), tmp_path / "hf")
 
   def no_cpu(backend=None):
     raise RuntimeError(f"Unknown backend {backend}")
@@ -319,77 +137,24 @@ def test_without_the_cpu_backend_conversion_says_how_to_add_it(tmp_path, monkeyp
   monkeypatch.setenv("JAX_PLATFORMS", "cuda")
   with pytest.raises(CheckpointError, match=r"JAX_PLATFORMS='cuda' leaves out; add it \(e.g. JAX_PLATFORMS=cuda,cpu\)"):
     hf_convert.hf_to_orbax(src, tmp_path / "ck")
-  _assert_no_output(tmp_path / "ck")
+  hf_files.assert_no_output(tmp_path / "ck")
 
 
 def test_tied_checkpoint_that_also_stores_its_head_converts(tmp_path):
   """torch.save(state_dict) of a tied model stores lm_head.weight as a copy of the embedding: it is
   skipped when equal bit for bit, and the result equals the checkpoint without it."""
-  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
-  _edit_config(src, tie_word_embeddings=True)
-  _rewrite_single_file(src, lambda t: t.__setitem__("lm_head.weight", t["model.embed_tokens.weight"].copy()))
+  src = hf_files.save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  hf_files.edit_config(src, tie_word_embeddings=True)
+  hf_files.rewrite_single_file(src, lambda t: t.__setitem__("lm_head.weight", t["model.embed_tokens.weight"].copy()))
   hf_convert.hf_to_orbax(src, tmp_path / "ck")
-  _rewrite_single_file(src, lambda t: t.pop("lm_head.weight"))
+  hf_files.rewrite_single_file(src, lambda t: t.pop("lm_head.weight"))
   hf_convert.hf_to_orbax(src, tmp_path / "ck_without")
   a, b = restore.load_model(tmp_path / "ck").params, restore.load_model(tmp_path / "ck_without").params
   assert jax.tree.all(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b))
 
 
-@pytest.mark.parametrize("case", ["legacy_format", "truncated", "nested"])
-def test_pickle_weights_damaged_or_old_formats(tmp_path, case):
-  """The pre-1.6 torch.save format cannot be memory-mapped: read without mapping, equal to the
-  safetensors conversion; a damaged file or a nested training checkpoint is an error naming the file."""
-  model = hf_reference.hf_llama()
-  src = tmp_path / "hf"
-  src.mkdir()
-  model.config.save_pretrained(src)
-  weights = src / "pytorch_model.bin"
-  if case == "nested":
-    torch.save({"state_dict": model.state_dict()}, weights)
-  else:
-    torch.save(model.state_dict(), weights, _use_new_zipfile_serialization=case != "legacy_format")
-  if case == "truncated":
-    weights.write_bytes(weights.read_bytes()[:1000])
-  if case == "legacy_format":
-    hf_convert.hf_to_orbax(src, tmp_path / "ck", allow_pickle=True)
-    hf_convert.hf_to_orbax(_save_hf(model, tmp_path / "st"), tmp_path / "ck_st")
-    a, b = restore.load_model(tmp_path / "ck").params, restore.load_model(tmp_path / "ck_st").params
-    assert jax.tree.all(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b))
-    return
-  message = "cannot be read as PyTorch weights" if case == "truncated" else "entry 'state_dict' is not a tensor"
-  with pytest.raises(CheckpointError, match=f"pytorch_model.bin: {message}"):
-    hf_convert.hf_to_orbax(src, tmp_path / "ck", allow_pickle=True)
-  _assert_no_output(tmp_path / "ck")
-
-
-@pytest.mark.parametrize("size", ["0", "-1", "nan", "inf"])
-def test_max_shard_size_must_be_a_positive_number(tmp_path, size, capsys):
-  assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "ck"), str(tmp_path / "out"), "--max-shard-gb", size]) == 2
-  assert "--max-shard-gb must be in (0, 1024)" in capsys.readouterr().err
-  assert not (tmp_path / "out").exists()
-
-
-def test_a_converted_checkpoint_with_truncated_files_is_named(tmp_path):
-  hf_convert.hf_to_orbax(_save_hf(hf_reference.hf_llama(), tmp_path / "hf"), tmp_path / "ck")
-  for data_file in (p for p in (tmp_path / "ck" / "params").rglob("*") if p.is_file() and p.parent.name == "d"):
-    data_file.write_bytes(data_file.read_bytes()[:data_file.stat().st_size // 2])
-  with pytest.raises(CheckpointError, match=r"ck/params.* unreadable.*convert or export the checkpoint again"):
-    restore.load_model(tmp_path / "ck")
-
-
-def test_export_of_damaged_checkpoint_leaves_nothing(tmp_path):
-  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
-  hf_convert.hf_to_orbax(src, tmp_path / "ck")
-  manifest = json.loads((tmp_path / "ck" / params_store.MANIFEST).read_text())
-  manifest["model"]["num_layers"] = 3
-  (tmp_path / "ck" / params_store.MANIFEST).write_text(json.dumps(manifest))
-  with pytest.raises(CheckpointError, match="missing parameter layers_2/attention_norm/scale"):
-    hf_convert.orbax_to_hf(tmp_path / "ck", tmp_path / "out")
-  _assert_no_output(tmp_path / "out")
-
-
 def test_existing_output_is_not_overwritten(tmp_path):
-  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  src = hf_files.save_hf(hf_reference.hf_llama(), tmp_path / "hf")
   (tmp_path / "ck").mkdir()
   (tmp_path / "ck" / "keep.txt").write_text("mine")
   with pytest.raises(CheckpointError, match="already exists"):
@@ -397,22 +162,8 @@ def test_existing_output_is_not_overwritten(tmp_path):
   assert (tmp_path / "ck" / "keep.txt").read_text() == "mine"
 
 
-def test_safetensors_header_checks(tmp_path):
-  f = tmp_path / "x.safetensors"
-  f.write_bytes(struct.pack("<Q", 10_000) + b"{}")
-  with pytest.raises(safetensors_io.SafetensorsError, match="x.safetensors: truncated or corrupt"):
-    safetensors_io.read_header(f)
-  header = json.dumps({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}).encode()
-  f.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 12)
-  with pytest.raises(safetensors_io.SafetensorsError, match="tensor w: 12 bytes for shape"):
-    safetensors_io.read_header(f)
-  f.write_bytes(struct.pack("<Q", 2) + b"[]")
-  with pytest.raises(safetensors_io.SafetensorsError, match="x.safetensors: header is a JSON list"):
-    safetensors_io.read_header(f)
-
-
 def test_tokenizer_files_without_tokenizer_model_are_warned_about(tmp_path, tokenizer_dir):
-  src = _save_hf(hf_reference.hf_llama(vocab_size=90), tmp_path / "hf", tokenizer_dir)
+  src = hf_files.save_hf(hf_reference.hf_llama(vocab_size=90), tmp_path / "hf", tokenizer_dir)
   lines = []
   hf_convert.hf_to_orbax(src, tmp_path / "ck", log=lines.append)
   assert not lines
@@ -420,41 +171,6 @@ def test_tokenizer_files_without_tokenizer_model_are_warned_about(tmp_path, toke
   hf_convert.hf_to_orbax(src, tmp_path / "ck2", log=lines.append)
   assert lines == [f"warning: {src} has tokenizer files but no tokenizer.model (sentencepiece), which heal-jax's "
                    "train, eval and generate read; copy it into DST/tokenizer/ before using the checkpoint"]
-
-
-def test_a_flipped_bit_in_a_converted_checkpoint_is_named(tmp_path, capsys):
-  import zlib  # pylint: disable=import-outside-toplevel
-  from heal_jax.checkpoint import random_init, restore  # pylint: disable=import-outside-toplevel
-  from heal_jax.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
-  cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
-                    num_kv_heads=2, head_dim=8, max_position_embeddings=64)
-  ck = tmp_path / "ck"
-  random_init.write_random_checkpoint(cfg, ck)
-  crc = json.loads((ck / params_store.MANIFEST).read_text())["crc32"]
-  params = restore.load_model(ck).params
-  expected = {"/".join(p): f"{zlib.crc32(np.ascontiguousarray(x).tobytes()):08x}"
-              for p, x in hf_mapping.iter_paths(params)}
-  assert crc == expected and len(crc) == 3 + 9 * 2  # embed, final norm, head + 9 per layer
-  data = max((ck / "params").rglob("d/*"), key=lambda f: f.stat().st_size)  # the tensors' bytes
-  raw = bytearray(data.read_bytes())
-  raw[len(raw) // 2] ^= 1  # a low mantissa bit: the value stays finite
-  data.write_bytes(bytes(raw))
-  with pytest.raises(CheckpointError, match=r"/params: tensor \S+ does not match its CRC-32 in heal_checkpoint.json"):
-    restore.load_model(ck)
-  from heal_jax.infer import placement  # pylint: disable=import-outside-toplevel
-  with pytest.raises(CheckpointError, match=r"/params: tensor \S+ does not match its CRC-32 in heal_checkpoint.json"):
-    placement.load(str(ck), "fsdp=2,tensor=4")  # read tensor by tensor onto a mesh: the same check
-  assert cli.main(["convert", "orbax-to-hf", str(ck), str(tmp_path / "hf")]) == 2
-  assert "does not match its CRC-32" in capsys.readouterr().err
-  _assert_no_output(tmp_path / "hf")
-  data.write_bytes(bytes(raw[:len(raw) // 2]) + bytes([raw[len(raw) // 2] ^ 1]) + bytes(raw[len(raw) // 2 + 1:]))
-  manifest = json.loads((ck / params_store.MANIFEST).read_text())
-  del manifest["crc32"]["lm_head/kernel"]  # a map that lost an entry must not skip that tensor's check
-  (ck / params_store.MANIFEST).write_text(json.dumps(manifest))
-  with pytest.raises(CheckpointError, match=r"heal_checkpoint.json: no CRC-32 for tensor lm_head/kernel"):
-    restore.load_model(ck)
-  with pytest.raises(CheckpointError, match=r"heal_checkpoint.json: no CRC-32 for tensor lm_head/kernel"):
-    placement.load(str(ck), "fsdp=2,tensor=4")
 
 
 def test_export_writes_the_tokenizers_special_ids_and_keeps_a_chat_template(tmp_path, tokenizer_dir):
@@ -493,7 +209,7 @@ def test_export_writes_the_tokenizers_special_ids_and_keeps_a_chat_template(tmp_
 def test_an_output_behind_a_symlink_is_written_where_it_points(tmp_path):
   """--overwrite onto a link to big storage replaces the folder it points to and keeps the link (it
   used to fail after the whole conversion, leaving the staging folder behind)."""
-  src = _save_hf(hf_reference.hf_llama(), tmp_path / "hf")
+  src = hf_files.save_hf(hf_reference.hf_llama(), tmp_path / "hf")
   (tmp_path / "big").mkdir()
   (tmp_path / "big" / "ck").mkdir()
   (tmp_path / "big" / "ck" / "old.txt").write_text("old")
@@ -534,7 +250,7 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused_at_init_and_export(tm
   params_store.copy_tokenizer(tokenizer_dir, tmp_path / "ck" / "tokenizer")  # copied in by hand
   with pytest.raises(CheckpointError, match=r"tokenizer.model has 90 pieces but the model's vocabulary is 64"):
     hf_convert.orbax_to_hf(tmp_path / "ck", tmp_path / "hf")
-  _assert_no_output(tmp_path / "hf")
+  hf_files.assert_no_output(tmp_path / "hf")
 
 
 def test_an_export_without_a_tokenizer_says_so(tmp_path, capsys, tokenizer_dir):
