@@ -362,3 +362,13 @@ def test_a_null_field_is_named_null_not_missing(tmp_path):
   path.write_text('{"conversation": null, "note": "n"}\n{"note": "n"}\n')
   assert check.check_file(path, "conversation")["problems"] == [
       {"line": 1, "reason": "field conversation is null"}, {"line": 2, "reason": "missing field conversation"}]
+
+
+@pytest.mark.parametrize("line,column", [
+    ('{"id": "c", "text": "x"\n', 24),    # cut short: the ',' or '}' is wanted after its 23 characters
+    ('{"id": "c", "text": "x"\r\n', 24),  # not column 1 of a next line, as the terminator made it
+    ('{"id": 1,, "x": 2}', 10),           # the second comma
+])
+def test_a_malformed_json_line_names_the_column_on_that_line(line, column):
+  value, reason = check.parse_json(line)
+  assert value is None and reason.endswith(f"(column {column})"), reason

@@ -81,10 +81,13 @@ def test_a_llama2_preset_builds_its_phases_and_names_the_paths_to_give(tmp_path,
 @pytest.mark.parametrize("override,message", [
     ("--config.data.bootstrap=web", "config.data.bootstrap='web'"),
     ("--config.data.tokenizer=", "config.data.tokenizer is empty"),
+    ("--config.data.sources.clinical.paths=/nonexistent/notes.jsonl",
+     r"data.sources.clinical.paths: '/nonexistent/notes.jsonl' matches no file"),
 ])
 def test_a_bad_data_setting_fails_before_the_bootstrap(tmp_path, override, message):
   """Checked before the lock and the bootstrap: an empty data.tokenizer used to reach the bootstrap, which
-  tried to replace the current directory with a trained tokenizer."""
+  tried to replace the current directory with a trained tokenizer; a missing file of a source the bootstrap
+  does not write used to be found after it had written the corpus and trained a tokenizer."""
   config = config_lib.load_config(str(train_helpers.TINY), [override])
   with pytest.raises(ValueError, match=message):
     loop.train(config, tmp_path / "w")

@@ -229,6 +229,7 @@ def numbered_lines(path: pathlib.Path) -> Iterator[tuple[int, str | None, str | 
 def parse_json(text: str) -> tuple[Any, str | None]:
   """(value, None), or (None, reason) for text that is not one JSON value: malformed, an integer
   past Python's 4300 digits, nesting deeper than the stack. A bad record, never a crash."""
+  text = text.rstrip("\r\n")  # a reader's line terminator: an error at the end is on this line, not the next
   try:
     return json.loads(text), None
   except json.JSONDecodeError as e:

@@ -42,7 +42,8 @@ def check_before_writing(config: Any, workdir: pathlib.Path) -> None:
   """What `load` would refuse, checked before a run locks or writes anything, as far as it can be:
   config.data.prepared_dir's report, format version and every source's shard files; and, unless the
   bootstrap is still to write them, the tokenizer (present, no larger than the model's vocabulary, the
-  one the prepared data was made with) and every source's raw files (when they are read online).
+  one the prepared data was made with) and every source's raw files (when they are read online; with
+  the bootstrap, those of the sources it does not write).
   DataError or ValueError naming the key, as `load` raises them."""
   from heal_jax.data import prepare  # pylint: disable=import-outside-toplevel
   prepared = resolve(config.data.prepared_dir, workdir, "data.prepared_dir") if config.data.prepared_dir else None
@@ -56,6 +57,15 @@ def check_before_writing(config: Any, workdir: pathlib.Path) -> None:
                        f"a new directory only inside the work directory (the default, {{workdir}}/tokenizer: "
                        f"{workdir / 'tokenizer'}), or in an existing empty one: fix the path, or create the "
                        "directory first")
+    if prepared is None:  # the files of sources that the bootstrap does not write must be there already
+      bundled = {str(workdir / "corpus" / f"{tier}.jsonl") for tier in synthetic.DEFAULT_SIZES}
+      theirs = {}
+      for name, src in config.data.sources.items():
+        paths = sources_lib.with_workdir(str(src.paths), workdir, f"data.sources.{name}.paths")
+        if not any(p.strip() in bundled for p in paths.split(",")):
+          theirs[name] = src
+      if theirs:
+        sources_lib.from_config(theirs, workdir=str(workdir))
     return
   tok_dir, tok = _tokenizer(config, workdir)
   srcs = sources_lib.from_config(config.data.sources, workdir=str(workdir), require_files=prepared is None)
