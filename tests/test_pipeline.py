@@ -127,20 +127,6 @@ print(json.dumps([{k: v.tolist() for k, v in next(it).items()} for _ in range(5)
 """
 
 
-def _waiting(state) -> int:
-  """How many examples wait in the packers' states anywhere in `state` (Grain nests worker states)."""
-  if isinstance(state, dict):
-    return len(state.get("waiting", ())) + sum(_waiting(v) for k, v in state.items() if k != "waiting")
-  if isinstance(state, list):
-    return sum(_waiting(v) for v in state)
-  if isinstance(state, str) and state.startswith("{"):
-    try:
-      return _waiting(json.loads(state))
-    except json.JSONDecodeError:
-      return 0
-  return 0
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_state_restored_in_a_new_process_gives_the_same_next_batches(tmp_path, workers):
   spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights=_RESUME_WEIGHTS, seed=5, num_shards=2,
@@ -149,7 +135,7 @@ def test_state_restored_in_a_new_process_gives_the_same_next_batches(tmp_path, w
   for _ in range(7):
     next(it)
   state = it.get_state()
-  assert _waiting(state)  # examples wait for the next batch (in a worker's state, with workers)
+  assert pipeline.waiting_examples(state) > 0  # examples wait for the next batch (in workers' states)
   (tmp_path / "state.json").write_text(json.dumps(state))
   expected = [{k: v.tolist() for k, v in next(it).items()} for _ in range(5)]
   repo = pathlib.Path(__file__).resolve().parents[1]
@@ -464,3 +450,17 @@ def test_deferral_fills_more_and_a_state_saved_before_it_resumes():
   old["shards"]["0"]["placed"] = 2
   with pytest.raises(ValueError, match="taken inside a batch"):
     pipeline.BatchIterator(_resume_sources(), spec).set_state(old)
+
+
+def test_waiting_examples_are_counted_however_the_states_nest():
+  """Grain nests worker states inside a shard's, some as JSON text; the spec's JSON holds none."""
+  state = {"spec": json.dumps({"pack_defer": 4}), "shards": {
+      "0": {"parent": {}, "waiting": [{}, {}]},
+      "1": {"iterators_in_use_states": [{"parent": {}, "waiting": [{}]}, json.dumps({"parent": {}, "waiting": [{}] * 3})]}}}
+  assert pipeline.waiting_examples(state) == 6
+  spec = pipeline.PipelineSpec(seq_len=48, global_batch=4, weights=_RESUME_WEIGHTS, seed=5, num_shards=2, pack_defer=4)
+  it = pipeline.BatchIterator(_resume_sources(), spec)
+  for _ in range(7):
+    next(it)
+  state = it.get_state()
+  assert pipeline.waiting_examples(state) == sum(len(s["waiting"]) for s in state["shards"].values()) > 0

@@ -262,7 +262,8 @@ def test_a_logged_row_sums_its_interval_of_steps(data_root, tmp_path):
 
 
 def test_every_evaluation_reaches_the_console(data_root, tmp_path, capsys):
-  """Mid-phase evaluations (eval.every_steps) went to metrics.jsonl only; the console showed phase ends."""
+  """Mid-phase evaluations (eval.every_steps) went to metrics.jsonl only; the console showed phase ends.
+  The console also counts, at the phase end, the examples read but not packed."""
   workdir = tmp_path / "w"
   loop.train(train_helpers.load(data_root, 4, ("--config.eval.holdout_examples=4", "--config.eval.every_steps=2",
                                                "--config.eval.batches=1")), workdir)
@@ -275,6 +276,12 @@ def test_every_evaluation_reaches_the_console(data_root, tmp_path, capsys):
   progress = [l for l in err.splitlines() if l.startswith("[train] pretrain step ") and " loss " in l]
   assert progress[0].endswith("eta after the first interval")  # its time includes compiling the step
   assert all(re.search(r"eta \d+:\d\d:\d\d \(phase\), \d+:\d\d:\d\d \(run\)$", l) for l in progress[1:])
+  # the phase end names the examples its packers held back: those of the data state saved at that step
+  saved = [json.loads(f.read_text())["state"] for f in sorted((workdir / "checkpoints" / "4" / "data").glob("shard_*.json"))]
+  waiting = sum(len(state["waiting"]) for state in saved)
+  assert len(saved) == 2 and waiting > 0
+  assert (f"phase pretrain: {waiting} example(s) read but still waiting to be packed at its end (at most "
+          "data.pack_defer + 1 per data reader) are not trained in this phase") in err
 
 
 def test_sample_note_uses_a_held_out_conversation_that_fits_the_context(data_root, tmp_path, capsys):

@@ -391,6 +391,21 @@ class EncodedTexts:
     return {"_pairs": self._pairs, "_tokenizer_path": self._tokenizer_path, "_tok": None}
 
 
+def waiting_examples(state: Any) -> int:
+  """Examples the packers of a `BatchIterator.get_state()` have read but not yet placed in a batch
+  (`PackBatch`'s waiting ones), however Grain nests the shards' states (worker states are JSON text)."""
+  if isinstance(state, str) and state.lstrip().startswith(("{", "[")):
+    try:
+      state = json.loads(state)
+    except json.JSONDecodeError:
+      return 0
+  if isinstance(state, dict):
+    return len(state.get("waiting", ())) + sum(waiting_examples(v) for k, v in state.items() if k != "waiting")
+  if isinstance(state, (list, tuple)):
+    return sum(waiting_examples(v) for v in state)
+  return 0
+
+
 def realised_token_shares(source_BxL: np.ndarray, loss_mask_BxL: np.ndarray,
                           num_sources: int) -> np.ndarray:
   """Fraction of target tokens from each source in a batch, float64 [num_sources] (sums to 1)."""

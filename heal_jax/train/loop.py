@@ -265,6 +265,9 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
         break
     profiler.close(int(state.step), state)
     if status == "done":
+      waiting = pipeline.waiting_examples(it.get_state())  # this process's readers' (process 0 logs)
+      run.writer.log(f"phase {phase.name}: {waiting} example(s) read but still waiting to be packed at its end (at "
+                     f"most data.pack_defer + 1 per data reader) are not trained in this phase")
       _phase_end_eval(run, state.params, cfg, phase)
   run.mngr.wait_until_finished()
   run.writer.log(f"phase {phase.name}: {time.time() - t_start:.1f} s")
