@@ -346,11 +346,11 @@ class BatchIterator:
       older = (" (fields missing from the saved state: it was written by an earlier heal-jax; to go on from its "
                "parameters, train in a new --workdir with --config.init_from=THIS_WORKDIR, which starts the "
                "optimizer state and the data afresh)") if set(now) - set(saved) else ""
+      dedup = (" (examples: per source, after data.dedup and eval.holdout_examples; online runs deduplicate like "
+               "`data prepare` since 2026-11-27: one started before resumes with --config.data.dedup.exact=false "
+               "--config.data.dedup.near=false)") if {"examples", "records"} & set(fields) else ""
       raise StateMismatch(f"data iterator state belongs to a different pipeline ({changed}){older}; the order of "
-                          "the data depends on these (examples: per source, after data.dedup and eval.holdout_examples), so a "
-                          "run resumes only with the same ones; online runs deduplicate like `data prepare` since "
-                          "2026-11-27: one started before resumes with --config.data.dedup.exact=false "
-                          "--config.data.dedup.near=false", fields)
+                          f"the data depends on these, so a run resumes only with the same ones{dedup}", fields)
     for s, it in zip(self.shards, self._iters):
       if str(s) not in state["shards"]:
         raise StateMismatch(f"data iterator state has no shard {s}")
