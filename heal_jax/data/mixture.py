@@ -57,15 +57,9 @@ def check_before_writing(config: Any, workdir: pathlib.Path) -> None:
                        f"a new directory only inside the work directory (the default, {{workdir}}/tokenizer: "
                        f"{workdir / 'tokenizer'}), or in an existing empty one: fix the path, or create the "
                        "directory first")
-    if prepared is None:  # the files of sources that the bootstrap does not write must be there already
-      bundled = {str(workdir / "corpus" / f"{tier}.jsonl") for tier in synthetic.DEFAULT_SIZES}
-      theirs = {}
-      for name, src in config.data.sources.items():
-        paths = sources_lib.with_workdir(str(src.paths), workdir, f"data.sources.{name}.paths")
-        if not any(p.strip() in bundled for p in paths.split(",")):
-          theirs[name] = src
-      if theirs:
-        sources_lib.from_config(theirs, workdir=str(workdir))
+    theirs = _not_bootstrapped(config, workdir)
+    if prepared is None and theirs:  # the bootstrap will not write their files: they must be there already
+      sources_lib.from_config(theirs, workdir=str(workdir))
     return
   tok_dir, tok = _tokenizer(config, workdir)
   srcs = sources_lib.from_config(config.data.sources, workdir=str(workdir), require_files=prepared is None)
@@ -105,12 +99,22 @@ def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) ->
       except tokenizer_lib.VocabSizeError as e:
         raise ValueError(f"config.model.vocab_size (the size of the tokenizer data.bootstrap trains): {e}") from None
     log(f"trained a {pieces}-piece sentencepiece tokenizer in {tok_dir} on the bundled corpus")
-  theirs = sorted(name for name, src in config.data.sources.items()
-                  if not str(src.paths).startswith("{workdir}/corpus/"))
+  theirs = sorted(_not_bootstrapped(config, workdir))
   if theirs:
     log(f"note: data.bootstrap='synthetic' with sources of your own ({', '.join(theirs)}): the tokenizer in {tok_dir} "
         "is the bundled corpus's; for your data train one with `heal-jax data train-tokenizer` and set "
         "data.bootstrap='' and data.tokenizer")
+
+
+def _not_bootstrapped(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
+  """config.data.sources entries (name -> config) of which no file is one the bootstrap writes."""
+  bundled = {str(workdir / "corpus" / f"{tier}.jsonl") for tier in synthetic.DEFAULT_SIZES}
+  out = {}
+  for name, src in config.data.sources.items():
+    paths = sources_lib.with_workdir(str(src.paths), workdir, f"data.sources.{name}.paths")
+    if not any(p.strip() in bundled for p in paths.split(",")):
+      out[name] = src
+  return out
 
 
 def keep_tokenizer(config: Any, workdir: pathlib.Path, trained: bool) -> None:
