@@ -26,6 +26,8 @@ class PackBatch(grain.IterDataset):
 
   State, taken between batches: the parent's state and, for each waiting example, the parent's state
   before it; restoring re-reads those examples, so the next batch is exactly the uninterrupted one.
+  The parent's `get_state` must return a new object each call (MixSplit's and Grain's do): the states
+  of waiting examples are kept as returned, not copied, which would cost ~5 us per example read.
   """
 
   def __init__(self, parent: grain.IterDataset, seq_len: int, rows: int, defer: int = 0):
