@@ -332,6 +332,14 @@ def test_speculative_decoding_needs_greedy_sampling(model):
 def test_truncate_at_stop_and_normalize_conversation():
   assert decode.truncate_at_stop("note\n### Instruction: x", generate.STOP_STRINGS) == "note"
   assert decode.truncate_at_stop("abc", ("z", "")) == "abc"
+  # a stop string begun in the prompt's end and finished by the new text cuts at 0; one wholly inside
+  # the prompt's end does not count
+  assert decode.truncate_at_stop("### Instruction: x", generate.STOP_STRINGS, "### Response:\n") == ""
+  assert decode.truncate_at_stop("# Response:", generate.STOP_STRINGS, "\n##") == ""
+  assert decode.truncate_at_stop("ok\n### Response:", generate.STOP_STRINGS, "\n##") == "ok"
+  assert decode.truncate_at_stop("xyz", ("ab",), "ab") == "xyz"
+  assert decode.truncate_at_stop("bxyz", ("ab", "yz"), "a") == ""
+  assert decode.truncate_at_stop("xbyz", ("ab", "yz"), "a") == "xb"
   text = "Doctor: Hi there.\n\nPATIENT:  I have a cough\nsince Monday.\n[patient_guest] he does."
   assert templates.normalize_conversation(text) == (
       "[doctor] Hi there.\n[patient] I have a cough since Monday.\n[patient_guest] he does.")
@@ -488,3 +496,22 @@ def test_a_note_cut_by_the_token_limit_is_named(checkpoint):
     assert messages == expected
     reached.append(len(new) == limit)
   assert any(reached)  # this random model emits no EOS that early: the warning case was exercised
+
+
+def test_a_stop_string_begun_at_the_prompts_end_ends_the_note(model):
+  """The note prompt ends in "### Response:\\n"; a model that starts its output with "### Instruction:"
+  has written the stop string "\\n### Instruction:" across the boundary. Only the new tokens' text used
+  to be searched, so the note ran on to its limit (a stub tokenizer decodes the first greedy token so)."""
+  cfg, p = model
+  prompt = [1, 5, 9, 13, 22]
+  first = decode.run(decode.make_generate_fn(cfg, 1), p, [prompt])[0][0]
+
+  class Stub:
+    eos_id, vocab_size = None, cfg.vocab_size
+
+    def decode(self, ids):
+      return "".join("### Instruction:" if i == first else "### Response:\n" if i == 22 else " w" for i in ids)
+
+  plan = generate.plan_prompts([prompt], cfg.max_position_embeddings, max_new_tokens=6, batch_size=1, labels=["c"])
+  (_, [(_, note)]), = generate.generate_batches(cfg, p, Stub(), plan)
+  assert (note.text, note.ended, note.new_tokens) == ("", "stop_string", 6)

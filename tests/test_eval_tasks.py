@@ -1,5 +1,6 @@
 """PubMedQA / MedQA loaders: harness prompts byte for byte, split sizes, few-shot contexts, bad data."""
 
+import dataclasses
 import json
 import pathlib
 import re
@@ -70,6 +71,13 @@ def test_fewshot_contexts_are_deterministic_and_harness_shaped(shared_data):
   assert re.fullmatch(r"Abstract: .*\nAnswer: (yes|no|maybe)\n\n" + re.escape(pub[0].query), ctx, flags=re.S)
   with pytest.raises(ValueError, match="few-shot pool has"):
     tasks.fewshot_contexts(pub[:1], pub_pool[:1], 2)
+  # A pool holding the test questions at other rows (a reversed copy of the file): no question is its
+  # own shot; it used to be kept out only when its row number matched too.
+  reversed_pool = [dataclasses.replace(ex, id=len(examples) - 1 - i) for i, ex in enumerate(examples[:2])][::-1]
+  for ex, ctx in zip(examples[:2], tasks.fewshot_contexts(examples[:2], reversed_pool, 1)):
+    assert ctx.split("\n\n")[0] != ex.query + tasks.TARGET_DELIMITER + ex.choices[ex.gold]
+  with pytest.raises(ValueError, match="few-shot pool has 1 questions"):
+    tasks.fewshot_contexts(examples[:2], reversed_pool, 2)
 
 
 def test_bad_data_names_the_file(tmp_path, shared_data):
@@ -125,6 +133,22 @@ def test_jsonl_lines_end_at_newlines_only_and_may_start_with_a_bom(tmp_path):
   path.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
   with pytest.raises(tasks.DataError, match=f"{path}:2: invalid UTF-8"):
     list(tasks.iter_jsonl(path))
+
+
+def test_a_lone_surrogate_escape_is_named_not_passed_to_the_tokenizer(tmp_path):
+  """JSON's \\ud800 escape makes a string that UTF-8 cannot hold; sentencepiece used to fail on it with a
+  traceback naming no file, after the model had loaded. A pair (an emoji) is text and stays."""
+  path = tmp_path / "rows.jsonl"
+  path.write_text('{"text": "ok \\ud83d\\ude00"}\n{"text": "x \\ud800"}\n')
+  with pytest.raises(tasks.DataError, match=f"{path}:2: a .* escape without its pair"):
+    list(tasks.iter_jsonl(path))
+  assert next(tasks.iter_jsonl(path)) == (f"{path}:1", {"text": "ok \U0001f600"})
+  pub = tmp_path / "pub"
+  pub.mkdir()
+  (pub / "ori_pqal.json").write_text('{"1": {"QUESTION": "q \\udc00?", "CONTEXTS": ["c"], "final_decision": "yes"}}')
+  (pub / "test_ground_truth.json").write_text('{"1": "yes"}')
+  with pytest.raises(tasks.DataError, match="ori_pqal.json: a .* escape without its pair"):
+    tasks.load_pubmedqa(pub)
 
 
 def test_subset_is_seeded_random_in_file_order(shared_data):

@@ -214,6 +214,11 @@ def test_an_output_behind_a_symlink_is_written_where_it_points(tmp_path):
   (tmp_path / "big" / "ck").mkdir()
   (tmp_path / "big" / "ck" / "old.txt").write_text("old")
   (tmp_path / "ck").symlink_to(tmp_path / "big" / "ck")
+  with pytest.raises(CheckpointError, match=r"ck is not a checkpoint \(no heal_checkpoint.json or config.json; it "
+                                            r"holds old.txt\): --overwrite replaces checkpoints only"):
+    hf_convert.hf_to_orbax(src, tmp_path / "ck", overwrite=True)  # a folder of the user's own: kept
+  assert (tmp_path / "big" / "ck" / "old.txt").read_text() == "old"
+  (tmp_path / "big" / "ck" / params_store.MANIFEST).write_text("{}")  # an older checkpoint: replaced whole
   hf_convert.hf_to_orbax(src, tmp_path / "ck", overwrite=True)
   assert (tmp_path / "ck").is_symlink() and (tmp_path / "big" / "ck" / params_store.MANIFEST).is_file()
   assert not (tmp_path / "big" / "ck" / "old.txt").exists()

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from heal_jax.checkpoint import hf_convert, random_init
 from heal_jax.checkpoint.restore import load_model
 from heal_jax.data.tokenizer import Tokenizer, train_tokenizer
-from heal_jax.eval import loglik, perplexity, run, tasks
+from heal_jax.eval import loglik, output, perplexity, run, tasks
 from heal_jax.model.config import ModelConfig
 
 MEDQA_FILE = "medqa/US_4_options_phrases_no_exclude_test.jsonl"
@@ -184,10 +184,10 @@ def test_an_unwritable_output_is_refused_before_loading(tmp_path, capsys):
   """A directory (or an input) as --output used to fail only after every question was scored."""
   texts = tmp_path / "t.jsonl"
   texts.write_text('{"text": "a"}\n')
-  for task, output in (("perplexity", tmp_path), ("medqa", texts)):
-    assert run.main([task, "--checkpoint", str(tmp_path / "none"), "--data", str(texts), "--output", str(output)]) == 2
+  for task, out in (("perplexity", tmp_path), ("medqa", texts)):
+    assert run.main([task, "--checkpoint", str(tmp_path / "none"), "--data", str(texts), "--output", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"{output}: cannot write a file there" in err or f"{output} is also an input" in err
+    assert f"{out}: cannot write a file there" in err or f"{out} is also an input" in err
     assert "none" not in err  # the checkpoint was never opened
 
 
@@ -298,3 +298,40 @@ def test_rows_placed_over_a_mesh_score_as_on_one_device(setup):
   np.testing.assert_allclose([r[0] for r in placed], [r[0] for r in plain], rtol=1e-5)
   assert [r[1] for r in placed] == [r[1] for r in plain]
   assert len({round(r[0], 3) for r in plain}) == len(windows)  # distinct rows: a mix-up would show
+
+
+def test_an_output_that_is_not_a_rows_file_of_the_command_is_refused_before_loading(tmp_path, capsys):
+  """--output used to replace any file: a checkpoint's manifest, PubMedQA's labels inside --data, a
+  run's metrics.jsonl. Now only a missing or empty file, or rows of the same command, are replaced."""
+  texts = tmp_path / "t.jsonl"
+  texts.write_text('{"text": "a"}\n')
+  manifest = tmp_path / "heal_checkpoint.json"
+  manifest.write_text('{\n  "format": "heal-jax"\n}\n')
+  metrics = tmp_path / "metrics.jsonl"
+  metrics.write_text('{"step": 1, "loss": 2.0}\n')
+  medqa_rows = tmp_path / "medqa_rows.jsonl"
+  medqa_rows.write_text('{"id": 0, "choices": ["a", "b"], "loglikelihoods": [-1, -2], "pred": 0, "gold": 0}\n')
+  for task, out in (("perplexity", manifest), ("medqa", metrics), ("perplexity", medqa_rows)):
+    before = out.read_bytes()
+    assert run.main([task, "--checkpoint", str(tmp_path / "none"), "--data", str(texts), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} exists and is not a rows file of this command" in err and "none" not in err, err
+    assert out.read_bytes() == before
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("")
+  for task, out in (("medqa", medqa_rows), ("perplexity", empty), ("perplexity", tmp_path / "new.jsonl")):
+    assert run.main([task, "--checkpoint", str(tmp_path / "none"), "--data", str(texts), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    # it went on: to the medqa data (not questions) or to the checkpoint, which is absent
+    assert "not a rows file" not in err and ("none" in err or f"{texts}:1:" in err), err
+
+
+def test_rows_are_written_whole_or_not_at_all(tmp_path):
+  path = tmp_path / "rows.jsonl"
+  path.write_text('{"index": 0}\n')
+  output.write_rows(path, [{"index": 0, "nll": float("nan")}, {"index": 1, "nll": 1.5}])
+  assert path.read_text() == '{"index": 0, "nll": null}\n{"index": 1, "nll": 1.5}\n'
+  with pytest.raises(TypeError):
+    output.write_rows(path, [{"index": 0}, {"index": object()}])
+  assert path.read_text() == '{"index": 0, "nll": null}\n{"index": 1, "nll": 1.5}\n'
+  assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]

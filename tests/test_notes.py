@@ -278,6 +278,12 @@ def test_cli_errors_name_the_id_file_and_line(tmp_path, capsys):
   latin1.write_bytes('{"id": "a", "text": "x"}\n{"id": "b", "text": "caf\u00e9"}\n'.encode("latin-1"))
   assert notes.main(["--predictions", str(latin1), "--references", ref]) == 2
   assert f"{latin1}:2: not UTF-8" in capsys.readouterr().err
+  lone = tmp_path / "lone.jsonl"  # a lone surrogate escape: no UTF-8 text holds it (sentencepiece failed on it)
+  lone.write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": "x \\ud800"}\n')
+  assert notes.main(["--predictions", ref, "--references", str(lone)]) == 2
+  assert f"{lone}:2: a \\ud800-\\udfff escape without its pair" in capsys.readouterr().err
+  assert notes.main(["--predictions", str(lone), "--references", ref]) == 2
+  assert f"{lone}:2: a \\ud800-\\udfff escape without its pair" in capsys.readouterr().err
   bom = tmp_path / "bom.jsonl"  # as Windows tools save UTF-8
   bom.write_bytes(b"\xef\xbb\xbf" + b'{"id": "a", "text": "x"}\n')
   assert notes.read_jsonl(bom) == {"a": "x"}
@@ -288,6 +294,15 @@ def test_cli_errors_name_the_id_file_and_line(tmp_path, capsys):
   before = pathlib.Path(pred).read_bytes()
   assert notes.main(["--predictions", pred, "--references", ref, "--output", pred]) == 2  # would overwrite its input
   assert "is also an input" in capsys.readouterr().err and pathlib.Path(pred).read_bytes() == before
+  metrics = tmp_path / "metrics.jsonl"  # a run's metrics, not rows of eval notes: kept
+  metrics.write_text('{"step": 1, "loss": 2.0}\n')
+  assert notes.main(["--predictions", pred, "--references", ref, "--output", str(metrics)]) == 2
+  assert f"{metrics} exists and is not a rows file" in capsys.readouterr().err
+  assert metrics.read_text() == '{"step": 1, "loss": 2.0}\n'
+  rows = tmp_path / "rows.jsonl"  # rows of an earlier eval notes: replaced
+  assert notes.main(["--predictions", ref, "--references", ref, "--output", str(rows)]) == 0
+  assert notes.main(["--predictions", ref, "--references", ref, "--output", str(rows)]) == 0
+  assert [json.loads(line)["id"] for line in rows.read_text().splitlines()] == ["a"]
 
 
 def test_repetition_is_reported_beside_the_rubric():

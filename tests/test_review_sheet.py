@@ -62,6 +62,16 @@ def test_sheet_columns(tmp_path):
     assert r["missed_count"] == r["incorrect_count"] == r["irrelevant_count"] == r["comments"] == ""
 
 
+def test_a_sheet_that_fails_midway_leaves_nothing_behind(tmp_path):
+  """Written whole or not at all: a half-written sheet used to block every rerun ('exists, may be filled
+  in'). A text UTF-8 cannot encode (a lone surrogate; the readers refuse it since) fails the third row."""
+  sheet = tmp_path / "sheet.csv"
+  bad = {**PREDICTIONS, "c": "x \ud800"}
+  with pytest.raises(UnicodeEncodeError):
+    review_sheet.write_review_sheet(sheet, bad, REFERENCES, CONVERSATIONS)
+  assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("delimiter", [",", ";"])
 def test_round_trip(tmp_path, capsys, delimiter):
   sheet = _write(tmp_path)

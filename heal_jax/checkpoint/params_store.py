@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pathlib
 import shutil
 import zlib
@@ -65,7 +64,8 @@ def atomic_output_dir(dst: pathlib.Path, overwrite: bool = False,
 def check_output(dst: pathlib.Path, overwrite: bool, inputs: tuple[pathlib.Path, ...] = ()) -> pathlib.Path:
   """Where the output `dst` goes, checked before any work: a symbolic link (to big storage) is
   followed, and stays; an existing `dst` needs `overwrite`, and must be a directory that is not
-  (and does not hold) one of `inputs`. CheckpointError naming `dst` otherwise."""
+  (and does not hold) one of `inputs` and is empty or a checkpoint (heal-jax's manifest or an HF
+  config.json): --overwrite replaces checkpoints, not any folder. CheckpointError naming `dst` otherwise."""
   dst = pathlib.Path(dst)
   if dst.is_symlink():
     try:
@@ -80,6 +80,12 @@ def check_output(dst: pathlib.Path, overwrite: bool, inputs: tuple[pathlib.Path,
   if dst.exists() and not overwrite:
     raise CheckpointError(f"output directory {dst} already exists (pass --overwrite to replace it)")
   check_not_an_input(dst, inputs)
+  if dst.exists() and not any((dst / name).is_file() for name in (MANIFEST, "config.json")):
+    held = sorted(p.name for p in dst.iterdir())
+    if held:
+      raise CheckpointError(f"output directory {dst} is not a checkpoint (no {MANIFEST} or config.json; it holds "
+                            f"{', '.join(held[:3])}{', ...' if len(held) > 3 else ''}): --overwrite replaces "
+                            "checkpoints only; choose another output or empty it yourself")
   return dst
 
 

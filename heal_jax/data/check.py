@@ -226,6 +226,21 @@ def numbered_lines(path: pathlib.Path) -> Iterator[tuple[int, str | None, str | 
         yield n, line, None
 
 
+LONE_SURROGATE = "a \\ud800-\\udfff escape without its pair (a lone surrogate): no text can hold it"
+
+
+def has_lone_surrogate(value: Any) -> bool:
+  """Whether a parsed JSON value holds a string or key with a lone surrogate, which JSON's escapes can
+  make but UTF-8 (and so a tokenizer) cannot encode."""
+  if isinstance(value, str):
+    return bool(_SURROGATE.search(value))
+  if isinstance(value, dict):
+    return any(has_lone_surrogate(k) or has_lone_surrogate(v) for k, v in value.items())
+  if isinstance(value, list):
+    return any(has_lone_surrogate(v) for v in value)
+  return False
+
+
 def parse_json(text: str) -> tuple[Any, str | None]:
   """(value, None), or (None, reason) for text that is not one JSON value: malformed, an integer
   past Python's 4300 digits, nesting deeper than the stack. A bad record, never a crash."""

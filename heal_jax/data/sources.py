@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 import dataclasses
 import glob
-import json
 import math
 import os
 import pathlib

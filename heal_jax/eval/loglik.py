@@ -38,6 +38,8 @@ from heal_jax.model.config import ModelConfig
 from heal_jax.model.llama import Llama
 from heal_jax.parallel import mesh as mesh_lib
 
+ROW_KEYS = ("id", "choices", "loglikelihoods", "pred", "gold")  # of every per-question row
+
 
 class TokenizerLike(Protocol):
   bos_id: int

@@ -81,6 +81,7 @@ from heal_jax.eval import review_sheet
 from heal_jax.eval import rouge as rouge_lib
 
 COVER_THRESHOLD = 0.5
+ROW_KEYS = ("id", "missed_rate", "incorrect_rate", "irrelevant_rate")  # of every per-note row (also --read-review's)
 Fact = facts_lib.Fact
 
 
@@ -319,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       parser.error("--read-review takes no --predictions, --references, --conversations or --review-sheet")
     try:
       if args.output:
-        output.check_writable(args.output, [args.read_review])
+        output.check_writable(args.output, [args.read_review], ROW_KEYS)
       summary, rows = review_sheet.read_review_sheet(args.read_review)
       if args.output:
         output.write_rows(args.output, rows)
@@ -332,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     inputs = [args.predictions, args.references, args.conversations]
     if args.output:
-      output.check_writable(args.output, inputs)
+      output.check_writable(args.output, inputs, ROW_KEYS)
     if args.review_sheet:
       output.check_writable(args.review_sheet, inputs)
       if args.review_sheet.exists():  # it may hold clinicians' counts by now

@@ -6,13 +6,17 @@ import json
 import math
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 
-def check_writable(path: pathlib.Path, inputs: Sequence[pathlib.Path | None] = ()) -> None:
+def check_writable(path: pathlib.Path, inputs: Sequence[pathlib.Path | None] = (),
+                   row_keys: Collection[str] = ()) -> None:
   """OSError unless `path` is none of `inputs` and a file can be written there (its folder is
-  created): called before a model is loaded, so a bad --output does not lose an hour of scoring."""
+  created): called before a model is loaded, so a bad --output does not lose an hour of scoring.
+  With `row_keys`, an existing non-empty file is replaced only if it is a rows file of the same
+  command (its first line a JSON object with those keys): not a checkpoint's manifest, a data file
+  inside a --data folder or a run's metrics.jsonl."""
   path = pathlib.Path(path)
   for given in inputs:
     if given is not None and path.exists() and given.exists() and path.samefile(given):
@@ -25,6 +29,26 @@ def check_writable(path: pathlib.Path, inputs: Sequence[pathlib.Path | None] = (
     raise OSError(f"{path}: cannot create its folder: {e}") from None
   if path.is_dir() or not os.access(path.parent, os.W_OK):
     raise OSError(f"{path}: cannot write a file there")
+  if row_keys and not is_rows_file(path, row_keys):
+    raise OSError(f"{path} exists and is not a rows file of this command (its first line is not a JSON object "
+                  f"with {', '.join(repr(k) for k in row_keys)}): remove it or choose another output")
+
+
+def is_rows_file(path: pathlib.Path, row_keys: Collection[str]) -> bool:
+  """Whether `path` may be replaced by a rows file with `row_keys`: it does not exist, is empty, or its
+  first line is a JSON object holding all of them."""
+  path = pathlib.Path(path)
+  if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+    return True
+  if not path.is_file():
+    return False
+  with open(path, "rb") as f:
+    first = f.readline(1 << 20)
+  try:
+    row = json.loads(first)
+  except (UnicodeDecodeError, json.JSONDecodeError):
+    return False
+  return isinstance(row, dict) and all(key in row for key in row_keys)
 
 
 def strict(value: Any) -> Any:
@@ -39,9 +63,15 @@ def strict(value: Any) -> Any:
 
 
 def write_rows(path: pathlib.Path, rows: Sequence[Mapping[str, Any]]) -> None:
-  """One JSON object per line (strict JSON: NaN or infinity is written as null)."""
+  """One JSON object per line (strict JSON: NaN or infinity is written as null), written to a
+  temporary file renamed over `path`: a killed run leaves the earlier file, never half of one."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(strict(row), allow_nan=False) + "\n")
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      for row in rows:
+        f.write(json.dumps(strict(row), allow_nan=False) + "\n")
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)

@@ -28,6 +28,8 @@ from heal_jax.eval import loglik
 from heal_jax.eval.tasks import DataError, iter_jsonl
 from heal_jax.model.config import ModelConfig
 
+ROW_KEYS = ("index", "tokens", "nll", "nll_per_token")  # of every per-text row
+
 
 def read_texts(path: str | pathlib.Path) -> list[str]:
   """The "text" field of each non-blank line of a JSONL file; errors name file:line."""

@@ -46,6 +46,8 @@ def read(path: pathlib.Path) -> list[Record]:
       record, reason = check.parse_json(line)
       if reason is not None:
         raise InputError(f"{path}:{n}: {reason}")
+      if check.has_lone_surrogate(record):
+        raise InputError(f"{path}:{n}: {check.LONE_SURROGATE}")
       if not isinstance(record, dict) or "id" not in record or not isinstance(record.get("text"), str):
         raise InputError(f'{path}:{n}: expected an object with "id" and a string "text"')
       if isinstance(record["id"], bool) or not isinstance(record["id"], (str, int)):

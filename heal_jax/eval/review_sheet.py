@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import pathlib
 import sys
 from typing import Any, Mapping
@@ -74,15 +75,20 @@ def write_review_sheet(path: pathlib.Path, predictions: Mapping[str, str], refer
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   long_cells = 0
-  with open(path, "w", encoding="utf-8-sig", newline="") as f:  # the BOM makes Excel read UTF-8
-    writer = csv.writer(f)
-    writer.writerow(REVIEW_COLUMNS)
-    for key, prediction in predictions.items():
-      conversation = conversations[key] if conversations is not None else ""
-      texts = (conversation, references[key], prediction)
-      long_cells += sum(len(t) > _EXCEL_CELL_LIMIT for t in texts)
-      writer.writerow([key, *texts, len(facts_lib.note_facts(references[key]).facts),
-                       len(facts_lib.note_facts(prediction).facts), "", "", "", ""])
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # renamed when whole: a failed run leaves no sheet
+  try:
+    with open(tmp, "w", encoding="utf-8-sig", newline="") as f:  # the BOM makes Excel read UTF-8
+      writer = csv.writer(f)
+      writer.writerow(REVIEW_COLUMNS)
+      for key, prediction in predictions.items():
+        conversation = conversations[key] if conversations is not None else ""
+        texts = (conversation, references[key], prediction)
+        long_cells += sum(len(t) > _EXCEL_CELL_LIMIT for t in texts)
+        writer.writerow([key, *texts, len(facts_lib.note_facts(references[key]).facts),
+                         len(facts_lib.note_facts(prediction).facts), "", "", "", ""])
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
   if long_cells:
     print(f"heal-jax eval notes: warning: {long_cells} cell(s) of {path} exceed {_EXCEL_CELL_LIMIT} characters, "
           "which Excel truncates; use LibreOffice or another CSV editor", file=sys.stderr)

@@ -8,7 +8,8 @@ For pubmedqa, --data is the directory holding ori_pqal.json and test_ground_trut
 tasks print {"task", "n", "acc", "acc_norm"} and write one row per question to --output in data order:
 {"id", "choices", "loglikelihoods", "pred", "gold"} plus "pred_norm" and "is_greedy"; perplexity prints
 {"nll_per_token", "tokens", "texts"} and writes one row per text: {"index", "tokens", "nll",
-"nll_per_token"}. --output is checked (writable, not an input) before the model is loaded. --limit N scores
+"nll_per_token"}. --output is checked before the model is loaded (writable, not an input, and if it exists
+a rows file of the same command: never a manifest, data file or metrics.jsonl). --limit N scores
 the first N questions (texts), as lm-evaluation-harness's --limit does; --sample N a seeded random N
 questions, in file order (PubMedQA's test file lists its 276 "yes" questions first, so its first N <= 276
 hold one class: a note on stderr says so). Errors print a message on stderr and exit with status 2.
@@ -76,7 +77,8 @@ def _run(args: argparse.Namespace) -> dict:
     raise ValueError(f"--seed must be >= 0, got {args.seed}")
   batch_size = placement.batch_rows(args.batch_size, args.mesh)  # (a mesh that does not fit: before loading)
   if args.output:  # before the model is loaded: a bad path must not cost the scoring
-    output.check_writable(args.output, [args.data, args.fewshot_data])
+    row_keys = perplexity.ROW_KEYS if args.task == "perplexity" else loglik.ROW_KEYS
+    output.check_writable(args.output, [args.data, args.fewshot_data], row_keys)
   if args.task == "perplexity":
     texts = perplexity.read_texts(args.data)
     _note_limit(args, len(texts), "texts")

@@ -94,14 +94,18 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _read_json(path: pathlib.Path) -> Any:
   """The JSON value of a file; DataError for an unreadable file, malformed JSON or a key given twice
   in one object (a PMID twice: json would keep the last one, a silently changed question or label)."""
+  from heal_jax.data import check  # pylint: disable=import-outside-toplevel
   try:
-    return json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys)
+    value = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys)
   except FileNotFoundError:
     raise DataError(f"{path}: file not found") from None
   except _DuplicateKey as e:
     raise DataError(f"{path}: key {e} appears twice in one object; which one is meant?") from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DataError(f"{path}: not valid JSON ({e})") from None
+  if check.has_lone_surrogate(value):
+    raise DataError(f"{path}: {check.LONE_SURROGATE}")
+  return value
 
 
 def _pubmedqa_example(pmid: str, doc: Any, label: str, where: str, label_where: str | None = None) -> Example:
@@ -165,6 +169,8 @@ def iter_jsonl(path: str | pathlib.Path) -> Iterator[tuple[str, Any]]:
       value, reason = check.parse_json(line)
       if reason is not None:
         raise DataError(f"{path}:{lineno}: not valid JSON ({reason.removeprefix('malformed JSON: ')})")
+      if check.has_lone_surrogate(value):
+        raise DataError(f"{path}:{lineno}: {check.LONE_SURROGATE}")
       yield f"{path}:{lineno}", value
   except FileNotFoundError:
     raise DataError(f"{path}: file not found") from None
@@ -223,14 +229,16 @@ def subset(examples: list[Example], limit: int | None, seed: int = 0) -> list[Ex
 
 def fewshot_contexts(examples: Sequence[Example], pool: Sequence[Example], num_fewshot: int,
                      seed: int = 1234) -> list[str]:
-  """The prompt of each example with `num_fewshot` solved shots from `pool` in front (0: the query)."""
+  """The prompt of each example with `num_fewshot` solved shots from `pool` in front (0: the query).
+  A pool question whose prompt is the example's own is never its shot, whatever its id or line: a
+  shot would give away the answer."""
   if num_fewshot < 0:
     raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
   if num_fewshot == 0:
     return [ex.query for ex in examples]
   out = []
   for ex in examples:
-    candidates = [p for p in pool if not (p.id == ex.id and p.query == ex.query)]
+    candidates = [p for p in pool if p.query != ex.query]
     if len(candidates) < num_fewshot:
       raise ValueError(f"{num_fewshot} shots asked but the few-shot pool has {len(candidates)} questions")
     shots = random.Random(f"{seed}:{ex.id}").sample(candidates, num_fewshot)

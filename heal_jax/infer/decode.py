@@ -212,9 +212,16 @@ def cut_at_eos(tokens: Sequence[int], eos_id: int | None) -> list[int]:
   return tokens
 
 
-def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> str:
-  """`text` up to the earliest occurrence of any non-empty stop string."""
-  cut = min((i for i in (text.find(s) for s in stop_strings if s) if i >= 0), default=len(text))
+def truncate_at_stop(text: str, stop_strings: Sequence[str], prefix: str = "") -> str:
+  """`text` up to the earliest occurrence of any non-empty stop string in `prefix + text`, counting
+  only those that end inside `text`: `prefix` is the end of the prompt, so a stop string begun there
+  ("\n" of "...### Response:\n" and "### Instruction:" in the new text) cuts the text at 0."""
+  joined, cut = prefix + text, len(text)
+  for s in stop_strings:
+    if s:
+      i = joined.find(s, max(len(prefix) - len(s) + 1, 0))
+      if i >= 0:
+        cut = min(cut, max(i - len(prefix), 0))
   return text[:cut]
 
 

@@ -173,6 +173,7 @@ def generate_batches(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, plan: 
   context = cfg.max_position_embeddings
   width = width or max(len(batch) for batch in plan.batches)
   programs = {} if programs is None else programs
+  tail = max((len(s) for s in stop_strings), default=1) - 1  # characters of a prompt a stop string may begin in
   for b, (batch, size) in enumerate(zip(plan.batches, plan.sizes)):
     if b in skip:
       continue
@@ -187,7 +188,9 @@ def generate_batches(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, plan: 
     notes = []
     for i, tokens in zip(batch, new_tokens):  # each cut at EOS and at its room (decode's max_positions)
       text = tokenizer.decode(tokens)
-      stopped = decode.truncate_at_stop(text, stop_strings)
+      # A token is at least one character, or a byte of one: 4 tokens a character cover the tail.
+      prompt_end = tokenizer.decode(plan.prompts[i][-4 * tail:])[-tail:] if tail > 0 else ""
+      stopped = decode.truncate_at_stop(text, stop_strings, prompt_end)
       if stopped != text:
         ended = "stop_string"
       elif len(tokens) < plan.rooms[i]:

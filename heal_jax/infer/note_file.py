@@ -38,6 +38,7 @@ from heal_jax.checkpoint import fingerprint
 from heal_jax.checkpoint.restore import LoadedModel
 from heal_jax.data import templates
 from heal_jax.data.tokenizer import Tokenizer
+from heal_jax.eval import output as eval_output
 from heal_jax.eval import records
 from heal_jax.infer import generate
 from heal_jax.infer.sampling import Sampling
@@ -81,16 +82,7 @@ def check_output(output: pathlib.Path) -> None:
   progress) or an existing file that is not a notes file of this command (e.g. a checkpoint's manifest)."""
   if output.name.endswith(PARTIAL_SUFFIX):
     raise records.InputError(f"{output}: choose a name not ending in {PARTIAL_SUFFIX} (the name of a run's progress)")
-  if not output.is_file() or output.stat().st_size == 0:
-    return
-  with open(output, "rb") as f:
-    first = f.readline()
-  try:
-    row = json.loads(first)
-    ours = isinstance(row, dict) and all(key in row for key in _ROW_KEYS)
-  except (UnicodeDecodeError, json.JSONDecodeError):
-    ours = False
-  if not ours:
+  if not eval_output.is_rows_file(output, _ROW_KEYS):
     raise records.InputError(f"{output} exists and is not a notes file of heal-jax generate: remove it or choose "
                              "another --output")
 
