@@ -27,3 +27,16 @@ def test_without_an_array_name_the_outer_error_is_given_and_kept_errors_pass():
   with pytest.raises(KeyError):
     with errors.reading("W", "hint", keep=(KeyError,)):
       raise KeyError("mine")
+
+
+def test_a_checkpoint_path_that_is_missing_or_a_hugging_face_folder_is_named_as_such(tmp_path):
+  from heal_jax.checkpoint import restore  # pylint: disable=import-outside-toplevel
+  with pytest.raises(CheckpointError, match=f"^{tmp_path / 'none'}: no such file or directory$"):
+    restore.load_model(tmp_path / "none")
+  (tmp_path / "hf").mkdir()
+  (tmp_path / "hf" / "config.json").write_text("{}")
+  with pytest.raises(CheckpointError, match=r"hf: neither a converted checkpoint .* it looks like a Hugging Face "
+                                            r"checkpoint: convert it first \(heal-jax convert hf-to-orbax .*hf DIR\)$"):
+    restore.load_model(tmp_path / "hf")
+  with pytest.raises(CheckpointError, match=r"neither a converted checkpoint .*\(checkpoints/N\)$"):
+    restore.load_model(tmp_path)

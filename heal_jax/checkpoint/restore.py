@@ -130,5 +130,10 @@ def load_model(path: str | pathlib.Path, dtype: Any = None,
                                                               **cfg_overrides)
     tok = _tokenizer_dir(workdir, cfg)
     return LoadedModel(cfg, params, tok, _add_bos(tok), f"{workdir} step {step}", digest)
+  if not path.exists():
+    raise CheckpointError(f"{path}: no such file or directory")
+  hint = ""
+  if (path / "config.json").is_file():  # a Hugging Face model folder
+    hint = f"; it looks like a Hugging Face checkpoint: convert it first (heal-jax convert hf-to-orbax {path} DIR)"
   raise CheckpointError(f"{path}: neither a converted checkpoint ({params_store.MANIFEST}), a training work "
-                        f"directory ({WORKDIR_CHECKPOINTS}/) nor one of its steps ({WORKDIR_CHECKPOINTS}/N)")
+                        f"directory ({WORKDIR_CHECKPOINTS}/) nor one of its steps ({WORKDIR_CHECKPOINTS}/N){hint}")
