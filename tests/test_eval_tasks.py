@@ -135,14 +135,18 @@ def test_jsonl_lines_end_at_newlines_only_and_may_start_with_a_bom(tmp_path):
     list(tasks.iter_jsonl(path))
 
 
-def test_a_lone_surrogate_escape_is_named_not_passed_to_the_tokenizer(tmp_path):
+def test_a_lone_surrogate_escape_or_a_repeated_key_is_named(tmp_path):
   """JSON's \\ud800 escape makes a string that UTF-8 cannot hold; sentencepiece used to fail on it with a
-  traceback naming no file, after the model had loaded. A pair (an emoji) is text and stays."""
+  traceback naming no file, after the model had loaded. A pair (an emoji) is text and stays. A key
+  given twice in one object was read as its last value."""
   path = tmp_path / "rows.jsonl"
   path.write_text('{"text": "ok \\ud83d\\ude00"}\n{"text": "x \\ud800"}\n')
   with pytest.raises(tasks.DataError, match=f"{path}:2: a .* escape without its pair"):
     list(tasks.iter_jsonl(path))
   assert next(tasks.iter_jsonl(path)) == (f"{path}:1", {"text": "ok \U0001f600"})
+  path.write_text('{"text": "a", "meta": {"k": 1}}\n{"question": "q", "meta": {"k": 1, "k": 2}}\n')
+  with pytest.raises(tasks.DataError, match=f"{path}:2: key 'k' appears twice in one object"):
+    list(tasks.iter_jsonl(path))
   pub = tmp_path / "pub"
   pub.mkdir()
   (pub / "ori_pqal.json").write_text('{"1": {"QUESTION": "q \\udc00?", "CONTEXTS": ["c"], "final_decision": "yes"}}')

@@ -284,6 +284,10 @@ def test_cli_errors_name_the_id_file_and_line(tmp_path, capsys):
   assert f"{lone}:2: a \\ud800-\\udfff escape without its pair" in capsys.readouterr().err
   assert notes.main(["--predictions", str(lone), "--references", ref]) == 2
   assert f"{lone}:2: a \\ud800-\\udfff escape without its pair" in capsys.readouterr().err
+  twice = tmp_path / "twice.jsonl"  # json alone keeps the last "text"
+  twice.write_text('{"id": "a", "text": "x", "text": "y"}\n')
+  assert notes.main(["--predictions", str(twice), "--references", ref]) == 2
+  assert f"{twice}:1: key 'text' appears twice in one object" in capsys.readouterr().err
   bom = tmp_path / "bom.jsonl"  # as Windows tools save UTF-8
   bom.write_bytes(b"\xef\xbb\xbf" + b'{"id": "a", "text": "x"}\n')
   assert notes.read_jsonl(bom) == {"a": "x"}

@@ -241,6 +241,19 @@ def has_lone_surrogate(value: Any) -> bool:
   return False
 
 
+def repeated_key(text: str) -> str | None:
+  """The first key given twice in one object of the JSON `text` (json keeps the last silently), or None.
+  `text` must parse (see `parse_json`)."""
+  repeated: list[str] = []
+
+  def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in items]
+    repeated.extend(k for k in dict.fromkeys(keys) if keys.count(k) > 1)
+    return dict(items)
+  json.loads(text, object_pairs_hook=pairs)
+  return repeated[0] if repeated else None
+
+
 def parse_json(text: str) -> tuple[Any, str | None]:
   """(value, None), or (None, reason) for text that is not one JSON value: malformed, an integer
   past Python's 4300 digits, nesting deeper than the stack. A bad record, never a crash."""

@@ -171,6 +171,8 @@ def iter_jsonl(path: str | pathlib.Path) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{path}:{lineno}: not valid JSON ({reason.removeprefix('malformed JSON: ')})")
       if check.has_lone_surrogate(value):
         raise DataError(f"{path}:{lineno}: {check.LONE_SURROGATE}")
+      if (twice := check.repeated_key(line)) is not None:
+        raise DataError(f"{path}:{lineno}: key {twice!r} appears twice in one object; which one is meant?")
       yield f"{path}:{lineno}", value
   except FileNotFoundError:
     raise DataError(f"{path}: file not found") from None
