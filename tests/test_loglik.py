@@ -95,6 +95,14 @@ def test_harness_tokenization_rules():
   assert loglik.encode_pair(Chars(), "ab ", "c") == ([1, 97, 98], [32, 99])
   assert loglik.encode_pair(Chars(), "ab", " c", add_bos=False) == ([97, 98], [32, 99])
   assert loglik.encode_pair(Chars(), "", "c") == ([1], [99])
+
+  class Merging(Chars):  # "es" is one token (500) wherever it occurs: "ye" + "sx" splits inside it
+    def encode(self, text, add_bos=True, add_eos=False):
+      ids = super().encode(text.replace("es", "\x00"), add_bos, add_eos)
+      return [500 if i == 0 else i for i in ids]
+
+  # the harness reads the context encoded alone, then the whole encoding past its length
+  assert loglik.encode_pair(Merging(), "ye", "sx") == ([1, 121, 101], [120])
   w = loglik.harness_window([1, 2, 3, 4, 5], [6, 7], max_length=4)
   assert (w.inputs, w.targets, w.n_scored) == ((3, 4, 5, 6), (4, 5, 6, 7), 2)
   assert loglik.default_buckets(4096) == (128, 256, 512, 1024, 2048, 4096)

@@ -2,8 +2,9 @@
 
 Tokenization (the harness's `_encode_pair`):
   1. trailing whitespace of the context moves to the front of the continuation;
-  2. context+continuation is encoded as one text and the context alone is encoded too; the continuation's
-     tokens are the whole encoding after the first len(context encoding) tokens;
+  2. context+continuation is encoded as one text and the context alone is encoded too; the model reads
+     the context's own encoding followed by the whole encoding after its first len(context encoding)
+     tokens (the continuation), even where a token of the whole spans the boundary;
   3. BOS starts both encodings when `add_bos` (default: what the checkpoint's tokenizer_config asks for,
      `LoadedModel.add_bos`; LLaMA's says yes). An empty context is [BOS] alone, as the harness does.
   Encoding uses our sentencepiece `Tokenizer`, which gives the ids of the HF tokenizer the harness uses
@@ -72,8 +73,8 @@ def encode_pair(tokenizer: TokenizerLike, context: str, continuation: str,
     return [tokenizer.bos_id], list(tokenizer.encode(continuation, add_bos=False))
   context, continuation = split_trailing_space(context, continuation)
   whole = list(tokenizer.encode(context + continuation, add_bos=add_bos))
-  n_context = len(tokenizer.encode(context, add_bos=add_bos))
-  return whole[:n_context], whole[n_context:]
+  context_ids = list(tokenizer.encode(context, add_bos=add_bos))
+  return context_ids, whole[len(context_ids):]
 
 
 def harness_window(context_ids: Sequence[int], continuation_ids: Sequence[int], max_length: int) -> Window:
