@@ -156,7 +156,7 @@ def base_config() -> ml_collections.ConfigDict:
       global_batch=8,          # rows of seq_len per optimizer step, over all processes
       micro_steps=1,           # gradient accumulation: the global batch is split into this many
       z_loss=0.0,              # weight of the PaLM z-loss (0 = off)
-      max_bad_steps=5,         # halt after this many consecutive non-finite steps
+      max_bad_steps=5,         # halt after this many consecutive skipped steps (non-finite, or no target token)
       weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0,
   ))
   config.phase_order = ""      # comma-separated names of config.phases, run in this order

@@ -324,7 +324,7 @@ def run_section(run: RunData, out_dir: pathlib.Path) -> list[str]:
              ("training time (s)", _fmt(seconds, 1)), ("final train loss", _fmt(_last(run.train, "loss")))]
   skipped = _last(run.train, "skipped_steps")
   if skipped:
-    summary.append(("skipped steps (non-finite loss or gradient)", f"{skipped:.0f}"))
+    summary.append(("skipped steps (non-finite loss or gradient, or no target token)", f"{skipped:.0f}"))
   if run.train and len(run.train) > 1:
     summary.append(("wall-clock span of the log (s)", _fmt(run.train[-1]["time"] - run.train[0]["time"], 1)))
   lines += _table(["", "value"], summary)

@@ -147,7 +147,7 @@ def test_rows_of_an_attempt_a_restart_replaced_are_dropped(tmp_path):
   assert [(r["step"], r["loss"]) for r in train] == [(1, 5.0), (2, 4.0), (3, 3.0), (4, 2.5)] and evals == []
   text = report.build_report(workdir, tmp_path / "out").read_text()
   assert "| steps run | 4 of 8 |" in text and "| final train loss | 2.5000 |" in text
-  assert "| skipped steps (non-finite loss or gradient) | 2 |" in text
+  assert "| skipped steps (non-finite loss or gradient, or no target token) | 2 |" in text
 
 
 def test_a_missing_work_directory_is_an_error_that_writes_nothing(tmp_path, capsys):

@@ -152,3 +152,27 @@ def test_bfloat16_moments_keep_their_dtype_under_float32_step_numbers():
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(st.params))
   assert fn._cache_size() == 1  # pylint: disable=protected-access
   np.testing.assert_allclose(rates, [0.0, LR / 2, LR], rtol=1e-6)
+
+
+def test_a_batch_without_target_tokens_changes_nothing_but_the_counters():
+  """Every token masked (instruction examples whose responses lie past seq_len): the step used to apply
+  AdamW on zero gradients, so weight decay (0.5 here) shrank every weight and the moments decayed. Now
+  parameters and optimizer state stay bit for bit, and the step is counted as skipped; a good step
+  after it resets the streak."""
+  model = hf_reference.hf_llama(0)
+  cfg = hf_reference.our_config(model)
+  params = jax.tree.map(jnp.asarray, _params(model, cfg))
+  spec = optimizer.OptimizerSpec(peak_lr=LR, steps=10, schedule="constant", weight_decay=WEIGHT_DECAY, eps=EPS)
+  hp = optimizer.hyperparams(spec)
+  fn = jax.jit(functools.partial(step.train_step, cfg=cfg, micro_steps=1, z_loss=0.0, num_sources=2))
+  st = state_lib.new_state(params, optimizer.make_optimizer(hp), jax.random.PRNGKey(0))
+  st, _ = fn(st, jax.tree.map(jnp.asarray, _batch(cfg.vocab_size, seed=0)), hp)  # moments now non-zero
+  empty = {**_batch(cfg.vocab_size, seed=1)}
+  empty["loss_mask"] = np.zeros_like(empty["loss_mask"])
+  after, m = fn(st, jax.tree.map(jnp.asarray, empty), hp)
+  assert float(m["tokens"]) == 0 and bool(m["finite"])
+  for a, b in zip(jax.tree.leaves((st.params, st.opt_state)), jax.tree.leaves((after.params, after.opt_state))):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  assert (int(after.step), int(after.skipped), int(after.bad_streak)) == (2, 1, 1)
+  after, _ = fn(after, jax.tree.map(jnp.asarray, _batch(cfg.vocab_size, seed=2)), hp)
+  assert (int(after.step), int(after.skipped), int(after.bad_streak)) == (3, 1, 0)

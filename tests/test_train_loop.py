@@ -230,7 +230,9 @@ def test_non_finite_steps_are_skipped_counted_and_halt_the_run(data_root, tmp_pa
   assert cli.main(["train", "--config", str(train_helpers.TINY), "--workdir", str(tmp_path / "bad"),
                    *train_helpers.overrides(data_root, 10, (f"--config.init_from={tmp_path / 'nan'}",
                                                             "--config.train.max_bad_steps=3"))]) == 3
-  assert "heal-jax: training halted: 3 consecutive steps with a non-finite" in capsys.readouterr().err
+  captured = capsys.readouterr()
+  assert "heal-jax: training halted: 3 consecutive steps with a non-finite" in captured.err
+  assert "skipped 3 (non-finite or no target token)" in captured.out + captured.err  # on the progress line
   rows = [r for r in train_helpers.losses(tmp_path / "bad").items()]
   assert rows and all(loss is None for _, loss in rows)  # no finite step to average: null (strict JSON)
   import json  # pylint: disable=import-outside-toplevel

@@ -36,7 +36,7 @@ class Process0Failed(RuntimeError):
 
 
 class TrainingHalted(RuntimeError):
-  """Too many consecutive non-finite steps; the newest checkpoint is the last good state."""
+  """Too many consecutive skipped steps (non-finite, or no target token); the newest checkpoint is the last good state."""
 
 
 def _global_batch(local: dict[str, np.ndarray], sharding, global_rows: int) -> dict[str, jax.Array]:
@@ -248,6 +248,7 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
                        f"{host['learning_rate']:.2e} gnorm {scalars['grad_norm']:.3f} "
                        f"{rows_tokens / dt:,.0f} tok/s fill {scalars['fill']:.0%}" +
                        (f" mfu {scalars['mfu']:.1%}" if peak else "") +
+                       (f" skipped {int(host['skipped'])} (non-finite or no target token)" if host["skipped"] else "") +
                        f" eta {eta}")
         t_last, last_logged = time.time(), done
         _check_streak(host, config.train.max_bad_steps)  # after logging, so the skipped steps are on record
@@ -320,8 +321,8 @@ def _eval_row_missing(workdir: pathlib.Path, step: int) -> bool:
 def _check_streak(metrics: dict[str, Any], limit: int) -> None:
   streak = int(jax.device_get(metrics["bad_streak"]))
   if streak >= limit:
-    raise TrainingHalted(f"{streak} consecutive steps with a non-finite loss or gradient (train.max_bad_steps="
-                         f"{limit}); halting. The newest checkpoint holds the last good state.")
+    raise TrainingHalted(f"{streak} consecutive steps with a non-finite loss or gradient, or with no target token "
+                         f"(train.max_bad_steps={limit}); halting. The newest checkpoint holds the last good state.")
 
 
 def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ class TrainState:
   params: fp32 master parameters (unboxed tree of the model).
   opt_state: the phase's optax state (reset at every phase start).
   rng: uint32 [2] PRNG key data, split every step.
-  skipped: int32 [], steps skipped for a non-finite loss or gradient in the whole run.
+  skipped: int32 [], steps skipped in the whole run (a non-finite loss or gradient, or no target token).
   bad_streak: int32 [], consecutive skipped steps up to now (0 after a good step).
   """
   step: jax.Array

@@ -77,8 +77,10 @@ def train_step(state: TrainState, batch: Batch, hp: dict[str, jax.Array], *, cfg
   loss_mask, source). The loss is the mean NLL over every target token of the global batch. `hp` are
   the phase's optimizer numbers (`optimizer.hyperparams`), AdamW's and the schedule's.
 
-  A step whose loss or gradient norm is not finite changes nothing but the counters (skipped,
-  bad_streak); the caller halts after too long a streak. `packed=False` promises one document per
+  A step whose loss or gradient norm is not finite, or whose batch has no target token (every token
+  masked, e.g. instruction examples whose responses lie past seq_len), changes nothing but the
+  counters (skipped, bad_streak): AdamW would still decay the weights and moments on zero gradients.
+  The caller halts after too long a streak. `packed=False` promises one document per
   row (benchmarks of the 'cudnn' attention path).
   """
   stats, grad_sums = loss_and_grads(state.params, batch, cfg, micro_steps, z_loss, num_sources, packed)
@@ -87,17 +89,18 @@ def train_step(state: TrainState, batch: Batch, hp: dict[str, jax.Array], *, cfg
   grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)))
   loss = (stats["nll_sum"] + stats["z_sum"]) / denom
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  good = finite & (stats["tokens"] > 0)
   updates, new_opt_state = optimizer_lib.make_optimizer(hp).update(grads, state.opt_state, state.params)
   # float32 numbers in `hp` would promote moments of lower precision: each keeps its dtype
   new_opt_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_opt_state, state.opt_state)
   new_params = optax.apply_updates(state.params, updates)
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(good, a, b), new, old)
   new_state = state.replace(
       step=state.step + 1,
       params=keep(new_params, state.params), opt_state=keep(new_opt_state, state.opt_state),
       rng=jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0]),
-      skipped=state.skipped + (~finite).astype(jnp.int32),
-      bad_streak=jnp.where(finite, 0, state.bad_streak + 1))
+      skipped=state.skipped + (~good).astype(jnp.int32),
+      bad_streak=jnp.where(good, 0, state.bad_streak + 1))
   metrics = {"loss": stats["nll_sum"] / denom, "z_loss": stats["z_sum"] / denom, "grad_norm": grad_norm,
              "nll_sum": stats["nll_sum"], "z_sum": stats["z_sum"], "tokens": stats["tokens"], "finite": finite, "skipped": new_state.skipped,
              "bad_streak": new_state.bad_streak, "source_nll_S": stats["source_nll_S"],
