@@ -15,8 +15,8 @@ def _cfg(**kw):
 
 
 def test_order_config_slurm_environment_single():
-  env = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_PROCID": "2",
-         "HEAL_COORDINATOR_ADDRESS": "h:1", "HEAL_NUM_PROCESSES": "2", "HEAL_PROCESS_ID": "1"}
+  env = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_PROCID": "2", "SLURM_LOCALID": "0",
+         "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_STEP_NUM_NODES": "2", "HEAL_COORDINATOR_ADDRESS": "h:1", "HEAL_NUM_PROCESSES": "2", "HEAL_PROCESS_ID": "1"}
   topo = distributed.detect(_cfg(coordinator_address="c:9", num_processes=3, process_id=0), env)
   assert (topo.source, topo.coordinator_address, topo.num_processes, topo.process_id) == ("config", "c:9", 3, 0)
   topo = distributed.detect(_cfg(), env)
@@ -28,6 +28,18 @@ def test_order_config_slurm_environment_single():
   assert topo.source == "environment" and topo.coordinator_address == "j:2"
   assert distributed.detect(_cfg(), {}).source == "single process"
   assert distributed.detect(_cfg(), {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}).source == "single process"
+
+
+def test_a_slurm_allocation_outside_an_srun_step_is_named():
+  """SLURM_JOB_ID and SLURM_NTASKS without the step's variables (an salloc shell): jax's SLURM
+  detection failed with a traceback ending in KeyError: 'SLURM_STEP_NODELIST'."""
+  with pytest.raises(ValueError, match=r"SLURM_NTASKS=2 are set but SLURM_PROCID, SLURM_LOCALID, SLURM_STEP_NODELIST, "
+                                       r"SLURM_STEP_NUM_NODES not: .* launch it with srun"):
+    distributed.detect(_cfg(), {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "2"})
+  step = {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "two", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+          "SLURM_STEP_NODELIST": "n1", "SLURM_STEP_NUM_NODES": "1"}
+  with pytest.raises(ValueError, match="SLURM_NTASKS='two' and SLURM_PROCID='0' must be whole numbers"):
+    distributed.detect(_cfg(), step)
 
 
 def test_bad_topologies_name_the_setting():

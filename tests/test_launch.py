@@ -91,3 +91,27 @@ def test_local_gpu_mode_sets_the_memory_fraction_under_one_name_only():
   assert "[0] XLA_PYTHON_CLIENT_MEM_FRACTION=0.8" in old and "XLA_CLIENT_MEM_FRACTION" not in old
   sbatch = (REPO / "launch" / "slurm.sbatch").read_text()
   assert 'if [[ -z "${XLA_PYTHON_CLIENT_MEM_FRACTION:-}" ]]; then\n  export XLA_CLIENT_MEM_FRACTION=' in sbatch
+
+
+def test_slurm_script_checks_its_setting_before_writing_anything(tmp_path):
+  """Run outside sbatch it used to make WORKDIR and then fail on 'SLURM_JOB_ID: unbound variable';
+  GPUS_PER_NODE=abc failed as 'abc: unbound variable'; a missing CONFIG reached every node."""
+  sbatch = str(REPO / "launch" / "slurm.sbatch")
+  env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+  env.update(WORKDIR=str(tmp_path / "w"), SLURM_SUBMIT_DIR=str(REPO))
+  cases = (({}, "submit this script with sbatch (SLURM_JOB_ID is not set)"),
+           ({"SLURM_JOB_ID": "5", "GPUS_PER_NODE": "abc"}, "GPUS_PER_NODE=abc is not a whole number of GPUs >= 1"),
+           ({"SLURM_JOB_ID": "5", "CONFIG": "configs/nope.py"}, "CONFIG=configs/nope.py: no such file"))
+  for extra, message in cases:
+    out = subprocess.run(["bash", sbatch], env={**env, **extra}, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and message in out.stderr, (extra, out.returncode, out.stderr)
+    assert not (tmp_path / "w").exists()
+  # With the settings right it goes on to srun (a stub that prints a finished run's summary).
+  (tmp_path / "bin").mkdir()
+  (tmp_path / "bin" / "srun").write_text('#!/bin/bash\necho "$@" >&2\necho \'{"status": "done"}\'\n')
+  (tmp_path / "bin" / "srun").chmod(0o755)
+  ok = {**env, "SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n1", "SLURM_NNODES": "1",
+        "PATH": f"{tmp_path / 'bin'}:{env['PATH']}"}
+  out = subprocess.run(["bash", sbatch, "--config.seed=1"], env=ok, capture_output=True, text=True, timeout=30)
+  assert out.returncode == 0, out.stderr
+  assert "heal-jax train --config configs/heal_13b.py --workdir" in out.stderr and "--config.seed=1" in out.stderr

@@ -61,8 +61,20 @@ def detect(config_distributed: Any, env: Mapping[str, str] | None = None) -> Top
       raise ValueError(f"config.distributed: process_id={d.process_id} num_processes={d.num_processes} "
                        "do not describe a process of the job")
     return Topology(d.coordinator_address, d.num_processes, d.process_id, "config")
-  if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1")) > 1:
-    return Topology(None, int(env["SLURM_NTASKS"]), int(env.get("SLURM_PROCID", "0")), "slurm")
+  if env.get("SLURM_JOB_ID") and env.get("SLURM_NTASKS", "1").strip() not in ("", "0", "1"):
+    # what jax's SLURM detection reads: only a task of an srun step has them all
+    missing = [k for k in ("SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NODELIST",
+                           "SLURM_STEP_NUM_NODES") if not env.get(k, "").strip()]
+    if missing:
+      raise ValueError(f"SLURM_JOB_ID and SLURM_NTASKS={env['SLURM_NTASKS']} are set but {', '.join(missing)} "
+                       "not: this process is not a task of an srun step (an salloc shell?); launch it with srun "
+                       "(launch/slurm.sbatch does), or unset SLURM_NTASKS to train in one process")
+    try:
+      n, pid = int(env["SLURM_NTASKS"]), int(env["SLURM_PROCID"])
+    except ValueError:
+      raise ValueError(f"SLURM_NTASKS={env['SLURM_NTASKS']!r} and SLURM_PROCID={env['SLURM_PROCID']!r} must be "
+                       "whole numbers") from None
+    return Topology(None, n, pid, "slurm")
   for prefix in ("HEAL_", "JAX_"):
     addr = env.get(f"{prefix}COORDINATOR_ADDRESS")
     if not addr and env.get(f"{prefix}NUM_PROCESSES", "1").strip() not in ("", "0", "1"):
