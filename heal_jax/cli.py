@@ -73,6 +73,12 @@ def _data_synth(args: argparse.Namespace, overrides: list[str]) -> int:
 def _data_train_tokenizer(args: argparse.Namespace, overrides: list[str]) -> int:
   _no_overrides(overrides)
   from heal_jax.data import tokenizer  # pylint: disable=import-outside-toplevel
+  if args.out.exists() and not args.out.is_dir():
+    raise ValueError(f"--out {args.out}: a file, not a directory")
+  written = (tokenizer.MODEL_FILE, "tokenizer_config.json", "special_tokens_map.json")
+  present = [name for name in written if (args.out / name).exists()]
+  if present and not args.overwrite:  # checked before training, which can take hours on a real corpus
+    raise ValueError(f"--out {args.out} already holds {', '.join(present)}; pass --overwrite to replace them")
   tok = tokenizer.train_tokenizer(args.inputs, args.out, vocab_size=args.vocab_size)
   print(json.dumps({"out": str(args.out), "vocab_size": tok.vocab_size}))
   return 0
@@ -202,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
   tok.add_argument("--vocab-size", type=int, default=32000,
                    help="pieces asked for (default 32000, LLaMA's); a small corpus yields fewer, and the "
                         "printed vocab_size says how many")
+  tok.add_argument("--overwrite", action="store_true", help="replace a tokenizer already in --out")
   tok.set_defaults(handler=_data_train_tokenizer)
   evaluate = sub.add_parser("eval", help="score checkpoints and notes")
   esub = evaluate.add_subparsers(dest="eval_task", required=True)

@@ -119,6 +119,15 @@ def test_train_tokenizer_then_init_a_checkpoint_that_carries_it(tmp_path, capsys
   assert (sp.vocab_size(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (400, 0, 1, 2)  # LLaMA's special ids
   sample = "No chest pain. Takes lisinopril 20 mg daily."
   assert sp.decode(sp.encode(sample)) == sample
+  # an existing tokenizer is replaced only with --overwrite (it used to be replaced silently)
+  before = (tmp_path / "tok" / "tokenizer.model").read_bytes()
+  again = ["data", "train-tokenizer", str(text), "--out", str(tmp_path / "tok"), "--vocab-size", "300"]
+  assert cli.main(again) == 2
+  assert (f"--out {tmp_path / 'tok'} already holds tokenizer.model, tokenizer_config.json, special_tokens_map.json; "
+          "pass --overwrite") in capsys.readouterr().err
+  assert (tmp_path / "tok" / "tokenizer.model").read_bytes() == before
+  assert cli.main(["data", "train-tokenizer", str(text), "--out", str(text)]) == 2
+  assert "a file, not a directory" in capsys.readouterr().err
 
   overrides = ["--config.model.vocab_size=400", "--config.model.num_layers=1", "--config.seed=5"]
   for out in ("a", "b"):
