@@ -65,6 +65,18 @@ def test_a_missing_data_file_or_tokenizer_fails_before_the_work_directory_is_tou
   assert not (tmp_path / "w").exists()
 
 
+def test_a_malformed_source_line_leaves_no_metrics_behind(data_root, tmp_path):
+  """Found when the data are read (after the lock): metrics.jsonl and tensorboard/ used to be written
+  first. The error names the file and line."""
+  bad = tmp_path / "general.jsonl"
+  lines = (data_root / "corpus" / "general.jsonl").read_text().splitlines()
+  bad.write_text("\n".join(lines[:3] + ['{"text": "cut'] + lines[3:]) + "\n")
+  config = train_helpers.load(data_root, 2, (f"--config.data.sources.general.paths={bad}",))
+  with pytest.raises(ValueError, match=f"{bad}:4"):
+    loop.train(config, tmp_path / "w")
+  assert not (tmp_path / "w" / "metrics.jsonl").exists() and not (tmp_path / "w" / "tensorboard").exists()
+
+
 @pytest.mark.parametrize("size", ["7b", "13b", "70b"])
 def test_a_llama2_preset_builds_its_phases_and_names_the_paths_to_give(tmp_path, size):
   """`plan` builds the phases from the preset's one source; `train` asks for its files by key."""

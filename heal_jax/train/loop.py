@@ -398,12 +398,14 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
                   mesh: Any, tasks: dict[str, list]) -> dict[str, Any]:
   """`train` once the work directory is this run's."""
   primary = jax.process_index() == 0
-  writer = metrics_lib.MetricWriter(workdir, primary)
+  log = lambda line: print(f"[train] {line}", file=sys.stderr, flush=True) if primary else None
   def bootstrap():
-    mixture.bootstrap(config, workdir, writer.log)
+    mixture.bootstrap(config, workdir, log)
     mixture.keep_tokenizer(config, workdir, checkpointing.has_completed_step(workdir))
   _on_process_0("prepare the work directory (bundled corpus, tokenizer)", bootstrap)
   data = mixture.load(config, workdir, config.eval.holdout_examples)
+  # After the data are read: a bad source line or an empty source leaves no metrics.jsonl or tensorboard/.
+  writer = metrics_lib.MetricWriter(workdir, primary)
   if data.online_seconds is not None:
     writer.log(f"sources read, normalised and deduplicated online in {data.online_seconds:.1f} s (at every start, "
                "on every process; `heal-jax data prepare` does it once)")
