@@ -271,7 +271,9 @@ def test_main_prints_json_and_returns_exit_codes(tmp_path, capsys):
   assert check.main([str(empty), "--kind", "document"]) == 1
   assert capsys.readouterr().err == f"error: {empty}: no records (the file is empty or holds only blank lines)\n"
   assert check.main([str(tmp_path / "missing.jsonl"), "--kind", "document"]) == 2
-  assert "error:" in capsys.readouterr().err
+  assert capsys.readouterr().err == f"error: {tmp_path / 'missing.jsonl'}: no such file\n"
+  assert check.main([str(tmp_path), "--kind", "document"]) == 2  # used to be "cannot tell the format"
+  assert capsys.readouterr().err == f"error: {tmp_path}: a directory, not a file (give its files, e.g. {tmp_path}/*.jsonl)\n"
 
 
 def test_several_files_are_each_checked_and_summed(tmp_path, capsys):
@@ -337,6 +339,7 @@ def test_conversations_without_recognised_turns_are_reported(tmp_path, capsys):
     ('{"text": "Mrs Jones, 54, reports chest pain since Monday, worse on exertion"}', "the first line is JSON"),
     ("Patient reports chest pain since Monday, worse on exertion, no fever, took aspirin this morning",
      "the first line does not look like a CSV header"),
+    ("Patient chest pain since Monday;Jones", "(semicolon-separated? this reader takes commas)"),
 ])
 def test_a_file_that_is_not_csv_is_named_without_its_text(tmp_path, first_line, message):
   """Read as CSV, a JSON or text file's first line is no header: the error gives its shape, never its

@@ -312,8 +312,10 @@ def _describe_header(header: list[str]) -> str:
     return "the first line is JSON, not a CSV header: is this a JSON Lines file (format jsonl)?"
   if len(header) <= 100 and all(_COLUMN_NAME.match(name) and len(name.split()) <= 4 for name in header):
     return f"header: {', '.join(header)}"
+  delimiter = next((f" ({name}-separated? this reader takes commas)" for d, name in ((";", "semicolon"), ("\t", "tab"))
+                    if len(header) == 1 and header[0].count(d) >= 1), "")
   return (f"the first line does not look like a CSV header: {len(header)} field(s), the longest "
-          f"{max(len(name) for name in header)} characters (not shown: it may be a record's text)")
+          f"{max(len(name) for name in header)} characters (not shown: it may be a record's text){delimiter}")
 
 
 def _iter_csv(path, kind, columns):
@@ -442,6 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   status = 0
   for path in args.path:
     try:
+      if path.is_dir():
+        raise ValueError(f"{path}: a directory, not a file (give its files, e.g. {path}/*.jsonl)")
+      if not path.exists():
+        raise ValueError(f"{path}: no such file")
       reports[str(path)] = check_file(path, args.kind, args.fmt, args.fields)
     except (OSError, ValueError, ImportError) as e:
       print(f"error: {e}", file=sys.stderr)
