@@ -174,6 +174,23 @@ def test_failure_leaves_nothing_and_overwrite(corpus, tmp_path):
   assert len(prepare.open_prepared(out, "z")) == SIZES["medical"]
 
 
+def test_a_file_bad_as_a_whole_or_an_empty_source_fails_before_any_source_is_processed(corpus, tmp_path):
+  """Sources are processed in name order; a later source's CSV without its column, or one with no
+  record at all, used to fail only after the earlier ones had been tokenized and written."""
+  corpus_dir, tok_dir = corpus
+  (tmp_path / "notes.csv").write_text("id,dialogue\n1,hello\n", encoding="utf-8")
+  (tmp_path / "empty.jsonl").write_text("\n\n", encoding="utf-8")
+  for z, message in ((("notes.csv", "conversation"), r"notes.csv:1: CSV missing columns: conversation, note"),
+                     (("empty.jsonl", "document"), r"data.sources.z: no records in .*empty.jsonl \(empty files")):
+    config = _config(tok_dir, a=(str(corpus_dir / "general.jsonl"), "document", 1.0),
+                     z=(str(tmp_path / z[0]), z[1], 1.0))
+    logged = []
+    with pytest.raises(prepare.DataError, match=message):
+      prepare.prepare(config, tmp_path / "out", log=logged.append)
+    assert not any(line.startswith("prepared a") for line in logged), logged
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_with_workdir_and_overrides(corpus, tmp_path, capsys):
   corpus_dir, tok_dir = corpus
   rc = prepare.main(["--config", "configs/tiny.py", "--workdir", str(corpus_dir.parent),

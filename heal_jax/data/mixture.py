@@ -160,6 +160,7 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
       deduplicator = dedup.Deduplicator.from_config(config.data.dedup)
     except ValueError as e:
       raise sources_lib.DataError(str(e)) from None
+    sources_lib.check_openings(srcs)
   for src in srcs:
     if prepared is not None:
       ds = prepare.open_prepared(prepared, src.name)

@@ -148,6 +148,7 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
     deduplicator = dedup.Deduplicator.from_config(data.dedup)
   except ValueError as e:
     raise DataError(str(e)) from None
+  sources.check_openings(source_list)
 
   with atomic_dir.staged(out) as partial:
     per_source = {}

@@ -11,7 +11,7 @@ arrayrecord the 1-based record number, for tfds "DIR[SPLIT]#INDEX").
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 import dataclasses
 import glob
 import math
@@ -274,23 +274,49 @@ def iter_records(source: Source) -> Iterator[tuple[str, Record | None, str | Non
     yield from _iter_tfds(source)
     return
   for path in files(source):
-    fmt = _file_format(source, path)
-    try:
-      if fmt == "arrayrecord":
-        rows = _iter_arrayrecord(path, source)
-      else:
-        rows = check.iter_records(path, source.kind, fmt, source.fields)
-      for line, record, reason in rows:
-        yield f"{path}:{line}", record, reason
-    except (OSError, ImportError, RuntimeError) as e:
-      raise DataError(f"{path}: cannot read (source {source.name}): {e}") from e
-    except check.FileError as e:
-      raise DataError(f"{e} (source {source.name}; a problem with the whole file, which"
-                      " data.on_error=skip cannot skip)") from e
-    except ValueError as e:
-      if isinstance(e, DataError):
-        raise
-      raise DataError(f"{path}: {e} (source {source.name})") from e
+    yield from _file_records(source, path)
+
+
+def check_openings(source_list: Sequence[Source]) -> None:
+  """Reads the first record of every file of every source (a CSV's header, the start of a compressed
+  stream): DataError for a file that cannot be read as a whole, or a source whose files hold no
+  record, before any source is processed (they are processed in name order, which can take hours)."""
+  for source in source_list:
+    if source.format == "tfds":
+      continue
+    paths = files(source)
+    if not any([_has_a_record(source, path) for path in paths]):  # a list: every file is opened
+      raise DataError(f"data.sources.{source.name}: no records in {', '.join(map(str, paths[:3]))}"
+                      f"{', ...' if len(paths) > 3 else ''} (empty files, or blank lines only)")
+
+
+def _has_a_record(source: Source, path: pathlib.Path) -> bool:
+  records = _file_records(source, path)
+  try:
+    return next(records, None) is not None
+  finally:
+    records.close()
+
+
+def _file_records(source: Source, path: pathlib.Path) -> Iterator[tuple[str, Record | None, str | None]]:
+  """The records of one file of `source`, as `iter_records` gives them."""
+  fmt = _file_format(source, path)
+  try:
+    if fmt == "arrayrecord":
+      rows = _iter_arrayrecord(path, source)
+    else:
+      rows = check.iter_records(path, source.kind, fmt, source.fields)
+    for line, record, reason in rows:
+      yield f"{path}:{line}", record, reason
+  except (OSError, ImportError, RuntimeError) as e:
+    raise DataError(f"{path}: cannot read (source {source.name}): {e}") from e
+  except check.FileError as e:
+    raise DataError(f"{e} (source {source.name}; a problem with the whole file, which"
+                    " data.on_error=skip cannot skip)") from e
+  except ValueError as e:
+    if isinstance(e, DataError):
+      raise
+    raise DataError(f"{path}: {e} (source {source.name})") from e
 
 
 def valid_records(source: Source, on_error: str, counts: dict[str, int],
