@@ -77,6 +77,33 @@ def test_a_malformed_source_line_leaves_no_metrics_behind(data_root, tmp_path):
   assert not (tmp_path / "w" / "metrics.jsonl").exists() and not (tmp_path / "w" / "tensorboard").exists()
 
 
+def test_an_init_from_hf_folder_whose_weights_do_not_fit_is_refused_before_the_work_directory(data_root, tmp_path):
+  """Its weight headers are read up front (no tensor data): a missing tensor, a truncated file or a
+  layer count other than the run's used to fail after the lock, metrics.jsonl and checkpoints/."""
+  from heal_jax.checkpoint import hf_convert, random_init  # pylint: disable=import-outside-toplevel
+  from tests import hf_files  # pylint: disable=import-outside-toplevel
+  config = train_helpers.load(data_root, 2)
+  random_init.write_random_checkpoint(config_lib.model_config(config), tmp_path / "ck", seed=0)
+  hf = tmp_path / "hf"
+  hf_convert.orbax_to_hf(tmp_path / "ck", hf)
+  config = train_helpers.load(data_root, 2, (f"--config.init_from={hf}",))
+  hf_files.edit_config(hf, num_hidden_layers=3)  # the config says 3 layers, the weights hold 2
+  with pytest.raises(ValueError, match="missing tensor model.layers.2.input_layernorm.weight"):
+    loop.train(config, tmp_path / "w")
+  hf_files.edit_config(hf, num_hidden_layers=2, rms_norm_eps=1e-6)
+  with pytest.raises(ValueError, match="was trained with rms_norm_eps=1e-06, but config.model.rms_norm_eps is 1e-05"):
+    loop.train(config, tmp_path / "w")
+  hf_files.edit_config(hf, rms_norm_eps=1e-5)
+  hf_files.rewrite_single_file(hf, lambda arrays: arrays.pop("model.layers.1.mlp.up_proj.weight"))
+  with pytest.raises(ValueError, match="missing tensor model.layers.1.mlp.up_proj.weight"):
+    loop.train(config, tmp_path / "w")
+  data = (hf / "model.safetensors").read_bytes()
+  (hf / "model.safetensors").write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match="model.safetensors"):
+    loop.train(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("size", ["7b", "13b", "70b"])
 def test_a_llama2_preset_builds_its_phases_and_names_the_paths_to_give(tmp_path, size):
   """`plan` builds the phases from the preset's one source; `train` asks for its files by key."""

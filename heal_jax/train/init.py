@@ -178,10 +178,13 @@ def _source_kind(path: pathlib.Path) -> str | None:
   return None
 
 
-def check_source(init_from: str) -> None:
+def check_source(init_from: str, cfg: ModelConfig | None = None) -> None:
   """config.init_from, checked before a run locks or reads anything: "" or a directory that is an HF
   checkpoint (config.json), a converted one (heal_checkpoint.json), a work directory or one of its
-  steps. ValueError naming the key (whether its tensors fit the run is checked when they are read)."""
+  steps. With the run's model `cfg`, an HF checkpoint's weight headers (names, shapes, dtypes,
+  truncation) and an HF or converted checkpoint's model config are checked against it too, reading
+  no tensor data. ValueError naming the key or tensor (a work directory's tensors are checked when
+  they are read)."""
   if not init_from:
     return
   from heal_jax.checkpoint import params_store, restore  # pylint: disable=import-outside-toplevel
@@ -192,6 +195,15 @@ def check_source(init_from: str) -> None:
     raise ValueError(f"config.init_from={init_from!r} is neither an HF checkpoint (config.json), a converted "
                      f"checkpoint ({params_store.MANIFEST}), a work directory ({restore.WORKDIR_CHECKPOINTS}/) nor "
                      f"one of its steps")
+  if cfg is None:
+    return
+  if _source_kind(path) == "hf":
+    from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
+    ckpt = hf_convert.open_hf(path)
+    hf_convert.validate(ckpt)
+    check_compatible(cfg, ckpt.cfg, str(path))
+  elif _source_kind(path) == "checkpoint":
+    check_compatible(cfg, params_store.model_config(path), str(path))
 
 
 def initial_params(init_from: str, cfg: ModelConfig, shardings: Any, seed: int) -> tuple[Any, str]:

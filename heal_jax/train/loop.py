@@ -336,10 +336,10 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   sources.check_config(config, workdir)
   mixture.check_before_writing(config, workdir)
   done = (workdir_restore.completed_steps(workdir) or [0])[-1]
-  if not done:  # (a resume reads its own checkpoint: the weights it started from may be gone by now)
-    init_lib.check_source(config.init_from)
-  phases = phases_lib.from_config(config)
   base_cfg = config_lib.model_config(config)
+  if not done:  # (a resume reads its own checkpoint: the weights it started from may be gone by now)
+    init_lib.check_source(config.init_from, base_cfg)
+  phases = phases_lib.from_config(config)
   mesh = setup.make_mesh(config, devices)
   for phase in phases:
     if phase.end > done:  # a finished phase may have used another device count
