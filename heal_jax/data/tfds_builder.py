@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 import contextlib
+import io
 import json
 import pathlib
-import sys
 import tempfile
 
 import numpy as np
@@ -67,9 +67,10 @@ def write(examples: Iterable[Mapping[str, np.ndarray]], data_dir: str | pathlib.
   data_dir = pathlib.Path(data_dir)
   builder = HealPrepared(examples=examples, description=description, data_dir=str(data_dir),
                          file_format="array_record")
-  # TFDS prints its progress lines to stdout; keep stdout for the command's JSON report.
+  # TFDS prints "Downloading and preparing dataset ..." to stdout, which holds the command's JSON report;
+  # nothing is downloaded, and `data prepare` logs its own counts: dropped.
   with tempfile.TemporaryDirectory(dir=data_dir.parent, prefix=".tfds-downloads-") as downloads, \
-      contextlib.redirect_stdout(sys.stderr):
+      contextlib.redirect_stdout(io.StringIO()):
     builder.download_and_prepare(download_dir=downloads)
   return pathlib.Path(str(builder.data_dir))
 

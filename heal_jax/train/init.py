@@ -183,7 +183,7 @@ def check_source(init_from: str, cfg: ModelConfig | None = None) -> None:
   checkpoint (config.json), a converted one (heal_checkpoint.json), a work directory or one of its
   steps. With the run's model `cfg`, an HF checkpoint's weight headers (names, shapes, dtypes,
   truncation) and an HF or converted checkpoint's model config are checked against it too, reading
-  no tensor data. ValueError naming the key or tensor (a work directory's tensors are checked when
+  no tensor data (but a tied lm_head copy, compared with the embedding). ValueError naming the key or tensor (a work directory's tensors are checked when
   they are read)."""
   if not init_from:
     return
