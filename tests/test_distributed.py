@@ -40,6 +40,9 @@ def test_a_slurm_allocation_outside_an_srun_step_is_named():
           "SLURM_STEP_NODELIST": "n1", "SLURM_STEP_NUM_NODES": "1"}
   with pytest.raises(ValueError, match="SLURM_NTASKS='two' and SLURM_PROCID='0' must be whole numbers"):
     distributed.detect(_cfg(), step)
+  for ntasks, procid in (("2", "3"), ("-2", "0")):
+    with pytest.raises(ValueError, match=f"SLURM_PROCID={procid} with SLURM_NTASKS={ntasks} is not a task of the job"):
+      distributed.detect(_cfg(), {**step, "SLURM_NTASKS": ntasks, "SLURM_PROCID": procid})
 
 
 def test_bad_topologies_name_the_setting():

@@ -144,6 +144,9 @@ def test_a_lone_surrogate_escape_or_a_repeated_key_is_named(tmp_path):
   with pytest.raises(tasks.DataError, match=f"{path}:2: a .* escape without its pair"):
     list(tasks.iter_jsonl(path))
   assert next(tasks.iter_jsonl(path)) == (f"{path}:1", {"text": "ok \U0001f600"})
+  deep = '{"text": "a", "meta": ' + "[" * 900 + "]" * 900 + "}"  # deeper than a recursive walk could go
+  path.write_text(deep + "\n")
+  assert next(tasks.iter_jsonl(path))[1]["text"] == "a"
   path.write_text('{"text": "a", "meta": {"k": 1}}\n{"question": "q", "meta": {"k": 1, "k": 2}}\n')
   with pytest.raises(tasks.DataError, match=f"{path}:2: key 'k' appears twice in one object"):
     list(tasks.iter_jsonl(path))

@@ -214,10 +214,18 @@ def test_an_output_behind_a_symlink_is_written_where_it_points(tmp_path):
   (tmp_path / "big" / "ck").mkdir()
   (tmp_path / "big" / "ck" / "old.txt").write_text("old")
   (tmp_path / "ck").symlink_to(tmp_path / "big" / "ck")
-  with pytest.raises(CheckpointError, match=r"ck is not a checkpoint \(no heal_checkpoint.json or config.json; it "
-                                            r"holds old.txt\): --overwrite replaces checkpoints only"):
+  with pytest.raises(CheckpointError, match=r"ck is not a checkpoint \(no heal_checkpoint.json, nor config.json with "
+                                            r"HF weights; it holds old.txt\): --overwrite replaces checkpoints only"):
     hf_convert.hf_to_orbax(src, tmp_path / "ck", overwrite=True)  # a folder of the user's own: kept
   assert (tmp_path / "big" / "ck" / "old.txt").read_text() == "old"
+  workdir = tmp_path / "workdir"  # a training work directory has a config.json too (the run's)
+  for name in ("checkpoints/100", "tensorboard"):
+    (workdir / name).mkdir(parents=True)
+  (workdir / "config.json").write_text("{}")
+  (workdir / "metrics.jsonl").write_text("{}\n")
+  with pytest.raises(CheckpointError, match="workdir is not a checkpoint"):
+    hf_convert.hf_to_orbax(src, workdir, overwrite=True)
+  assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl", "tensorboard"]
   (tmp_path / "big" / "ck" / params_store.MANIFEST).write_text("{}")  # an older checkpoint: replaced whole
   hf_convert.hf_to_orbax(src, tmp_path / "ck", overwrite=True)
   assert (tmp_path / "ck").is_symlink() and (tmp_path / "big" / "ck" / params_store.MANIFEST).is_file()

@@ -115,3 +115,6 @@ def test_slurm_script_checks_its_setting_before_writing_anything(tmp_path):
   out = subprocess.run(["bash", sbatch, "--config.seed=1"], env=ok, capture_output=True, text=True, timeout=30)
   assert out.returncode == 0, out.stderr
   assert "heal-jax train --config configs/heal_13b.py --workdir" in out.stderr and "--config.seed=1" in out.stderr
+  preset = "configs/ablations/heal_equal.py:/tmp/ablation"  # a preset with its argument (config.load_config)
+  out = subprocess.run(["bash", sbatch], env={**ok, "CONFIG": preset}, capture_output=True, text=True, timeout=30)
+  assert out.returncode == 0 and f"train --config {preset} --workdir" in out.stderr, out.stderr

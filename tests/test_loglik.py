@@ -343,3 +343,20 @@ def test_rows_are_written_whole_or_not_at_all(tmp_path):
     output.write_rows(path, [{"index": 0}, {"index": object()}])
   assert path.read_text() == '{"index": 0, "nll": null}\n{"index": 1, "nll": 1.5}\n'
   assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
+  # a link is followed: the file it points to gets the rows, the link stays
+  (tmp_path / "big").mkdir()
+  (tmp_path / "big" / "rows.jsonl").write_text('{"index": 9}\n')
+  (tmp_path / "link.jsonl").symlink_to(tmp_path / "big" / "rows.jsonl")
+  output.write_rows(tmp_path / "link.jsonl", [{"index": 1}])
+  assert (tmp_path / "link.jsonl").is_symlink() and (tmp_path / "big" / "rows.jsonl").read_text() == '{"index": 1}\n'
+
+
+def test_an_existing_output_whose_first_line_json_cannot_read_is_not_a_rows_file(tmp_path):
+  """A 5,000-digit integer or 200,000 open brackets: json raised past the reader (no file named, or a
+  RecursionError traceback); such a file is simply not ours to replace."""
+  for name, first in (("big.jsonl", "1" * 5000), ("deep.jsonl", "[" * 200000), ("bytes.jsonl", "\udcff")):
+    path = tmp_path / name
+    path.write_bytes(first.encode("utf-8", "surrogateescape") + b"\n")
+    assert not output.is_rows_file(path, perplexity.ROW_KEYS)
+    with pytest.raises(OSError, match=f"{path} exists and is not a rows file"):
+      output.check_writable(path, (), perplexity.ROW_KEYS)

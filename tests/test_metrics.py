@@ -1,7 +1,10 @@
-"""Model FLOPs per token (PaLM's count) and the run ETA's estimate of later phases, by hand."""
+"""Model FLOPs per token (PaLM's count), the run ETA's estimate of later phases, and the logged means of
+an interval of steps, by hand."""
 
 import types
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from heal_jax.model.config import ModelConfig
@@ -19,3 +22,17 @@ def test_flops_per_token_and_later_phases_by_hand():
   expected = (10 * 4 * 16 * (11952 + 3072) + 5 * 2 * 64 * (11952 + 12288)) / 1e6
   assert metrics.later_phases_seconds(cfg, [phase(10, 4, 16), phase(5, 2, 64)], 1e6) == pytest.approx(expected)
   assert metrics.later_phases_seconds(cfg, [], 1e6) == 0
+
+
+def test_a_skipped_step_adds_nothing_to_the_logged_means():
+  """An applied step (10 target tokens, gradient norm 4) and a skipped one (no target token): the
+  interval's means are the applied step's, not halved by the skipped one."""
+  def step(tokens, gnorm, applied):
+    return {"nll_sum": jnp.float32(2.0 * tokens), "z_sum": jnp.float32(0.0), "tokens": jnp.float32(tokens),
+            "source_nll_S": jnp.array([2.0 * tokens, 0.0]), "source_tokens_S": jnp.array([tokens, 0.0]),
+            "grad_norm": jnp.float32(gnorm), "filled": jnp.float32(16), "slots": jnp.float32(16),
+            "applied": jnp.bool_(applied)}
+  sums = metrics.add_step(metrics.add_step(None, step(10, 4.0, True)), step(0, 0.0, False))
+  out = metrics.interval_scalars(jax.device_get(sums), ["a", "b"])
+  assert (out["loss"], out["grad_norm"], out["target_tokens"], out["fill"]) == (2.0, 4.0, 10.0, 1.0)
+  assert (out["loss/a"], out["share/a"]) == (2.0, 1.0) and "loss/b" not in out

@@ -64,8 +64,9 @@ def atomic_output_dir(dst: pathlib.Path, overwrite: bool = False,
 def check_output(dst: pathlib.Path, overwrite: bool, inputs: tuple[pathlib.Path, ...] = ()) -> pathlib.Path:
   """Where the output `dst` goes, checked before any work: a symbolic link (to big storage) is
   followed, and stays; an existing `dst` needs `overwrite`, and must be a directory that is not
-  (and does not hold) one of `inputs` and is empty or a checkpoint (heal-jax's manifest or an HF
-  config.json): --overwrite replaces checkpoints, not any folder. CheckpointError naming `dst` otherwise."""
+  (and does not hold) one of `inputs` and is empty or a checkpoint (heal-jax's manifest, or an HF
+  config.json beside weights; never a training work directory): --overwrite replaces checkpoints, not
+  any folder. CheckpointError naming `dst` otherwise."""
   dst = pathlib.Path(dst)
   if dst.is_symlink():
     try:
@@ -80,13 +81,23 @@ def check_output(dst: pathlib.Path, overwrite: bool, inputs: tuple[pathlib.Path,
   if dst.exists() and not overwrite:
     raise CheckpointError(f"output directory {dst} already exists (pass --overwrite to replace it)")
   check_not_an_input(dst, inputs)
-  if dst.exists() and not any((dst / name).is_file() for name in (MANIFEST, "config.json")):
+  if dst.exists() and any(dst.iterdir()) and not _replaceable_checkpoint(dst):
     held = sorted(p.name for p in dst.iterdir())
-    if held:
-      raise CheckpointError(f"output directory {dst} is not a checkpoint (no {MANIFEST} or config.json; it holds "
-                            f"{', '.join(held[:3])}{', ...' if len(held) > 3 else ''}): --overwrite replaces "
-                            "checkpoints only; choose another output or empty it yourself")
+    raise CheckpointError(f"output directory {dst} is not a checkpoint (no {MANIFEST}, nor config.json with HF "
+                          f"weights; it holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''}): --overwrite "
+                          "replaces checkpoints only; choose another output or empty it yourself")
   return dst
+
+
+def _replaceable_checkpoint(path: pathlib.Path) -> bool:
+  """A converted checkpoint, or an HF one (config.json beside weights); never a training work directory
+  (whose config.json is the run's, beside checkpoints/)."""
+  if (path / "checkpoints").is_dir():
+    return False
+  if (path / MANIFEST).is_file():
+    return True
+  weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+  return (path / "config.json").is_file() and any((path / name).is_file() for name in weights)
 
 
 def check_not_an_input(dst: pathlib.Path, inputs: tuple[pathlib.Path, ...]) -> None:

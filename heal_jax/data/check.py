@@ -231,13 +231,18 @@ LONE_SURROGATE = "a \\ud800-\\udfff escape without its pair (a lone surrogate): 
 
 def has_lone_surrogate(value: Any) -> bool:
   """Whether a parsed JSON value holds a string or key with a lone surrogate, which JSON's escapes can
-  make but UTF-8 (and so a tokenizer) cannot encode."""
-  if isinstance(value, str):
-    return bool(_SURROGATE.search(value))
-  if isinstance(value, dict):
-    return any(has_lone_surrogate(k) or has_lone_surrogate(v) for k, v in value.items())
-  if isinstance(value, list):
-    return any(has_lone_surrogate(v) for v in value)
+  make but UTF-8 (and so a tokenizer) cannot encode. Iterative: any depth json parsed is fine."""
+  todo = [value]
+  while todo:
+    item = todo.pop()
+    if isinstance(item, str):
+      if _SURROGATE.search(item):
+        return True
+    elif isinstance(item, dict):
+      todo.extend(item.keys())
+      todo.extend(item.values())
+    elif isinstance(item, list):
+      todo.extend(item)
   return False
 
 

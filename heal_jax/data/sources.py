@@ -287,7 +287,7 @@ def check_openings(source_list: Sequence[Source]) -> None:
     paths = files(source)
     if not any([_has_a_record(source, path) for path in paths]):  # a list: every file is opened
       raise DataError(f"data.sources.{source.name}: no records in {', '.join(map(str, paths[:3]))}"
-                      f"{', ...' if len(paths) > 3 else ''} (empty files, or blank lines only)")
+                      f"{', ...' if len(paths) > 3 else ''} (empty files, blank lines only, or a CSV header alone)")
 
 
 def _has_a_record(source: Source, path: pathlib.Path) -> bool:

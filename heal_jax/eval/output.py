@@ -42,13 +42,14 @@ def is_rows_file(path: pathlib.Path, row_keys: Collection[str]) -> bool:
     return True
   if not path.is_file():
     return False
+  from heal_jax.data import check  # pylint: disable=import-outside-toplevel
   with open(path, "rb") as f:
-    first = f.readline(1 << 20)
+    first = f.readline(1 << 24)
   try:
-    row = json.loads(first)
-  except (UnicodeDecodeError, json.JSONDecodeError):
+    row, reason = check.parse_json(first.decode("utf-8"))
+  except UnicodeDecodeError:
     return False
-  return isinstance(row, dict) and all(key in row for key in row_keys)
+  return reason is None and isinstance(row, dict) and all(key in row for key in row_keys)
 
 
 def strict(value: Any) -> Any:
@@ -64,8 +65,9 @@ def strict(value: Any) -> Any:
 
 def write_rows(path: pathlib.Path, rows: Sequence[Mapping[str, Any]]) -> None:
   """One JSON object per line (strict JSON: NaN or infinity is written as null), written to a
-  temporary file renamed over `path`: a killed run leaves the earlier file, never half of one."""
-  path = pathlib.Path(path)
+  temporary file renamed over `path`: a killed run leaves the earlier file, never half of one. A link
+  is followed: the file it points to is replaced, and the link stays."""
+  path = pathlib.Path(os.path.realpath(path))
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   try:

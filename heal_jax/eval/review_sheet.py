@@ -73,9 +73,10 @@ def write_review_sheet(path: pathlib.Path, predictions: Mapping[str, str], refer
                        conversations: Mapping[str, str] | None = None) -> tuple[pathlib.Path, pathlib.Path]:
   """Writes the blank review sheet and PATH.instructions.txt beside it; returns both paths."""
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
+  target = pathlib.Path(os.path.realpath(path))  # a link stays: the file it points to is written
+  target.parent.mkdir(parents=True, exist_ok=True)
   long_cells = 0
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # renamed when whole: a failed run leaves no sheet
+  tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")  # renamed when whole: a failed run leaves no sheet
   try:
     with open(tmp, "w", encoding="utf-8-sig", newline="") as f:  # the BOM makes Excel read UTF-8
       writer = csv.writer(f)
@@ -86,7 +87,7 @@ def write_review_sheet(path: pathlib.Path, predictions: Mapping[str, str], refer
         long_cells += sum(len(t) > _EXCEL_CELL_LIMIT for t in texts)
         writer.writerow([key, *texts, len(facts_lib.note_facts(references[key]).facts),
                          len(facts_lib.note_facts(prediction).facts), "", "", "", ""])
-    os.replace(tmp, path)
+    os.replace(tmp, target)
   finally:
     tmp.unlink(missing_ok=True)
   if long_cells:

@@ -74,6 +74,8 @@ def detect(config_distributed: Any, env: Mapping[str, str] | None = None) -> Top
     except ValueError:
       raise ValueError(f"SLURM_NTASKS={env['SLURM_NTASKS']!r} and SLURM_PROCID={env['SLURM_PROCID']!r} must be "
                        "whole numbers") from None
+    if n < 2 or not 0 <= pid < n:
+      raise ValueError(f"SLURM_PROCID={pid} with SLURM_NTASKS={n} is not a task of the job")
     return Topology(None, n, pid, "slurm")
   for prefix in ("HEAL_", "JAX_"):
     addr = env.get(f"{prefix}COORDINATOR_ADDRESS")

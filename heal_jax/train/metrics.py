@@ -145,22 +145,23 @@ _SUMMED = ("nll_sum", "z_sum", "tokens", "source_nll_S", "source_tokens_S", "gra
 @jax.jit
 def add_step(interval: dict[str, jax.Array] | None, metrics: Mapping[str, Any]) -> dict[str, jax.Array]:
   """The sums of an interval of steps (None: a new interval) with one more step's metrics added, on
-  the devices (no transfer per step); a skipped (non-finite) step adds nothing. Keys: _SUMMED and
-  "finite_steps"."""
+  the devices (no transfer per step); a skipped step (non-finite, or no target token) adds nothing.
+  Keys: _SUMMED and "applied_steps"."""
   if interval is None:
     interval = {k: jax.numpy.zeros_like(metrics[k], dtype=jax.numpy.float32) for k in _SUMMED}
-    interval["finite_steps"] = jax.numpy.zeros((), jax.numpy.float32)
-  ok = metrics["finite"]
+    interval["applied_steps"] = jax.numpy.zeros((), jax.numpy.float32)
+  ok = metrics["applied"]
   added = {k: interval[k] + jax.numpy.where(ok, metrics[k].astype(jax.numpy.float32), 0.0) for k in _SUMMED}
-  return {**added, "finite_steps": interval["finite_steps"] + ok.astype(jax.numpy.float32)}
+  return {**added, "applied_steps": interval["applied_steps"] + ok.astype(jax.numpy.float32)}
 
 
 def interval_scalars(sums: Mapping[str, Any], source_names: list[str]) -> dict[str, float]:
   """Logged numbers of an interval of steps from its host sums (`add_step`), token-weighted over its
-  finite steps: loss, z_loss, loss/<source>, share/<source>; target_tokens and grad_norm are means
-  per finite step; fill is the share of the batches' slots that hold a token (not padding). NaN where
-  no step of the interval was finite."""
-  steps = float(sums["finite_steps"])
+  applied steps (not skipped): loss, z_loss, loss/<source>, share/<source>; target_tokens and
+  grad_norm are means per applied step; fill is the share of the batches' slots that hold a token (not
+  padding). NaN where no step of the interval was applied (the progress line then shows the skipped
+  count)."""
+  steps = float(sums["applied_steps"])
   tokens = float(sums["tokens"])
   out = {"loss": float(sums["nll_sum"]) / tokens if tokens else float("nan"),
          "z_loss": float(sums["z_sum"]) / tokens if tokens else float("nan"),

@@ -102,7 +102,7 @@ def train_step(state: TrainState, batch: Batch, hp: dict[str, jax.Array], *, cfg
       skipped=state.skipped + (~good).astype(jnp.int32),
       bad_streak=jnp.where(good, 0, state.bad_streak + 1))
   metrics = {"loss": stats["nll_sum"] / denom, "z_loss": stats["z_sum"] / denom, "grad_norm": grad_norm,
-             "nll_sum": stats["nll_sum"], "z_sum": stats["z_sum"], "tokens": stats["tokens"], "finite": finite, "skipped": new_state.skipped,
+             "nll_sum": stats["nll_sum"], "z_sum": stats["z_sum"], "tokens": stats["tokens"], "applied": good, "skipped": new_state.skipped,
              "bad_streak": new_state.bad_streak, "source_nll_S": stats["source_nll_S"],
              "source_tokens_S": stats["source_tokens_S"],
              # slots holding a token (segment id > 0) and all slots: the packing's fill
