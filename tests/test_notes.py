@@ -284,6 +284,9 @@ def test_cli_errors_name_the_id_file_and_line(tmp_path, capsys):
   assert f"{lone}:2: a \\ud800-\\udfff escape without its pair" in capsys.readouterr().err
   assert notes.main(["--predictions", str(lone), "--references", ref]) == 2
   assert f"{lone}:2: a \\ud800-\\udfff escape without its pair" in capsys.readouterr().err
+  blank = _write_jsonl(tmp_path / "blank.jsonl", [{"id": "a", "text": "  \n"}])  # scored, and named
+  assert notes.main(["--predictions", blank, "--references", ref]) == 0
+  assert "warning: 1 of 1 prediction(s) are empty or whitespace only (ids a)" in capsys.readouterr().err
   twice = tmp_path / "twice.jsonl"  # json alone keeps the last "text"
   twice.write_text('{"id": "a", "text": "x", "text": "y"}\n')
   assert notes.main(["--predictions", str(twice), "--references", ref]) == 2

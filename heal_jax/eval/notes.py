@@ -353,6 +353,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   if unmatched:
     print(f"heal-jax eval notes: {unmatched} reference(s) have no prediction; scoring the {len(predictions)} "
           "predicted notes", file=sys.stderr)
+  empty = [key for key, text in predictions.items() if not text.strip()]
+  if empty:  # scored as they are (missed_rate 1), but a blank note usually means generation went wrong
+    print(f"heal-jax eval notes: warning: {len(empty)} of {len(predictions)} prediction(s) are empty or whitespace "
+          f"only (ids {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''})", file=sys.stderr)
   try:
     if args.review_sheet:
       sheet, instructions = review_sheet.write_review_sheet(args.review_sheet, predictions, references, conversations)

@@ -202,10 +202,15 @@ def generate_batches(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, plan: 
 
 
 def warn_unfinished(notes: Sequence[Note], log: Callable[[str], None] | None = None) -> None:
-  """Logs how many notes were cut by the token limit or by the model's context (none: nothing)."""
+  """Logs how many notes are empty, and how many were cut by the token limit or by the model's context
+  (none: nothing)."""
   log = log or _stderr
   by_limit = sum(note.ended == "limit" for note in notes)
   by_context = sum(note.ended == "context" for note in notes)
+  empty = sum(not note.text for note in notes)
+  if empty:
+    log(f"warning: {empty} of {len(notes)} note(s) are empty: the model wrote only whitespace before it stopped "
+        "or was cut (a model too small or too briefly tuned for these conversations?)")
   if by_limit:
     log(f"warning: {by_limit} of {len(notes)} note(s) reached the limit of new tokens without ending (no EOS or "
         "stop string): they may be cut short; raise --max-new-tokens")
