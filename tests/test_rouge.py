@@ -122,4 +122,5 @@ def test_note_rouge_missing_divisions_use_official_placeholder():
   assert scores["objective_exam_rouge1"] == pytest.approx(1.0)  # absent from both: placeholder vs placeholder
   assert scores["objective_results_rouge1"] == 0.0  # absent from the reference only
   assert scores["rouge1"] == pytest.approx(rouge.rouge(prediction, reference)["rouge1"])
-  assert len(scores) == 4 * 5
+  assert len(scores) == 4 * 5 + 4  # the full note's and each division's 4 ROUGE scores, and 4 presence flags
+  assert [scores[f"{d}_in_reference"] for d in rouge.DIVISIONS] == [1.0, 0.0, 0.0, 1.0]

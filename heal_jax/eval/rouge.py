@@ -111,7 +111,10 @@ def rouge(prediction: str, reference: str, scorer: rouge_scorer.RougeScorer | No
 
 def note_rouge(prediction: str, reference: str,
                scorer: rouge_scorer.RougeScorer | None = None) -> dict[str, float]:
-  """ROUGE on the full note (`rouge1`, ...) and per division (`subjective_rouge1`, ...)."""
+  """ROUGE on the full note (`rouge1`, ...) and per division (`subjective_rouge1`, ...), with
+  `<division>_in_reference` 1.0 where the reference has that division, else 0.0 (its mean over notes
+  is the share of references that have it: where it is low, the division's ROUGE is mostly the
+  placeholder's, 1.0 or 0.0)."""
   scorer = scorer or make_scorer()
   prediction = prediction.replace("__lf1__", "\n")
   reference = reference.replace("__lf1__", "\n")
@@ -120,6 +123,7 @@ def note_rouge(prediction: str, reference: str,
   for division in DIVISIONS:
     scores = rouge(pred_div.get(division, EMPTY_TAG), ref_div.get(division, EMPTY_TAG), scorer)
     out.update({f"{division}_{name}": value for name, value in scores.items()})
+    out[f"{division}_in_reference"] = float(division in ref_div)
   return out
 
 
