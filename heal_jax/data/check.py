@@ -246,25 +246,33 @@ def has_lone_surrogate(value: Any) -> bool:
   return False
 
 
-def repeated_key(text: str) -> str | None:
-  """The first key given twice in one object of the JSON `text` (json keeps the last silently), or None.
-  `text` must parse (see `parse_json`)."""
-  repeated: list[str] = []
+class RepeatedKey(ValueError):
+  """A key given twice in one JSON object: json alone keeps the last value, silently."""
 
-  def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in items]
-    repeated.extend(k for k in dict.fromkeys(keys) if keys.count(k) > 1)
-    return dict(items)
-  json.loads(text, object_pairs_hook=pairs)
-  return repeated[0] if repeated else None
+  def __init__(self, key: str):
+    super().__init__(key)
+    self.key = key
 
 
-def parse_json(text: str) -> tuple[Any, str | None]:
+def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+  """A `json` object_pairs_hook: the object, or RepeatedKey for a key given twice."""
+  out: dict[str, Any] = {}
+  for key, value in pairs:
+    if key in out:
+      raise RepeatedKey(key)
+    out[key] = value
+  return out
+
+
+def parse_json(text: str, unique_keys: bool = False) -> tuple[Any, str | None]:
   """(value, None), or (None, reason) for text that is not one JSON value: malformed, an integer
-  past Python's 4300 digits, nesting deeper than the stack. A bad record, never a crash."""
+  past Python's 4300 digits, nesting deeper than the stack; with `unique_keys`, an object that gives a
+  key twice (the reason then starts "key"). A bad record, never a crash."""
   text = text.rstrip("\r\n")  # a reader's line terminator: an error at the end is on this line, not the next
   try:
-    return json.loads(text), None
+    return json.loads(text, object_pairs_hook=unique_object if unique_keys else None), None
+  except RepeatedKey as e:
+    return None, f"key {e.key!r} appears twice in one object; which one is meant?"
   except json.JSONDecodeError as e:
     return None, f"malformed JSON: {e.msg} (column {e.colno})"
   except (ValueError, RecursionError) as e:

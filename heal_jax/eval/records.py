@@ -43,13 +43,11 @@ def read(path: pathlib.Path) -> list[Record]:
         raise InputError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start})") from None
       if not line.strip():
         continue
-      record, reason = check.parse_json(line)
+      record, reason = check.parse_json(line, unique_keys=True)
       if reason is not None:
         raise InputError(f"{path}:{n}: {reason}")
       if check.has_lone_surrogate(record):
         raise InputError(f"{path}:{n}: {check.LONE_SURROGATE}")
-      if (twice := check.repeated_key(line)) is not None:
-        raise InputError(f"{path}:{n}: key {twice!r} appears twice in one object; which one is meant?")
       if not isinstance(record, dict) or "id" not in record or not isinstance(record.get("text"), str):
         raise InputError(f'{path}:{n}: expected an object with "id" and a string "text"')
       if isinstance(record["id"], bool) or not isinstance(record["id"], (str, int)):

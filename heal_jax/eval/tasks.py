@@ -78,29 +78,16 @@ def medqa_prompt(question: str, options: Mapping[str, str]) -> str:
   return f"Question: {question}\n{answers}Answer:"
 
 
-class _DuplicateKey(ValueError):
-  pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for key, value in pairs:
-    if key in out:
-      raise _DuplicateKey(key)
-    out[key] = value
-  return out
-
-
 def _read_json(path: pathlib.Path) -> Any:
   """The JSON value of a file; DataError for an unreadable file, malformed JSON or a key given twice
   in one object (a PMID twice: json would keep the last one, a silently changed question or label)."""
   from heal_jax.data import check  # pylint: disable=import-outside-toplevel
   try:
-    value = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys)
+    value = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=check.unique_object)
   except FileNotFoundError:
     raise DataError(f"{path}: file not found") from None
-  except _DuplicateKey as e:
-    raise DataError(f"{path}: key {e} appears twice in one object; which one is meant?") from None
+  except check.RepeatedKey as e:
+    raise DataError(f"{path}: key {e.key} appears twice in one object; which one is meant?") from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DataError(f"{path}: not valid JSON ({e})") from None
   if check.has_lone_surrogate(value):
@@ -166,13 +153,13 @@ def iter_jsonl(path: str | pathlib.Path) -> Iterator[tuple[str, Any]]:
     for lineno, line, problem in check.numbered_lines(path):
       if problem:
         raise DataError(f"{path}:{lineno}: {problem}")
-      value, reason = check.parse_json(line)
+      value, reason = check.parse_json(line, unique_keys=True)
+      if reason is not None and reason.startswith("malformed JSON: "):
+        reason = f"not valid JSON ({reason.removeprefix('malformed JSON: ')})"
       if reason is not None:
-        raise DataError(f"{path}:{lineno}: not valid JSON ({reason.removeprefix('malformed JSON: ')})")
+        raise DataError(f"{path}:{lineno}: {reason}")
       if check.has_lone_surrogate(value):
         raise DataError(f"{path}:{lineno}: {check.LONE_SURROGATE}")
-      if (twice := check.repeated_key(line)) is not None:
-        raise DataError(f"{path}:{lineno}: key {twice!r} appears twice in one object; which one is meant?")
       yield f"{path}:{lineno}", value
   except FileNotFoundError:
     raise DataError(f"{path}: file not found") from None
