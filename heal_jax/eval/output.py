@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pathlib
-from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import IO, Any
 
 
 def check_writable(path: pathlib.Path, inputs: Sequence[pathlib.Path | None] = (),
@@ -63,17 +64,25 @@ def strict(value: Any) -> Any:
   return value
 
 
-def write_rows(path: pathlib.Path, rows: Sequence[Mapping[str, Any]]) -> None:
-  """One JSON object per line (strict JSON: NaN or infinity is written as null), written to a
-  temporary file renamed over `path`: a killed run leaves the earlier file, never half of one. A link
+@contextlib.contextmanager
+def whole_file(path: pathlib.Path, mode: str = "w", **open_args: Any) -> Iterator[IO[Any]]:
+  """The file object of a temporary sibling of `path`, renamed over it when the block succeeds and
+  removed when it raises: a failed or killed run leaves the earlier file, never half of one. A link
   is followed: the file it points to is replaced, and the link stays."""
-  path = pathlib.Path(os.path.realpath(path))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  target = pathlib.Path(os.path.realpath(path))
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
   try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(strict(row), allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    with open(tmp, mode, **open_args) as f:
+      yield f
+    os.replace(tmp, target)
   finally:
     tmp.unlink(missing_ok=True)
+
+
+def write_rows(path: pathlib.Path, rows: Sequence[Mapping[str, Any]]) -> None:
+  """One JSON object per line (strict JSON: NaN or infinity is written as null), whole or not at all
+  (`whole_file`)."""
+  with whole_file(path, encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(strict(row), allow_nan=False) + "\n")

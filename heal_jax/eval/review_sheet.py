@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import pathlib
 import sys
 from typing import Any, Mapping
 
 from heal_jax.eval import facts as facts_lib
+from heal_jax.eval import output
 from heal_jax.eval import records
 from heal_jax.eval import rouge as rouge_lib
 
@@ -73,23 +73,17 @@ def write_review_sheet(path: pathlib.Path, predictions: Mapping[str, str], refer
                        conversations: Mapping[str, str] | None = None) -> tuple[pathlib.Path, pathlib.Path]:
   """Writes the blank review sheet and PATH.instructions.txt beside it; returns both paths."""
   path = pathlib.Path(path)
-  target = pathlib.Path(os.path.realpath(path))  # a link stays: the file it points to is written
-  target.parent.mkdir(parents=True, exist_ok=True)
   long_cells = 0
-  tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")  # renamed when whole: a failed run leaves no sheet
-  try:
-    with open(tmp, "w", encoding="utf-8-sig", newline="") as f:  # the BOM makes Excel read UTF-8
-      writer = csv.writer(f)
-      writer.writerow(REVIEW_COLUMNS)
-      for key, prediction in predictions.items():
-        conversation = conversations[key] if conversations is not None else ""
-        texts = (conversation, references[key], prediction)
-        long_cells += sum(len(t) > _EXCEL_CELL_LIMIT for t in texts)
-        writer.writerow([key, *texts, len(facts_lib.note_facts(references[key]).facts),
-                         len(facts_lib.note_facts(prediction).facts), "", "", "", ""])
-    os.replace(tmp, target)
-  finally:
-    tmp.unlink(missing_ok=True)
+  # Whole or not at all: a failed run leaves no half sheet that would block the rerun.
+  with output.whole_file(path, encoding="utf-8-sig", newline="") as f:  # the BOM makes Excel read UTF-8
+    writer = csv.writer(f)
+    writer.writerow(REVIEW_COLUMNS)
+    for key, prediction in predictions.items():
+      conversation = conversations[key] if conversations is not None else ""
+      texts = (conversation, references[key], prediction)
+      long_cells += sum(len(t) > _EXCEL_CELL_LIMIT for t in texts)
+      writer.writerow([key, *texts, len(facts_lib.note_facts(references[key]).facts),
+                       len(facts_lib.note_facts(prediction).facts), "", "", "", ""])
   if long_cells:
     print(f"heal-jax eval notes: warning: {long_cells} cell(s) of {path} exceed {_EXCEL_CELL_LIMIT} characters, "
           "which Excel truncates; use LibreOffice or another CSV editor", file=sys.stderr)

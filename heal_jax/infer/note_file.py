@@ -268,13 +268,7 @@ def write_notes(loaded: LoadedModel, rows: Sequence[records.Record], output: pat
     if stop is not None and stop.is_set() and len(notes) < len(rows):
       raise Interrupted(f"{len(notes)} of {len(rows)} notes are kept in {partial}")
   generate.warn_unfinished(list(notes.values()), log)
-  staging = output.with_name(f".{output.name}.tmp")  # one writer at a time: the lock
-  try:
-    with open(staging, "wb") as out:
-      _append(out, [_note_row(row, notes[i]) for i, row in enumerate(rows)])
-    os.replace(staging, output)
-  except BaseException:
-    staging.unlink(missing_ok=True)
-    raise
+  with eval_output.whole_file(output, "wb") as out:
+    _append(out, [_note_row(row, notes[i]) for i, row in enumerate(rows)])
   partial.unlink()
   return Counts(read=len(rows), kept=kept_count, generated=len(rows) - kept_count, written=len(rows))
