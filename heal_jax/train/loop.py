@@ -387,10 +387,14 @@ def _on_process_0(what: str, fn: Callable[[], Any]) -> Any:
   return result
 
 
+def _console(line: str) -> None:
+  """A log line on process 0's console before the MetricWriter exists (as its `log` prints them)."""
+  print(f"[train] {line}", file=sys.stderr, flush=True)
+
+
 def _lock(workdir: pathlib.Path) -> workdir_lock.WorkdirLock:
   """Process 0 locks the work directory (another trainer holding it is an error on every process)."""
-  log = lambda line: print(f"[train] {line}", file=sys.stderr, flush=True)
-  lock = _on_process_0(f"lock work directory {workdir}", lambda: workdir_lock.acquire(workdir, log))
+  lock = _on_process_0(f"lock work directory {workdir}", lambda: workdir_lock.acquire(workdir, _console))
   return lock or workdir_lock.WorkdirLock(None)
 
 
@@ -398,9 +402,8 @@ def _train_locked(config: Any, workdir: pathlib.Path, phases: list[phases_lib.Ph
                   mesh: Any, tasks: dict[str, list]) -> dict[str, Any]:
   """`train` once the work directory is this run's."""
   primary = jax.process_index() == 0
-  log = lambda line: print(f"[train] {line}", file=sys.stderr, flush=True) if primary else None
-  def bootstrap():
-    mixture.bootstrap(config, workdir, log)
+  def bootstrap():  # (process 0 only: its log is the console's)
+    mixture.bootstrap(config, workdir, _console)
     mixture.keep_tokenizer(config, workdir, checkpointing.has_completed_step(workdir))
   _on_process_0("prepare the work directory (bundled corpus, tokenizer)", bootstrap)
   data = mixture.load(config, workdir, config.eval.holdout_examples)
