@@ -12,6 +12,8 @@ import pytest
 
 from heal_jax import config as config_lib
 
+from tests import train_helpers
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ABLATIONS = REPO / "configs" / "ablations"
 ARMS = ("general_only", "medical_only", "clinical_only", "heal_equal", "no_general")
@@ -51,7 +53,7 @@ def test_base_trains_every_tier_from_scratch():
 
 
 def test_smoke_run_writes_results_and_report(tmp_path, shared_data):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as the bench runs
+  env = {**os.environ, "XLA_FLAGS": train_helpers.xla_flags()}  # one CPU device, as the bench runs
   out = tmp_path / "docs"
   start = time.time()
   proc = subprocess.run([sys.executable, str(REPO / "bench" / "ablation.py"), "--smoke", "--root",

@@ -32,7 +32,7 @@ def _port() -> int:
 
 
 def _env(pid: int, port: int) -> dict[str, str]:
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+  return dict(os.environ, XLA_FLAGS=train_helpers.xla_flags(4), JAX_PLATFORMS="cpu",
               HEAL_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", HEAL_NUM_PROCESSES="2", HEAL_PROCESS_ID=str(pid))
 
 
@@ -91,7 +91,7 @@ def two_process_run(data_root, tmp_path_factory):
   cmd = ["bash", str(REPO / "launch" / "local.sh"), "2", "--cpu-devices", "4", "--",
          sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY), "--workdir", str(workdir),
          *train_helpers.overrides(data_root, 20, MESH + tasks)]
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env = {**{k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}, "XLA_FLAGS": train_helpers.xla_flags()}
   out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
   return workdir, out.stdout + out.stderr
@@ -171,7 +171,7 @@ def test_sigterm_to_a_two_process_run_saves_one_agreed_step(data_root, tmp_path,
   cmd = ["bash", str(REPO / "launch" / "local.sh"), "2", "--cpu-devices", "4", "--",
          sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY), "--workdir", str(workdir),
          *train_helpers.overrides(data_root, 5000, MESH + ("--config.checkpoint.every_steps=5000",))]
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env = {**{k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}, "XLA_FLAGS": train_helpers.xla_flags()}
   # A terminal's shell leaves SIGINT at its default; a test run in the background (nohup ... &) inherits
   # it ignored, and a shell cannot trap a signal ignored on entry: restore it, as a terminal has it.
   proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -245,7 +245,7 @@ def test_a_coordinator_port_in_use_is_named(tmp_path):
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]
-    env = dict(_env(0, port), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(_env(0, port), XLA_FLAGS=train_helpers.xla_flags(1))
     out = subprocess.run([sys.executable, "-m", "heal_jax.cli", "train", "--config", str(train_helpers.TINY),
                           "--workdir", str(tmp_path / "w")], env=env, cwd=REPO, capture_output=True, text=True,
                          timeout=120)

@@ -77,7 +77,7 @@ def _cli(workdir: pathlib.Path, data_root: pathlib.Path, steps: int, extra: tupl
 
 def _env(compilation_cache: bool = True) -> dict[str, str]:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  env["XLA_FLAGS"] = train_helpers.xla_flags(4)
   env["JAX_PLATFORMS"] = "cpu"
   if not compilation_cache:
     env.pop("JAX_COMPILATION_CACHE_DIR", None)

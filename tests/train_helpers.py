@@ -41,6 +41,14 @@ def overrides(data_root: pathlib.Path, steps: int = 20, extra: tuple[str, ...] =
 
 
 TINY = pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
+_DEVICE_COUNT = "--xla_force_host_platform_device_count="
+
+
+def xla_flags(devices: int | None = None) -> str:
+  """The tests' XLA_FLAGS (conftest's) for a process of `devices` host devices (None: the count left out,
+  for launch/local.sh, which adds its own)."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_DEVICE_COUNT)]
+  return " ".join(flags + ([f"{_DEVICE_COUNT}{devices}"] if devices else []))
 
 
 def load(data_root: pathlib.Path, steps: int = 20, extra: tuple[str, ...] = ()):
