@@ -134,7 +134,9 @@ def test_perplexity_matches_transformers(setup, shared_data, tmp_path, capsys):
   rows = [json.loads(line) for line in (shared_data / MEDQA_FILE).read_text().splitlines()[:6]]
   texts = [r["question"] for r in rows] + ["Short.", ""]
   data = tmp_path / "texts.jsonl"
-  data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+  # Rows name each text's line (a blank line after the first) and its id, where it has one.
+  data.write_text("".join(json.dumps({"text": t, **({"id": f"note-{i}"} if i < 2 else {})}) + "\n" +
+                          ("\n" if i == 0 else "") for i, t in enumerate(texts)))
   total, count, per_text = 0.0, 0, []
   for t in texts:
     ids = hf_tok(t)["input_ids"]  # BOS + text
@@ -160,6 +162,8 @@ def test_perplexity_matches_transformers(setup, shared_data, tmp_path, capsys):
   assert run.main(["perplexity", "--checkpoint", str(ckpt), "--data", str(data), "--output", str(out)]) == 0
   written = [json.loads(line) for line in out.read_text().splitlines()]  # strict JSON: null, never NaN
   assert [r["tokens"] for r in written] == [n for _, n in per_text] and written[-1]["nll_per_token"] is None
+  assert [r["line"] for r in written] == [1] + list(range(3, len(texts) + 2))
+  assert [r.get("id") for r in written[:3]] == ["note-0", "note-1", None]
   capsys.readouterr()
   # The model split over the 8 devices (fsdp 2 x tensor 4; 3 rows a batch round up to 4): the same NLL.
   assert run.main(["perplexity", "--checkpoint", str(ckpt), "--data", str(data), "--mesh", "fsdp=2,tensor=-1",

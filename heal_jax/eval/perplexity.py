@@ -14,7 +14,8 @@ differently from `lm_eval`.
 
 Result: {"nll_per_token": -sum(log p) / tokens (token-weighted over all texts, in nats),
          "tokens": total tokens, "texts": number of texts, "rows": one per text in input order,
-         {"index", "tokens", "nll" (sum, nats), "nll_per_token" (null for an empty text)}}. Empty texts
+         {"index", "tokens", "nll" (sum, nats), "nll_per_token" (null for an empty text)}}; `heal-jax eval
+         perplexity --output` adds each text's "line" in the file and its "id" field, where it has one. Empty texts
 count as texts with 0 tokens; texts that are all empty are an error (nothing to score).
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from heal_jax.eval import loglik
 from heal_jax.eval.tasks import DataError, iter_jsonl
@@ -31,16 +32,33 @@ from heal_jax.model.config import ModelConfig
 ROW_KEYS = ("index", "tokens", "nll", "nll_per_token")  # of every per-text row
 
 
-def read_texts(path: str | pathlib.Path) -> list[str]:
-  """The "text" field of each non-blank line of a JSONL file; errors name file:line."""
-  texts = []
+class Text(NamedTuple):
+  """One input text and where it came from: its file line (1-based) and its "id" field, if it has one."""
+  text: str
+  line: int
+  id: Any = None
+
+
+def read_text_rows(path: str | pathlib.Path) -> list[Text]:
+  """Each non-blank line of a JSONL file of objects with a string field "text"; errors name file:line."""
+  rows = []
   for where, row in iter_jsonl(path):
     if not isinstance(row, dict) or not isinstance(row.get("text"), str):
       raise DataError(f"{where}: expected an object with a string field 'text'")
-    texts.append(row["text"])
-  if not texts:
+    rows.append(Text(row["text"], int(where.rsplit(":", 1)[1]), row.get("id")))
+  if not rows:
     raise DataError(f"{path}: no texts")
-  return texts
+  return rows
+
+
+def read_texts(path: str | pathlib.Path) -> list[str]:
+  """The "text" field of each non-blank line of a JSONL file (see `read_text_rows`)."""
+  return [row.text for row in read_text_rows(path)]
+
+
+def source_fields(rows: list[dict[str, Any]], texts: Sequence[Text]) -> list[dict[str, Any]]:
+  """`perplexity`'s per-text rows with each text's file line, and its id where it has one, first."""
+  return [{**({"id": t.id} if t.id is not None else {}), "line": t.line, **row} for row, t in zip(rows, texts)]
 
 
 def rolling_windows(token_ids: Sequence[int], prefix_id: int, max_length: int) -> list[loglik.Window]:

@@ -7,8 +7,8 @@
 For pubmedqa, --data is the directory holding ori_pqal.json and test_ground_truth.json. Multiple-choice
 tasks print {"task", "n", "acc", "acc_norm"} and write one row per question to --output in data order:
 {"id", "choices", "loglikelihoods", "pred", "gold"} plus "pred_norm" and "is_greedy"; perplexity prints
-{"nll_per_token", "tokens", "texts"} and writes one row per text: {"index", "tokens", "nll",
-"nll_per_token"}. --output is checked before the model is loaded (writable, not an input, and if it exists
+{"nll_per_token", "tokens", "texts"} and writes one row per text: {"id" (the text's own, if it has one),
+"line" (of the file), "index", "tokens", "nll", "nll_per_token"}. --output is checked before the model is loaded (writable, not an input, and if it exists
 a rows file of the same command: never a manifest, data file or metrics.jsonl). --limit N scores
 the first N questions (texts), as lm-evaluation-harness's --limit does; --sample N a seeded random N
 questions, in file order (PubMedQA's test file lists its 276 "yes" questions first, so its first N <= 276
@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace) -> dict:
     row_keys = perplexity.ROW_KEYS if args.task == "perplexity" else loglik.ROW_KEYS
     output.check_writable(args.output, [args.data, args.fewshot_data], row_keys)
   if args.task == "perplexity":
-    texts = perplexity.read_texts(args.data)
+    texts = perplexity.read_text_rows(args.data)
     _note_limit(args, len(texts), "texts")
     texts = texts[:args.limit]
   else:
@@ -107,8 +107,9 @@ def _run(args: argparse.Namespace) -> dict:
           file=sys.stderr)
   with placement.placed(model, args.mesh) as model:
     if args.task == "perplexity":
-      result = perplexity.perplexity(model.cfg, model.params, tokenizer, texts, batch_size,
+      result = perplexity.perplexity(model.cfg, model.params, tokenizer, [t.text for t in texts], batch_size,
                                      max_length=args.max_length)
+      result["rows"] = perplexity.source_fields(result["rows"], texts)
       summary_keys = ("nll_per_token", "tokens", "texts")
     else:
       add_bos = model.add_bos if args.bos == "auto" else args.bos == "on"
