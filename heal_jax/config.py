@@ -372,14 +372,14 @@ def apply_override(config: ml_collections.ConfigDict, key: str, raw: str) -> Non
   if not all(parts):
     raise ConfigError(f"--config.{key}={raw}: empty key")
   node = config
-  for i, part in enumerate(parts[:-1]):
+  for i, part in enumerate(parts):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      raise ConfigError(f"unknown config key: {'.'.join(parts[:i + 1])}")
-    node = node[part]
+      known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+      raise ConfigError(f"unknown config key: {'.'.join(parts[:i + 1])}" + (f" (known here: {known})" if known else
+                                                                            f" ({'.'.join(parts[:i])} is not a group)"))
+    if i < len(parts) - 1:
+      node = node[part]
   leaf = parts[-1]
-  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-    known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
-    raise ConfigError(f"unknown config key: {key}" + (f" (known here: {known})" if known else ""))
   if isinstance(node[leaf], ml_collections.ConfigDict):
     raise ConfigError(f"config key {key} is a group; set one of its fields")
   ref = node.get_ref(leaf)

@@ -37,7 +37,9 @@ def test_overrides_are_typed():
 
 @pytest.mark.parametrize("override,message", [
     ("--config.model.num_layer=3", "unknown config key: model.num_layer"),
-    ("--config.modle.num_layers=3", "unknown config key: modle"),
+    ("--config.modle.num_layers=3", r"unknown config key: modle \(known here: .*, model, "),
+    ("--config.data.sources.notes.paths=x", r"unknown config key: data.sources.notes \(known here: clinical, general, "),
+    ("--config.seed.value=3", r"unknown config key: seed.value \(seed is not a group\)"),
     ("--config.model.num_layers=three", "--config.model.num_layers=three: not a valid int"),
     ("--config.model.scan_layers=maybe", "not a valid bool"),
     ("--config.model=3", "config key model is a group"),

@@ -38,8 +38,13 @@ def test_a_bare_source_name_takes_the_sources_own_weight():
     (["--config.phases.pretrain.weights=general=,medical"], r"bad entry 'general=', expected source=number"),
     (["--config.phases.pretrain.weights=general,general=2"], r"'general' is given twice"),
     (["--config.phases.extend.rope_scaling_factor=0.5"],
-     r"config.phases.extend: peak_lr must be >= 0, rope_scaling_factor >= 1 .*got 0.001, 0.5, 0.1"),
+     r"config.phases.extend.rope_scaling_factor=0.5: must be >= 1 \(1: no interpolation"),
+    (["--config.phases.pretrain.steps=0"], r"config.phases.pretrain.steps=0: must be > 0$"),
+    (["--config.phases.pretrain.seq_len=1"], r"config.phases.pretrain.seq_len=1: must be >= 2$"),
+    (["--config.phases.extend.global_batch=-1"], r"config.phases.extend.global_batch=-1: must be >= 0 \(0: config"),
+    (["--config.phases.pretrain.peak_lr=-1e-3"], r"config.phases.pretrain.peak_lr=-0.001: must be >= 0$"),
+    (["--config.phases.pretrain.end_lr_ratio=1.5"], r"config.phases.pretrain.end_lr_ratio=1.5: must be in \[0, 1\]$"),
 ])
-def test_bad_weights_and_rope_scaling_name_the_key(overrides, message):
+def test_bad_weights_and_phase_numbers_name_the_key_and_value(overrides, message):
   with pytest.raises(ValueError, match=message):
     _phases(*overrides)

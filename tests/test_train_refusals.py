@@ -20,7 +20,7 @@ def data_root(tmp_path_factory):
     ("--config.phases.pretrain.weights=general=1,pubmed=1", "unknown source 'pubmed'"),
     ("--config.model.attention_impl=flash", "attention_impl='flash' is not one of"),
     ("--config.mesh.fsdp=3", "does not fit"),
-    ("--config.phases.pretrain.warmup_steps=-5", "warmup_steps must be >= 0"),
+    ("--config.phases.pretrain.warmup_steps=-5", "pretrain.warmup_steps=-5: must be >= 0"),
     ("--config.phases.pretrain.warmup_steps=3", "warmup_steps=3 is more than the phase's steps=2"),
     ("--config.train.global_batch=12", "must be a multiple of the data x fsdp devices"),
     ("--config.phases.pretrain.weights=general=nan,medical=1", "weight nan; a weight is a finite number > 0"),
@@ -30,13 +30,15 @@ def data_root(tmp_path_factory):
     ("--config.data.num_shards=3", "global batch 8 is not divisible by the data shards"),
     ("--config.eval.tasks=pubmedqa=/nonexistent/pubmedqa", "/nonexistent/pubmedqa"),
     ("--config.phases.pretrain.weights=,", r"config.phases.pretrain.weights=',' names no source"),
-    ("--config.phases.pretrain.rope_scaling_factor=0.5", "phases.pretrain: .*rope_scaling_factor >= 1"),
+    ("--config.phases.pretrain.rope_scaling_factor=0.5", "pretrain.rope_scaling_factor=0.5: must be >= 1"),
     ("--config.data.sources.general.weight=0", "data.sources.general.weight: zero-weight source"),
     ("--config.data.sources.general.kind=doc", "data.sources.general.kind: unknown kind 'doc'"),
     ("--config.data.sources.general.format=parquet", "data.sources.general.format: unknown format"),
     ("--config.data.on_error=ignore", "config.data.on_error='ignore'"),
     ("--config.data.dedup.bands=7", "data.dedup.num_perm=128 must be a positive multiple of data.dedup.bands=7"),
     ("--config.init_from=/nonexistent/ckpt", r"config.init_from='/nonexistent/ckpt': no such directory"),
+    ("--config.model.vocab_size=10", r"config.model.vocab_size \(the size of the tokenizer data.bootstrap "
+                                     r"trains\): vocab_size 10: at least 260"),
     ("--config.data.prepared_dir=/nonexistent/prep", r"data.prepared_dir=/nonexistent/prep: no report.json; not a "
                                                      r"`heal-jax data prepare` output"),
 ])

@@ -8,10 +8,12 @@ every source (before shuffling) are held out of training for the periodic held-o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
 import time
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from heal_jax.checkpoint import params_store
@@ -57,6 +59,9 @@ def check_before_writing(config: Any, workdir: pathlib.Path) -> None:
                        f"a new directory only inside the work directory (the default, {{workdir}}/tokenizer: "
                        f"{workdir / 'tokenizer'}), or in an existing empty one: fix the path, or create the "
                        "directory first")
+    if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
+      with _bootstrap_vocab_size(config):
+        tokenizer_lib.require_min_vocab(config.model.vocab_size)
     theirs = _not_bootstrapped(config, workdir)
     if prepared is None and theirs:  # the bootstrap will not write their files: they must be there already
       sources_lib.from_config(theirs, workdir=str(workdir))
@@ -93,17 +98,24 @@ def bootstrap(config: Any, workdir: pathlib.Path, log: Callable[[str], None]) ->
   tok_dir = sources_lib.tokenizer_dir(config, workdir)
   if not (tok_dir / tokenizer_lib.MODEL_FILE).is_file():
     with params_store.atomic_output_dir(tok_dir, overwrite=True) as staging:
-      try:
+      with _bootstrap_vocab_size(config):
         pieces = tokenizer_lib.train_tokenizer([corpus / f"{t}.jsonl" for t in ("general", "medical", "clinical")],
                                                staging, vocab_size=config.model.vocab_size).vocab_size
-      except tokenizer_lib.VocabSizeError as e:
-        raise ValueError(f"config.model.vocab_size (the size of the tokenizer data.bootstrap trains): {e}") from None
     log(f"trained a {pieces}-piece sentencepiece tokenizer in {tok_dir} on the bundled corpus")
   theirs = sorted(_not_bootstrapped(config, workdir))
   if theirs:
     log(f"note: data.bootstrap='synthetic' with sources of your own ({', '.join(theirs)}): the tokenizer in {tok_dir} "
         "is the bundled corpus's; for your data train one with `heal-jax data train-tokenizer` and set "
         "data.bootstrap='' and data.tokenizer")
+
+
+@contextlib.contextmanager
+def _bootstrap_vocab_size(config: Any) -> Iterator[None]:
+  """A VocabSizeError inside, as a ValueError naming config.model.vocab_size."""
+  try:
+    yield
+  except tokenizer_lib.VocabSizeError as e:
+    raise ValueError(f"config.model.vocab_size (the size of the tokenizer data.bootstrap trains): {e}") from None
 
 
 def _not_bootstrapped(config: Any, workdir: pathlib.Path) -> dict[str, Any]:

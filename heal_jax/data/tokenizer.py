@@ -229,6 +229,13 @@ def _write_hf_files(out_dir: pathlib.Path) -> None:
                                                    encoding="utf-8")
 
 
+def require_min_vocab(vocab_size: int) -> None:
+  """VocabSizeError for a vocabulary too small for any corpus of `train_tokenizer` (byte fallback on)."""
+  if vocab_size < MIN_VOCAB_SIZE:
+    raise VocabSizeError(f"vocab_size {vocab_size}: at least {MIN_VOCAB_SIZE} (3 special pieces, 256 byte "
+                         "pieces and the corpus's characters)")
+
+
 def train_tokenizer(texts_or_files: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                     vocab_size: int = 32000, *, max_sentence_length: int = 4192,
                     num_threads: int | None = None, **overrides) -> Tokenizer:
@@ -253,9 +260,8 @@ def train_tokenizer(texts_or_files: Iterable[str | os.PathLike], out_dir: str | 
   """
   options = {**_LLAMA_TRAINER_SPEC, "max_sentence_length": max_sentence_length,
              "num_threads": num_threads or os.cpu_count() or 1, "minloglevel": 2, **overrides}
-  if vocab_size < MIN_VOCAB_SIZE and options.get("byte_fallback"):
-    raise VocabSizeError(f"vocab_size {vocab_size}: at least {MIN_VOCAB_SIZE} (3 special pieces, 256 byte "
-                         "pieces and the corpus's characters)")
+  if options.get("byte_fallback"):
+    require_min_vocab(vocab_size)
   lines = _training_lines(texts_or_files, max_sentence_length)
   if not lines:
     raise ValueError("no training text: every input was empty or blank")

@@ -92,17 +92,18 @@ def from_config(config: Any) -> list[Phase]:
         where = f"{key}.weights: source {src!r} has" if src in named else f"config.data.sources.{src}.weight:"
         raise ValueError(f"{where} weight {w}; a weight is a finite number > 0 (leave a source out rather "
                          "than give it weight 0)")
-    if p.steps <= 0 or p.seq_len < 2:
-      raise ValueError(f"{key}: steps must be > 0 and seq_len >= 2")
-    if p.global_batch < 0 or p.warmup_steps < 0:
-      raise ValueError(f"{key}: global_batch (0 = config.train.global_batch) and warmup_steps must be >= 0")
+    for field, ok, need in (
+        ("steps", p.steps > 0, "> 0"), ("seq_len", p.seq_len >= 2, ">= 2"),
+        ("global_batch", p.global_batch >= 0, ">= 0 (0: config.train.global_batch)"),
+        ("warmup_steps", p.warmup_steps >= 0, ">= 0"), ("peak_lr", p.peak_lr >= 0, ">= 0"),
+        ("end_lr_ratio", 0 <= p.end_lr_ratio <= 1, "in [0, 1]"),
+        ("rope_scaling_factor", p.rope_scaling_factor >= 1, ">= 1 (1: no interpolation; 2 doubles the usable "
+                                                            "context)")):
+      if not ok:  # (NaN fails every comparison)
+        raise ValueError(f"{key}.{field}={getattr(p, field)!r}: must be {need}")
     if p.warmup_steps > p.steps:
       raise ValueError(f"{key}: warmup_steps={p.warmup_steps} is more than the phase's steps={p.steps}: the "
-                       "learning rate would never reach peak_lr")
-    if p.peak_lr < 0 or not 0 <= p.end_lr_ratio <= 1 or not p.rope_scaling_factor >= 1:
-      raise ValueError(f"{key}: peak_lr must be >= 0, rope_scaling_factor >= 1 (1: no interpolation; 2 doubles "
-                       f"the usable context), end_lr_ratio in [0, 1]; got {p.peak_lr}, {p.rope_scaling_factor}, "
-                       f"{p.end_lr_ratio}")
+                       f"learning rate would never reach peak_lr (set {key}.warmup_steps as well)")
     opt = OptimizerSpec(peak_lr=p.peak_lr, steps=p.steps, warmup_steps=p.warmup_steps, schedule=p.schedule,
                         end_lr_ratio=p.end_lr_ratio, weight_decay=train.weight_decay, b1=train.b1,
                         b2=train.b2, eps=train.eps, clip_norm=train.clip_norm)
