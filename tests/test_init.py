@@ -152,7 +152,7 @@ def test_from_a_work_directory_in_either_layout(tmp_path, stored_scan, run_scan)
     np.testing.assert_array_equal(np.asarray(g), w)
 
 
-def test_init_from_refuses_other_rope_theta_or_norm_eps_and_names_a_rope_scaling_change(hf_dir):
+def test_init_from_refuses_other_rope_theta_or_norm_eps_and_names_a_rope_scaling_or_context_change(hf_dir):
   """The weights' rope_theta and rms_norm_eps must be the run's (they used to be silently replaced by
   config.model's, changing every logit); a rope scaling change, context extension, is logged."""
   path, _ = hf_dir
@@ -167,5 +167,10 @@ def test_init_from_refuses_other_rope_theta_or_norm_eps_and_names_a_rope_scaling
   assert how == f"from HF {path} (its rope scaling x1 becomes this phase's x2)"
   same, how_same = init.initial_params(str(path), CFG, state_lib.param_shardings(CFG, mesh), 0)
   assert how_same == f"from HF {path}"
+  longer = dataclasses.replace(CFG, max_position_embeddings=4 * CFG.max_position_embeddings)
+  _, how_longer = init.initial_params(str(path), longer, state_lib.param_shardings(longer, mesh), 0)
+  assert how_longer == (f"from HF {path} (its context of {CFG.max_position_embeddings} positions becomes this "
+                        f"phase's {longer.max_position_embeddings} (config.model.max_position_embeddings, or the "
+                        "phase's seq_len where longer), which exports declare)")
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(same)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -48,3 +48,15 @@ def test_a_bare_source_name_takes_the_sources_own_weight():
 def test_bad_weights_and_phase_numbers_name_the_key_and_value(overrides, message):
   with pytest.raises(ValueError, match=message):
     _phases(*overrides)
+
+
+def test_a_phase_longer_than_its_interpolated_context_is_noted():
+  """tiny: 256 positions; extend and instruct interpolate x8 to 2048. seq_len 4096 at x8 reaches past them."""
+  base = config_lib.model_config(config_lib.load_config(str(train_helpers.TINY)))
+  by_name = _phases("--config.phases.extend.seq_len=4096")
+  assert phases_lib.context_note(base, by_name["pretrain"]) == ""
+  assert phases_lib.context_note(base, by_name["instruct"]) == ""
+  assert phases_lib.context_note(base, by_name["extend"]) == (
+      "note: phase extend's seq_len 4096 reaches past the 2048 positions that config.model.max_position_embeddings="
+      "256 x rope_scaling_factor 8 covers: positions beyond them are new to the model, and the trained model "
+      "declares 4096; to interpolate instead, set config.phases.extend.rope_scaling_factor=16")

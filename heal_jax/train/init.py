@@ -27,8 +27,9 @@ def check_compatible(run_cfg: ModelConfig, ckpt_cfg: ModelConfig, source: str,
                      notes: list[str] | None = None) -> None:
   """Raises ValueError naming the first field where the checkpoint and the run's model differ: a
   shape, or a number the weights were trained with (rope_theta, rms_norm_eps), which would change
-  every logit without an error. A different rope scaling (context extension sets it per phase) is
-  allowed and described in `notes`."""
+  every logit without an error. A different rope scaling (context extension sets it per phase) or
+  context length (config.model.max_position_embeddings, and a phase's seq_len) is allowed and described
+  in `notes`."""
   for field in _SHAPE_FIELDS:
     if getattr(run_cfg, field) != getattr(ckpt_cfg, field):
       raise ValueError(f"init_from {source}: {field} is {getattr(ckpt_cfg, field)} there but "
@@ -41,6 +42,10 @@ def check_compatible(run_cfg: ModelConfig, ckpt_cfg: ModelConfig, source: str,
   if notes is not None and ckpt_cfg.rope_scaling_factor != run_cfg.rope_scaling_factor:
     notes.append(f"its rope scaling x{ckpt_cfg.rope_scaling_factor:g} becomes this phase's "
                  f"x{run_cfg.rope_scaling_factor:g}")
+  if notes is not None and ckpt_cfg.max_position_embeddings != run_cfg.max_position_embeddings:
+    notes.append(f"its context of {ckpt_cfg.max_position_embeddings} positions becomes this phase's "
+                 f"{run_cfg.max_position_embeddings} (config.model.max_position_embeddings, or the phase's seq_len "
+                 "where longer), which exports declare")
 
 
 class _Slices:

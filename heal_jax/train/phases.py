@@ -179,6 +179,19 @@ def model_config(base: ModelConfig, phase: Phase) -> ModelConfig:
                       max_position_embeddings=max(base.max_position_embeddings, phase.seq_len))
 
 
+def context_note(base: ModelConfig, phase: Phase) -> str:
+  """A note when `phase`'s rows reach past the positions rope interpolation covers (the base model's
+  context x the phase's rope_scaling_factor): those positions are new to the model. "" otherwise."""
+  reach = base.max_position_embeddings * phase.rope_scaling_factor
+  if phase.seq_len <= reach:
+    return ""
+  return (f"note: phase {phase.name}'s seq_len {phase.seq_len} reaches past the {reach:g} positions that config.model."
+          f"max_position_embeddings={base.max_position_embeddings} x rope_scaling_factor "
+          f"{phase.rope_scaling_factor:g} covers: positions beyond them are new to the model, and the trained "
+          f"model declares {phase.seq_len}; to interpolate instead, set config.phases.{phase.name}."
+          f"rope_scaling_factor={phase.seq_len / base.max_position_embeddings:g}")
+
+
 def check_batch(phase: Phase, micro_steps: int, batch_devices: int) -> None:
   """Every micro-batch must split evenly over the data x fsdp devices."""
   if phase.global_batch % micro_steps or (phase.global_batch // micro_steps) % batch_devices:
