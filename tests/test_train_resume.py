@@ -52,6 +52,7 @@ def test_init_from_a_work_directory(data_root, tmp_path):
     with pytest.raises(ValueError, match=r"init_from .*first was trained with the tokenizer .*differs from "
                        r"config.data.tokenizer"):
       loop.train(config, tmp_path / "third")
+    assert not (tmp_path / "third").exists()  # refused before the lock, metrics and checkpoints/
   first.rename(tmp_path / "first_moved")  # a run with checkpoints resumes from them, init_from gone or not
   config = train_helpers.load(data_root, 2, (f"--config.init_from={first / 'checkpoints' / '2'}",
                                              "--config.phases.pretrain.peak_lr=0.0"))

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 
 from heal_jax import config as config_lib
 from heal_jax.checkpoint import workdir_restore
-from heal_jax.data import mixture, pipeline, sources
+from heal_jax.data import mixture, pipeline, sources, tokenizer as tokenizer_lib
 from heal_jax.model.config import ModelConfig
 from heal_jax.parallel import mesh as mesh_lib
 from heal_jax.train import checkpointing, init as init_lib, metrics as metrics_lib
@@ -341,6 +341,9 @@ def train(config: Any, workdir: pathlib.Path, devices: list[Any] | None = None) 
   base_cfg = config_lib.model_config(config)
   if not done:  # (a resume reads its own checkpoint: the weights it started from may be gone by now)
     init_lib.check_source(config.init_from, base_cfg)
+    tok_model = sources.tokenizer_dir(config, workdir) / tokenizer_lib.MODEL_FILE
+    if config.init_from and tok_model.is_file():  # (one the bootstrap is still to train: checked once trained)
+      init_lib.check_tokenizer(config.init_from, tok_model)
   phases = phases_lib.from_config(config)
   mesh = setup.make_mesh(config, devices)
   for phase in phases:
