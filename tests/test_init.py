@@ -159,9 +159,19 @@ def test_init_from_refuses_other_rope_theta_or_norm_eps_and_names_a_rope_scaling
   mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
   for field, value in (("rope_theta", 500000.0), ("rms_norm_eps", 1e-6)):
     cfg = dataclasses.replace(CFG, **{field: value})
-    with pytest.raises(ValueError, match=rf"init_from {path} was trained with {field}={getattr(CFG, field):g}, but "
-                                         rf"config.model.{field} is {value:g}: every logit would change"):
+    with pytest.raises(ValueError, match=rf"init_from {path} does not fit config.model: it was trained with "
+                                         rf"{field}={getattr(CFG, field):g}, config.model.{field} is {value:g} "
+                                         rf"\(every logit would change\)\. To start from it, set "
+                                         rf"--config.model.{field}={getattr(CFG, field):g}$"):
       init.initial_params(str(path), cfg, state_lib.param_shardings(cfg, mesh), 0)
+  # Every difference at once, with the overrides that fit the checkpoint.
+  cfg = dataclasses.replace(CFG, hidden_size=2 * CFG.hidden_size, num_layers=CFG.num_layers + 1, rope_theta=5e5)
+  with pytest.raises(ValueError, match=rf"hidden_size is {CFG.hidden_size} there, config.model.hidden_size is "
+                                       rf"{cfg.hidden_size}; num_layers is {CFG.num_layers} there, .*; it was trained "
+                                       rf"with rope_theta={CFG.rope_theta:g}, .* set --config.model.hidden_size="
+                                       rf"{CFG.hidden_size} --config.model.num_layers={CFG.num_layers} "
+                                       rf"--config.model.rope_theta={CFG.rope_theta:g}$"):
+    init.initial_params(str(path), cfg, state_lib.param_shardings(cfg, mesh), 0)
   cfg = dataclasses.replace(CFG, rope_scaling_factor=2.0)
   params, how = init.initial_params(str(path), cfg, state_lib.param_shardings(cfg, mesh), 0)
   assert how == f"from HF {path} (its rope scaling x1 becomes this phase's x2)"

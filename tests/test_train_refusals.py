@@ -93,7 +93,7 @@ def test_an_init_from_hf_folder_whose_weights_do_not_fit_is_refused_before_the_w
   with pytest.raises(ValueError, match="missing tensor model.layers.2.input_layernorm.weight"):
     loop.train(config, tmp_path / "w")
   hf_files.edit_config(hf, num_hidden_layers=2, rms_norm_eps=1e-6)
-  with pytest.raises(ValueError, match="was trained with rms_norm_eps=1e-06, but config.model.rms_norm_eps is 1e-05"):
+  with pytest.raises(ValueError, match="was trained with rms_norm_eps=1e-06, config.model.rms_norm_eps is 1e-05"):
     loop.train(config, tmp_path / "w")
   hf_files.edit_config(hf, rms_norm_eps=1e-5)
   hf_files.rewrite_single_file(hf, lambda arrays: arrays.pop("model.layers.1.mlp.up_proj.weight"))

@@ -25,20 +25,26 @@ _TRAINED_WITH = ("rope_theta", "rms_norm_eps")
 
 def check_compatible(run_cfg: ModelConfig, ckpt_cfg: ModelConfig, source: str,
                      notes: list[str] | None = None) -> None:
-  """Raises ValueError naming the first field where the checkpoint and the run's model differ: a
-  shape, or a number the weights were trained with (rope_theta, rms_norm_eps), which would change
-  every logit without an error. A different rope scaling (context extension sets it per phase) or
+  """Raises ValueError naming every field where the checkpoint and the run's model differ, with the
+  overrides that fit it: a shape, or a number the weights were trained with (rope_theta,
+  rms_norm_eps), which would change every logit without an error. A different rope scaling (context extension sets it per phase) or
   context length (config.model.max_position_embeddings, and a phase's seq_len) is allowed and described
   in `notes`."""
+  problems, fixes = [], []
   for field in _SHAPE_FIELDS:
-    if getattr(run_cfg, field) != getattr(ckpt_cfg, field):
-      raise ValueError(f"init_from {source}: {field} is {getattr(ckpt_cfg, field)} there but "
-                       f"config.model.{field} is {getattr(run_cfg, field)}")
+    theirs, ours = getattr(ckpt_cfg, field), getattr(run_cfg, field)
+    if theirs != ours:
+      problems.append(f"{field} is {theirs} there, config.model.{field} is {ours}")
+      fixes.append(f"--config.model.{field}={theirs}")
   for field in _TRAINED_WITH:
     theirs, ours = getattr(ckpt_cfg, field), getattr(run_cfg, field)
     if not math.isclose(theirs, ours, rel_tol=1e-6):
-      raise ValueError(f"init_from {source} was trained with {field}={theirs:g}, but config.model.{field} is "
-                       f"{ours:g}: every logit would change; set --config.model.{field}={theirs:g}")
+      problems.append(f"it was trained with {field}={theirs:g}, config.model.{field} is {ours:g} (every logit "
+                      "would change)")
+      fixes.append(f"--config.model.{field}={theirs:g}")
+  if problems:
+    raise ValueError(f"init_from {source} does not fit config.model: {'; '.join(problems)}. To start from it, "
+                     f"set {' '.join(fixes)}")
   if notes is not None and ckpt_cfg.rope_scaling_factor != run_cfg.rope_scaling_factor:
     notes.append(f"its rope scaling x{ckpt_cfg.rope_scaling_factor:g} becomes this phase's "
                  f"x{run_cfg.rope_scaling_factor:g}")
