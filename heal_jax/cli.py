@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
   o2h.set_defaults(handler=_convert_orbax_to_hf)
 
   init = sub.add_parser("init", help="write a randomly initialised checkpoint for a config")
-  init.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
+  init.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py; then --config.x=y overrides")
   init.add_argument("--out", required=True, type=pathlib.Path)
   init.add_argument("--tokenizer", type=pathlib.Path, help="directory with tokenizer.model to bundle")
   init.add_argument("--overwrite", action="store_true")

@@ -197,7 +197,9 @@ def test_cli_with_workdir_and_overrides(corpus, tmp_path, capsys):
                      f"--config.data.tokenizer={tok_dir}", "--config.data.dedup.near=false",
                      "--out", str(tmp_path / "out")])
   assert rc == 0
-  report = json.loads(capsys.readouterr().out)
+  printed = capsys.readouterr()
+  report = json.loads(printed.out)
+  assert "Generating splits" not in printed.err  # TFDS's progress bars, between our lines
   assert {k: v["written"] for k, v in report["sources"].items()} == SIZES
   assert report["dedup"]["near"] is False
   assert prepare.main(["--config", "configs/tiny.py", "--out", str(tmp_path / "out2")]) == 2

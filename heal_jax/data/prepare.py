@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   """
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog="heal-jax data prepare", description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
+  parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py; then --config.x=y overrides")
   parser.add_argument("--out", type=pathlib.Path, default=None, help="default: config.data.prepared_dir")
   parser.add_argument("--workdir", type=pathlib.Path, default=None, help="replaces {workdir} in config paths")
   parser.add_argument("--fields", default="", help="OURS=THEIRS,... for sources without a field map")

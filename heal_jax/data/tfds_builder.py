@@ -67,8 +67,10 @@ def write(examples: Iterable[Mapping[str, np.ndarray]], data_dir: str | pathlib.
   data_dir = pathlib.Path(data_dir)
   builder = HealPrepared(examples=examples, description=description, data_dir=str(data_dir),
                          file_format="array_record")
-  # TFDS prints "Downloading and preparing dataset ..." to stdout, which holds the command's JSON report;
-  # nothing is downloaded, and `data prepare` logs its own counts: dropped.
+  # TFDS prints "Downloading and preparing dataset ..." to stdout, which holds the command's JSON report,
+  # and progress bars to stderr, between `data prepare`'s own lines; nothing is downloaded, and `data
+  # prepare` logs its own counts: both dropped (the bars by TFDS's process-wide switch).
+  tfds.display_progress_bar(False)
   with tempfile.TemporaryDirectory(dir=data_dir.parent, prefix=".tfds-downloads-") as downloads, \
       contextlib.redirect_stdout(io.StringIO()):
     builder.download_and_prepare(download_dir=downloads)

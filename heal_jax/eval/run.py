@@ -28,6 +28,7 @@ _TASKS = ("pubmedqa", "medqa", "perplexity")
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="heal-jax eval", description=__doc__,
+                              usage=f"%(prog)s {{{','.join(_TASKS)}}} --checkpoint DIR --data PATH [options]",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("task", choices=_TASKS)
   p.add_argument("--checkpoint", required=True, type=pathlib.Path,

@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   from heal_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog="heal-jax plan", description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True)
+  parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py; then --config.x=y overrides")
   try:
     overrides, rest = config_lib.split_overrides(argv)
     args = parser.parse_args(rest)
