@@ -3,7 +3,7 @@
 `heal-jax report --workdir DIR [--out DIR/report] [--ablation DIR1,DIR2,... --names a,b,...]`
 
 It reads only numbers: WORKDIR/metrics.jsonl (train and eval rows, see heal_jax/train/metrics.py),
-WORKDIR/config.json (phase_order and phases.<name>.steps/seq_len/global_batch give the phase boundaries)
+WORKDIR/config.json (the run's phases, read by the trainer's own reader, heal_jax.train.phases)
 and, for ablation arms, WORKDIR/eval_results.json. No training or evaluation text is ever read or written.
 The output directory holds report.md and its plots (loss.png, loss_per_source.png, mixture.png,
 throughput.png, eval_loss.png, ablation.png), linked by relative paths: copy the folder as a whole. A
@@ -113,18 +113,13 @@ def read_phases(path: pathlib.Path, last_step: int) -> list[PhaseSpan]:
   length and batch unknown (0)."""
   if not path.is_file():
     return [PhaseSpan("run", 0, last_step, 0, 0)]
-  try:
-    config = json.loads(path.read_text(encoding="utf-8"))
-    names = [n.strip() for n in config["phase_order"].split(",") if n.strip()]
-    spans, start = [], 0
-    for name in names:
-      p = config["phases"][name]
-      batch = int(p.get("global_batch") or config["train"]["global_batch"])
-      spans.append(PhaseSpan(name, start, start + int(p["steps"]), int(p["seq_len"]), batch))
-      start += int(p["steps"])
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from heal_jax.train import phases as phases_lib  # pylint: disable=import-outside-toplevel  # (imports jax)
+  try:  # the trainer's own reader of the phases, on the config the run saved
+    phases = phases_lib.from_config(ml_collections.ConfigDict(json.loads(_text(path))))
   except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
     raise ReportError(f"{path}: cannot read the phases ({type(e).__name__}: {e})") from e
-  return spans
+  return [PhaseSpan(p.name, p.start, p.end, p.seq_len, p.global_batch) for p in phases]
 
 
 def read_eval_results(path: pathlib.Path) -> dict[str, float]:

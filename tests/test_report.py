@@ -9,7 +9,7 @@ import re
 import jax
 import pytest
 
-from heal_jax import report
+from heal_jax import config as config_lib, report
 from heal_jax.train import loop
 
 from tests import train_helpers
@@ -98,14 +98,20 @@ def test_cli_ablation_with_eval_results(run_dir, tmp_path, capsys):
   assert f"| held-out loss/general | {final:.4f} | {final:.4f} |" in text
 
 
+def _write_config(workdir: pathlib.Path, *overrides: str) -> None:
+  """WORKDIR/config.json as the trainer saves it: configs/tiny.py with `overrides`, resolved."""
+  (workdir / "config.json").write_text(config_lib.load_config(str(train_helpers.TINY), overrides).to_json(indent=2))
+
+
 def test_phases_resume_and_mfu(tmp_path):
   """Two phases from config.json, a resumed run's repeated steps (the later rows win), MFU when present."""
   workdir = tmp_path / "w"
   workdir.mkdir()
-  config = {"phase_order": "pretrain,extend", "train": {"global_batch": 4},
-            "phases": {"pretrain": {"steps": 4, "seq_len": 16, "global_batch": 0},
-                       "extend": {"steps": 2, "seq_len": 32, "global_batch": 2}}}
-  (workdir / "config.json").write_text(json.dumps(config))
+  _write_config(workdir, "--config.phase_order=pretrain,extend", "--config.train.global_batch=4",
+                "--config.phases.pretrain.steps=4", "--config.phases.pretrain.seq_len=16",
+                "--config.phases.pretrain.global_batch=0", "--config.phases.pretrain.warmup_steps=1",
+                "--config.phases.extend.steps=2", "--config.phases.extend.seq_len=32",
+                "--config.phases.extend.global_batch=2", "--config.phases.extend.warmup_steps=1")
   rows = [{"step": s, "kind": "train", "time": float(s), "loss": 5.0 - 0.1 * s, "step_time_s": 1.0,
            "tokens_per_s": 64.0, "mfu": 0.25, "loss/a": 4.0 - 0.1 * s, "share/a": 1.0} for s in (1, 2, 3, 3, 4)]
   rows[3]["loss"] = 4.6543  # the resumed run's row for step 3
@@ -136,9 +142,9 @@ def test_rows_of_an_attempt_a_restart_replaced_are_dropped(tmp_path):
   restart from 2 logged 3-4 and stopped. The report used to count step 5 (steps run 5, its loss)."""
   workdir = tmp_path / "w"
   workdir.mkdir()
-  config = {"phase_order": "pretrain", "train": {"global_batch": 4},
-            "phases": {"pretrain": {"steps": 8, "seq_len": 16, "global_batch": 0}}}
-  (workdir / "config.json").write_text(json.dumps(config))
+  _write_config(workdir, "--config.phase_order=pretrain", "--config.train.global_batch=4",
+                "--config.phases.pretrain.steps=8", "--config.phases.pretrain.seq_len=16",
+                "--config.phases.pretrain.global_batch=0", "--config.phases.pretrain.warmup_steps=1")
   row = lambda s, loss, **kw: {"step": s, "kind": "train", "time": float(s), "loss": loss, "step_time_s": 1.0, **kw}
   rows = [row(1, 5.0), row(2, 4.0), row(3, 9.0), row(4, 9.0), {"step": 4, "kind": "eval", "loss/a": 9.9},
           row(5, 9.0, skipped_steps=1), row(3, 3.0), row(4, 2.5, skipped_steps=2)]
