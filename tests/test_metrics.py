@@ -36,3 +36,6 @@ def test_a_skipped_step_adds_nothing_to_the_logged_means():
   out = metrics.interval_scalars(jax.device_get(sums), ["a", "b"])
   assert (out["loss"], out["grad_norm"], out["target_tokens"], out["fill"]) == (2.0, 4.0, 10.0, 1.0)
   assert (out["loss/a"], out["share/a"]) == (2.0, 1.0) and "loss/b" not in out
+  assert "z_loss" not in out  # the term is off (train.z_loss = 0): its sum is 0
+  with_z = metrics.add_step(None, {**step(10, 4.0, True), "z_sum": jnp.float32(0.5)})
+  assert metrics.interval_scalars(jax.device_get(with_z), ["a", "b"])["z_loss"] == 0.05

@@ -233,8 +233,6 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
         now = time.time()
         dt = (now - t_last) / max(done - last_logged, 1)
         scalars = metrics_lib.interval_scalars(sums, run.source_names)
-        if not config.train.z_loss:
-          del scalars["z_loss"]
         scalars.update({"learning_rate": host["learning_rate"], "skipped_steps": host["skipped"],
                         "step_time_s": dt, "tokens_per_s": rows_tokens / dt})
         if peak:

@@ -157,14 +157,15 @@ def add_step(interval: dict[str, jax.Array] | None, metrics: Mapping[str, Any]) 
 
 def interval_scalars(sums: Mapping[str, Any], source_names: list[str]) -> dict[str, float]:
   """Logged numbers of an interval of steps from its host sums (`add_step`), token-weighted over its
-  applied steps (not skipped): loss, z_loss, loss/<source>, share/<source>; target_tokens and
+  applied steps (not skipped): loss, z_loss (only where the z-loss term is on: its sum is not 0),
+  loss/<source>, share/<source>; target_tokens and
   grad_norm are means per applied step; fill is the share of the batches' slots that hold a token (not
   padding). NaN where no step of the interval was applied (the progress line then shows the skipped
   count)."""
   steps = float(sums["applied_steps"])
   tokens = float(sums["tokens"])
   out = {"loss": float(sums["nll_sum"]) / tokens if tokens else float("nan"),
-         "z_loss": float(sums["z_sum"]) / tokens if tokens else float("nan"),
+         **({"z_loss": float(sums["z_sum"]) / tokens if tokens else float("nan")} if float(sums["z_sum"]) else {}),
          "grad_norm": float(sums["grad_norm"]) / steps if steps else float("nan"),
          "target_tokens": tokens / steps if steps else float("nan"),
          "fill": float(sums["filled"]) / float(sums["slots"]) if steps else float("nan")}
