@@ -136,7 +136,7 @@ def phase_config(steps: int, seq_len: int, weights: str = "", rope_scaling_facto
 def base_config() -> ml_collections.ConfigDict:
   """Every field of a run config with its default."""
   config = ml_collections.ConfigDict()
-  config.seed = 0
+  config.seed = 0               # orders each phase's data, and initialises weights trained from scratch
   config.model = base_model_config()
   config.data = base_data_config()
   # Where the weights come from: "" = from scratch; an HF directory (config.json + safetensors); a
@@ -144,8 +144,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.init_from = ""
   config.distributed = ml_collections.ConfigDict(dict(  # see heal_jax/parallel/distributed.py
       coordinator_address="",      # "host:port" of process 0; "" = from SLURM or the environment
-      num_processes=0, process_id=-1,
-      initialization_timeout_s=300,
+      num_processes=0, process_id=-1,  # with coordinator_address: this process of how many (else unset)
+      initialization_timeout_s=300,    # how long jax.distributed waits for every process to join
       heartbeat_timeout_s=30,      # a dead peer is noticed within this (the others then exit)
   ))
   config.mesh = ml_collections.ConfigDict(dict(
@@ -157,7 +157,8 @@ def base_config() -> ml_collections.ConfigDict:
       micro_steps=1,           # gradient accumulation: the global batch is split into this many
       z_loss=0.0,              # weight of the PaLM z-loss (0 = off)
       max_bad_steps=5,         # halt after this many consecutive skipped steps (non-finite, or no target token)
-      weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0,
+      weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8,  # AdamW (decoupled weight decay; LLaMA2's numbers)
+      clip_norm=1.0,           # gradients are clipped to this global norm
   ))
   config.phase_order = ""      # comma-separated names of config.phases, run in this order
   config.phases = ml_collections.ConfigDict()
@@ -165,7 +166,7 @@ def base_config() -> ml_collections.ConfigDict:
       every_steps=100,         # save every this many steps (and at every phase end and on SIGTERM)
       keep=3,                  # keep the newest k checkpoints...
       keep_period=0,           # ...and every m-th step forever (0 = none)
-      async_save=True,
+      async_save=True,         # write in the background while training goes on (orbax)
   ))
   config.metrics = ml_collections.ConfigDict(dict(
       every_steps=10,          # log training metrics every this many steps
@@ -187,7 +188,8 @@ def base_config() -> ml_collections.ConfigDict:
       tasks="",                # "pubmedqa=DIR,medqa=FILE": multiple-choice accuracy at every evaluation
       task_limit=200,          # questions per task (a seeded random subset; 0 = all)
       sample_note_tokens=0,    # > 0: after the last phase, print a note generated (greedy, this many tokens at
-                               # most) from the first held-out conversation of a conversation source
+                               # most) from the newest held-out conversation of a conversation source that fits
+                               # (without a holdout, its last example; heal_jax/train/note_eval.py)
       note_examples=0,         # > 0: at every evaluation of instruction-tuning phases, write notes (greedy) for
                                # this many held-out conversations and log their ROUGE and rubric rates (note_eval)
       note_tokens=256,         # new tokens per such note at most

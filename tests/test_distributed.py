@@ -61,6 +61,8 @@ def test_bad_topologies_name_the_setting():
     distributed.detect(_cfg(), {"HEAL_NUM_PROCESSES": "2", "HEAL_PROCESS_ID": "1", "HEAL_COORDINATOR_ADRESS": "h:1"})
   with pytest.raises(ValueError, match="num_processes=4 needs config.distributed.coordinator_address"):
     distributed.detect(_cfg(num_processes=4, process_id=0), {})
+  with pytest.raises(ValueError, match="process_id=5 needs config.distributed.coordinator_address"):
+    distributed.detect(_cfg(process_id=5), {})  # it was ignored: a single-process run
   assert distributed.detect(_cfg(), {"HEAL_NUM_PROCESSES": "1"}).source == "single process"
 
 

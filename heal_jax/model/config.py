@@ -25,23 +25,23 @@ class ModelConfig:
   of activations and matmul inputs (norms, softmax and logits stay float32).
   """
 
-  vocab_size: int
-  hidden_size: int
-  intermediate_size: int
+  vocab_size: int                   # rows of the embedding and lm_head (>= the tokenizer's pieces)
+  hidden_size: int                  # the residual stream's width
+  intermediate_size: int            # the SwiGLU MLP's inner width
   num_layers: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int | None = None
-  max_position_embeddings: int = 4096
-  rms_norm_eps: float = 1e-5
-  rope_theta: float = 10000.0
-  rope_scaling_factor: float = 1.0
-  tie_word_embeddings: bool = False
-  param_dtype: str = "float32"
-  compute_dtype: str = "float32"
-  remat_policy: str = "none"
-  scan_layers: bool = False
-  attention_impl: str = "xla"
+  num_heads: int                    # query heads
+  num_kv_heads: int                 # key/value heads (GQA groups)
+  head_dim: int | None = None       # None: hidden_size // num_heads
+  max_position_embeddings: int = 4096  # the context the weights were trained for (HF's field of that name)
+  rms_norm_eps: float = 1e-5        # RMSNorm's epsilon
+  rope_theta: float = 10000.0       # RoPE base frequency
+  rope_scaling_factor: float = 1.0  # linear position interpolation (see above); in training, set per phase
+  tie_word_embeddings: bool = False  # lm_head shares the embedding matrix
+  param_dtype: str = "float32"      # one of DTYPES
+  compute_dtype: str = "float32"    # one of DTYPES
+  remat_policy: str = "none"        # REMAT_POLICIES: what the backward pass recomputes (heal_jax/model/llama.py)
+  scan_layers: bool = False         # layers as one jax.lax.scan over stacked weights (one compiled layer)
+  attention_impl: str = "xla"       # ATTENTION_IMPLS ("auto": pallas on GPU, splash on TPU, else xla)
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",

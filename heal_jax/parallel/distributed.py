@@ -55,6 +55,9 @@ def detect(config_distributed: Any, env: Mapping[str, str] | None = None) -> Top
   d = config_distributed
   if d.num_processes > 1 and not d.coordinator_address:
     raise ValueError(f"config.distributed.num_processes={d.num_processes} needs config.distributed.coordinator_address")
+  if d.process_id != -1 and not d.coordinator_address:  # (it would be ignored)
+    raise ValueError(f"config.distributed.process_id={d.process_id} needs config.distributed.coordinator_address and "
+                     "num_processes")
   if d.coordinator_address:
     _check_address(d.coordinator_address, "config.distributed.coordinator_address")
     if d.num_processes < 1 or not 0 <= d.process_id < d.num_processes:
