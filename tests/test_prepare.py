@@ -102,12 +102,18 @@ def test_online_training_reads_the_examples_prepare_writes(corpus, tmp_path):
                                        encoding="utf-8")
   (tmp_path / "inst.jsonl").write_text("".join(inst[:6]) + general[7].replace('"text"', '"prompt"').replace(
       "}", ', "response": "x"}'), encoding="utf-8")
-  config = _config(tok_dir, docs=(str(tmp_path / "docs.jsonl"), "document", 1.0),
+  (tmp_path / "blank.jsonl").write_text("\n", encoding="utf-8")  # a file without records: said, not an error
+  config = _config(tok_dir, docs=(f"{tmp_path / 'docs.jsonl'},{tmp_path / 'blank.jsonl'}", "document", 1.0),
                    inst=(str(tmp_path / "inst.jsonl"), "instruction", 1.0))
   config.data.on_error = "skip"
   config.model.vocab_size = 800
-  report = prepare.prepare(config, tmp_path / "prep")
+  logged = []
+  report = prepare.prepare(config, tmp_path / "prep", log=logged.append)
+  assert f"note: data.sources.docs: no records in {tmp_path / 'blank.jsonl'} (empty" in "\n".join(logged)
   online = mixture.load(config, tmp_path / "w", 2)
+  assert online.counts["docs"]["files_without_records"] == [str(tmp_path / "blank.jsonl")]
+  assert "files_without_records" not in online.counts["inst"]
+  assert online.counts["docs"]["held_out"] == online.counts["inst"]["held_out"] == 2  # of the examples
   for name, want_written, want_dups in (("docs", 13, (1, 0)), ("inst", 6, (0, 1))):
     counts = report["sources"][name]
     assert counts["written"] == want_written

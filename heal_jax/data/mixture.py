@@ -172,7 +172,7 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
       deduplicator = dedup.Deduplicator.from_config(config.data.dedup)
     except ValueError as e:
       raise sources_lib.DataError(str(e)) from None
-    sources_lib.check_openings(srcs)
+    empty_files = sources_lib.check_openings(srcs)
   for src in srcs:
     if prepared is not None:
       ds = prepare.open_prepared(prepared, src.name)
@@ -186,12 +186,15 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
       counts[src.name] = {**read_counts, "examples": len(pairs)}
       if skipped:  # Places and reasons only: no record text.
         counts[src.name]["first_skipped"] = skipped[:3]
+      if src.name in empty_files:
+        counts[src.name]["files_without_records"] = [str(path) for path in empty_files[src.name]]
     if holdout and len(ds) <= 2 * holdout:
       raise ValueError(f"source {src.name!r} has {len(ds)} examples: too few to hold out eval.holdout_examples="
                        f"{holdout} of them")
     train[src.name] = pipeline.Slice(ds, 0, len(ds) - holdout) if holdout else ds
     if holdout:
       heldout[src.name] = pipeline.Slice(ds, len(ds) - holdout, len(ds))
+      counts[src.name]["held_out"] = holdout  # of "examples", for the held-out loss: not trained on
   if prepared is not None:
     report = json.loads((prepared / prepare.REPORT).read_text(encoding="utf-8"))
     made = {"normalization": report.get("normalization"),

@@ -277,17 +277,24 @@ def iter_records(source: Source) -> Iterator[tuple[str, Record | None, str | Non
     yield from _file_records(source, path)
 
 
-def check_openings(source_list: Sequence[Source]) -> None:
+def check_openings(source_list: Sequence[Source]) -> dict[str, list[pathlib.Path]]:
   """Reads the first record of every file of every source (a CSV's header, the start of a compressed
   stream): DataError for a file that cannot be read as a whole, or a source whose files hold no
-  record, before any source is processed (they are processed in name order, which can take hours)."""
+  record, before any source is processed (they are processed in name order, which can take hours).
+  Returns the files without a record (empty, blank lines only, a CSV header alone) of the sources
+  that have other records, by source name, for the callers to say."""
+  empty = {}
   for source in source_list:
     if source.format == "tfds":
       continue
     paths = files(source)
-    if not any([_has_a_record(source, path) for path in paths]):  # a list: every file is opened
+    found = [_has_a_record(source, path) for path in paths]  # a list: every file is opened
+    if not any(found):
       raise DataError(f"data.sources.{source.name}: no records in {', '.join(map(str, paths[:3]))}"
                       f"{', ...' if len(paths) > 3 else ''} (empty files, blank lines only, or a CSV header alone)")
+    if not all(found):
+      empty[source.name] = [path for path, has in zip(paths, found) if not has]
+  return empty
 
 
 def _has_a_record(source: Source, path: pathlib.Path) -> bool:
