@@ -315,7 +315,8 @@ def run_section(run: RunData, out_dir: pathlib.Path) -> list[str]:
   lines = ["## Summary", ""]
   known = all(p.seq_len for p in run.phases)  # False without config.json
   summary = [("steps run", f"{done} of {planned}" if known else f"{done} (planned: unknown, no config.json)"),
-             ("tokens seen", f"{tokens:,.0f}" if known else "unknown (no config.json)"),
+             ("token slots seen (rows x seq_len, padding included)",
+              f"{tokens:,.0f}" if known else "unknown (no config.json)"),
              ("training time (s)", _fmt(seconds, 1)), ("final train loss", _fmt(_last(run.train, "loss")))]
   skipped = _last(run.train, "skipped_steps")
   if skipped:

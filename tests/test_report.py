@@ -64,7 +64,7 @@ def test_report_of_a_training_run(run_dir, tmp_path):
   evals = [r for r in rows if r["kind"] == "eval"]
   assert [r["step"] for r in evals] == [6, 12]
   assert "| pretrain | 0..12 | 64 | 8 | 6,144 |" in text  # phase span, seq_len, batch, tokens seen
-  assert "| steps run | 12 of 12 |" in text and "| tokens seen | 6,144 |" in text
+  assert "| steps run | 12 of 12 |" in text and "| token slots seen (rows x seq_len, padding included) | 6,144 |" in text
   assert f"| final train loss | {train[-1]['loss']:.4f} |" in text
   seconds = sum(r["step_time_s"] for r in train)  # metrics.every_steps=1: one row per step
   assert f"| training time (s) | {seconds:.1f} |" in text
@@ -180,7 +180,7 @@ def test_without_config_eval_rows_or_utf8(tmp_path, capsys):
   text = (out / "report.md").read_text()
   assert "Work directory: `w` (`..` from this folder)" in text
   assert "| steps run | 2 (planned: unknown, no config.json) |" in text
-  assert "| tokens seen | unknown (no config.json) |" in text
+  assert "| token slots seen (rows x seq_len, padding included) | unknown (no config.json) |" in text
   assert "| run | 0..2 | ? | ? | ? |" in text
   assert "No held-out evaluation rows yet" in text
   assert printed["plots"] == _check_pngs(text, out) and "eval_loss.png" not in printed["plots"]
