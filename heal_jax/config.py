@@ -150,7 +150,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   config.mesh = ml_collections.ConfigDict(dict(
       data=1, fsdp=-1, tensor=1,              # device mesh; one axis may be -1 (the rest)
-      max_replicated_elements=1 << 20,        # refuse to start if a larger parameter is unsplit (fsdp x tensor > 1)
+      max_replicated_elements=1 << 20,        # refuse to start if a larger parameter is unsplit (over 1 device)
   ))
   config.train = ml_collections.ConfigDict(dict(
       global_batch=8,          # rows of seq_len per optimizer step, over all processes

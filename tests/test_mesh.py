@@ -47,10 +47,10 @@ def test_undividable_dimension_is_left_unsplit_and_large_replicas_are_refused():
   with pytest.raises(mesh_lib.ShardingError, match=r"embed/embedding \[250, 60\].*replicated"):
     mesh_lib.check_no_large_replicated(shapes, shardings, max_replicated_elements=10_000)
   mesh_lib.check_no_large_replicated(shapes, shardings, max_replicated_elements=1 << 20)
-  # One device, or data parallelism alone: every parameter is whole on each device by choice.
-  for axes in ({"data": 1, "fsdp": 1, "tensor": 1}, {"data": 8, "fsdp": 1, "tensor": 1}):
-    mesh = mesh_lib.make_mesh(axes, jax.devices()[:axes["data"]])
-    mesh_lib.check_no_large_replicated(shapes, state_lib.param_shardings(cfg, mesh), max_replicated_elements=10_000)
+  # One device holds each parameter once: nothing is replicated, nothing refused (a single GPU with a
+  # 32,000-row vocabulary was refused). Data parallelism alone copies them all: refused (test_setup).
+  mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  mesh_lib.check_no_large_replicated(shapes, state_lib.param_shardings(cfg, mesh), max_replicated_elements=10_000)
 
 
 def test_optimizer_moments_follow_their_parameters():

@@ -101,12 +101,12 @@ def logical_shardings(boxed_shapes: Any, mesh: Mesh) -> Any:
 
 def check_no_large_replicated(shapes: Any, shardings: Any, max_replicated_elements: int) -> None:
   """Raises ShardingError naming the first parameter above the limit that no mesh axis splits, on a mesh
-  with more than one device along fsdp x tensor. With one (a single device, or data parallelism alone)
-  every parameter is whole on each device by choice, and nothing is refused."""
+  of more than one device (data parallelism alone included: it copies every parameter to every device).
+  A single device holds each parameter once, and nothing is refused."""
   flat_shapes = jax.tree_util.tree_flatten_with_path(shapes)[0]
   flat_shardings = jax.tree.leaves(shardings, is_leaf=lambda s: isinstance(s, NamedSharding))
   for (path, shape), sharding in zip(flat_shapes, flat_shardings):
-    if sharding.mesh.shape.get("fsdp", 1) * sharding.mesh.shape.get("tensor", 1) == 1:
+    if sharding.mesh.size == 1:
       return
     splits = int(np.prod([sharding.mesh.shape[a] for axes in sharding.spec if axes
                           for a in ((axes,) if isinstance(axes, str) else axes)]))
