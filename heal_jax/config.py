@@ -376,9 +376,14 @@ def apply_override(config: ml_collections.ConfigDict, key: str, raw: str) -> Non
   node = config
   for i, part in enumerate(parts):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
-      raise ConfigError(f"unknown config key: {'.'.join(parts[:i + 1])}" + (f" (known here: {known})" if known else
-                                                                            f" ({'.'.join(parts[:i])} is not a group)"))
+      group = ".".join(parts[:i])
+      if not isinstance(node, ml_collections.ConfigDict):
+        why = f"{group} is not a group"
+      elif node:
+        why = f"known here: {', '.join(sorted(node.keys()))}"
+      else:  # config.phases or config.data.sources of a config that defines none
+        why = f"{group} has no entries: the config file defines them"
+      raise ConfigError(f"unknown config key: {'.'.join(parts[:i + 1])} ({why})")
     if i < len(parts) - 1:
       node = node[part]
   leaf = parts[-1]

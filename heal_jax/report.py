@@ -18,7 +18,7 @@ shows every metric found in any arm, a blank where an arm lacks it. Values that 
 Conventions: a train row at step s covers steps up to s and belongs to the phase with start < s <= end.
 When a run restarted from a checkpoint, the rows an earlier attempt wrote after that checkpoint
 (a train row whose step is not above the one before it marks the restart) are dropped: the trainer
-drops them from metrics.jsonl itself since 2026-11-28, logs written before may still hold them. Tokens seen = steps run x
+drops them from metrics.jsonl itself since 2026-11-28, logs written before may still hold them. Token slots seen = steps run x
 global batch x seq_len per phase (packed positions, padding included). Training time = sum of step_time_s
 over the steps run (compilation included, time lost to restarts not).
 """
@@ -115,8 +115,9 @@ def read_phases(path: pathlib.Path, last_step: int) -> list[PhaseSpan]:
     return [PhaseSpan("run", 0, last_step, 0, 0)]
   import ml_collections  # pylint: disable=import-outside-toplevel
   from heal_jax.train import phases as phases_lib  # pylint: disable=import-outside-toplevel  # (imports jax)
-  try:  # the trainer's own reader of the phases, on the config the run saved
-    phases = phases_lib.from_config(ml_collections.ConfigDict(json.loads(_text(path))))
+  text = _text(path)
+  try:  # the trainer's own reader of the phases, on the config the run saved (as a resume reads it)
+    phases = phases_lib.from_config(ml_collections.ConfigDict(json.loads(text)))
   except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
     raise ReportError(f"{path}: cannot read the phases ({type(e).__name__}: {e})") from e
   return [PhaseSpan(p.name, p.start, p.end, p.seq_len, p.global_batch) for p in phases]
@@ -165,7 +166,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def phase_stats(run: RunData, phase: PhaseSpan) -> dict[str, float | None]:
-  """Steps run, tokens seen, training time, median tokens/s and MFU, the batches' fill (share of slots
+  """Steps run, token slots seen (padding included), training time, median tokens/s and MFU, the batches' fill (share of slots
   holding a token, weighted by the steps each row covers; None for logs that predate it), final train
   and held-out losses."""
   train = [r for r in run.train if phase.start < r["step"] <= phase.end]
@@ -325,7 +326,7 @@ def run_section(run: RunData, out_dir: pathlib.Path) -> list[str]:
     summary.append(("wall-clock span of the log (s)", _fmt(run.train[-1]["time"] - run.train[0]["time"], 1)))
   lines += _table(["", "value"], summary)
   lines += ["## Phases", ""]
-  lines += _table(["phase", "steps", "seq_len", "batch", "tokens", "time (s)", "median tokens/s", "median MFU",
+  lines += _table(["phase", "steps", "seq_len", "batch", "token slots", "time (s)", "median tokens/s", "median MFU",
                    "fill", "final train loss"],
                   [[p.name, f"{p.start}..{p.end}", str(p.seq_len or "?"), str(p.global_batch or "?"),
                     f"{s['tokens']:,.0f}" if p.seq_len else "?",

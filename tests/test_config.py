@@ -35,6 +35,12 @@ def test_overrides_are_typed():
       3, True, 500000.0, 16, "bfloat16")
 
 
+def test_a_key_in_a_group_the_config_leaves_empty_says_so():
+  with pytest.raises(config_lib.ConfigError, match=r"unknown config key: phases.pretrain \(phases has no entries: "
+                                                   r"the config file defines them\)$"):
+    config_lib.apply_override(config_lib.base_config(), "phases.pretrain.steps", "3")
+
+
 @pytest.mark.parametrize("override,message", [
     ("--config.model.num_layer=3", "unknown config key: model.num_layer"),
     ("--config.modle.num_layers=3", r"unknown config key: modle \(known here: .*, model, "),

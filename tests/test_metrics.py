@@ -1,6 +1,7 @@
 """Model FLOPs per token (PaLM's count), the run ETA's estimate of later phases, and the logged means of
 an interval of steps, by hand."""
 
+import math
 import types
 
 import jax
@@ -28,7 +29,7 @@ def test_a_skipped_step_adds_nothing_to_the_logged_means():
   """An applied step (10 target tokens, gradient norm 4) and a skipped one (no target token): the
   interval's means are the applied step's, not halved by the skipped one."""
   def step(tokens, gnorm, applied):
-    return {"nll_sum": jnp.float32(2.0 * tokens), "z_sum": jnp.float32(0.0), "tokens": jnp.float32(tokens),
+    return {"nll_sum": jnp.float32(2.0 * tokens), "tokens": jnp.float32(tokens),
             "source_nll_S": jnp.array([2.0 * tokens, 0.0]), "source_tokens_S": jnp.array([tokens, 0.0]),
             "grad_norm": jnp.float32(gnorm), "filled": jnp.float32(16), "slots": jnp.float32(16),
             "applied": jnp.bool_(applied)}
@@ -36,6 +37,8 @@ def test_a_skipped_step_adds_nothing_to_the_logged_means():
   out = metrics.interval_scalars(jax.device_get(sums), ["a", "b"])
   assert (out["loss"], out["grad_norm"], out["target_tokens"], out["fill"]) == (2.0, 4.0, 10.0, 1.0)
   assert (out["loss/a"], out["share/a"]) == (2.0, 1.0) and "loss/b" not in out
-  assert "z_loss" not in out  # the term is off (train.z_loss = 0): its sum is 0
+  assert "z_loss" not in out  # the term is off (train.z_loss = 0): the step has no z_sum
   with_z = metrics.add_step(None, {**step(10, 4.0, True), "z_sum": jnp.float32(0.5)})
   assert metrics.interval_scalars(jax.device_get(with_z), ["a", "b"])["z_loss"] == 0.05
+  skipped_z = metrics.add_step(None, {**step(0, 0.0, False), "z_sum": jnp.float32(0.0)})
+  assert math.isnan(metrics.interval_scalars(jax.device_get(skipped_z), ["a", "b"])["z_loss"])  # on, none applied

@@ -50,13 +50,25 @@ def test_bad_weights_and_phase_numbers_name_the_key_and_value(overrides, message
     _phases(*overrides)
 
 
-def test_a_phase_longer_than_its_interpolated_context_is_noted():
-  """tiny: 256 positions; extend and instruct interpolate x8 to 2048. seq_len 4096 at x8 reaches past them."""
+def test_a_phase_past_the_positions_the_model_was_trained_at_is_noted():
+  """tiny: pretraining at 256 from scratch, then x8 to 2048 (256 before interpolation): nothing new.
+  Extension to 4096 at x8 reaches 512 before interpolation: noted, with a factor that covers it."""
   base = config_lib.model_config(config_lib.load_config(str(train_helpers.TINY)))
-  by_name = _phases("--config.phases.extend.seq_len=4096")
-  assert phases_lib.context_note(base, by_name["pretrain"]) == ""
-  assert phases_lib.context_note(base, by_name["instruct"]) == ""
-  assert phases_lib.context_note(base, by_name["extend"]) == (
-      "note: phase extend's seq_len 4096 reaches past the 2048 positions that config.model.max_position_embeddings="
-      "256 x rope_scaling_factor 8 covers: positions beyond them are new to the model, and the trained model "
-      "declares 4096; to interpolate instead, set config.phases.extend.rope_scaling_factor=16")
+  phases = list(_phases("--config.phases.extend.seq_len=4096").values())
+  by_name = {p.name: p for p in phases}
+  for from_checkpoint in (False, True):
+    assert phases_lib.context_note(phases, by_name["pretrain"], base, from_checkpoint) == ""
+  assert phases_lib.context_note(phases, by_name["extend"], base, False) == (
+      "note: phase extend's seq_len 4096 at rope x8 reaches position 512 before interpolation, past the 256 the "
+      "model has been trained at (config.model.max_position_embeddings of the checkpoint it starts from, and the "
+      "earlier phases): those positions are new to it; to interpolate instead, set "
+      "config.phases.extend.rope_scaling_factor=16")
+  assert phases_lib.context_note(phases, by_name["instruct"], base, False) == ""  # extend trained them
+  # From scratch, a first phase longer than max_position_embeddings is no note (every position is new).
+  longer = list(_phases("--config.phases.pretrain.seq_len=512").values())
+  assert phases_lib.context_note(longer, longer[0], base, False) == ""
+  assert "past the 256 the model" in phases_lib.context_note(longer, longer[0], base, True)
+  # The suggested factor is rounded up: 4096 / 3000 = 1.36533... -> 1.366 (x1.365 would stop at 4095.9).
+  odd = base.replace(max_position_embeddings=3000)
+  one = list(_phases("--config.phases.pretrain.seq_len=4096").values())
+  assert phases_lib.context_note(one, one[0], odd, True).endswith("rope_scaling_factor=1.366")

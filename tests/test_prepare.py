@@ -111,7 +111,7 @@ def test_online_training_reads_the_examples_prepare_writes(corpus, tmp_path):
   report = prepare.prepare(config, tmp_path / "prep", log=logged.append)
   assert f"note: data.sources.docs: no records in {tmp_path / 'blank.jsonl'} (empty" in "\n".join(logged)
   online = mixture.load(config, tmp_path / "w", 2)
-  assert online.counts["docs"]["files_without_records"] == [str(tmp_path / "blank.jsonl")]
+  assert online.counts["docs"]["files_without_records"] == str(tmp_path / "blank.jsonl")
   assert "files_without_records" not in online.counts["inst"]
   assert online.counts["docs"]["held_out"] == online.counts["inst"]["held_out"] == 2  # of the examples
   for name, want_written, want_dups in (("docs", 13, (1, 0)), ("inst", 6, (0, 1))):

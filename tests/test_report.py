@@ -137,6 +137,23 @@ def test_phases_resume_and_mfu(tmp_path):
   assert report.main(["--workdir", str(tmp_path / "missing")]) == 2
 
 
+def test_a_config_json_the_trainer_would_refuse_is_named(tmp_path):
+  """config.json's phases are read as a resume reads them; one it would refuse stops the report, named."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "metrics.jsonl").write_text('{"step": 1, "kind": "train", "loss": 1.0}\n')
+  _write_config(workdir, "--config.phase_order=pretrain", "--config.phases.pretrain.steps=8")
+  config = json.loads((workdir / "config.json").read_text())
+  config["phases"]["pretrain"]["warmup_steps"] = 9  # past its steps: never valid
+  (workdir / "config.json").write_text(json.dumps(config))
+  with pytest.raises(report.ReportError, match=r"config.json: cannot read the phases \(ValueError: "
+                                               r"config.phases.pretrain: warmup_steps=9 is more than"):
+    report.build_report(workdir, tmp_path / "out")
+  (workdir / "config.json").write_bytes(b'{\n"seed": "\xff"}\n')
+  with pytest.raises(report.ReportError, match=r"config.json:2: not UTF-8 \(byte 0xff\)$"):
+    report.build_report(workdir, tmp_path / "out")
+
+
 def test_rows_of_an_attempt_a_restart_replaced_are_dropped(tmp_path):
   """An attempt killed at step 5 after the checkpoint of step 2 left rows 3-5 and an eval at 4; the
   restart from 2 logged 3-4 and stopped. The report used to count step 5 (steps run 5, its loss)."""

@@ -187,7 +187,7 @@ def load(config: Any, workdir: pathlib.Path, holdout: int) -> RunData:
       if skipped:  # Places and reasons only: no record text.
         counts[src.name]["first_skipped"] = skipped[:3]
       if src.name in empty_files:
-        counts[src.name]["files_without_records"] = [str(path) for path in empty_files[src.name]]
+        counts[src.name]["files_without_records"] = sources_lib.name_files(empty_files[src.name])
     if holdout and len(ds) <= 2 * holdout:
       raise ValueError(f"source {src.name!r} has {len(ds)} examples: too few to hold out eval.holdout_examples="
                        f"{holdout} of them")

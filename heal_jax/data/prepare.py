@@ -149,7 +149,7 @@ def prepare(config: Any, out_dir: str | os.PathLike | None = None, workdir: str 
   except ValueError as e:
     raise DataError(str(e)) from None
   for name, empty in sources.check_openings(source_list).items():
-    log(f"note: data.sources.{name}: no records in {', '.join(map(str, empty))} (empty, blank lines only, or a "
+    log(f"note: data.sources.{name}: no records in {sources.name_files(empty)} (empty, blank lines only, or a "
         "CSV header alone); its other files are prepared")
 
   with atomic_dir.staged(out) as partial:

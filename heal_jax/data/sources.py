@@ -290,11 +290,16 @@ def check_openings(source_list: Sequence[Source]) -> dict[str, list[pathlib.Path
     paths = files(source)
     found = [_has_a_record(source, path) for path in paths]  # a list: every file is opened
     if not any(found):
-      raise DataError(f"data.sources.{source.name}: no records in {', '.join(map(str, paths[:3]))}"
-                      f"{', ...' if len(paths) > 3 else ''} (empty files, blank lines only, or a CSV header alone)")
+      raise DataError(f"data.sources.{source.name}: no records in {name_files(paths)} (empty files, blank lines "
+                      "only, or a CSV header alone)")
     if not all(found):
       empty[source.name] = [path for path, has in zip(paths, found) if not has]
   return empty
+
+
+def name_files(paths: Sequence[pathlib.Path], most: int = 3) -> str:
+  """The first `most` paths, and how many more, for a message."""
+  return ", ".join(map(str, paths[:most])) + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
 def _has_a_record(source: Source, path: pathlib.Path) -> bool:

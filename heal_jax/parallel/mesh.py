@@ -113,10 +113,13 @@ def check_no_large_replicated(shapes: Any, shardings: Any, max_replicated_elemen
     size = int(np.prod(shape.shape))
     if splits == 1 and size > max_replicated_elements:
       name = "/".join(str(getattr(k, "key", k)) for k in path)
+      model_split = sharding.mesh.shape.get("fsdp", 1) * sharding.mesh.shape.get("tensor", 1) > 1
       raise ShardingError(
           f"parameter {name} {list(shape.shape)} ({size:,} elements) would be replicated on every device of "
-          f"mesh {dict(sharding.mesh.shape)}: no mesh axis divides its dimensions. Change the mesh or raise "
-          "mesh.max_replicated_elements")
+          f"mesh {dict(sharding.mesh.shape)}: " + (
+              "no mesh axis divides its dimensions. Change the mesh" if model_split else
+              "fsdp and tensor are 1, so no axis splits parameters (data parallelism alone copies them all). Set "
+              "mesh.fsdp (or mesh.tensor)") + " or raise mesh.max_replicated_elements")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -202,7 +202,7 @@ def run_phase(run: _Run, phase: phases_lib.Phase, state: Any, restored_step: int
   run.writer.log(f"phase {phase.name} ({phase.index + 1}): steps {phase.start}..{phase.end}, seq_len "
                  f"{phase.seq_len}, rope x{phase.rope_scaling_factor}, weights {phase.weights}, "
                  f"instruction tuning {'on' if phase.instruction_tuning else 'off'}, from step {step0}")
-  if note := phases_lib.context_note(run.base_cfg, phase):
+  if note := phases_lib.context_note(run.phases, phase, run.base_cfg, bool(config.init_from)):
     run.writer.log(note)
   if phase.instruction_tuning and jax.process_index() == 0:
     _log_overlong(run, phase)

@@ -146,18 +146,19 @@ _SUMMED = ("nll_sum", "z_sum", "tokens", "source_nll_S", "source_tokens_S", "gra
 def add_step(interval: dict[str, jax.Array] | None, metrics: Mapping[str, Any]) -> dict[str, jax.Array]:
   """The sums of an interval of steps (None: a new interval) with one more step's metrics added, on
   the devices (no transfer per step); a skipped step (non-finite, or no target token) adds nothing.
-  Keys: _SUMMED and "applied_steps"."""
+  Keys: those of _SUMMED the step has (z_sum only where the z-loss term is on) and "applied_steps"."""
+  summed = [k for k in _SUMMED if k in metrics]
   if interval is None:
-    interval = {k: jax.numpy.zeros_like(metrics[k], dtype=jax.numpy.float32) for k in _SUMMED}
+    interval = {k: jax.numpy.zeros_like(metrics[k], dtype=jax.numpy.float32) for k in summed}
     interval["applied_steps"] = jax.numpy.zeros((), jax.numpy.float32)
   ok = metrics["applied"]
-  added = {k: interval[k] + jax.numpy.where(ok, metrics[k].astype(jax.numpy.float32), 0.0) for k in _SUMMED}
+  added = {k: interval[k] + jax.numpy.where(ok, metrics[k].astype(jax.numpy.float32), 0.0) for k in summed}
   return {**added, "applied_steps": interval["applied_steps"] + ok.astype(jax.numpy.float32)}
 
 
 def interval_scalars(sums: Mapping[str, Any], source_names: list[str]) -> dict[str, float]:
   """Logged numbers of an interval of steps from its host sums (`add_step`), token-weighted over its
-  applied steps (not skipped): loss, z_loss (only where the z-loss term is on: its sum is not 0),
+  applied steps (not skipped): loss, z_loss (where the z-loss term is on: the sums have z_sum),
   loss/<source>, share/<source>; target_tokens and
   grad_norm are means per applied step; fill is the share of the batches' slots that hold a token (not
   padding). NaN where no step of the interval was applied (the progress line then shows the skipped
@@ -165,7 +166,7 @@ def interval_scalars(sums: Mapping[str, Any], source_names: list[str]) -> dict[s
   steps = float(sums["applied_steps"])
   tokens = float(sums["tokens"])
   out = {"loss": float(sums["nll_sum"]) / tokens if tokens else float("nan"),
-         **({"z_loss": float(sums["z_sum"]) / tokens if tokens else float("nan")} if float(sums["z_sum"]) else {}),
+         **({"z_loss": float(sums["z_sum"]) / tokens if tokens else float("nan")} if "z_sum" in sums else {}),
          "grad_norm": float(sums["grad_norm"]) / steps if steps else float("nan"),
          "target_tokens": tokens / steps if steps else float("nan"),
          "fill": float(sums["filled"]) / float(sums["slots"]) if steps else float("nan")}

@@ -179,17 +179,22 @@ def model_config(base: ModelConfig, phase: Phase) -> ModelConfig:
                       max_position_embeddings=max(base.max_position_embeddings, phase.seq_len))
 
 
-def context_note(base: ModelConfig, phase: Phase) -> str:
-  """A note when `phase`'s rows reach past the positions rope interpolation covers (the base model's
-  context x the phase's rope_scaling_factor): those positions are new to the model. "" otherwise."""
-  reach = base.max_position_embeddings * phase.rope_scaling_factor
-  if phase.seq_len <= reach:
+def context_note(phases: list[Phase], phase: Phase, base: ModelConfig, from_checkpoint: bool) -> str:
+  """A note when `phase`'s rows reach positions the model has not been trained at: past (in positions
+  before interpolation, seq_len / rope_scaling_factor) both config.model.max_position_embeddings, when
+  the run starts from a checkpoint, and every earlier phase's rows. "" otherwise, and for a first phase
+  trained from scratch."""
+  seen = [p.seq_len / p.rope_scaling_factor for p in phases[:phase.index]]
+  if from_checkpoint:
+    seen.append(float(base.max_position_embeddings))
+  if not seen or phase.seq_len / phase.rope_scaling_factor <= max(seen):
     return ""
-  return (f"note: phase {phase.name}'s seq_len {phase.seq_len} reaches past the {reach:g} positions that config.model."
-          f"max_position_embeddings={base.max_position_embeddings} x rope_scaling_factor "
-          f"{phase.rope_scaling_factor:g} covers: positions beyond them are new to the model, and the trained "
-          f"model declares {phase.seq_len}; to interpolate instead, set config.phases.{phase.name}."
-          f"rope_scaling_factor={phase.seq_len / base.max_position_embeddings:g}")
+  factor = math.ceil(phase.seq_len / max(seen) * 1000) / 1000  # (rounded up: it must cover seq_len)
+  return (f"note: phase {phase.name}'s seq_len {phase.seq_len} at rope x{phase.rope_scaling_factor:g} reaches "
+          f"position {phase.seq_len / phase.rope_scaling_factor:g} before interpolation, past the {max(seen):g} the "
+          f"model has been trained at (config.model.max_position_embeddings of the checkpoint it starts from, and "
+          f"the earlier phases): those positions are new to it; to interpolate instead, set "
+          f"config.phases.{phase.name}.rope_scaling_factor={factor:g}")
 
 
 def check_batch(phase: Phase, micro_steps: int, batch_devices: int) -> None:

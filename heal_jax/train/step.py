@@ -101,8 +101,9 @@ def train_step(state: TrainState, batch: Batch, hp: dict[str, jax.Array], *, cfg
       rng=jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0]),
       skipped=state.skipped + (~good).astype(jnp.int32),
       bad_streak=jnp.where(good, 0, state.bad_streak + 1))
-  metrics = {"loss": stats["nll_sum"] / denom, "z_loss": stats["z_sum"] / denom, "grad_norm": grad_norm,
-             "nll_sum": stats["nll_sum"], "z_sum": stats["z_sum"], "tokens": stats["tokens"], "applied": good, "skipped": new_state.skipped,
+  metrics = {"loss": stats["nll_sum"] / denom, "grad_norm": grad_norm,
+             **({"z_loss": stats["z_sum"] / denom, "z_sum": stats["z_sum"]} if z_loss else {}),  # the term on
+             "nll_sum": stats["nll_sum"], "tokens": stats["tokens"], "applied": good, "skipped": new_state.skipped,
              "bad_streak": new_state.bad_streak, "source_nll_S": stats["source_nll_S"],
              "source_tokens_S": stats["source_tokens_S"],
              # slots holding a token (segment id > 0) and all slots: the packing's fill
