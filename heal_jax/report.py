@@ -18,8 +18,8 @@ shows every metric found in any arm, a blank where an arm lacks it. Values that 
 Conventions: a train row at step s covers steps up to s and belongs to the phase with start < s <= end.
 When a run restarted from a checkpoint, the rows an earlier attempt wrote after that checkpoint
 (a train row whose step is not above the one before it marks the restart) are dropped: the trainer
-drops them from metrics.jsonl itself since 2026-11-28, logs written before may still hold them. Token slots seen = steps run x
-global batch x seq_len per phase (packed positions, padding included). Training time = sum of step_time_s
+drops them from metrics.jsonl itself since 2026-11-28, logs written before may still hold them. Token slots
+seen = steps run x global batch x seq_len per phase (packed positions, padding included). Training time = sum of step_time_s
 over the steps run (compilation included, time lost to restarts not).
 """
 
@@ -166,9 +166,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def phase_stats(run: RunData, phase: PhaseSpan) -> dict[str, float | None]:
-  """Steps run, token slots seen (padding included), training time, median tokens/s and MFU, the batches' fill (share of slots
-  holding a token, weighted by the steps each row covers; None for logs that predate it), final train
-  and held-out losses."""
+  """Steps run, token slots seen (padding included), training time, median tokens/s and MFU, the
+  batches' fill (share of slots holding a token, weighted by the steps each row covers; None for logs
+  that predate it), final train and held-out losses."""
   train = [r for r in run.train if phase.start < r["step"] <= phase.end]
   evals = [r for r in run.eval if phase.start < r["step"] <= phase.end]
   last_step = int(train[-1]["step"]) if train else phase.start

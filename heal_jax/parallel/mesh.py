@@ -105,9 +105,9 @@ def check_no_large_replicated(shapes: Any, shardings: Any, max_replicated_elemen
   A single device holds each parameter once, and nothing is refused."""
   flat_shapes = jax.tree_util.tree_flatten_with_path(shapes)[0]
   flat_shardings = jax.tree.leaves(shardings, is_leaf=lambda s: isinstance(s, NamedSharding))
+  if flat_shardings and flat_shardings[0].mesh.size == 1:  # (every parameter's sharding is on the one mesh)
+    return
   for (path, shape), sharding in zip(flat_shapes, flat_shardings):
-    if sharding.mesh.size == 1:
-      return
     splits = int(np.prod([sharding.mesh.shape[a] for axes in sharding.spec if axes
                           for a in ((axes,) if isinstance(axes, str) else axes)]))
     size = int(np.prod(shape.shape))

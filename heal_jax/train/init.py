@@ -27,9 +27,9 @@ def check_compatible(run_cfg: ModelConfig, ckpt_cfg: ModelConfig, source: str,
                      notes: list[str] | None = None) -> None:
   """Raises ValueError naming every field where the checkpoint and the run's model differ, with the
   overrides that fit it: a shape, or a number the weights were trained with (rope_theta,
-  rms_norm_eps), which would change every logit without an error. A different rope scaling (context extension sets it per phase) or
-  context length (config.model.max_position_embeddings, and a phase's seq_len) is allowed and described
-  in `notes`."""
+  rms_norm_eps), which would change every logit without an error. A different rope scaling (context
+  extension sets it per phase) or context length (config.model.max_position_embeddings, and a phase's
+  seq_len) is allowed and described in `notes`."""
   problems, fixes = [], []
   for field in _SHAPE_FIELDS:
     theirs, ours = getattr(ckpt_cfg, field), getattr(run_cfg, field)
@@ -194,26 +194,27 @@ def check_source(init_from: str, cfg: ModelConfig | None = None) -> None:
   checkpoint (config.json), a converted one (heal_checkpoint.json), a work directory or one of its
   steps. With the run's model `cfg`, an HF checkpoint's weight headers (names, shapes, dtypes,
   truncation) and an HF or converted checkpoint's model config are checked against it too, reading
-  no tensor data (but a tied lm_head copy, compared with the embedding). ValueError naming the key or tensor (a work directory's tensors are checked when
-  they are read)."""
+  no tensor data (but a tied lm_head copy, compared with the embedding). ValueError naming the key or
+  tensor (a work directory's tensors are checked when they are read)."""
   if not init_from:
     return
   from heal_jax.checkpoint import params_store, restore  # pylint: disable=import-outside-toplevel
   path = pathlib.Path(init_from)
   if not path.is_dir():
     raise ValueError(f"config.init_from={init_from!r}: {'not a directory' if path.exists() else 'no such directory'}")
-  if _source_kind(path) is None:
+  kind = _source_kind(path)
+  if kind is None:
     raise ValueError(f"config.init_from={init_from!r} is neither an HF checkpoint (config.json), a converted "
                      f"checkpoint ({params_store.MANIFEST}), a work directory ({restore.WORKDIR_CHECKPOINTS}/) nor "
                      f"one of its steps")
   if cfg is None:
     return
-  if _source_kind(path) == "hf":
+  if kind == "hf":
     from heal_jax.checkpoint import hf_convert  # pylint: disable=import-outside-toplevel
     ckpt = hf_convert.open_hf(path)
     hf_convert.validate(ckpt)
     check_compatible(cfg, ckpt.cfg, str(path))
-  elif _source_kind(path) == "checkpoint":
+  elif kind == "checkpoint":
     check_compatible(cfg, params_store.model_config(path), str(path))
 
 

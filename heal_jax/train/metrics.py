@@ -159,9 +159,8 @@ def add_step(interval: dict[str, jax.Array] | None, metrics: Mapping[str, Any]) 
 def interval_scalars(sums: Mapping[str, Any], source_names: list[str]) -> dict[str, float]:
   """Logged numbers of an interval of steps from its host sums (`add_step`), token-weighted over its
   applied steps (not skipped): loss, z_loss (where the z-loss term is on: the sums have z_sum),
-  loss/<source>, share/<source>; target_tokens and
-  grad_norm are means per applied step; fill is the share of the batches' slots that hold a token (not
-  padding). NaN where no step of the interval was applied (the progress line then shows the skipped
+  loss/<source>, share/<source>; target_tokens and grad_norm are means per applied step; fill is the
+  share of the batches' slots that hold a token (not padding). NaN where no step of the interval was applied (the progress line then shows the skipped
   count)."""
   steps = float(sums["applied_steps"])
   tokens = float(sums["tokens"])
